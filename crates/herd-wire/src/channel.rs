@@ -1,0 +1,615 @@
+//! The channel: one `AF_UNIX` stream socket, framed by a [`Codec`], with descriptors passed as
+//! `SCM_RIGHTS` alongside the frames that claim them.
+//!
+//! [`channel`] splits a socket into a [`Sender`] (cloneable) and a [`Receiver`]. Every frame sent
+//! goes through one bounded queue (frames and bytes, so a slow peer pushes back on senders instead
+//! of growing memory) to one writer task, which coalesces queued frames into a single `sendmsg`
+//! (many small frames per syscall, large payloads written from their own buffers without a copy)
+//! and writes a lone frame at once. A frame with descriptors always starts a `sendmsg` of its own,
+//! so its descriptors are attached to its first byte and reach the peer no later than its header.
+//!
+//! Closing: [`Sender::close`] queues a shutdown behind every frame already queued; the writer
+//! flushes them, shuts down the socket's write side, and the peer reads end-of-stream. Dropping
+//! every sender does the same.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, Shutdown,
+};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::frame::{self, Check, FdQueue, Frame};
+use crate::json::{self, JsonDecoder};
+use crate::{Codec, Limits, WireError};
+
+/// The kernel's cap on descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+/// Payloads up to this size are copied into the coalescing buffer; larger ones are written from
+/// their own memory.
+const COPY_BELOW: usize = 16 * 1024;
+/// A batch stops growing at this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+/// At most this many iovecs per `sendmsg` (below the kernel's `UIO_MAXIOV`).
+const MAX_IOV: usize = 512;
+/// Read size when no frame size is known.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A frame ready to write: its bytes in pieces, its descriptors, and its queue permit.
+struct Outgoing {
+    head: Bytes,
+    payload: Bytes,
+    tail: &'static [u8],
+    fds: Vec<OwnedFd>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        self.head.len() + self.payload.len() + self.tail.len()
+    }
+}
+
+enum Cmd {
+    Frame(Outgoing),
+    Close,
+}
+
+struct Shared {
+    sock: UnixStream,
+    codec: Codec,
+    limits: Limits,
+    bytes: Arc<Semaphore>,
+    /// Why the writer stopped, if it failed.
+    failure: Mutex<Option<String>>,
+}
+
+/// The sending half of a channel. Clones share one queue and one writer.
+#[derive(Clone)]
+pub struct Sender {
+    tx: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
+}
+
+/// The receiving half of a channel.
+pub struct Receiver {
+    shared: Arc<Shared>,
+    buf: BytesMut,
+    fds: FdQueue,
+    json: JsonDecoder,
+    eof: bool,
+}
+
+/// Wraps a connected `AF_UNIX` stream socket as a channel. Must be called inside a tokio runtime
+/// (it spawns the writer task).
+pub fn channel(fd: OwnedFd, codec: Codec, limits: Limits) -> io::Result<(Sender, Receiver)> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true)?;
+    let sock = UnixStream::from_std(std)?;
+    let queue_bytes = limits.send_queue_bytes.clamp(1, u32::MAX as usize);
+    let shared = Arc::new(Shared {
+        sock,
+        codec,
+        limits,
+        bytes: Arc::new(Semaphore::new(queue_bytes)),
+        failure: Mutex::new(None),
+    });
+    let (tx, rx) = mpsc::channel(limits.send_queue_frames.max(1));
+    tokio::spawn(writer(shared.clone(), rx));
+    Ok((
+        Sender {
+            tx,
+            shared: shared.clone(),
+        },
+        Receiver {
+            shared,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            fds: FdQueue::default(),
+            json: JsonDecoder::default(),
+            eof: false,
+        },
+    ))
+}
+
+impl Sender {
+    /// The codec this channel speaks.
+    pub fn codec(&self) -> Codec {
+        self.shared.codec
+    }
+
+    /// The limits this channel enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Queues `frame` for writing, waiting while the queue is full (backpressure).
+    ///
+    /// Fails at once, without queueing, if the frame breaks the limits or cannot be expressed in
+    /// the channel's codec; fails with [`WireError::Closed`] once the channel is closed.
+    pub async fn send(&self, frame: Frame) -> Result<(), WireError> {
+        let mut out = self.prepare(frame)?;
+        let want = out
+            .len()
+            .clamp(1, self.shared.limits.send_queue_bytes.max(1)) as u32;
+        let permit = self
+            .shared
+            .bytes
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| self.closed_error())?;
+        out._permit = Some(permit);
+        self.tx
+            .send(Cmd::Frame(out))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Queues a shutdown after every frame already queued: they are written, then the peer reads
+    /// end-of-stream. Returns once the shutdown is queued.
+    pub async fn close(&self) -> Result<(), WireError> {
+        self.tx
+            .send(Cmd::Close)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Waits until the writer has stopped (after a close, a write failure, or every receiver of
+    /// the queue gone).
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Whether the writer has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Why the writer stopped, if it stopped on an error.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn closed_error(&self) -> WireError {
+        WireError::Closed
+    }
+
+    fn prepare(&self, frame: Frame) -> Result<Outgoing, WireError> {
+        frame::validate_outgoing(&frame, &self.shared.limits)?;
+        let mut head = BytesMut::with_capacity(64);
+        let tail = match self.shared.codec {
+            Codec::Binary => {
+                frame::encode_header(&frame, &mut head);
+                &b""[..]
+            }
+            Codec::NodeJson => json::encode_around(&frame, &mut head)?,
+        };
+        Ok(Outgoing {
+            head: head.freeze(),
+            payload: frame.payload,
+            tail,
+            fds: frame.fds,
+            _permit: None,
+        })
+    }
+}
+
+impl Receiver {
+    /// The codec this channel speaks.
+    pub fn codec(&self) -> Codec {
+        self.shared.codec
+    }
+
+    /// Node-internal messages dropped so far (Node-json codec only).
+    pub fn ignored_internal(&self) -> u64 {
+        self.json.ignored()
+    }
+
+    /// The next frame, or `Ok(None)` at a clean end-of-stream.
+    ///
+    /// Cancel-safe: a call dropped before it returns (in a `select!`) loses no bytes and no
+    /// descriptors; the next call picks up where it stopped.
+    ///
+    /// Any error (a malformed or oversized frame, descriptors that do not add up, end-of-stream
+    /// in the middle of a frame) is final: the peer can no longer be trusted to be in sync, and
+    /// the caller should drop the channel.
+    pub async fn recv(&mut self) -> Result<Option<Frame>, WireError> {
+        loop {
+            if let Some(frame) = self.decode()? {
+                return Ok(Some(frame));
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(WireError::Truncated {
+                    buffered: self.buf.len(),
+                });
+            }
+            let n = self.read_more().await?;
+            if n == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    fn decode(&mut self) -> Result<Option<Frame>, WireError> {
+        let limits = &self.shared.limits;
+        match self.shared.codec {
+            Codec::Binary => frame::decode(&mut self.buf, &mut self.fds, limits),
+            Codec::NodeJson => self.json.decode(&mut self.buf, limits),
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<usize, WireError> {
+        let shared = self.shared.clone();
+        let sock = &shared.sock;
+        match shared.codec {
+            Codec::Binary => {
+                let left = match frame::check(&self.buf, &shared.limits)? {
+                    Check::Incomplete {
+                        payload_left: Some(left),
+                    } => left,
+                    _ => 0,
+                };
+                if left > 0 {
+                    // Inside a frame whose descriptors have already arrived: read exactly the rest
+                    // of its payload (never past it, so the next frame's descriptors are not
+                    // touched) straight into the buffer.
+                    self.buf.reserve(left);
+                    let limited = (&mut self.buf).limit(left);
+                    return read_buf(sock, limited).await;
+                }
+                self.recv_with_fds(sock).await
+            }
+            Codec::NodeJson => {
+                let chunk = self.buf.len().clamp(READ_CHUNK, 16 * 1024 * 1024);
+                self.buf.reserve(chunk);
+                let limited = (&mut self.buf).limit(chunk);
+                read_buf(sock, limited).await
+            }
+        }
+    }
+
+    /// Reads with `recvmsg`, collecting descriptors. The buffer is grown, filled and trimmed
+    /// inside one synchronous step, so a cancelled call leaves it untouched.
+    async fn recv_with_fds(&mut self, sock: &UnixStream) -> Result<usize, WireError> {
+        loop {
+            sock.readable().await?;
+            let (buf, fds) = (&mut self.buf, &mut self.fds);
+            match sock.try_io(Interest::READABLE, || {
+                let start = buf.len();
+                buf.resize(start + READ_CHUNK, 0);
+                let r = recv_once(sock, &mut buf[start..], fds);
+                let n = match &r {
+                    Ok(Ok(n)) => *n,
+                    _ => 0,
+                };
+                buf.truncate(start + n);
+                r
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+                Ok(r) => return r,
+            }
+        }
+    }
+}
+
+/// One `recvmsg`; descriptors arrive close-on-exec. The inner result carries protocol errors.
+fn recv_once(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut FdQueue,
+) -> io::Result<Result<usize, WireError>> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = rustix::net::recvmsg(
+        sock.as_fd(),
+        &mut iov,
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut received = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            received.extend(it);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Ok(Err(WireError::FdsTruncated));
+    }
+    Ok(fds.extend(received).map(|()| msg.bytes))
+}
+
+async fn read_buf<B: BufMut>(sock: &UnixStream, mut buf: B) -> Result<usize, WireError> {
+    loop {
+        sock.readable().await?;
+        match sock.try_read_buf(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
+    let mut next: Option<Cmd> = None;
+    let mut batch: Vec<Outgoing> = Vec::new();
+    loop {
+        let first = match next.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv().await {
+                Some(cmd) => cmd,
+                None => break,
+            },
+        };
+        let mut close = false;
+        match first {
+            Cmd::Close => close = true,
+            Cmd::Frame(out) => {
+                let mut bytes = out.len();
+                batch.push(out);
+                // Coalesce whatever is already queued, without waiting for more.
+                while bytes < BATCH_BYTES && batch.len() * 3 < MAX_IOV {
+                    match rx.try_recv() {
+                        Ok(Cmd::Frame(o)) if o.fds.is_empty() => {
+                            bytes += o.len();
+                            batch.push(o);
+                        }
+                        Ok(cmd) => {
+                            next = Some(cmd);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = write_batch(&shared.sock, &mut batch).await {
+                    fail(&shared, &mut rx, format!("write failed: {e}"));
+                    return;
+                }
+                batch.clear();
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    // Every queued frame is written; tell the peer we are done.
+    let _ = rustix::net::shutdown(shared.sock.as_fd(), Shutdown::Write);
+    rx.close();
+    shared.bytes.close();
+}
+
+fn fail(shared: &Shared, rx: &mut mpsc::Receiver<Cmd>, why: String) {
+    tracing::debug!(%why, "channel writer stopped");
+    if let Ok(mut f) = shared.failure.lock() {
+        *f = Some(why);
+    }
+    rx.close();
+    shared.bytes.close();
+    let _ = rustix::net::shutdown(shared.sock.as_fd(), Shutdown::Both);
+}
+
+/// Writes a batch: the first frame's descriptors go with the first byte.
+async fn write_batch(sock: &UnixStream, batch: &mut [Outgoing]) -> io::Result<()> {
+    // Lay the batch out as pieces: small ones copied together, large payloads by reference.
+    let mut pieces: Vec<Bytes> = Vec::with_capacity(batch.len() * 2);
+    let mut small = BytesMut::new();
+    for out in batch.iter() {
+        small.put_slice(&out.head);
+        if out.payload.len() < COPY_BELOW {
+            small.put_slice(&out.payload);
+        } else {
+            pieces.push(small.split().freeze());
+            pieces.push(out.payload.clone());
+        }
+        small.put_slice(out.tail);
+    }
+    if !small.is_empty() {
+        pieces.push(small.freeze());
+    }
+    pieces.retain(|p| !p.is_empty());
+    let fds = std::mem::take(&mut batch[0].fds);
+    let mut fds_sent = fds.is_empty();
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < pieces.len() {
+        sock.writable().await?;
+        let res = sock.try_io(Interest::WRITABLE, || {
+            let end = (idx + MAX_IOV).min(pieces.len());
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(end - idx);
+            iov.push(IoSlice::new(&pieces[idx][off..]));
+            for p in &pieces[idx + 1..end] {
+                iov.push(IoSlice::new(p));
+            }
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            let mut space =
+                [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds_sent {
+                control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            }
+            Ok(rustix::net::sendmsg(
+                sock.as_fd(),
+                &iov,
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )?)
+        });
+        let mut n = match res {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+            Ok(n) => n,
+        };
+        fds_sent = true;
+        while n > 0 && idx < pieces.len() {
+            let left = pieces[idx].len() - off;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Format, Kind};
+    use std::io::{Read, Seek, Write};
+
+    fn pair(codec: Codec, limits: Limits) -> ((Sender, Receiver), (Sender, Receiver)) {
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        (
+            channel(a, codec, limits).unwrap(),
+            channel(b, codec, limits).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn frames_and_fds_cross_in_order() {
+        let ((tx, _), (_, mut rx)) = pair(Codec::Binary, Limits::default());
+        let mut file = tempfile();
+        file.write_all(b"passed along").unwrap();
+        for i in 0..100u64 {
+            let mut f = Frame::new(
+                Kind::Message,
+                Format::Raw,
+                Bytes::from(i.to_le_bytes().to_vec()),
+            );
+            if i % 10 == 3 {
+                f = f.with_fds(vec![OwnedFd::from(file.try_clone().unwrap())]);
+            }
+            tx.send(f).await.unwrap();
+        }
+        let big = Bytes::from(vec![7u8; 5 * 1024 * 1024]);
+        tx.send(Frame::new(Kind::Message, Format::Raw, big.clone()))
+            .await
+            .unwrap();
+        tx.close().await.unwrap();
+        for i in 0..100u64 {
+            let f = rx.recv().await.unwrap().unwrap();
+            assert_eq!(&f.payload[..], &i.to_le_bytes());
+            assert_eq!(f.fds.len(), usize::from(i % 10 == 3));
+            if let Some(fd) = f.fds.into_iter().next() {
+                let mut got = std::fs::File::from(fd);
+                got.rewind().unwrap();
+                let mut s = String::new();
+                got.read_to_string(&mut s).unwrap();
+                assert_eq!(s, "passed along");
+            }
+        }
+        let f = rx.recv().await.unwrap().unwrap();
+        assert_eq!(f.payload, big);
+        assert!(
+            rx.recv().await.unwrap().is_none(),
+            "clean end-of-stream after close"
+        );
+    }
+
+    /// `recv` dropped mid-wait (as in a `select!`) loses nothing and corrupts nothing.
+    #[tokio::test]
+    async fn recv_is_cancel_safe() {
+        for codec in [Codec::Binary, Codec::NodeJson] {
+            let ((tx, _), (_, mut rx)) = pair(codec, Limits::default());
+            let n = 3000u64;
+            let sender = tokio::spawn(async move {
+                for i in 0..n {
+                    let payload = Bytes::from(format!("{i}"));
+                    let mut f = Frame::new(Kind::Message, Format::Json, payload);
+                    if codec == Codec::Binary && i % 100 == 0 {
+                        f = f.with_fds(vec![OwnedFd::from(tempfile())]);
+                    }
+                    tx.send(f).await.unwrap();
+                    if i % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                tx.close().await.unwrap();
+            });
+            let mut next = 0u64;
+            let mut cancelled = 0u64;
+            loop {
+                tokio::select! {
+                    biased;
+                    f = rx.recv() => match f.unwrap() {
+                        Some(f) => {
+                            assert_eq!(f.payload, Bytes::from(format!("{next}")), "{codec:?}");
+                            let want = usize::from(codec == Codec::Binary && next % 100 == 0);
+                            assert_eq!(f.fds.len(), want);
+                            next += 1;
+                        }
+                        None => break,
+                    },
+                    _ = tokio::task::yield_now() => cancelled += 1,
+                }
+            }
+            sender.await.unwrap();
+            assert_eq!(next, n);
+            assert!(cancelled > 0, "the test never cancelled a recv");
+        }
+    }
+
+    #[tokio::test]
+    async fn json_codec_refuses_fds_and_raw() {
+        let ((tx, _), _) = pair(Codec::NodeJson, Limits::default());
+        let raw = Frame::new(Kind::Message, Format::Raw, Bytes::from_static(b"x"));
+        assert!(matches!(tx.send(raw).await, Err(WireError::Unsupported(_))));
+        let with_fd = Frame::new(Kind::Message, Format::Json, Bytes::from_static(b"1"))
+            .with_fds(vec![OwnedFd::from(tempfile())]);
+        assert!(matches!(
+            tx.send(with_fd).await,
+            Err(WireError::Unsupported(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn full_queue_pushes_back() {
+        let limits = Limits {
+            send_queue_frames: 4,
+            send_queue_bytes: 64 * 1024,
+            ..Limits::default()
+        };
+        let ((tx, _), (_peer_tx, _peer_rx)) = pair(Codec::Binary, limits);
+        // Nobody reads the peer: the socket buffer fills, then the queue, then send waits.
+        let payload = Bytes::from(vec![0u8; 32 * 1024]);
+        let mut sent = 0usize;
+        let stalled = loop {
+            let f = Frame::new(Kind::Message, Format::Raw, payload.clone());
+            match tokio::time::timeout(std::time::Duration::from_millis(200), tx.send(f)).await {
+                Ok(r) => {
+                    r.unwrap();
+                    sent += 1;
+                    assert!(sent < 10_000, "send never pushed back");
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(stalled);
+    }
+
+    fn tempfile() -> std::fs::File {
+        let fd = rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        std::fs::File::from(fd)
+    }
+}

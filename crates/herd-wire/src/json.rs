@@ -1,0 +1,342 @@
+//! The Node-json codec: Node.js's own IPC wire format in `json` serialization mode.
+//!
+//! Node writes each message as `JSON.stringify(message) + "\n"` and splits what it reads on
+//! `"\n"` (see Node's `lib/internal/child_process/serialization.js`). `JSON.stringify` escapes
+//! newlines inside strings, so a raw `\n` always ends a message.
+//!
+//! Node treats an object whose `cmd` is a string starting with `NODE_` as internal: it emits it as
+//! `internalMessage`, never as `message` (`isInternal` in `lib/internal/child_process.js`). herd
+//! uses that for its own traffic, so a Node program's `process.on('message')` never sees it:
+//!
+//! | herd frame | JSON text |
+//! |---|---|
+//! | [`Kind::Message`] | the value itself |
+//! | [`Kind::Request`] | `{"cmd":"NODE_HERD_REQ","id":N,"data":V}` |
+//! | [`Kind::Reply`] | `{"cmd":"NODE_HERD_REP","id":N,"data":V}` |
+//! | [`Kind::ReplyError`] | `{"cmd":"NODE_HERD_REP","id":N,"error":"text"}` |
+//! | [`Kind::Control`] | `{"cmd":"NODE_HERD_CTL","data":V}` |
+//! | [`Kind::Hello`] | `{"cmd":"NODE_HERD_HELLO","data":V}` |
+//!
+//! Any other `NODE_*` message (Node's own: handles, cluster) is dropped and counted, never handed
+//! to user code. Every line is validated as JSON before it is accepted.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::frame::{Format, Frame, Kind};
+use crate::{Limits, WireError};
+
+const REQ: &str = "NODE_HERD_REQ";
+const REP: &str = "NODE_HERD_REP";
+const CTL: &str = "NODE_HERD_CTL";
+const HELLO: &str = "NODE_HERD_HELLO";
+
+/// Incremental decoder state for one Node-json stream.
+#[derive(Debug, Default)]
+pub struct JsonDecoder {
+    /// Bytes at the front of the buffer already searched for a newline.
+    scanned: usize,
+    /// Node-internal messages (not herd's) dropped so far.
+    ignored: u64,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    cmd: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+impl JsonDecoder {
+    /// Node-internal messages that were dropped rather than handed on.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Takes the next frame out of `buf`, or `Ok(None)` when more bytes are needed.
+    ///
+    /// A line longer than `limits.max_frame_len` is an error as soon as that many bytes have
+    /// arrived without a newline, so a peer cannot make us buffer without bound.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Option<Frame>, WireError> {
+        loop {
+            let Some(pos) = memchr::memchr(b'\n', &buf[self.scanned..]).map(|p| p + self.scanned)
+            else {
+                if buf.len() > limits.max_frame_len {
+                    return Err(WireError::FrameTooLarge {
+                        len: buf.len(),
+                        max: limits.max_frame_len,
+                    });
+                }
+                self.scanned = buf.len();
+                return Ok(None);
+            };
+            self.scanned = 0;
+            if pos > limits.max_frame_len {
+                return Err(WireError::FrameTooLarge {
+                    len: pos,
+                    max: limits.max_frame_len,
+                });
+            }
+            let mut line = buf.split_to(pos + 1);
+            line.truncate(pos);
+            match classify(line.freeze())? {
+                Some(frame) => return Ok(Some(frame)),
+                None => self.ignored += 1,
+            }
+        }
+    }
+}
+
+fn malformed(msg: impl Into<String>) -> WireError {
+    WireError::Malformed(msg.into())
+}
+
+/// Turns one line into a frame, or `None` for a Node-internal message that is not herd's.
+fn classify(line: Bytes) -> Result<Option<Frame>, WireError> {
+    // serde skips ignored strings without checking them, so check the whole text once here.
+    std::str::from_utf8(&line).map_err(|e| malformed(format!("json is not utf-8: {e}")))?;
+    let first = line.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match first {
+        None => return Err(malformed("empty json message")),
+        Some(b'{') => {}
+        Some(_) => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&line)
+                .map_err(|e| malformed(format!("invalid json: {e}")))?;
+            return Ok(Some(Frame::new(Kind::Message, Format::Json, line)));
+        }
+    }
+    let env: Envelope<'_> =
+        serde_json::from_slice(&line).map_err(|e| malformed(format!("invalid json: {e}")))?;
+    let cmd: Option<Cow<'_, str>> = match env.cmd {
+        Some(raw) if raw.get().starts_with('"') => Some(
+            serde_json::from_str(raw.get()).map_err(|e| malformed(format!("invalid cmd: {e}")))?,
+        ),
+        _ => None,
+    };
+    let Some(cmd) = cmd.filter(|c| c.starts_with("NODE_")) else {
+        return Ok(Some(Frame::new(Kind::Message, Format::Json, line)));
+    };
+    let slice = |raw: &RawValue| line.slice_ref(raw.get().as_bytes());
+    let id = || -> Result<u64, WireError> {
+        let raw = env
+            .id
+            .ok_or_else(|| malformed(format!("{cmd} without id")))?;
+        let id: u64 = serde_json::from_str(raw.get())
+            .map_err(|_| malformed(format!("{cmd} id is not an unsigned integer")))?;
+        if id == 0 {
+            return Err(malformed(format!("{cmd} id must not be 0")));
+        }
+        Ok(id)
+    };
+    let data = || {
+        env.data
+            .ok_or_else(|| malformed(format!("{cmd} without data")))
+    };
+    let frame = match &*cmd {
+        REQ => Frame::new(Kind::Request, Format::Json, slice(data()?)).with_id(id()?),
+        REP => match (env.data, env.error) {
+            (Some(d), None) => Frame::new(Kind::Reply, Format::Json, slice(d)).with_id(id()?),
+            (None, Some(e)) => Frame::new(Kind::ReplyError, Format::Json, slice(e)).with_id(id()?),
+            _ => {
+                return Err(malformed(format!(
+                    "{cmd} needs exactly one of data and error"
+                )))
+            }
+        },
+        CTL => Frame::new(Kind::Control, Format::Json, slice(data()?)),
+        HELLO => Frame::new(Kind::Hello, Format::Json, slice(data()?)),
+        _ => return Ok(None),
+    };
+    Ok(Some(frame))
+}
+
+/// Writes what goes before `frame`'s payload into `head` and returns what goes after it.
+pub fn encode_around(frame: &Frame, head: &mut BytesMut) -> Result<&'static [u8], WireError> {
+    if frame.format != Format::Json {
+        return Err(WireError::Unsupported(
+            "the node-json codec carries only json payloads",
+        ));
+    }
+    if !frame.fds.is_empty() {
+        return Err(WireError::Unsupported(
+            "the node-json codec does not carry file descriptors",
+        ));
+    }
+    if frame.payload.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(malformed("empty json payload"));
+    }
+    if memchr::memchr(b'\n', &frame.payload).is_some() {
+        return Err(malformed("json payload contains a raw newline"));
+    }
+    let mut put = |cmd: &str, id: Option<u64>, field: &str| {
+        head.put_slice(b"{\"cmd\":\"");
+        head.put_slice(cmd.as_bytes());
+        head.put_slice(b"\"");
+        if let Some(id) = id {
+            head.put_slice(format!(",\"id\":{id}").as_bytes());
+        }
+        head.put_slice(format!(",\"{field}\":").as_bytes());
+    };
+    Ok(match frame.kind {
+        Kind::Message => b"\n",
+        Kind::Request => {
+            put(REQ, Some(frame.id), "data");
+            b"}\n"
+        }
+        Kind::Reply => {
+            put(REP, Some(frame.id), "data");
+            b"}\n"
+        }
+        Kind::ReplyError => {
+            put(REP, Some(frame.id), "error");
+            b"}\n"
+        }
+        Kind::Control => {
+            put(CTL, None, "data");
+            b"}\n"
+        }
+        Kind::Hello => {
+            put(HELLO, None, "data");
+            b"}\n"
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, WireError> {
+        let mut d = JsonDecoder::default();
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = d.decode(&mut buf, &Limits::default())? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    fn encode(frame: &Frame) -> Vec<u8> {
+        let mut head = BytesMut::new();
+        let tail = encode_around(frame, &mut head).unwrap();
+        let mut v = head.to_vec();
+        v.extend_from_slice(&frame.payload);
+        v.extend_from_slice(tail);
+        v
+    }
+
+    #[test]
+    fn node_messages_and_herd_envelopes() {
+        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n";
+        let f = decode_all(input).unwrap();
+        assert_eq!(f.len(), 5, "{f:?}");
+        assert_eq!(
+            (f[0].kind, &f[0].payload[..]),
+            (Kind::Message, &b"\"hi worker\""[..])
+        );
+        assert_eq!(
+            (f[1].kind, &f[1].payload[..]),
+            (Kind::Message, &b"{\"a\":1}"[..])
+        );
+        assert_eq!(
+            (f[2].kind, f[2].id, &f[2].payload[..]),
+            (Kind::Request, 7, &b"[1,2]"[..])
+        );
+        assert_eq!(
+            (f[3].kind, &f[3].payload[..]),
+            (Kind::ReplyError, &b"\"nope\""[..])
+        );
+        assert_eq!(f[4].kind, Kind::Message);
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        for bad in [
+            &b"{\"a\":\n"[..],
+            b"\n",
+            b"nope\n",
+            b"{\"cmd\":\"NODE_HERD_REQ\",\"data\":1}\n",
+            b"{\"cmd\":\"NODE_HERD_REQ\",\"id\":-1,\"data\":1}\n",
+            b"{\"cmd\":\"NODE_HERD_REP\",\"id\":1,\"data\":1,\"error\":\"x\"}\n",
+            b"\"\xff\xfe\"\n",
+        ] {
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn long_line_without_newline_is_cut_off() {
+        let limits = Limits {
+            max_frame_len: 10,
+            ..Limits::default()
+        };
+        let mut d = JsonDecoder::default();
+        let mut buf = BytesMut::from(&b"\"0123456789"[..]);
+        assert!(matches!(
+            d.decode(&mut buf, &limits),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        /// Any JSON value round-trips through every kind, whatever the read boundaries.
+        #[test]
+        fn roundtrip(
+            values in proptest::collection::vec(any::<(String, i64, bool, Vec<u8>)>(), 1..10),
+            kinds in proptest::collection::vec(0usize..5, 1..10),
+            cut in 1usize..50,
+        ) {
+            let kinds_all = [Kind::Message, Kind::Request, Kind::Reply, Kind::ReplyError, Kind::Control];
+            let mut wire = Vec::new();
+            let mut expect = Vec::new();
+            for (i, v) in values.iter().enumerate() {
+                let kind = kinds_all[kinds[i % kinds.len()]];
+                let payload = serde_json::to_vec(v).unwrap();
+                let id = if kind.has_id() { i as u64 + 1 } else { 0 };
+                let f = Frame::new(kind, Format::Json, Bytes::from(payload)).with_id(id);
+                wire.extend(encode(&f));
+                expect.push(f);
+            }
+            let mut d = JsonDecoder::default();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(cut) {
+                buf.extend_from_slice(chunk);
+                while let Some(f) = d.decode(&mut buf, &Limits::default()).unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got.len(), expect.len());
+            for (g, e) in got.iter().zip(&expect) {
+                prop_assert_eq!(g.kind, e.kind);
+                prop_assert_eq!(g.id, e.id);
+                let gv: serde_json::Value = serde_json::from_slice(&g.payload).unwrap();
+                let ev: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+                prop_assert_eq!(gv, ev);
+            }
+        }
+
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_all(&bytes);
+        }
+    }
+}
