@@ -1,0 +1,58 @@
+//! herd's error type.
+
+use std::time::Duration;
+
+use crate::WorkerId;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The channel failed (bad frames from the peer, limits, i/o).
+    #[error("channel error")]
+    Wire(#[from] herd_wire::WireError),
+    /// A worker process could not be started.
+    #[error("cannot start worker")]
+    Spawn(#[source] std::io::Error),
+    /// This process was not started as a worker.
+    #[error("not running as a herd worker: {0}")]
+    NotAWorker(String),
+    /// The handshake failed or did not come.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A wait for the peer ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer answered a request with an error.
+    #[error("peer answered with an error: {0}")]
+    Remote(String),
+    /// Too many requests are waiting for replies.
+    #[error("too many requests in flight (limit {0})")]
+    TooManyRequests(usize),
+    /// The channel is closed.
+    #[error("channel closed")]
+    ChannelClosed,
+    /// The worker is gone.
+    #[error("worker {0} is gone")]
+    WorkerGone(WorkerId),
+    /// The cluster's dispatcher is gone.
+    #[error("the cluster is shut down")]
+    ClusterGone,
+    /// A system call failed.
+    #[error("i/o error")]
+    Io(#[from] std::io::Error),
+}
+
+/// Formats an error with its chain of sources, `a: b: c`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

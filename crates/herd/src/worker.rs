@@ -1,0 +1,220 @@
+//! The worker side: find the channel the primary left in the environment, shake hands, then
+//! receive messages and requests and send back.
+//!
+//! A worker started by a herd primary finds `HERD_CHANNEL_FD`, `HERD_CHANNEL_CODEC` and
+//! `HERD_WORKER_ID`. A worker forked by a Node.js primary (`child_process.fork` with
+//! `serialization: 'json'`, the default) finds `NODE_CHANNEL_FD` and speaks Node's json format.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use herd_wire::{Codec, Hello, Kind, Limits, Receiver};
+use tokio::sync::mpsc;
+
+use crate::message::{Control, Endpoint, Incoming, Routed};
+use crate::peer::Peer;
+use crate::{sys, Error};
+
+/// Options for [`Worker::connect_with`].
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Channel limits.
+    pub limits: Limits,
+    /// How long to wait for the primary's hello (binary codec).
+    pub handshake_timeout: Duration,
+    /// Default deadline for requests to the primary.
+    pub request_timeout: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// This process as a worker: its channel to the primary. Dereferences to [`Peer`] for sending.
+///
+/// A reader task reads the channel all the time: replies to this worker's requests reach their
+/// callers even while nobody calls [`Worker::recv`], and messages and requests wait in a bounded
+/// queue (when it is full the reader stops reading, and the primary's sends wait).
+pub struct Worker {
+    id: u64,
+    peer: Peer,
+    incoming: mpsc::Receiver<Result<Incoming, Error>>,
+}
+
+/// Messages and requests waiting for [`Worker::recv`].
+const INCOMING_QUEUE: usize = 1024;
+
+async fn read_loop(
+    mut rx: Receiver,
+    ep: std::sync::Arc<Endpoint>,
+    out: mpsc::Sender<Result<Incoming, Error>>,
+) {
+    loop {
+        let routed = match rx.recv().await {
+            Ok(Some(frame)) => ep.route(frame),
+            Ok(None) => break,
+            Err(e) => Err(e.into()),
+        };
+        match routed {
+            Ok(Routed::Incoming(i)) => {
+                if out.send(Ok(i)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Routed::Control(c)) => {
+                tracing::debug!(?c, "control notice from the primary ignored")
+            }
+            Ok(Routed::Handled) => {}
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                break;
+            }
+        }
+    }
+    ep.fail_all();
+}
+
+impl Deref for Worker {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+struct Env {
+    fd: i32,
+    codec: Codec,
+    id: u64,
+}
+
+fn env() -> Result<Env, Error> {
+    let var = |k: &str| std::env::var(k).ok();
+    let num = |k: &str, v: String| -> Result<i64, Error> {
+        v.parse()
+            .map_err(|_| Error::NotAWorker(format!("{k}={v:?} is not a number")))
+    };
+    if let Some(fd) = var("HERD_CHANNEL_FD") {
+        let fd = num("HERD_CHANNEL_FD", fd)? as i32;
+        let codec = match var("HERD_CHANNEL_CODEC") {
+            None => Codec::Binary,
+            Some(c) => Codec::parse(&c)
+                .ok_or_else(|| Error::NotAWorker(format!("unknown HERD_CHANNEL_CODEC {c:?}")))?,
+        };
+        let id = match var("HERD_WORKER_ID") {
+            Some(v) => num("HERD_WORKER_ID", v)? as u64,
+            None => 0,
+        };
+        return Ok(Env { fd, codec, id });
+    }
+    if let Some(fd) = var("NODE_CHANNEL_FD") {
+        let fd = num("NODE_CHANNEL_FD", fd)? as i32;
+        match var("NODE_CHANNEL_SERIALIZATION_MODE").as_deref() {
+            None | Some("json") => {}
+            Some(other) => {
+                return Err(Error::NotAWorker(format!(
+                "Node's {other:?} serialization is not supported: fork with serialization: 'json'"
+            )))
+            }
+        }
+        return Ok(Env {
+            fd,
+            codec: Codec::NodeJson,
+            id: 0,
+        });
+    }
+    Err(Error::NotAWorker(
+        "neither HERD_CHANNEL_FD nor NODE_CHANNEL_FD is set".into(),
+    ))
+}
+
+impl Worker {
+    /// Connects to the primary with default options. Must be called inside a tokio runtime.
+    pub async fn connect() -> Result<Worker, Error> {
+        Worker::connect_with(WorkerOptions::default()).await
+    }
+
+    /// Connects to the primary: takes the inherited channel and, on the binary codec, exchanges
+    /// hellos (protocol version, worker id) within the handshake deadline.
+    pub async fn connect_with(opts: WorkerOptions) -> Result<Worker, Error> {
+        let env = env()?;
+        let fd = sys::take_inherited_socket(env.fd).map_err(|e| {
+            Error::NotAWorker(format!("cannot take channel descriptor {}: {e}", env.fd))
+        })?;
+        let (tx, mut rx) = herd_wire::channel(fd, env.codec, opts.limits)?;
+        let ep = Endpoint::new(tx, 65_536);
+        if env.codec == Codec::Binary {
+            let mine = Hello::new(env.id);
+            ep.send_value(Kind::Hello, &mine, Vec::new()).await?;
+            let first = tokio::time::timeout(opts.handshake_timeout, rx.recv())
+                .await
+                .map_err(|_| Error::Handshake("the primary sent no hello".into()))??
+                .ok_or_else(|| Error::Handshake("the primary closed the channel".into()))?;
+            if first.kind != Kind::Hello {
+                return Err(Error::Handshake(format!(
+                    "first frame is {:?}, not a hello",
+                    first.kind
+                )));
+            }
+            let theirs: Hello = herd_wire::decode_value(first.format, &first.payload)?;
+            mine.negotiate(&theirs)
+                .map_err(|e| Error::Handshake(e.to_string()))?;
+            if theirs.worker_id != env.id {
+                return Err(Error::Handshake(format!(
+                    "the primary calls this worker {}, the environment says {}",
+                    theirs.worker_id, env.id
+                )));
+            }
+        }
+        let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
+        tokio::spawn(read_loop(rx, ep.clone(), in_tx));
+        Ok(Worker {
+            id: env.id,
+            peer: Peer::new(ep, opts.request_timeout),
+            incoming: in_rx,
+        })
+    }
+
+    /// This worker's id (0 when forked by a Node.js primary).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A sender for other tasks (the worker's receive loop keeps `&mut self`).
+    pub fn peer(&self) -> Peer {
+        self.peer.clone()
+    }
+
+    /// The next message or request from the primary; `Ok(None)` once the primary disconnected
+    /// (the worker should finish and exit). Replies to this worker's requests are routed to
+    /// their callers, never returned here. An error (the primary broke the protocol) is final.
+    pub async fn recv(&mut self) -> Result<Option<Incoming>, Error> {
+        self.incoming.recv().await.transpose()
+    }
+
+    /// Tells the primary this worker listens on `address` (its [`crate::Event::Listening`]).
+    pub async fn notify_listening(&self, address: impl Into<String>) -> Result<(), Error> {
+        self.peer
+            .control(&Control::Listening {
+                address: address.into(),
+            })
+            .await
+    }
+
+    /// Tells the primary this worker is ready for work (its [`crate::Event::Ready`]).
+    pub async fn notify_ready(&self) -> Result<(), Error> {
+        self.peer.control(&Control::Ready).await
+    }
+
+    /// Closes the channel after everything queued is written; the primary sees the disconnect.
+    pub async fn disconnect(self) -> Result<(), Error> {
+        self.peer.endpoint().sender().close().await?;
+        self.peer.endpoint().sender().closed().await;
+        Ok(())
+    }
+}

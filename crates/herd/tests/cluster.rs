@@ -1,0 +1,601 @@
+//! Integration tests of the cluster core with real worker processes (the `herd-test-worker`
+//! binary, and `sh` playing a worker that lies). Every wait has a deadline; nothing sleeps to
+//! synchronise.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Seek};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use bytes::BufMut;
+use herd::{Cluster, ClusterBuilder, Error, Event, Signal, WorkerId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn builder(n: usize) -> ClusterBuilder {
+    Cluster::builder()
+        .workers(n)
+        .program(WORKER)
+        .args(Vec::<String>::new())
+        .env("HERD_TEST_MODE", "echo")
+        .grace(Duration::from_secs(2))
+}
+
+async fn next(cluster: &mut Cluster) -> Event {
+    tokio::time::timeout(DEADLINE, cluster.next_event())
+        .await
+        .expect("no event before the deadline")
+        .expect("event stream ended")
+}
+
+/// Waits for an event matching `want`, returning it and the events skipped on the way.
+async fn until(cluster: &mut Cluster, want: impl Fn(&Event) -> bool) -> (Event, Vec<Event>) {
+    let mut skipped = Vec::new();
+    loop {
+        let ev = next(cluster).await;
+        if want(&ev) {
+            return (ev, skipped);
+        }
+        skipped.push(ev);
+    }
+}
+
+async fn all_online(cluster: &mut Cluster, n: usize) {
+    let mut online = 0;
+    while online < n {
+        if let (Event::Online { .. }, _) =
+            until(cluster, |e| matches!(e, Event::Online { .. })).await
+        {
+            online += 1;
+        }
+    }
+}
+
+async fn message(cluster: &mut Cluster, from: WorkerId) -> Value {
+    let (ev, _) = until(
+        cluster,
+        |e| matches!(e, Event::Message { worker, .. } if *worker == from),
+    )
+    .await;
+    match ev {
+        Event::Message { message, .. } => message.json().unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // A zombie has exited; only its parent (not us) can reap it.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn hello_with_lifecycle_events_in_order() {
+    let mut cluster = builder(3).start().await.unwrap();
+    let mut log: HashMap<WorkerId, Vec<String>> = HashMap::new();
+    let mut pids = HashMap::new();
+    let mut answered = 0;
+    let mut exited = 0;
+    while exited < 3 {
+        let ev = next(&mut cluster).await;
+        let w = ev.worker();
+        let entry = log.entry(w).or_default();
+        match ev {
+            Event::Fork { pid, .. } => {
+                entry.push("fork".into());
+                pids.insert(w, pid);
+            }
+            Event::Online { worker } => {
+                entry.push("online".into());
+                cluster
+                    .worker(worker)
+                    .await
+                    .unwrap()
+                    .send("hi worker")
+                    .await
+                    .unwrap();
+            }
+            Event::Message { message, .. } => {
+                let v = message.json().unwrap();
+                assert_eq!(v["echo"], "hi worker");
+                assert_eq!(
+                    v["pid"], pids[&w],
+                    "the reply comes from the forked process"
+                );
+                assert_eq!(v["id"], w.0);
+                entry.push("message".into());
+                answered += 1;
+                if answered == 3 {
+                    for (_, status) in cluster.disconnect_all().await {
+                        assert!(status.unwrap().success());
+                    }
+                }
+            }
+            Event::Disconnect { .. } => entry.push("disconnect".into()),
+            Event::Exit { status, .. } => {
+                assert!(status.success(), "{status}");
+                assert!(is_gone(pids[&w]), "the worker was reaped");
+                entry.push("exit".into());
+                exited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(log.len(), 3);
+    for (w, events) in log {
+        assert_eq!(
+            events,
+            ["fork", "online", "message", "disconnect", "exit"],
+            "worker {w}"
+        );
+    }
+    assert!(cluster.workers().await.is_empty());
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    items: Vec<String>,
+    total: f64,
+    note: Option<String>,
+}
+
+#[tokio::test]
+async fn typed_and_untyped_values_both_ways() {
+    let mut cluster = builder(1).start().await.unwrap();
+    all_online(&mut cluster, 1).await;
+    let w = cluster.workers().await.remove(0);
+    let order = Order {
+        id: 7,
+        items: vec!["tea".into(), "üñí\ncode".into()],
+        total: 12.5,
+        note: None,
+    };
+    w.send(&order).await.unwrap();
+    let back = message(&mut cluster, w.id()).await;
+    let echoed: Order = serde_json::from_value(back["echo"].clone()).unwrap();
+    assert_eq!(echoed, order);
+
+    let untyped = json!({"nested": {"list": [1, -2, 3.25, null, true]}, "s": "x"});
+    w.send(&untyped).await.unwrap();
+    assert_eq!(message(&mut cluster, w.id()).await["echo"], untyped);
+
+    // Raw bytes are not a serde value; the worker's `json()` fails and it reports nothing, but
+    // the channel stays usable. (Raw bytes are for bulk between Rust peers.)
+    let answer: Value = w.request(&"still there?").await.unwrap();
+    assert_eq!(answer, json!({"echo": "still there?"}));
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_worker() {
+    let mut cluster = builder(3).start().await.unwrap();
+    all_online(&mut cluster, 3).await;
+    assert_eq!(cluster.broadcast(&json!({"to": "all"})).await, 3);
+    let mut from = Vec::new();
+    while from.len() < 3 {
+        if let (Event::Message { worker, message }, _) =
+            until(&mut cluster, |e| matches!(e, Event::Message { .. })).await
+        {
+            assert_eq!(message.json().unwrap()["echo"], json!({"to": "all"}));
+            from.push(worker);
+        }
+    }
+    from.sort();
+    from.dedup();
+    assert_eq!(from.len(), 3);
+}
+
+#[tokio::test]
+async fn requests_both_ways_with_errors_and_deadlines() {
+    let mut cluster = builder(1).start().await.unwrap();
+    all_online(&mut cluster, 1).await;
+    let w = cluster.workers().await.remove(0);
+
+    let r: Value = w.request(&"ping").await.unwrap();
+    assert_eq!(r, json!({"echo": "ping"}));
+
+    match w.request::<_, Value>(&"fail").await {
+        Err(Error::Remote(text)) => assert_eq!(text, "asked to fail"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    match w.request::<_, Value>(&"drop").await {
+        Err(Error::Remote(text)) => assert!(text.contains("dropped"), "{text}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    match w
+        .request_message(&"hang", Vec::new(), Duration::from_millis(300))
+        .await
+    {
+        Err(Error::Timeout(_)) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Concurrent requests are matched to their own replies.
+    let calls = (0..50).map(|i| {
+        let w = w.clone();
+        tokio::spawn(async move { (i, w.request::<_, Value>(&i).await.unwrap()) })
+    });
+    for c in calls {
+        let (i, r) = c.await.unwrap();
+        assert_eq!(r, json!({"echo": i}));
+    }
+
+    // Worker -> primary.
+    w.send(&json!({"op": "ask", "value": 41})).await.unwrap();
+    let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Request { .. })).await;
+    let Event::Request { request, .. } = ev else {
+        unreachable!()
+    };
+    let n: i64 = request.decode().unwrap();
+    request.reply(&(n + 1)).await.unwrap();
+    assert_eq!(
+        message(&mut cluster, w.id()).await,
+        json!({"primary_said": 42})
+    );
+
+    // A request the primary drops answers itself.
+    w.send(&json!({"op": "ask", "value": 1})).await.unwrap();
+    let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Request { .. })).await;
+    drop(ev);
+    let report = message(&mut cluster, w.id()).await;
+    assert!(
+        report["primary_failed"]
+            .as_str()
+            .unwrap()
+            .contains("dropped"),
+        "{report}"
+    );
+}
+
+fn memfd(content: &str) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::io::write(&fd, content.as_bytes()).unwrap();
+    fd
+}
+
+#[tokio::test]
+async fn descriptors_travel_both_ways_and_arrive_cloexec() {
+    let mut cluster = builder(1).start().await.unwrap();
+    all_online(&mut cluster, 1).await;
+    let w = cluster.workers().await.remove(0);
+
+    // Primary -> worker: a listening socket; the worker accepts on it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    w.send_with_fds(&json!({"op": "accept"}), vec![OwnedFd::from(listener)])
+        .await
+        .unwrap();
+    let greeting = tokio::task::spawn_blocking(move || {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(greeting, format!("hello from worker {}\n", w.id()));
+    assert_eq!(
+        message(&mut cluster, w.id()).await,
+        json!({"accepted": true})
+    );
+
+    // Received descriptors are close-on-exec in the worker.
+    w.send_with_fds(&json!({"op": "check_fd"}), vec![memfd("a"), memfd("b")])
+        .await
+        .unwrap();
+    assert_eq!(
+        message(&mut cluster, w.id()).await,
+        json!({"cloexec": [true, true]})
+    );
+
+    // Worker -> primary: a memfd.
+    w.send(&json!({"op": "send_fd"})).await.unwrap();
+    let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Message { .. })).await;
+    let Event::Message { mut message, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(message.json().unwrap(), json!({"here": true}));
+    let fds = message.take_fds();
+    assert_eq!(fds.len(), 1);
+    let flags = rustix::io::fcntl_getfd(fds[0].as_fd()).unwrap();
+    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+    let mut f = std::fs::File::from(fds.into_iter().next().unwrap());
+    f.rewind().unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, format!("from worker {}", w.id()));
+
+    // Too many descriptors for one message: refused before anything is sent.
+    let many: Vec<OwnedFd> = (0..65).map(|_| memfd("x")).collect();
+    match w.send_with_fds(&json!({"op": "check_fd"}), many).await {
+        Err(Error::Wire(herd_wire::WireError::TooManyFds { count: 65, max: 64 })) => {}
+        other => panic!("expected too many fds, got {other:?}"),
+    }
+    let r: Value = w.request(&"after").await.unwrap();
+    assert_eq!(r, json!({"echo": "after"}));
+}
+
+#[tokio::test]
+async fn kill_exit_codes_and_the_grace_period() {
+    let mut cluster = builder(2).start().await.unwrap();
+    all_online(&mut cluster, 2).await;
+    let ws = cluster.workers().await;
+    let status = ws[0].kill(Signal::TERM).await.unwrap();
+    assert_eq!(status.signal, Some(libc::SIGTERM), "{status}");
+    ws[1].send(&json!({"op": "exit", "code": 7})).await.unwrap();
+    let (ev, _) = until(
+        &mut cluster,
+        |e| matches!(e, Event::Exit { worker, .. } if *worker == ws[1].id()),
+    )
+    .await;
+    let Event::Exit { status, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(status.code, Some(7));
+
+    // A worker that ignores the disconnect is killed once the grace period is over.
+    let mut stubborn = Cluster::builder()
+        .workers(1)
+        .program(WORKER)
+        .args(Vec::<String>::new())
+        .env("HERD_TEST_MODE", "ignore-eof")
+        .grace(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    all_online(&mut stubborn, 1).await;
+    let w = stubborn.workers().await.remove(0);
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(DEADLINE, w.disconnect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.signal, Some(libc::SIGKILL), "{status}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(is_gone(w.pid()));
+}
+
+/// Octal escapes for `printf`, so `sh` can write exact bytes to the channel.
+fn printf_escape(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+fn frame(kind: u8, flags: u8, nfds: u16, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.put_u32_le(payload.len() as u32);
+    b.put_u8(kind);
+    b.put_u8(flags);
+    b.put_u16_le(nfds);
+    b.put_u64_le(id);
+    b.extend_from_slice(payload);
+    b
+}
+
+fn hello(worker_id: u64) -> Vec<u8> {
+    let h = herd_wire::Hello::new(worker_id);
+    frame(1, 0, 0, 0, &rmp_serde_like(&h))
+}
+
+fn rmp_serde_like(h: &herd_wire::Hello) -> Vec<u8> {
+    let (_, bytes) = herd_wire::encode_value(herd::Codec::Binary, h).unwrap();
+    bytes.to_vec()
+}
+
+/// A cluster whose worker 1 is `sh` writing `bytes` to its channel and then sleeping, and whose
+/// worker 2 is a well-behaved echo worker.
+async fn liar(bytes: &[u8]) -> Cluster {
+    let script = r#"if [ "$HERD_WORKER_ID" = 1 ]; then printf "$LIE" >&3; exec sleep 30; else exec "$0"; fi"#;
+    Cluster::builder()
+        .workers(2)
+        .program("sh")
+        .args(["-c", script, WORKER])
+        .env("HERD_TEST_MODE", "echo")
+        .env("LIE", printf_escape(bytes))
+        .grace(Duration::from_millis(200))
+        .handshake_timeout(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn contained(bytes: Vec<u8>, expect: &str) {
+    let mut cluster = liar(&bytes).await;
+    let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Error { .. })).await;
+    let Event::Error { worker, error } = ev else {
+        unreachable!()
+    };
+    assert_eq!(worker, WorkerId(1));
+    let text = herd::error::chain(&error);
+    assert!(text.contains(expect), "expected {expect:?} in {text:?}");
+    let (ev, _) = until(
+        &mut cluster,
+        |e| matches!(e, Event::Exit { worker, .. } if *worker == WorkerId(1)),
+    )
+    .await;
+    let Event::Exit { status, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(
+        status.signal,
+        Some(libc::SIGKILL),
+        "the liar is killed after the grace period"
+    );
+    // The other worker is untouched.
+    let w2 = cluster
+        .worker(WorkerId(2))
+        .await
+        .expect("worker 2 is still there");
+    let r: Value = w2.request(&"ok?").await.unwrap();
+    assert_eq!(r, json!({"echo": "ok?"}));
+}
+
+#[tokio::test]
+async fn garbage_is_contained() {
+    // Text read as a header: its first four bytes make an absurd length.
+    contained(b"this is not a frame at all".to_vec(), "exceeds the limit").await;
+}
+
+#[tokio::test]
+async fn an_unknown_frame_kind_is_contained() {
+    contained(frame(99, 0, 0, 0, b"xx"), "unknown frame kind 99").await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_contained() {
+    // A header announcing a 4 GiB payload: refused on the header, before anything is buffered.
+    let mut b = frame(2, 0, 0, 0, b"");
+    b[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    contained(b, "exceeds the limit").await;
+}
+
+#[tokio::test]
+async fn a_worker_claiming_another_id_is_refused() {
+    contained(hello(2), "claims to be worker 2").await;
+}
+
+#[tokio::test]
+async fn a_message_before_the_handshake_is_refused() {
+    let (_, payload) = herd_wire::encode_value(herd::Codec::Binary, &"hi").unwrap();
+    contained(frame(2, 0, 0, 0, &payload), "not a hello").await;
+}
+
+#[tokio::test]
+async fn claimed_but_missing_descriptors_are_refused() {
+    let (_, payload) = herd_wire::encode_value(herd::Codec::Binary, &"hi").unwrap();
+    let mut b = hello(1);
+    b.extend(frame(2, 0, 3, 0, &payload));
+    contained(b, "claims 3 file descriptors").await;
+}
+
+#[tokio::test]
+async fn a_half_frame_then_silence_is_refused_at_end_of_stream() {
+    // The liar writes half a frame, then its channel closes when it exits... but `sleep` holds
+    // fd 3 open, so close it first: `exec 3>&-` happens in the script below.
+    let mut b = hello(1);
+    b.extend(&frame(2, 0, 0, 0, b"0123456789")[..20]);
+    let script = r#"if [ "$HERD_WORKER_ID" = 1 ]; then printf "$LIE" >&3; exec 3>&-; exec sleep 30; else exec "$0"; fi"#;
+    let mut cluster = Cluster::builder()
+        .workers(2)
+        .program("sh")
+        .args(["-c", script, WORKER])
+        .env("HERD_TEST_MODE", "echo")
+        .env("LIE", printf_escape(&b))
+        .grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Error { .. })).await;
+    let Event::Error { error, .. } = ev else {
+        unreachable!()
+    };
+    assert!(herd::error::chain(&error).contains("middle of a frame"));
+    let w2 = cluster.worker(WorkerId(2)).await.unwrap();
+    let r: Value = w2.request(&1).await.unwrap();
+    assert_eq!(r, json!({"echo": 1}));
+}
+
+#[tokio::test]
+async fn a_silent_worker_fails_its_handshake() {
+    let mut cluster = Cluster::builder()
+        .workers(1)
+        .program("sleep")
+        .args(["30"])
+        .handshake_timeout(Duration::from_millis(300))
+        .grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let (ev, skipped) = until(&mut cluster, |e| matches!(e, Event::Error { .. })).await;
+    assert!(skipped.iter().all(|e| matches!(e, Event::Fork { .. })));
+    let Event::Error { error, .. } = ev else {
+        unreachable!()
+    };
+    assert!(matches!(error, Error::Handshake(_)), "{error:?}");
+    let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Exit { .. })).await;
+    let Event::Exit { status, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(status.signal, Some(libc::SIGKILL));
+}
+
+#[tokio::test]
+async fn sending_to_an_exited_worker_fails_fast() {
+    let mut cluster = builder(1).start().await.unwrap();
+    all_online(&mut cluster, 1).await;
+    let w = cluster.workers().await.remove(0);
+    w.send(&json!({"op": "exit", "code": 0})).await.unwrap();
+    until(&mut cluster, |e| matches!(e, Event::Exit { .. })).await;
+    let r = tokio::time::timeout(Duration::from_secs(2), w.request::<_, Value>(&"x"))
+        .await
+        .expect("a request to a gone worker must not wait for its deadline");
+    assert!(r.is_err());
+    assert!(cluster.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn workers_die_with_their_primary() {
+    // A primary process whose workers ignore end-of-stream: only PR_SET_PDEATHSIG can stop them.
+    let mut primary = std::process::Command::new(WORKER)
+        .env_remove("HERD_CHANNEL_FD")
+        .env_remove("NODE_CHANNEL_FD")
+        .env("HERD_TEST_WORKERS", "2")
+        .env("HERD_TEST_CHILD_MODE", "ignore-eof")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = primary.stdout.take().unwrap();
+    let pids = tokio::task::spawn_blocking(move || {
+        let mut pids = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(pid) = line.strip_prefix("worker ") {
+                pids.push(pid.parse::<u32>().unwrap());
+                if pids.len() == 2 {
+                    break;
+                }
+            }
+        }
+        pids
+    });
+    let pids = tokio::time::timeout(DEADLINE, pids).await.unwrap().unwrap();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| !is_gone(*p)));
+    // A pidfd becomes readable when its process terminates: wait on that, with a deadline.
+    let pidfds: Vec<OwnedFd> = pids
+        .iter()
+        .map(|p| {
+            let pid = rustix::process::Pid::from_raw(*p as i32).unwrap();
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                .expect("worker is alive before the primary is killed")
+        })
+        .collect();
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        for fd in &pidfds {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = rustix::time::Timespec::try_from(left).unwrap();
+            let mut set = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            if rustix::event::poll(&mut set, Some(&left)).unwrap() == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert!(waited, "a worker outlived its primary by a second");
+    assert!(pids.iter().all(|p| is_gone(*p)));
+}

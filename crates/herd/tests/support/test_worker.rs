@@ -1,0 +1,140 @@
+//! A worker program for herd's integration tests. `HERD_TEST_MODE` picks its behaviour:
+//!
+//! - `echo` (default): messages come back as `{"echo": value, "pid": pid, "id": worker id}`;
+//!   requests are answered `{"echo": value}`, except `"hang"` (never answered), `"drop"` (dropped
+//!   unanswered) and `"fail"` (answered with an error). Objects with an `op` field are commands:
+//!   `accept` (the attached descriptor is a listener: accept one connection and greet it),
+//!   `send_fd` (answer with a memfd attached), `ask` (send a request to the primary and report the
+//!   answer), `exit` (exit with `code`), `listening` / `ready` (send those notices), `burst`
+//!   (send `n` messages `{"seq": i}`), `check_fd` (report whether the attached descriptor is
+//!   close-on-exec). On disconnect the worker exits 0.
+//! - `ignore-eof`: connects, then never exits on its own (even after the primary is gone).
+//! - `primary`: runs as a primary forking `HERD_TEST_WORKERS` workers in mode
+//!   `HERD_TEST_CHILD_MODE`, prints `worker <pid>` for each, then waits forever.
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+
+use herd::{Cluster, Event, Incoming, Role, Worker};
+use serde_json::{json, Value};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let mode = std::env::var("HERD_TEST_MODE").unwrap_or_else(|_| "echo".into());
+    match (herd::role(), mode.as_str()) {
+        (Role::Primary, _) => primary().await,
+        (Role::Worker, "ignore-eof") => {
+            let _w = Worker::connect().await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        (Role::Worker, _) => echo().await,
+    }
+}
+
+async fn primary() -> Res<()> {
+    let n: usize = std::env::var("HERD_TEST_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    let child_mode = std::env::var("HERD_TEST_CHILD_MODE").unwrap_or_else(|_| "echo".into());
+    let mut cluster = Cluster::builder()
+        .workers(n)
+        .args(Vec::<String>::new())
+        .env("HERD_TEST_MODE", child_mode)
+        .start()
+        .await?;
+    while let Some(ev) = cluster.next_event().await {
+        if let Event::Online { worker } = ev {
+            if let Some(w) = cluster.worker(worker).await {
+                // The reader may have stopped listening: a closed stdout is not an error here.
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "worker {}", w.pid()).and_then(|()| out.flush());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn echo() -> Res<()> {
+    let mut w = Worker::connect().await?;
+    let id = w.id();
+    let pid = std::process::id();
+    let mut hung = Vec::new();
+    while let Some(incoming) = w.recv().await? {
+        match incoming {
+            Incoming::Message(mut m) => {
+                let v: Value = m.json()?;
+                let fds = m.take_fds();
+                if let Some(op) = v.get("op").and_then(Value::as_str) {
+                    command(&w, op, &v, fds).await?;
+                } else {
+                    w.send(&json!({"echo": v, "pid": pid, "id": id})).await?;
+                }
+            }
+            Incoming::Request(r) => {
+                let v: Value = r.decode()?;
+                match v.as_str() {
+                    Some("hang") => hung.push(r),
+                    Some("drop") => drop(r),
+                    Some("fail") => r.reply_error("asked to fail").await?,
+                    _ => r.reply(&json!({"echo": v})).await?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn command(w: &Worker, op: &str, v: &Value, fds: Vec<OwnedFd>) -> Res<()> {
+    match op {
+        "accept" => {
+            let fd = fds.into_iter().next().ok_or("accept needs a descriptor")?;
+            let listener = std::net::TcpListener::from(fd);
+            let (mut s, _) = listener.accept()?;
+            writeln!(s, "hello from worker {}", w.id())?;
+            w.send(&json!({"accepted": true})).await?;
+        }
+        "send_fd" => {
+            let fd = rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC)?;
+            let mut f = std::fs::File::from(fd);
+            write!(f, "from worker {}", w.id())?;
+            w.send_with_fds(&json!({"here": true}), vec![OwnedFd::from(f)])
+                .await?;
+        }
+        "check_fd" => {
+            let cloexec = fds
+                .iter()
+                .map(|f| {
+                    rustix::io::fcntl_getfd(f.as_fd())
+                        .map(|fl| fl.contains(rustix::io::FdFlags::CLOEXEC))
+                        .unwrap_or(false)
+                })
+                .collect::<Vec<_>>();
+            w.send(&json!({"cloexec": cloexec})).await?;
+        }
+        "ask" => {
+            let answer: Result<Value, _> = w.request(&v["value"]).await;
+            let report = match answer {
+                Ok(a) => json!({"primary_said": a}),
+                Err(e) => json!({"primary_failed": herd::error::chain(&e)}),
+            };
+            w.send(&report).await?;
+        }
+        "exit" => std::process::exit(v["code"].as_i64().unwrap_or(0) as i32),
+        "listening" => {
+            w.notify_listening(v["address"].as_str().unwrap_or("?"))
+                .await?
+        }
+        "ready" => w.notify_ready().await?,
+        "burst" => {
+            for i in 0..v["n"].as_u64().unwrap_or(0) {
+                w.send(&json!({"seq": i})).await?;
+            }
+        }
+        other => w.send(&json!({"unknown_op": other})).await?,
+    }
+    Ok(())
+}
