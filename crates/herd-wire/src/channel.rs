@@ -233,7 +233,12 @@ impl Receiver {
                     buffered: self.buf.len(),
                 });
             }
-            let n = self.read_more().await?;
+            let n = match self.read_more().await {
+                // A peer that closes with our bytes still unread in its socket makes the kernel
+                // report a reset instead of end-of-stream: it is the same event, the peer is gone.
+                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+                r => r?,
+            };
             if n == 0 {
                 self.eof = true;
             }

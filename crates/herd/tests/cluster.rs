@@ -496,10 +496,12 @@ async fn a_half_frame_then_silence_is_refused_at_end_of_stream() {
         .await
         .unwrap();
     let (ev, _) = until(&mut cluster, |e| matches!(e, Event::Error { .. })).await;
-    let Event::Error { error, .. } = ev else {
+    let Event::Error { worker, error } = ev else {
         unreachable!()
     };
-    assert!(herd::error::chain(&error).contains("middle of a frame"));
+    let text = herd::error::chain(&error);
+    assert_eq!(worker, WorkerId(1), "{text}");
+    assert!(text.contains("middle of a frame"), "{text}");
     let w2 = cluster.worker(WorkerId(2)).await.unwrap();
     let r: Value = w2.request(&1).await.unwrap();
     assert_eq!(r, json!({"echo": 1}));
