@@ -42,18 +42,44 @@ const MAX_IOV: usize = 512;
 /// Read size when no frame size is known.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What goes before a frame's payload.
+enum Head {
+    /// A binary frame header, kept inline (no allocation per frame).
+    Binary([u8; frame::HEADER_LEN]),
+    /// The Node codec's JSON text before the payload.
+    Json(Bytes),
+}
+
+impl Head {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Head::Binary(h) => h,
+            Head::Json(b) => b,
+        }
+    }
+}
+
 /// A frame ready to write: its bytes in pieces, its descriptors, and its queue permit.
 struct Outgoing {
-    head: Bytes,
+    head: Head,
     payload: Bytes,
     tail: &'static [u8],
     fds: Vec<OwnedFd>,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
     fn len(&self) -> usize {
-        self.head.len() + self.payload.len() + self.tail.len()
+        self.head.as_slice().len() + self.payload.len() + self.tail.len()
+    }
+
+    /// The iovecs this frame adds to a batch: large payloads are written from their own memory.
+    fn iovecs(&self) -> usize {
+        if self.payload.len() < COPY_BELOW {
+            0
+        } else {
+            2
+        }
     }
 }
 
@@ -85,6 +111,9 @@ pub struct Receiver {
     fds: FdQueue,
     json: JsonDecoder,
     eof: bool,
+    /// `recvmsg` lands here (initialised once) and is copied into `buf`: cheaper than zeroing
+    /// fresh buffer space before every read.
+    scratch: Box<[u8]>,
 }
 
 /// Wraps a connected `AF_UNIX` stream socket as a channel. Must be called inside a tokio runtime
@@ -114,6 +143,7 @@ pub fn channel(fd: OwnedFd, codec: Codec, limits: Limits) -> io::Result<(Sender,
             fds: FdQueue::default(),
             json: JsonDecoder::default(),
             eof: false,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         },
     ))
 }
@@ -145,7 +175,7 @@ impl Sender {
             .acquire_many_owned(want)
             .await
             .map_err(|_| self.closed_error())?;
-        out._permit = Some(permit);
+        out.permit = Some(permit);
         self.tx
             .send(Cmd::Frame(out))
             .await
@@ -183,20 +213,24 @@ impl Sender {
 
     fn prepare(&self, frame: Frame) -> Result<Outgoing, WireError> {
         frame::validate_outgoing(&frame, &self.shared.limits)?;
-        let mut head = BytesMut::with_capacity(64);
-        let tail = match self.shared.codec {
+        let (head, tail) = match self.shared.codec {
             Codec::Binary => {
-                frame::encode_header(&frame, &mut head);
-                &b""[..]
+                let mut head = [0u8; frame::HEADER_LEN];
+                frame::encode_header(&frame, &mut &mut head[..]);
+                (Head::Binary(head), &b""[..])
             }
-            Codec::NodeJson => json::encode_around(&frame, &mut head)?,
+            Codec::NodeJson => {
+                let mut head = BytesMut::with_capacity(64);
+                let tail = json::encode_around(&frame, &mut head)?;
+                (Head::Json(head.freeze()), tail)
+            }
         };
         Ok(Outgoing {
-            head: head.freeze(),
+            head,
             payload: frame.payload,
             tail,
             fds: frame.fds,
-            _permit: None,
+            permit: None,
         })
     }
 }
@@ -288,16 +322,12 @@ impl Receiver {
     async fn recv_with_fds(&mut self, sock: &UnixStream) -> Result<usize, WireError> {
         loop {
             sock.readable().await?;
-            let (buf, fds) = (&mut self.buf, &mut self.fds);
+            let (buf, fds, scratch) = (&mut self.buf, &mut self.fds, &mut self.scratch);
             match sock.try_io(Interest::READABLE, || {
-                let start = buf.len();
-                buf.resize(start + READ_CHUNK, 0);
-                let r = recv_once(sock, &mut buf[start..], fds);
-                let n = match &r {
-                    Ok(Ok(n)) => *n,
-                    _ => 0,
-                };
-                buf.truncate(start + n);
+                let r = recv_once(sock, scratch, fds);
+                if let Ok(Ok(n)) = &r {
+                    buf.extend_from_slice(&scratch[..*n]);
+                }
                 r
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -349,6 +379,10 @@ async fn read_buf<B: BufMut>(sock: &UnixStream, mut buf: B) -> Result<usize, Wir
 async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
     let mut next: Option<Cmd> = None;
     let mut batch: Vec<Outgoing> = Vec::new();
+    // Reused for every batch's copied bytes: once a batch is written its pieces are dropped and
+    // `reserve` takes the allocation back, so small frames cost no allocation (and no page
+    // faults from a large buffer mapped and unmapped per batch).
+    let mut scratch = BytesMut::new();
     loop {
         let first = match next.take() {
             Some(cmd) => cmd,
@@ -362,12 +396,14 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
             Cmd::Close => close = true,
             Cmd::Frame(out) => {
                 let mut bytes = out.len();
+                let mut iovecs = 1 + out.iovecs();
                 batch.push(out);
                 // Coalesce whatever is already queued, without waiting for more.
-                while bytes < BATCH_BYTES && batch.len() * 3 < MAX_IOV {
+                while bytes < BATCH_BYTES && iovecs + 3 < MAX_IOV {
                     match rx.try_recv() {
                         Ok(Cmd::Frame(o)) if o.fds.is_empty() => {
                             bytes += o.len();
+                            iovecs += o.iovecs();
                             batch.push(o);
                         }
                         Ok(cmd) => {
@@ -377,11 +413,19 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = write_batch(&shared.sock, &mut batch).await {
+                if let Err(e) = write_batch(&shared.sock, &mut batch, &mut scratch).await {
                     fail(&shared, &mut rx, format!("write failed: {e}"));
                     return;
                 }
-                batch.clear();
+                // Give the batch's queue space back at once (one lock, not one per frame).
+                let mut permits = 0;
+                for out in batch.drain(..) {
+                    if let Some(p) = out.permit {
+                        permits += p.num_permits();
+                        p.forget();
+                    }
+                }
+                shared.bytes.add_permits(permits);
             }
         }
         if close {
@@ -405,12 +449,22 @@ fn fail(shared: &Shared, rx: &mut mpsc::Receiver<Cmd>, why: String) {
 }
 
 /// Writes a batch: the first frame's descriptors go with the first byte.
-async fn write_batch(sock: &UnixStream, batch: &mut [Outgoing]) -> io::Result<()> {
+async fn write_batch(
+    sock: &UnixStream,
+    batch: &mut [Outgoing],
+    scratch: &mut BytesMut,
+) -> io::Result<()> {
     // Lay the batch out as pieces: small ones copied together, large payloads by reference.
-    let mut pieces: Vec<Bytes> = Vec::with_capacity(batch.len() * 2);
-    let mut small = BytesMut::new();
+    let mut pieces: Vec<Bytes> = Vec::with_capacity(batch.len().min(MAX_IOV) * 2);
+    let copied: usize = batch
+        .iter()
+        .map(|o| o.len() - if o.iovecs() > 0 { o.payload.len() } else { 0 })
+        .sum();
+    scratch.clear();
+    scratch.reserve(copied);
+    let mut small = scratch.split();
     for out in batch.iter() {
-        small.put_slice(&out.head);
+        small.put_slice(out.head.as_slice());
         if out.payload.len() < COPY_BELOW {
             small.put_slice(&out.payload);
         } else {
