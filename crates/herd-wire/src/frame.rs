@@ -43,6 +43,9 @@ pub enum Kind {
     /// herd's own control traffic (lifecycle notices, later the cache protocol); never shown to
     /// user code as a message.
     Control = 6,
+    /// A call to the primary's cache hub: like a [`Kind::Request`] (same id space, answered by
+    /// a [`Kind::Reply`] or [`Kind::ReplyError`]) but served by herd, never shown to user code.
+    CacheCall = 7,
 }
 
 impl Kind {
@@ -55,13 +58,17 @@ impl Kind {
             4 => Kind::Reply,
             5 => Kind::ReplyError,
             6 => Kind::Control,
+            7 => Kind::CacheCall,
             _ => return None,
         })
     }
 
     /// Whether frames of this kind carry a request id.
     pub fn has_id(self) -> bool {
-        matches!(self, Kind::Request | Kind::Reply | Kind::ReplyError)
+        matches!(
+            self,
+            Kind::Request | Kind::Reply | Kind::ReplyError | Kind::CacheCall
+        )
     }
 }
 
@@ -342,6 +349,7 @@ mod tests {
             Just(Kind::Reply),
             Just(Kind::ReplyError),
             Just(Kind::Control),
+            Just(Kind::CacheCall),
         ]
     }
 

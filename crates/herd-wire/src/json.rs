@@ -16,6 +16,7 @@
 //! | [`Kind::ReplyError`] | `{"cmd":"NODE_HERD_REP","id":N,"error":"text"}` |
 //! | [`Kind::Control`] | `{"cmd":"NODE_HERD_CTL","data":V}` |
 //! | [`Kind::Hello`] | `{"cmd":"NODE_HERD_HELLO","data":V}` |
+//! | [`Kind::CacheCall`] | `{"cmd":"NODE_HERD_CACHE","id":N,"data":V}` |
 //!
 //! Any other `NODE_*` message (Node's own: handles, cluster) is dropped and counted, never handed
 //! to user code. Every line is validated as JSON before it is accepted.
@@ -33,6 +34,7 @@ const REQ: &str = "NODE_HERD_REQ";
 const REP: &str = "NODE_HERD_REP";
 const CTL: &str = "NODE_HERD_CTL";
 const HELLO: &str = "NODE_HERD_HELLO";
+const CACHE: &str = "NODE_HERD_CACHE";
 
 /// Incremental decoder state for one Node-json stream.
 #[derive(Debug, Default)]
@@ -157,6 +159,7 @@ fn classify(line: Bytes) -> Result<Option<Frame>, WireError> {
         },
         CTL => Frame::new(Kind::Control, Format::Json, slice(data()?)),
         HELLO => Frame::new(Kind::Hello, Format::Json, slice(data()?)),
+        CACHE => Frame::new(Kind::CacheCall, Format::Json, slice(data()?)).with_id(id()?),
         _ => return Ok(None),
     };
     Ok(Some(frame))
@@ -209,6 +212,10 @@ pub fn encode_around(frame: &Frame, head: &mut BytesMut) -> Result<&'static [u8]
         }
         Kind::Hello => {
             put(HELLO, None, "data");
+            b"}\n"
+        }
+        Kind::CacheCall => {
+            put(CACHE, Some(frame.id), "data");
             b"}\n"
         }
     })
@@ -303,7 +310,14 @@ mod tests {
             kinds in proptest::collection::vec(0usize..5, 1..10),
             cut in 1usize..50,
         ) {
-            let kinds_all = [Kind::Message, Kind::Request, Kind::Reply, Kind::ReplyError, Kind::Control];
+            let kinds_all = [
+                Kind::Message,
+                Kind::Request,
+                Kind::Reply,
+                Kind::ReplyError,
+                Kind::Control,
+                Kind::CacheCall,
+            ];
             let mut wire = Vec::new();
             let mut expect = Vec::new();
             for (i, v) in values.iter().enumerate() {

@@ -29,7 +29,10 @@ pub use frame::{Format, Frame, Kind};
 /// Major protocol version: peers with different majors refuse each other.
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor protocol version: additions a peer of the same major may not know; peers use the lower.
-pub const PROTOCOL_MINOR: u16 = 0;
+///
+/// History: 0 = messages, requests, control; 1 = [`Kind::CacheCall`] and the cache's control
+/// notices (a minor-0 worker simply never sends cache calls).
+pub const PROTOCOL_MINOR: u16 = 1;
 
 /// Which encoding a channel speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -47,6 +47,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod error;
 pub mod message;
 pub mod peer;

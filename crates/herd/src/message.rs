@@ -170,6 +170,19 @@ pub(crate) enum Control {
     },
     /// The worker is ready to take work (used by rolling reloads).
     Ready,
+    /// The hub: these keys changed; drop them from the local view.
+    CacheInvalidate {
+        /// The keys.
+        keys: Vec<String>,
+        /// The hub's invalidation sequence number.
+        seq: u64,
+    },
+    /// The hub: drop the whole local view (tracking lost or restored, everything may have
+    /// changed).
+    CacheClear {
+        /// The hub's invalidation sequence number.
+        seq: u64,
+    },
     /// A notice this version does not know (a newer peer during a rolling reload).
     #[serde(other)]
     Unknown,
@@ -232,6 +245,7 @@ impl Endpoint {
 
     pub(crate) async fn request(
         &self,
+        kind: Kind,
         format: Format,
         payload: Bytes,
         fds: Vec<OwnedFd>,
@@ -249,9 +263,7 @@ impl Endpoint {
             }
             pending.waiters.insert(id, wtx);
         }
-        let frame = Frame::new(Kind::Request, format, payload)
-            .with_id(id)
-            .with_fds(fds);
+        let frame = Frame::new(kind, format, payload).with_id(id).with_fds(fds);
         let result = match self.send_frame(frame).await {
             Ok(()) => match tokio::time::timeout(timeout, wrx).await {
                 Ok(Ok(r)) => r,
@@ -318,6 +330,14 @@ impl Endpoint {
                 self.complete(frame);
                 Routed::Handled
             }
+            Kind::CacheCall => {
+                let id = frame.id;
+                Routed::Cache(Request {
+                    message: Message::from_frame(frame),
+                    id,
+                    replier: Some(self.tx.clone()),
+                })
+            }
             Kind::Control => {
                 let c: Control = herd_wire::decode_value(frame.format, &frame.payload)?;
                 Routed::Control(c)
@@ -335,6 +355,8 @@ impl Endpoint {
 pub(crate) enum Routed {
     Incoming(Incoming),
     Control(Control),
+    /// A call to the cache hub (only a primary serves them).
+    Cache(Request),
     Handled,
 }
 

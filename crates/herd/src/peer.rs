@@ -86,7 +86,25 @@ impl Peer {
         timeout: Duration,
     ) -> Result<Message, Error> {
         let (format, payload) = herd_wire::encode_value(self.codec(), value)?;
-        self.ep.request(format, payload, fds, timeout).await
+        self.ep
+            .request(Kind::Request, format, payload, fds, timeout)
+            .await
+    }
+
+    /// A call to the primary's cache hub (a [`Kind::CacheCall`]).
+    pub(crate) async fn cache_call<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let (format, payload) = herd_wire::encode_value(self.codec(), value)?;
+        self.ep
+            .request(Kind::CacheCall, format, payload, Vec::new(), timeout)
+            .await
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     pub(crate) fn endpoint(&self) -> &Endpoint {

@@ -29,6 +29,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::cache::hub::Push;
+use crate::cache::Hub;
 use crate::message::{Control, Endpoint, Incoming, Routed};
 use crate::peer::Peer;
 use crate::{sys, Error, Message, Request};
@@ -180,7 +182,11 @@ struct Config {
     grace: Duration,
     request_timeout: Duration,
     max_pending_requests: usize,
+    cache: Option<Hub>,
 }
+
+/// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
+const MAX_CACHE_CALLS: usize = 1024;
 
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
 /// arguments, the binary codec.
@@ -196,6 +202,7 @@ pub struct ClusterBuilder {
     grace: Duration,
     request_timeout: Duration,
     events: usize,
+    cache: Option<Hub>,
 }
 
 impl Default for ClusterBuilder {
@@ -211,6 +218,7 @@ impl Default for ClusterBuilder {
             grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             events: 1024,
+            cache: None,
         }
     }
 }
@@ -276,6 +284,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves the host-shared cache from `hub`: workers' [`crate::cache::Cache`] calls reach it,
+    /// and its invalidations reach every worker. [`ClusterBuilder::start`] starts the hub
+    /// (tracking and warm-up) if it is not running yet.
+    pub fn cache(mut self, hub: Hub) -> Self {
+        self.cache = Some(hub);
+        self
+    }
+
     /// Capacity of the event queue; when full, workers' channels are not read (backpressure).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
@@ -301,7 +317,11 @@ impl ClusterBuilder {
             grace: self.grace,
             request_timeout: self.request_timeout,
             max_pending_requests: 65_536,
+            cache: self.cache,
         });
+        if let Some(hub) = &cfg.cache {
+            hub.start();
+        }
         let (events_tx, events_rx) = mpsc::channel(self.events);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         tokio::spawn(dispatcher(
@@ -596,6 +616,13 @@ async fn fork(
         ep.send_value(Kind::Hello, &Hello::new(id.0), Vec::new())
             .await?;
     }
+    if let Some(hub) = &cfg.cache {
+        // Subscribed before the worker can ask anything, so it misses no invalidation.
+        tokio::spawn(forward_pushes(
+            hub.clone(),
+            Peer::new(ep.clone(), cfg.request_timeout),
+        ));
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (exit_tx, exit_rx) = watch::channel(None);
     let handle = WorkerHandle {
@@ -620,6 +647,7 @@ async fn fork(
         cfg: cfg.clone(),
         outbox: VecDeque::new(),
         online: cfg.codec == Codec::NodeJson,
+        cache_calls: Arc::new(tokio::sync::Semaphore::new(MAX_CACHE_CALLS)),
         open: true,
         exited: None,
         kill_at: None,
@@ -657,6 +685,8 @@ struct Supervisor {
     /// Events waiting for room in the event queue; while any wait, the channel is not read.
     outbox: VecDeque<Event>,
     online: bool,
+    /// Bounds this worker's cache calls in flight.
+    cache_calls: Arc<tokio::sync::Semaphore>,
     open: bool,
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
@@ -797,11 +827,29 @@ impl Supervisor {
                 });
             }
             Ok(Routed::Control(Control::Ready)) => self.emit(Event::Ready { worker: id }),
-            Ok(Routed::Control(Control::Unknown)) => {
+            Ok(Routed::Control(
+                Control::Unknown | Control::CacheInvalidate { .. } | Control::CacheClear { .. },
+            )) => {
                 tracing::debug!(worker = %id, "unknown control notice ignored");
             }
+            Ok(Routed::Cache(request)) => self.cache_call(request),
             Ok(Routed::Handled) => {}
             Err(e) => self.lost_channel(Some(e)),
+        }
+    }
+
+    fn cache_call(&self, request: Request) {
+        let refuse = |request: Request, why: &'static str| {
+            tokio::spawn(async move {
+                let _ = request.reply_error(why).await;
+            });
+        };
+        let Some(hub) = &self.cfg.cache else {
+            return refuse(request, "this primary serves no cache");
+        };
+        match self.cache_calls.clone().try_acquire_owned() {
+            Ok(permit) => hub.serve(self.id, self.cfg.codec, request, permit),
+            Err(_) => refuse(request, "too many cache calls in flight"),
         }
     }
 
@@ -878,6 +926,26 @@ impl Supervisor {
             // The group may be gone already while the process is not yet reaped.
             tracing::debug!(worker = %self.id, error = %e, "signal to process group failed; trying the process");
             let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+}
+
+/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up is told
+/// to drop its whole view instead. Ends when the worker's channel closes.
+async fn forward_pushes(hub: Hub, peer: Peer) {
+    let mut pushes = hub.subscribe();
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let control = match pushes.recv().await {
+            Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
+            Ok(Push::Clear { seq }) => Control::CacheClear { seq },
+            Err(RecvError::Lagged(_)) => Control::CacheClear {
+                seq: hub.current_seq(),
+            },
+            Err(RecvError::Closed) => return,
+        };
+        if peer.control(&control).await.is_err() {
+            return;
         }
     }
 }

@@ -101,3 +101,86 @@ pub fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
     // channel by its parent, and the TAKEN flag guarantees one owner in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// The seals every shared cache value carries: its bytes can never change, shrink or grow, and
+/// the seals themselves can no longer change.
+fn cache_seals() -> rustix::fs::SealFlags {
+    use rustix::fs::SealFlags;
+    SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL
+}
+
+/// A memfd holding `data`, sealed against any change (see [`cache_seals`]). Close-on-exec: it
+/// reaches workers only when passed explicitly.
+pub fn sealed_memfd(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
+    use rustix::fs::MemfdFlags;
+    use std::io::Write;
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(data)?;
+    let fd = OwnedFd::from(file);
+    rustix::fs::fcntl_add_seals(&fd, cache_seals())?;
+    Ok(fd)
+}
+
+/// Maps a sealed memfd of `len` bytes read-only, after checking that it is what it claims: a
+/// memfd sealed by [`sealed_memfd`] (so nobody can write, shrink or grow it) of exactly `len`
+/// bytes. Anything else (a plain file, an unsealed memfd, a wrong size) is refused.
+pub fn map_sealed(fd: &OwnedFd, len: usize) -> io::Result<memmap2::Mmap> {
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a sealable memfd: {e}"),
+        )
+    })?;
+    if !seals.contains(cache_seals()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("memfd is not sealed against writes and resizing (seals {seals:?})"),
+        ));
+    }
+    let size = rustix::fs::fstat(fd)?.st_size;
+    if u64::try_from(size).ok() != Some(len as u64) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("memfd holds {size} bytes, {len} claimed"),
+        ));
+    }
+    if len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty value is never shared",
+        ));
+    }
+    // SAFETY: memmap2 requires that the mapped file is not modified or truncated while mapped
+    // (or the mapping would change under Rust's feet or fault with SIGBUS). The seals checked
+    // above (F_SEAL_WRITE, F_SEAL_SHRINK, F_SEAL_GROW, and F_SEAL_SEAL so they cannot be
+    // removed) make the kernel refuse every write and resize from any process, for the life of
+    // the memfd; and its size was checked to be `len`.
+    unsafe { memmap2::MmapOptions::new().len(len).map(fd) }
+}
+
+#[cfg(test)]
+mod memfd_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_memfd_maps_read_only_and_refuses_writes() {
+        let data = vec![7u8; 100_000];
+        let fd = sealed_memfd("herd-test", &data).unwrap();
+        let map = map_sealed(&fd, data.len()).unwrap();
+        assert_eq!(&map[..], &data[..]);
+        // The kernel refuses writes and resizing, through any descriptor.
+        let dup = fd.try_clone().unwrap();
+        assert!(rustix::io::write(&dup, b"x").is_err());
+        assert!(rustix::fs::ftruncate(&dup, 1).is_err());
+        assert!(memmap2::MmapOptions::new()
+            .len(data.len())
+            .map_raw(&dup)
+            .is_err());
+        // Wrong size or an unsealed memfd: refused.
+        assert!(map_sealed(&fd, 5).is_err());
+        let plain = rustix::fs::memfd_create("plain", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::io::write(&plain, b"abc").unwrap();
+        assert!(map_sealed(&plain, 3).is_err());
+    }
+}

@@ -5,6 +5,9 @@
 //! `HERD_WORKER_ID`. A worker forked by a Node.js primary (`child_process.fork` with
 //! `serialization: 'json'`, the default) finds `NODE_CHANNEL_FD` and speaks Node's json format.
 
+use std::sync::Arc;
+
+use crate::cache::{Cache, LocalView};
 use std::ops::Deref;
 use std::time::Duration;
 
@@ -45,6 +48,7 @@ pub struct Worker {
     id: u64,
     peer: Peer,
     incoming: mpsc::Receiver<Result<Incoming, Error>>,
+    view: Arc<LocalView>,
 }
 
 /// Messages and requests waiting for [`Worker::recv`].
@@ -52,8 +56,9 @@ const INCOMING_QUEUE: usize = 1024;
 
 async fn read_loop(
     mut rx: Receiver,
-    ep: std::sync::Arc<Endpoint>,
+    ep: Arc<Endpoint>,
     out: mpsc::Sender<Result<Incoming, Error>>,
+    view: Arc<LocalView>,
 ) {
     loop {
         let routed = match rx.recv().await {
@@ -67,8 +72,18 @@ async fn read_loop(
                     break;
                 }
             }
+            Ok(Routed::Control(Control::CacheInvalidate { keys, seq })) => {
+                view.invalidate(&keys, seq)
+            }
+            Ok(Routed::Control(Control::CacheClear { seq })) => view.clear(seq),
             Ok(Routed::Control(c)) => {
                 tracing::debug!(?c, "control notice from the primary ignored")
+            }
+            Ok(Routed::Cache(request)) => {
+                // Only the primary serves the cache.
+                tokio::spawn(async move {
+                    let _ = request.reply_error("a worker serves no cache").await;
+                });
             }
             Ok(Routed::Handled) => {}
             Err(e) => {
@@ -172,17 +187,25 @@ impl Worker {
             }
         }
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
-        tokio::spawn(read_loop(rx, ep.clone(), in_tx));
+        let view = Arc::new(LocalView::default());
+        tokio::spawn(read_loop(rx, ep.clone(), in_tx, view.clone()));
         Ok(Worker {
             id: env.id,
             peer: Peer::new(ep, opts.request_timeout),
             incoming: in_rx,
+            view,
         })
     }
 
     /// This worker's id (0 when forked by a Node.js primary).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// This worker's handle on the host-shared cache (served by the primary's
+    /// [`crate::cache::Hub`]; calls fail if the primary has none).
+    pub fn cache(&self) -> Cache {
+        Cache::new(self.view.clone(), self.peer.clone())
     }
 
     /// A sender for other tasks (the worker's receive loop keeps `&mut self`).

@@ -7,7 +7,10 @@
 //!   `send_fd` (answer with a memfd attached), `ask` (send a request to the primary and report the
 //!   answer), `exit` (exit with `code`), `listening` / `ready` (send those notices), `burst`
 //!   (send `n` messages `{"seq": i}`), `check_fd` (report whether the attached descriptor is
-//!   close-on-exec). On disconnect the worker exits 0.
+//!   close-on-exec), and the cache commands `cache_get` (`key`; reports the value's length, a
+//!   checksum, its text if short, and whether the local view had it), `cache_gets` (`keys`, all
+//!   at once), `cache_set` (`key`, `value`, `ttl_ms`), `cache_delete`, `cache_ready`,
+//!   `cache_stats`. On disconnect the worker exits 0.
 //! - `ignore-eof`: connects, then never exits on its own (even after the primary is gone).
 //! - `primary`: runs as a primary forking `HERD_TEST_WORKERS` workers in mode
 //!   `HERD_TEST_CHILD_MODE`, prints `worker <pid>` for each, then waits forever.
@@ -134,7 +137,81 @@ async fn command(w: &Worker, op: &str, v: &Value, fds: Vec<OwnedFd>) -> Res<()> 
                 w.send(&json!({"seq": i})).await?;
             }
         }
+        op if op.starts_with("cache_") => {
+            let report = cache_command(w, op, v)
+                .await
+                .unwrap_or_else(|e| json!({"cache_error": herd::error::chain(&e)}));
+            w.send(&report).await?;
+        }
         other => w.send(&json!({"unknown_op": other})).await?,
     }
     Ok(())
+}
+
+fn describe(value: Option<bytes::Bytes>, local: bool) -> Value {
+    match value {
+        None => json!({"found": false, "local": local}),
+        Some(b) => {
+            let sum = b
+                .iter()
+                .fold(0u64, |a, &x| a.wrapping_mul(31).wrapping_add(u64::from(x)));
+            let text = (b.len() <= 256).then(|| String::from_utf8_lossy(&b).into_owned());
+            json!({"found": true, "len": b.len(), "sum": sum, "text": text, "local": local})
+        }
+    }
+}
+
+async fn cache_command(w: &Worker, op: &str, v: &Value) -> Result<Value, herd::cache::CacheError> {
+    let cache = w.cache();
+    let key = v["key"].as_str().unwrap_or("");
+    Ok(match op {
+        "cache_get" => {
+            let local = cache.is_local(key);
+            let value = cache.get(key).await?;
+            json!({"cache_get": key, "value": describe(value, local)})
+        }
+        "cache_gets" => {
+            let keys: Vec<String> = v["keys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // All at once, each in its own task: concurrent misses, as a busy server makes.
+            let mut set = tokio::task::JoinSet::new();
+            for (i, k) in keys.iter().enumerate() {
+                let (cache, k) = (cache.clone(), k.clone());
+                set.spawn(async move {
+                    let local = cache.is_local(&k);
+                    (i, cache.get(&k).await.map(|v| describe(v, local)))
+                });
+            }
+            let mut results: Vec<Option<Value>> = vec![None; keys.len()];
+            while let Some(joined) = set.join_next().await {
+                if let Ok((i, r)) = joined {
+                    results[i] = Some(r?);
+                }
+            }
+            let mut out = serde_json::Map::new();
+            for (k, r) in keys.iter().zip(results) {
+                out.insert(k.clone(), r.unwrap_or(Value::Null));
+            }
+            json!({"cache_gets": out})
+        }
+        "cache_set" => {
+            let value = v["value"].as_str().unwrap_or("").to_string();
+            let ttl = v["ttl_ms"].as_u64().map(std::time::Duration::from_millis);
+            cache.set(key, value, ttl).await?;
+            json!({"cache_set": key})
+        }
+        "cache_delete" => json!({"cache_delete": key, "existed": cache.delete(key).await?}),
+        "cache_ready" => {
+            cache.ready(std::time::Duration::from_secs(20)).await?;
+            json!({"cache_ready": true})
+        }
+        "cache_stats" => json!({"cache_stats": cache.stats().await?}),
+        other => json!({"unknown_op": other}),
+    })
 }

@@ -1,0 +1,189 @@
+//! The cache protocol between a worker's replica and the primary's hub: the payload of a
+//! [`herd_wire::Kind::CacheCall`] and of its reply. Pushes from the hub are
+//! [`crate::message::Control`] notices (`cache_invalidate`, `cache_clear`).
+//!
+//! Values are bytes. On the binary codec they travel as msgpack binary, or, above the hub's
+//! sharing threshold, as a sealed memfd attached to the reply. On the Node-json codec they travel
+//! as a string: the value itself when it is UTF-8, base64 with `"encoding":"base64"` otherwise.
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A call from a replica.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum CacheOp {
+    /// The value of a key.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Store a value through the hub (written to the source, invalidated everywhere).
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: WireValue,
+        /// How it is encoded, for Node peers (`"base64"`); absent means as is.
+        #[serde(default)]
+        encoding: Option<String>,
+        /// Expiry in milliseconds.
+        #[serde(default)]
+        ttl_ms: Option<u64>,
+    },
+    /// Delete a key (in the source, and everywhere).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Wait until the hub's warm-up is done.
+    Ready,
+    /// The hub's counters.
+    Stats,
+}
+
+/// Bytes on the wire: msgpack binary on the binary codec; a JSON string from Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WireValue(pub Bytes);
+
+impl Serialize for WireValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = WireValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes or a string")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<WireValue, E> {
+                Ok(WireValue(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<WireValue, E> {
+                Ok(WireValue(Bytes::from(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<WireValue, E> {
+                Ok(WireValue(Bytes::copy_from_slice(v.as_bytes())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<WireValue, E> {
+                Ok(WireValue(Bytes::from(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The answer to [`CacheOp::Get`] on the binary codec.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct GetReply {
+    /// Whether the key exists.
+    pub found: bool,
+    /// The value, when it travels inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<WireValue>,
+    /// The value's length, when it travels as the memfd attached to this reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_len: Option<u64>,
+    /// Milliseconds until the value expires (Redis's TTL), if it does.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// The hub's invalidation sequence number when the value was read.
+    pub seq: u64,
+    /// Whether the replica may keep it in its local view (false while invalidations cannot be
+    /// trusted to arrive).
+    pub local: bool,
+    /// Whether the hub served it stale (the source is unreachable).
+    pub stale: bool,
+}
+
+/// The answer to [`CacheOp::Get`] for a Node peer.
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeGetReply {
+    pub found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    pub ttl_ms: Option<u64>,
+    pub seq: u64,
+    pub local: bool,
+    pub stale: bool,
+}
+
+/// A value as a Node peer receives it: itself if UTF-8, base64 otherwise.
+pub(crate) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
+    match std::str::from_utf8(v) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(v),
+            Some("base64"),
+        ),
+    }
+}
+
+/// Decodes a value a Node peer sent with `encoding`.
+pub(crate) fn from_node(v: WireValue, encoding: Option<&str>) -> Result<Bytes, String> {
+    match encoding {
+        None | Some("utf8") | Some("utf-8") => Ok(v.0),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(&v.0)
+            .map(Bytes::from)
+            .map_err(|e| format!("bad base64 value: {e}")),
+        Some(other) => Err(format!("unknown encoding {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_wire::Codec;
+
+    #[test]
+    fn ops_round_trip_on_both_codecs() {
+        for codec in [Codec::Binary, Codec::NodeJson] {
+            let op = CacheOp::Set {
+                key: "k".into(),
+                value: WireValue(Bytes::from_static(b"v\n\x01")),
+                encoding: None,
+                ttl_ms: Some(5),
+            };
+            let (f, b) = herd_wire::encode_value(codec, &op).unwrap();
+            let back: CacheOp = herd_wire::decode_value(f, &b).unwrap();
+            match back {
+                CacheOp::Set { key, ttl_ms, .. } => {
+                    assert_eq!(key, "k");
+                    assert_eq!(ttl_ms, Some(5));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // What the JS module sends.
+        let op: CacheOp =
+            serde_json::from_str(r#"{"op":"set","key":"a","value":"aGk=","encoding":"base64"}"#)
+                .unwrap();
+        let CacheOp::Set {
+            value, encoding, ..
+        } = op
+        else {
+            panic!()
+        };
+        assert_eq!(from_node(value, encoding.as_deref()).unwrap(), "hi");
+        assert!(serde_json::from_str::<CacheOp>(r#"{"op":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn node_values_are_text_or_base64() {
+        assert_eq!(node_value(b"caf\xc3\xa9"), ("café".into(), None));
+        let (s, enc) = node_value(&[0xff, 0x00]);
+        assert_eq!(enc, Some("base64"));
+        assert_eq!(
+            from_node(WireValue(Bytes::from(s)), enc).unwrap(),
+            Bytes::from_static(&[0xff, 0x00])
+        );
+    }
+}
