@@ -785,6 +785,7 @@ impl Hub {
                 let mut reply = GetReply {
                     found: f.value.is_some(),
                     value: None,
+                    encoding: None,
                     shared_len: None,
                     ttl_ms,
                     seq: f.seq,

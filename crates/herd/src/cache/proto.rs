@@ -56,7 +56,7 @@ impl Serialize for WireValue {
 impl<'de> Deserialize<'de> for WireValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl serde::de::Visitor<'_> for V {
+        impl<'de> serde::de::Visitor<'de> for V {
             type Value = WireValue;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("bytes or a string")
@@ -73,6 +73,17 @@ impl<'de> Deserialize<'de> for WireValue {
             fn visit_string<E>(self, v: String) -> Result<WireValue, E> {
                 Ok(WireValue(Bytes::from(v)))
             }
+            // What JSON makes of bytes: an array of numbers.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<WireValue, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(WireValue(Bytes::from(v)))
+            }
         }
         d.deserialize_any(V)
     }
@@ -86,6 +97,9 @@ pub(crate) struct GetReply {
     /// The value, when it travels inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<WireValue>,
+    /// How `value` is encoded when it came as a Node peer's string (`"base64"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
     /// The value's length, when it travels as the memfd attached to this reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_len: Option<u64>,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::hub::{CacheError, HubStats};
-use super::proto::{CacheOp, GetReply, WireValue};
+use super::proto::{self, CacheOp, GetReply, WireValue};
 use crate::{sys, Peer};
 
 /// A worker's local view, shared by its [`Cache`] handles and its channel reader.
@@ -131,7 +131,8 @@ impl Cache {
                 .fetch_add(len as u64, Ordering::Relaxed);
             Some(Bytes::from_owner(map))
         } else {
-            Some(reply.value.map(|v| v.0).unwrap_or_default())
+            let v = reply.value.unwrap_or(WireValue(Bytes::new()));
+            Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::Hub)?)
         };
         if reply.local {
             let ttl = reply.ttl_ms.map(Duration::from_millis);
