@@ -226,6 +226,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Found by the json_frames fuzz target: a number too large for f64 is valid JSON (Node's
+    /// JSON.parse makes it Infinity); it is passed on, and decoding it is the receiver's error.
+    #[test]
+    fn huge_numbers_are_valid_json() {
+        let frames = decode_all(b"3e333333333\n").unwrap();
+        assert_eq!(frames.len(), 1);
+        assert!(
+            crate::decode_value::<serde_json::Value>(Format::Json, &frames[0].payload).is_err()
+        );
+    }
+
     fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, WireError> {
         let mut d = JsonDecoder::default();
         let mut buf = BytesMut::from(bytes);
