@@ -51,10 +51,19 @@ struct Envelope<'a> {
     cmd: Option<&'a RawValue>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    // `null` is a value here (Node's `process.send({cmd, id, data: null})`), not an absent field.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
+}
+
+/// A field that is there, whatever its value (`null` included), as `Some`.
+fn present<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 impl JsonDecoder {
@@ -127,7 +136,8 @@ fn classify(line: Bytes) -> Result<Option<Frame>, WireError> {
         ),
         _ => None,
     };
-    let Some(cmd) = cmd.filter(|c| c.starts_with("NODE_")) else {
+    // Node's isInternal(): a string cmd longer than the prefix that starts with it.
+    let Some(cmd) = cmd.filter(|c| c.len() > "NODE_".len() && c.starts_with("NODE_")) else {
         return Ok(Some(Frame::new(Kind::Message, Format::Json, line)));
     };
     let slice = |raw: &RawValue| line.slice_ref(raw.get().as_bytes());
@@ -258,9 +268,13 @@ mod tests {
 
     #[test]
     fn node_messages_and_herd_envelopes() {
-        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n";
+        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n{\"cmd\":\"NODE_\"}\n";
         let f = decode_all(input).unwrap();
-        assert_eq!(f.len(), 5, "{f:?}");
+        assert_eq!(f.len(), 6, "{f:?}");
+        assert_eq!(
+            (f[5].kind, &f[5].payload[..]),
+            (Kind::Message, &b"{\"cmd\":\"NODE_\"}"[..])
+        );
         assert_eq!(
             (f[0].kind, &f[0].payload[..]),
             (Kind::Message, &b"\"hi worker\""[..])
@@ -278,6 +292,21 @@ mod tests {
             (Kind::ReplyError, &b"\"nope\""[..])
         );
         assert_eq!(f[4].kind, Kind::Message);
+    }
+
+    #[test]
+    fn null_data_and_error_are_values() {
+        let input = b"{\"cmd\":\"NODE_HERD_REQ\",\"id\":3,\"data\":null}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":3,\"data\":null}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":4,\"error\":null}\n";
+        let f = decode_all(input).unwrap();
+        assert_eq!(
+            (f[0].kind, f[0].id, &f[0].payload[..]),
+            (Kind::Request, 3, &b"null"[..])
+        );
+        assert_eq!((f[1].kind, &f[1].payload[..]), (Kind::Reply, &b"null"[..]));
+        assert_eq!(
+            (f[2].kind, f[2].id, &f[2].payload[..]),
+            (Kind::ReplyError, 4, &b"null"[..])
+        );
     }
 
     #[test]

@@ -24,10 +24,14 @@ async fn next(cluster: &mut Cluster) -> Event {
 }
 
 async fn node_cluster(n: usize) -> (Cluster, Vec<WorkerId>) {
+    node_cluster_of("echo_worker.js", n).await
+}
+
+async fn node_cluster_of(worker_script: &str, n: usize) -> (Cluster, Vec<WorkerId>) {
     let mut cluster = Cluster::builder()
         .workers(n)
         .program("node")
-        .args([script("echo_worker.js")])
+        .args([script(worker_script)])
         .codec(Codec::NodeJson)
         .grace(Duration::from_secs(5))
         .start()
@@ -97,6 +101,131 @@ async fn node_workers_talk_to_a_herd_primary_unchanged() {
 }
 
 #[tokio::test]
+async fn values_made_by_node_decode_in_rust() {
+    let (mut cluster, ids) = node_cluster(1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    w.send(&json!({"op": "values"})).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let m = message_from(&mut cluster, ids[0]).await;
+        if m == json!({"done": true}) {
+            break;
+        }
+        got.push(m["value"].clone());
+    }
+    // JSON.stringify's output for each of echo_worker.js's VALUES (-0 is 0 in JSON).
+    assert_eq!(
+        got,
+        vec![
+            json!("line one\nline two\r\n\ttab \"quoted\" \\ back"),
+            json!("emoji \u{1F980} \u{1F600}, CJK 日本語 中文 한국어, U+2028 \u{2028} U+2029 \u{2029}, NUL \u{0} end"),
+            json!({"nested": {"deep": [1, 2.5, -3, null, true, {"x": "y"}]}, "empty": {}, "list": []}),
+            json!([]),
+            json!(""),
+            json!(0),
+            json!(0),
+            json!(0.1),
+            json!(1e21),
+            json!(9007199254740992_u64),
+            json!(-42),
+            json!(null),
+            json!(true),
+        ]
+    );
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test]
+async fn a_node_worker_using_herd_js_answers_and_asks() {
+    let (mut cluster, ids) = node_cluster_of("herd_worker.js", 1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    let pid = w.pid();
+
+    // The primary's requests, answered by herd.onRequest.
+    let answer: Value = w.request(&json!({"k": [1, "two"]})).await.unwrap();
+    assert_eq!(answer, json!({"echo": {"k": [1, "two"]}, "pid": pid}));
+    let answer: Value = w.request(&json!("undefined")).await.unwrap();
+    assert_eq!(answer, Value::Null);
+    for (ask, says) in [
+        ("throw", "the handler threw"),
+        ("reject", "the handler rejected"),
+        ("throw_string", "a bare string"),
+        ("bigint", "reply not sendable"),
+    ] {
+        match w.request::<_, Value>(&json!(ask)).await {
+            Err(herd::Error::Remote(text)) => assert!(text.contains(says), "{ask}: {text}"),
+            other => panic!("{ask}: {other:?}"),
+        }
+    }
+    // Replies are matched by id, not by order: the held ones are answered last first.
+    let holds: Vec<_> = (0..3)
+        .map(|k| {
+            let w = w.clone();
+            tokio::spawn(async move { w.request::<_, Value>(&json!({"hold": k})).await })
+        })
+        .collect();
+    let released: Value = w.request(&json!({"release": 3})).await.unwrap();
+    assert_eq!(released, json!({"released": 3}));
+    for (k, h) in holds.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap().unwrap(), json!({"held": {"hold": k}}));
+    }
+
+    // The worker asks the primary: an Event::Request, answered here.
+    w.send(&json!({"op": "ask", "value": {"q": "a\nb"}, "timeout": 5000}))
+        .await
+        .unwrap();
+    loop {
+        match next(&mut cluster).await {
+            Event::Request { worker, request } => {
+                assert_eq!(worker, ids[0]);
+                let asked: Value = request.decode().unwrap();
+                request.reply(&json!({"primary": asked})).await.unwrap();
+                break;
+            }
+            Event::Error { error, .. } => panic!("{}", herd::error::chain(&error)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        message_from(&mut cluster, ids[0]).await,
+        json!({"primary_said": {"primary": {"q": "a\nb"}}})
+    );
+
+    // Notices: ready, and listening with the address of a real server.
+    w.send(&json!({"op": "ready"})).await.unwrap();
+    w.send(&json!({"op": "serve"})).await.unwrap();
+    let (mut ready, mut address) = (false, None);
+    while !ready || address.is_none() {
+        match next(&mut cluster).await {
+            Event::Ready { .. } => ready = true,
+            Event::Listening { address: a, .. } => address = Some(a),
+            Event::Error { error, .. } => panic!("{}", herd::error::chain(&error)),
+            _ => {}
+        }
+    }
+    let address = address.unwrap();
+    let greeting = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&address).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert_eq!(greeting, format!("hello from node {pid}\n"));
+
+    // None of herd's envelopes was a 'message' event: this is the worker's 4th message.
+    w.send(&json!("plain")).await.unwrap();
+    assert_eq!(
+        message_from(&mut cluster, ids[0]).await,
+        json!({"echo": "plain", "seen": 4})
+    );
+    for (id, status) in cluster.disconnect_all().await {
+        assert!(status.unwrap().success(), "worker {id}");
+    }
+}
+
+#[tokio::test]
 async fn node_internal_messages_never_reach_user_code() {
     let (mut cluster, ids) = node_cluster(1).await;
     let w = cluster.worker(ids[0]).await.unwrap();
@@ -105,6 +234,10 @@ async fn node_internal_messages_never_reach_user_code() {
     // is a message event.
     let first = message_from(&mut cluster, ids[0]).await;
     assert_eq!(first, json!({"after": "internal"}));
+    // {cmd: 'NODE_'} is not internal for Node (it needs a longer prefix): a user message.
+    w.send(&json!({"op": "node_prefix"})).await.unwrap();
+    let m = message_from(&mut cluster, ids[0]).await;
+    assert_eq!(m, json!({"cmd": "NODE_"}));
     cluster.disconnect_all().await;
 }
 
@@ -157,6 +290,21 @@ async fn a_node_primary_forks_a_herd_rust_worker() {
     assert_eq!(
         report["got"],
         json!(["hi", {"n": 1, "s": "a\nb ✓"}, [1, 2, 3], null, 4.5])
+    );
+    // Requests through js/herd.js are answered by the Rust worker, in order, null included.
+    assert_eq!(
+        report["replies"],
+        json!([{"echo": "hi"}, {"echo": {"n": 1, "s": "a\nb ✓"}}, {"echo": [1, 2, 3]},
+               {"echo": null}, {"echo": 4.5}])
+    );
+    assert_eq!(
+        report["failed"],
+        json!({"message": "asked to fail", "code": "HERD_REMOTE"})
+    );
+    // The Rust worker's own request, answered by herd.onRequest in the Node primary.
+    assert_eq!(
+        report["asked"],
+        json!({"primary_said": {"node_says": {"from": "rust", "s": "a\nb ✓"}}})
     );
     // child.disconnect(): the herd worker sees end-of-stream and exits 0.
     assert_eq!(report["code"], json!(0), "{report}");
