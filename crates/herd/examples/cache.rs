@@ -7,12 +7,14 @@
 //! read-only, and each worker then reads them from its local view at memory speed.
 //!
 //! Run it with `cargo run --release -p herd --example cache` (`HERD_WORKERS=N` for the count).
+//! With `HERD_REDIS=redis://127.0.0.1:6379` the same data is written to that Redis first (keys
+//! `demo:000`..`demo:199`) and the cache loads it from there: one Redis read per key per host.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herd::cache::{CacheConfig, FileSource, Hub};
+use herd::cache::{CacheConfig, FileSource, Hub, RedisSource, Source};
 use herd::{Cluster, Event, Incoming, Role, Worker};
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +53,20 @@ fn embedded() -> FileSource {
 }
 
 async fn primary() -> Result<(), Box<dyn std::error::Error>> {
-    let hub = Hub::new(embedded(), CacheConfig::default());
+    let hub = match std::env::var("HERD_REDIS") {
+        Ok(url) => {
+            let redis = RedisSource::open(&url)?;
+            let data = embedded();
+            for k in data.scan("*").await? {
+                if let Some(l) = data.load(&k).await? {
+                    redis.store(&k, l.value, None).await?;
+                }
+            }
+            println!("wrote {KEYS} demo keys to {}", redis.describe());
+            Hub::new(redis, CacheConfig::default())
+        }
+        Err(_) => Hub::new(embedded(), CacheConfig::default()),
+    };
     let mut builder = Cluster::builder().cache(hub.clone());
     if let Some(n) = std::env::var("HERD_WORKERS")
         .ok()

@@ -8,11 +8,13 @@
 mod file;
 pub(crate) mod hub;
 mod proto;
+mod redis_source;
 mod replica;
 mod source;
 
 pub use file::{glob_match, FileSource};
 pub use hub::{CacheConfig, CacheError, Hub, HubStats, Progress};
+pub use redis_source::{RedisConfig, RedisSource};
 pub(crate) use replica::LocalView;
 pub use replica::{Cache, CacheStats};
 pub use source::{BoxFuture, Invalidation, Loaded, Source, SourceError};

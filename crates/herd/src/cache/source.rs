@@ -35,7 +35,8 @@ pub enum Invalidation {
     /// The tracking connection is down: nothing cached can be trusted as fresh until
     /// [`Invalidation::TrackingRestored`].
     TrackingLost,
-    /// Tracking works (again); always followed by [`Invalidation::All`] when it had been lost.
+    /// Tracking works (again). Changes made while it was down were not reported, so this
+    /// implies [`Invalidation::All`]: everything cached must be confirmed again.
     TrackingRestored,
 }
 

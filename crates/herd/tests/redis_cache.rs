@@ -1,0 +1,388 @@
+//! The host-shared cache over a real `redis-server` that each test starts on its own port:
+//! one Redis read per key for the whole host (counted by Redis itself), invalidations pushed
+//! from Redis to every worker, warm-up by pattern, writes through herd, and outages (Redis
+//! stopped: stale values served, never-loaded keys fail; Redis back: tracking and data recover).
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
+use herd::{Cluster, Event, WorkerId};
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn next(cluster: &mut Cluster) -> Event {
+    tokio::time::timeout(DEADLINE, cluster.next_event())
+        .await
+        .expect("an event within the deadline")
+        .expect("the cluster is running")
+}
+
+fn source(server: &RedisServer, chunk_size: usize) -> Arc<RedisSource> {
+    let config = RedisConfig {
+        chunk_size,
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..RedisConfig::default()
+    };
+    Arc::new(RedisSource::with_config(&server.url(), config).unwrap())
+}
+
+fn hub(source: &Arc<RedisSource>, config: CacheConfig) -> Hub {
+    let hub = Hub::from_arc(source.clone(), config);
+    hub.start();
+    hub
+}
+
+fn quiet() -> CacheConfig {
+    CacheConfig {
+        progress: Progress::Off,
+        ..CacheConfig::default()
+    }
+}
+
+async fn start(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
+    let mut cluster = Cluster::builder()
+        .workers(n)
+        .program(WORKER)
+        .args(Vec::<String>::new())
+        .env("HERD_TEST_MODE", "echo")
+        .cache(hub.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        if let Event::Online { worker } = next(&mut cluster).await {
+            ids.push(worker);
+        }
+    }
+    ids.sort();
+    (cluster, ids)
+}
+
+/// Sends `op` to every worker in `ids` at once and collects one answer from each.
+async fn ask_all(cluster: &mut Cluster, ids: &[WorkerId], op: Value) -> BTreeMap<WorkerId, Value> {
+    for id in ids {
+        cluster.worker(*id).await.unwrap().send(&op).await.unwrap();
+    }
+    let mut out = BTreeMap::new();
+    while out.len() < ids.len() {
+        match next(cluster).await {
+            Event::Message { worker, message } => {
+                out.insert(worker, message.json().unwrap());
+            }
+            Event::Error { worker, error } => {
+                panic!("worker {worker}: {}", herd::error::chain(&error))
+            }
+            Event::Exit { worker, status } => panic!("worker {worker} exited: {status}"),
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn ask(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
+    ask_all(cluster, &[id], op).await.remove(&id).unwrap()
+}
+
+async fn get(cluster: &mut Cluster, id: WorkerId, key: &str) -> Value {
+    let a = ask(cluster, id, json!({"op": "cache_get", "key": key})).await;
+    assert!(a.get("cache_error").is_none(), "worker {id} {key}: {a}");
+    a["value"].clone()
+}
+
+/// Polls `check` until it holds, failing after the deadline.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asks worker `id` for `key` until the answer satisfies `want`, failing after the deadline.
+async fn until_get(cluster: &mut Cluster, id: WorkerId, key: &str, want: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let v = get(cluster, id, key).await;
+        if want(&v) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker {id} never saw the change to {key}: last {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter()
+        .fold(0u64, |a, &x| a.wrapping_mul(31).wrapping_add(u64::from(x)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_misses_at_once_and_redis_serves_each_key_once() {
+    let server = RedisServer::start();
+    let keys: Vec<String> = (0..20).map(|i| format!("user:{i}")).collect();
+    for k in &keys {
+        server.cmd::<()>(&[b"SET", k.as_bytes(), format!("value of {k}").as_bytes()]);
+    }
+    // A 1 MiB value, read in 256 KiB chunks and shared as a sealed memfd.
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    server.cmd::<()>(&[b"SET", b"big", &big]);
+    server.cmd::<()>(&[b"SET", b"expiring", b"soon", b"PX", b"600000"]);
+    let mut all = keys.clone();
+    all.extend(["big".to_string(), "expiring".into(), "absent".into()]);
+
+    let src = source(&server, 256 << 10);
+    let hub = hub(&src, quiet());
+    let (mut cluster, ids) = start(&hub, 4).await;
+    let before = server.command_calls("getrange");
+
+    let answers = ask_all(&mut cluster, &ids, json!({"op": "cache_gets", "keys": all})).await;
+    for (id, a) in &answers {
+        assert!(a.get("cache_error").is_none(), "worker {id}: {a}");
+        let got = &a["cache_gets"];
+        for k in &keys {
+            assert_eq!(
+                got[k]["text"],
+                json!(format!("value of {k}")),
+                "worker {id} {k}"
+            );
+        }
+        assert_eq!(got["big"]["len"], json!(big.len()));
+        assert_eq!(got["big"]["sum"], json!(checksum(&big)));
+        assert_eq!(got["expiring"]["text"], json!("soon"));
+        assert_eq!(got["absent"]["found"], json!(false));
+    }
+    // Redis itself counts the reads: one GETRANGE per small key, four for the 1 MiB one
+    // (no read for the absent key's body beyond its first, empty range).
+    let getranges = server.command_calls("getrange") - before;
+    assert_eq!(getranges, 20 + 4 + 1 + 1, "GETRANGE calls seen by redis");
+    assert_eq!(src.reads(), 22, "values read (the absent key is no value)");
+    let stats = hub.stats();
+    assert_eq!(stats.loads, 23, "{stats:?}");
+    assert!(
+        stats.coalesced > 0,
+        "4 workers x 23 keys at once: {stats:?}"
+    );
+    assert_eq!(stats.shared_values, 1);
+    assert!(stats.tracking);
+
+    // Again from every worker: from their local views, not even the primary is asked.
+    let again = ask_all(
+        &mut cluster,
+        &ids,
+        json!({"op": "cache_gets", "keys": keys}),
+    )
+    .await;
+    for a in again.values() {
+        assert_eq!(a["cache_gets"]["user:0"]["local"], json!(true));
+    }
+    assert_eq!(server.command_calls("getrange") - before, getranges);
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_in_redis_reaches_every_worker() {
+    let server = RedisServer::start();
+    server.cmd::<()>(&[b"SET", b"config", b"v1"]);
+    let src = source(&server, 4 << 20);
+    let hub = hub(&src, quiet());
+    let (mut cluster, ids) = start(&hub, 3).await;
+    for id in &ids {
+        assert_eq!(get(&mut cluster, *id, "config").await["text"], json!("v1"));
+        assert_eq!(get(&mut cluster, *id, "config").await["local"], json!(true));
+    }
+
+    // Another client (another host's app, an operator) changes it in Redis.
+    server.cmd::<()>(&[b"SET", b"config", b"v2"]);
+    for id in ids.clone() {
+        until_get(&mut cluster, id, "config", |v| v["text"] == json!("v2")).await;
+    }
+    assert!(hub.stats().invalidations >= 1);
+
+    // Deleted in Redis: gone everywhere.
+    server.cmd::<()>(&[b"DEL", b"config"]);
+    for id in ids.clone() {
+        until_get(&mut cluster, id, "config", |v| v["found"] == json!(false)).await;
+    }
+
+    // FLUSHALL: everything is re-read.
+    server.cmd::<()>(&[b"SET", b"config", b"v3"]);
+    for id in ids.clone() {
+        until_get(&mut cluster, id, "config", |v| v["text"] == json!("v3")).await;
+    }
+    server.cmd::<()>(&[b"FLUSHALL"]);
+    for id in ids.clone() {
+        until_get(&mut cluster, id, "config", |v| v["found"] == json!(false)).await;
+    }
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_serves_stale_values_and_recovers_when_it_is_back() {
+    let mut server = RedisServer::start();
+    server.cmd::<()>(&[b"SET", b"known", b"before the outage"]);
+    server.cmd::<()>(&[b"SET", b"unknown", b"never read before the outage"]);
+    let src = source(&server, 4 << 20);
+    let hub = hub(&src, quiet());
+    let (mut cluster, ids) = start(&hub, 2).await;
+    assert_eq!(
+        get(&mut cluster, ids[0], "known").await["text"],
+        json!("before the outage")
+    );
+
+    server.stop();
+    // The hub learns the connection is gone (tracking lost): nothing is fresh any more.
+    eventually("the hub sees tracking lost", || async {
+        !hub.stats().tracking
+    })
+    .await;
+    // A value read before the outage is still served, to every worker...
+    for id in &ids {
+        let v = get(&mut cluster, *id, "known").await;
+        assert_eq!(v["text"], json!("before the outage"), "worker {id}");
+        assert_eq!(
+            v["local"],
+            json!(false),
+            "no local copy is trusted without tracking"
+        );
+    }
+    assert!(hub.stats().stale_served >= 2);
+    // ...and a key never loaded is a clear error, not a hang or a crash.
+    let a = ask(
+        &mut cluster,
+        ids[1],
+        json!({"op": "cache_get", "key": "unknown"}),
+    )
+    .await;
+    let error = a["cache_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("unknown"), "{a}");
+
+    // Redis comes back (empty, as after a crash); someone writes the new truth.
+    server.restart();
+    server.cmd::<()>(&[b"SET", b"known", b"after the outage"]);
+    server.cmd::<()>(&[b"SET", b"unknown", b"now readable"]);
+    eventually("tracking is restored", || async { hub.stats().tracking }).await;
+    for id in &ids {
+        assert_eq!(
+            get(&mut cluster, *id, "known").await["text"],
+            json!("after the outage")
+        );
+        assert_eq!(
+            get(&mut cluster, *id, "unknown").await["text"],
+            json!("now readable")
+        );
+    }
+    // And invalidations flow again on the new connection.
+    server.cmd::<()>(&[b"SET", b"known", b"changed again"]);
+    until_get(&mut cluster, ids[0], "known", |v| {
+        v["text"] == json!("changed again")
+    })
+    .await;
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_scans_a_pattern_and_later_workers_read_nothing_from_redis() {
+    let server = RedisServer::start();
+    for i in 0..300 {
+        let k = format!("item:{i}");
+        server.cmd::<()>(&[b"SET", k.as_bytes(), format!("item number {i}").as_bytes()]);
+    }
+    server.cmd::<()>(&[b"SET", b"other", b"not warmed"]);
+    let src = source(&server, 4 << 20);
+    let hub = hub(
+        &src,
+        CacheConfig {
+            warm_patterns: vec!["item:*".into()],
+            warm_keys: vec!["other".into()],
+            warm_batch: 64,
+            ..quiet()
+        },
+    );
+    assert!(hub.ready(DEADLINE).await, "warm-up finishes");
+    assert_eq!(src.reads(), 301);
+    // Pipelined: a few round trips of 64 keys, not 301 single reads.
+    assert!(server.command_calls("getrange") == 301);
+
+    let (mut cluster, ids) = start(&hub, 2).await;
+    let keys: Vec<String> = (0..300).map(|i| format!("item:{i}")).collect();
+    let answers = ask_all(
+        &mut cluster,
+        &ids,
+        json!({"op": "cache_gets", "keys": keys}),
+    )
+    .await;
+    for a in answers.values() {
+        assert_eq!(
+            a["cache_gets"]["item:299"]["text"],
+            json!("item number 299")
+        );
+    }
+    assert_eq!(
+        src.reads(),
+        301,
+        "workers started after warm-up read nothing from redis"
+    );
+    assert_eq!(server.command_calls("getrange"), 301);
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_herd_reach_redis_and_every_worker() {
+    let server = RedisServer::start();
+    let src = source(&server, 4 << 20);
+    let hub = hub(&src, quiet());
+    let (mut cluster, ids) = start(&hub, 2).await;
+    assert_eq!(
+        get(&mut cluster, ids[1], "greeting").await["found"],
+        json!(false)
+    );
+
+    let a = ask(
+        &mut cluster,
+        ids[0],
+        json!({"op": "cache_set", "key": "greeting", "value": "hello", "ttl_ms": 60000}),
+    )
+    .await;
+    assert_eq!(a, json!({"cache_set": "greeting"}));
+    let stored: Vec<u8> = server.cmd(&[b"GET", b"greeting"]);
+    assert_eq!(stored, b"hello");
+    let pttl: i64 = server.cmd(&[b"PTTL", b"greeting"]);
+    assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+    // The other worker had cached "absent": it sees the new value.
+    assert_eq!(
+        get(&mut cluster, ids[1], "greeting").await["text"],
+        json!("hello")
+    );
+
+    let a = ask(
+        &mut cluster,
+        ids[1],
+        json!({"op": "cache_delete", "key": "greeting"}),
+    )
+    .await;
+    assert_eq!(a["existed"], json!(true));
+    let exists: i64 = server.cmd(&[b"EXISTS", b"greeting"]);
+    assert_eq!(exists, 0);
+    assert_eq!(
+        get(&mut cluster, ids[0], "greeting").await["found"],
+        json!(false)
+    );
+    cluster.disconnect_all().await;
+}
