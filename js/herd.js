@@ -18,16 +18,41 @@
 //                                      (Event::Listening); a string, or `server.address()`.
 //                                      Both give a Promise of true once written, false if the
 //                                      channel is closed (they never reject).
+//   herd.cache                         the host-shared cache (see below).
 //   herd.connect(target)               the same API over another channel, e.g. a ChildProcess
 //                                      from `child_process.fork(..., { serialization: 'json' })`
 //                                      running a herd Rust worker. `connect(process)` is the
 //                                      default instance above.
 //
+// The cache (the primary's hub, loaded from Redis or files once for the whole host):
+//   herd.cache.get(key, { buffer })    a Promise of the value: a string when it is UTF-8 text, a
+//                                      Buffer otherwise (or always, with buffer: true);
+//                                      undefined if the key does not exist. Answered from this
+//                                      process's local copy when it has one; otherwise the primary
+//                                      answers (concurrent gets of one key share one call).
+//   herd.cache.peek(key)               the local copy only, synchronously: the value, null if the
+//                                      key is known not to exist, undefined if not held here.
+//   herd.cache.set(key, value, { ttl })  writes through the primary (to Redis) and invalidates the
+//                                      key in every worker; value: a string or a Buffer; ttl in ms.
+//   herd.cache.delete(key)             deletes it everywhere; a Promise of whether it existed.
+//   herd.cache.ready({ timeout })      resolves once the primary's warm-up is done.
+//   herd.cache.stats()                 this process's counters and the primary's hub's.
+//   All take { timeout } (ms, default 30000) and reject with err.code 'HERD_REMOTE' (the
+//   primary's error, e.g. Redis down and the key never loaded), 'HERD_TIMEOUT' or 'HERD_CLOSED'.
+//   The primary pushes invalidations (NODE_HERD_CTL cache_invalidate / cache_clear, numbered),
+//   so a local copy is dropped as soon as the value changes anywhere. Node cannot map herd's
+//   shared memory, so large values arrive as a copy (one per Node process that asks).
+//
 // Wire: herd's envelopes are Node internal messages (`cmd` starting with 'NODE_'), so Node hands
 // them to 'internalMessage' and a program's process.on('message') never sees them:
 //   {cmd: 'NODE_HERD_REQ', id, data}   a request (id: a positive integer, unique per sender)
 //   {cmd: 'NODE_HERD_REP', id, data}   its answer, or {cmd: 'NODE_HERD_REP', id, error: 'text'}
-//   {cmd: 'NODE_HERD_CTL', data}       a notice: {type: 'ready'}, {type: 'listening', address}
+//   {cmd: 'NODE_HERD_CTL', data}       a notice: {type: 'ready'}, {type: 'listening', address};
+//                                      from the primary: {type: 'cache_invalidate', keys, seq},
+//                                      {type: 'cache_clear', seq}
+//   {cmd: 'NODE_HERD_CACHE', id, data} a cache call: {op: 'get', key}, {op: 'set', key, value,
+//                                      encoding, ttl_ms}, {op: 'delete', key}, {op: 'ready'},
+//                                      {op: 'stats'}; answered by NODE_HERD_REP
 // Plain messages stay plain: use process.send and process.on('message') as usual.
 'use strict';
 
@@ -139,6 +164,148 @@ function connect(target) {
     return p;
   };
 
+  // Sends a request envelope (`cmd`) and resolves with its reply's data.
+  function call(cmd, data, timeout) {
+    if (!(timeout > 0 && Number.isFinite(timeout))) {
+      return Promise.reject(new RangeError('herd.js: timeout must be a positive number of ms'));
+    }
+    const id = nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        settle(id);
+        reject(herdError(`herd.js: request ${id} timed out after ${timeout} ms`, 'HERD_TIMEOUT'));
+      }, timeout);
+      pending.set(id, { resolve, reject, timer });
+      watch();
+      send({ cmd, id, data }, (err) => {
+        if (err && settle(id)) reject(err);
+      });
+    });
+  }
+
+  // The local view of the host-shared cache: key -> { value, expires } (value null: known absent).
+  const local = new Map();
+  let seenSeq = 0; // the highest invalidation number applied
+  const inflight = new Map(); // key -> Promise of the primary's answer
+  const counters = { local_hits: 0, local_misses: 0 };
+
+  function applyControl(data) {
+    if (!data || typeof data !== 'object') return;
+    const seq = Number.isSafeInteger(data.seq) ? data.seq : 0;
+    if (data.type === 'cache_invalidate' && Array.isArray(data.keys)) {
+      for (const k of data.keys) local.delete(String(k));
+      seenSeq = Math.max(seenSeq, seq);
+    } else if (data.type === 'cache_clear') {
+      local.clear();
+      seenSeq = Math.max(seenSeq, seq);
+    }
+  }
+
+  function decodeValue(reply, buffer) {
+    if (!reply || reply.found !== true) return null;
+    const text = typeof reply.value === 'string' ? reply.value : '';
+    if (reply.encoding === 'base64') return Buffer.from(text, 'base64');
+    return buffer ? Buffer.from(text, 'utf8') : text;
+  }
+
+  function peek(key) {
+    const e = local.get(key);
+    if (!e) return undefined;
+    if (e.expires !== null && e.expires <= Date.now()) {
+      local.delete(key);
+      return undefined;
+    }
+    return e.value;
+  }
+
+  const asKey = (key) => {
+    if (typeof key !== 'string') throw new TypeError('herd.js: cache keys are strings');
+    return key;
+  };
+  const cacheCall = (data, timeout = DEFAULT_TIMEOUT_MS) => call('NODE_HERD_CACHE', data, timeout);
+
+  const cache = {
+    async get(key, { buffer = false, timeout } = {}) {
+      asKey(key);
+      const held = peek(key);
+      if (held !== undefined) {
+        counters.local_hits += 1;
+        if (held === null) return undefined;
+        if (buffer && typeof held === 'string') return Buffer.from(held, 'utf8');
+        return held;
+      }
+      counters.local_misses += 1;
+      let p = inflight.get(key);
+      if (!p) {
+        p = cacheCall({ op: 'get', key }, timeout).then(
+          (reply) => {
+            inflight.delete(key);
+            const value = decodeValue(reply, false);
+            // Kept only if no invalidation newer than the value has been applied meanwhile.
+            if (reply && reply.local === true && Number(reply.seq) >= seenSeq) {
+              const ttl = Number(reply.ttl_ms);
+              const expires = reply.ttl_ms == null || !Number.isFinite(ttl) ? null : Date.now() + ttl;
+              local.set(key, { value, expires });
+            }
+            return value;
+          },
+          (err) => {
+            inflight.delete(key);
+            throw err;
+          },
+        );
+        inflight.set(key, p);
+      }
+      const value = await p;
+      if (value === null) return undefined;
+      if (buffer && typeof value === 'string') return Buffer.from(value, 'utf8');
+      return value;
+    },
+
+    peek(key) {
+      return peek(asKey(key));
+    },
+
+    async set(key, value, { ttl, timeout } = {}) {
+      asKey(key);
+      const data = { op: 'set', key };
+      if (Buffer.isBuffer(value) || value instanceof Uint8Array) {
+        data.value = Buffer.from(value).toString('base64');
+        data.encoding = 'base64';
+      } else if (typeof value === 'string') {
+        data.value = value;
+      } else {
+        throw new TypeError('herd.js: cache values are strings or Buffers');
+      }
+      if (ttl !== undefined) {
+        if (!(Number.isSafeInteger(ttl) && ttl > 0)) throw new RangeError('herd.js: ttl is a positive number of ms');
+        data.ttl_ms = ttl;
+      }
+      local.delete(key);
+      return cacheCall(data, timeout);
+    },
+
+    async delete(key, { timeout } = {}) {
+      asKey(key);
+      local.delete(key);
+      return cacheCall({ op: 'delete', key }, timeout);
+    },
+
+    // Rejects with err.code 'HERD_NOT_READY' if warm-up is not done within `timeout`.
+    async ready({ timeout = DEFAULT_TIMEOUT_MS } = {}) {
+      const warm = await cacheCall({ op: 'ready', timeout_ms: timeout }, timeout + 1000);
+      if (warm !== true) {
+        throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
+      }
+      return true;
+    },
+
+    async stats({ timeout } = {}) {
+      const hub = await cacheCall({ op: 'stats' }, timeout);
+      return { ...counters, local_entries: local.size, hub };
+    },
+  };
+
   // Resolves true once written, false if the channel is closed; never rejects.
   const notify = (data) => new Promise((resolve) => send({ cmd: 'NODE_HERD_CTL', data }, (err) => resolve(!err)));
 
@@ -160,30 +327,21 @@ function connect(target) {
         // A herd worker asking its primary's cache: a Node primary serves none.
         send({ cmd: 'NODE_HERD_REP', id: m.id, error: 'this primary serves no cache' }, () => {});
         break;
+      case 'NODE_HERD_CTL':
+        applyControl(m.data);
+        break;
       default:
-        // NODE_HERD_CTL (cache invalidations), Node's own internal messages: not ours.
+        // Node's own internal messages: not ours.
         break;
     }
   });
 
   const api = {
     request(value, { timeout = DEFAULT_TIMEOUT_MS } = {}) {
-      if (!(timeout > 0 && Number.isFinite(timeout))) {
-        return Promise.reject(new RangeError('herd.js: timeout must be a positive number of ms'));
-      }
-      const id = nextId++;
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          settle(id);
-          reject(herdError(`herd.js: request ${id} timed out after ${timeout} ms`, 'HERD_TIMEOUT'));
-        }, timeout);
-        pending.set(id, { resolve, reject, timer });
-        watch();
-        send({ cmd: 'NODE_HERD_REQ', id, data: jsonValue(value) }, (err) => {
-          if (err && settle(id)) reject(err);
-        });
-      });
+      return call('NODE_HERD_REQ', jsonValue(value), timeout);
     },
+
+    cache,
 
     onRequest(fn) {
       if (typeof fn !== 'function') throw new TypeError('herd.js: onRequest needs a function');
@@ -215,6 +373,9 @@ module.exports = {
   onRequest: (fn) => defaultInstance().onRequest(fn),
   ready: () => defaultInstance().ready(),
   listening: (address) => defaultInstance().listening(address),
+  get cache() {
+    return defaultInstance().cache;
+  },
   connect,
 };
 

@@ -386,3 +386,140 @@ async fn writes_through_herd_reach_redis_and_every_worker() {
     );
     cluster.disconnect_all().await;
 }
+
+async fn start_node(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
+    let script = format!("{}/tests/node/cache_worker.js", env!("CARGO_MANIFEST_DIR"));
+    let mut cluster = Cluster::builder()
+        .workers(n)
+        .program("node")
+        .args([script])
+        .codec(herd::Codec::NodeJson)
+        .cache(hub.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        if let Event::Online { worker } = next(&mut cluster).await {
+            ids.push(worker);
+        }
+    }
+    ids.sort();
+    (cluster, ids)
+}
+
+/// Asks a Node cache worker; fails on its error answer.
+async fn node_ask(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
+    let a = ask(cluster, id, op).await;
+    assert!(a.get("error").is_none(), "node worker {id}: {a}");
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_workers_share_the_cache_through_herd_js() {
+    let server = RedisServer::start();
+    let keys: Vec<String> = (0..10).map(|i| format!("page:{i}")).collect();
+    for k in &keys {
+        server.cmd::<()>(&[b"SET", k.as_bytes(), format!("<p>{k} ✓</p>").as_bytes()]);
+    }
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    server.cmd::<()>(&[b"SET", b"blob", &binary]);
+    let big = vec![b'x'; 300 << 10];
+    server.cmd::<()>(&[b"SET", b"big", &big]);
+    let mut all = keys.clone();
+    all.extend(["blob".into(), "big".into(), "absent".into()]);
+
+    let src = source(&server, 4 << 20);
+    let hub = hub(&src, quiet());
+    let (mut cluster, ids) = start_node(&hub, 2).await;
+    assert_eq!(
+        node_ask(&mut cluster, ids[0], json!({"op": "ready"})).await["ready"],
+        json!(true)
+    );
+
+    // Both Node workers ask for everything at once: one Redis read per key for the host.
+    let answers = ask_all(&mut cluster, &ids, json!({"op": "gets", "keys": all})).await;
+    for (id, a) in &answers {
+        let v = &a["values"];
+        assert!(a.get("error").is_none(), "node worker {id}: {a}");
+        assert_eq!(v["page:3"]["text"], json!("<p>page:3 ✓</p>"));
+        assert_eq!(v["blob"]["binary"], json!(true));
+        assert_eq!(v["blob"]["len"], json!(256));
+        assert_eq!(v["blob"]["sum"], json!(checksum(&binary).to_string()));
+        assert_eq!(v["big"]["len"], json!(big.len()));
+        assert_eq!(v["big"]["sum"], json!(checksum(&big).to_string()));
+        assert_eq!(v["absent"]["found"], json!(false));
+    }
+    assert_eq!(src.reads(), 12);
+    assert_eq!(hub.stats().loads, 13);
+
+    // Then from the Node process's own copy; a change in Redis reaches it.
+    let a = node_ask(&mut cluster, ids[1], json!({"op": "get", "key": "page:1"})).await;
+    assert_eq!(a["local"], json!(true));
+    server.cmd::<()>(&[b"SET", b"page:1", b"changed"]);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let a = node_ask(&mut cluster, ids[1], json!({"op": "get", "key": "page:1"})).await;
+        if a["value"]["text"] == json!("changed") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never invalidated: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Writes from Node go to Redis (binary safe) and reach the other worker.
+    let a = node_ask(
+        &mut cluster,
+        ids[0],
+        json!({"op": "set", "key": "blob", "value": "AAEC/w==", "binary": true, "ttl": 60000}),
+    )
+    .await;
+    assert_eq!(a["done"], json!(true));
+    let stored: Vec<u8> = server.cmd(&[b"GET", b"blob"]);
+    assert_eq!(stored, vec![0, 1, 2, 255]);
+    let a = node_ask(&mut cluster, ids[1], json!({"op": "get", "key": "blob"})).await;
+    assert_eq!(a["value"]["len"], json!(4));
+    let a = node_ask(&mut cluster, ids[1], json!({"op": "delete", "key": "blob"})).await;
+    assert_eq!(a["existed"], json!(true));
+    let a = node_ask(&mut cluster, ids[0], json!({"op": "get", "key": "blob"})).await;
+    assert_eq!(a["value"]["found"], json!(false));
+
+    let stats = node_ask(&mut cluster, ids[0], json!({"op": "stats"})).await["stats"].clone();
+    assert!(stats["local_misses"].as_u64().unwrap() >= 13, "{stats}");
+    assert_eq!(stats["hub"]["tracking"], json!(true));
+    for (id, status) in cluster.disconnect_all().await {
+        assert!(status.unwrap().success(), "node worker {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_waits_out_a_redis_outage_and_finishes_when_it_is_back() {
+    let mut server = RedisServer::start();
+    let src = source(&server, 4 << 20);
+    server.stop();
+    let hub = hub(
+        &src,
+        CacheConfig {
+            warm_patterns: vec!["w:*".into()],
+            warm_keys: vec!["w:extra".into()],
+            ..quiet()
+        },
+    );
+    // Redis is down: warm-up is not done, and nothing crashes while it retries.
+    assert!(!hub.ready(Duration::from_millis(500)).await);
+    assert!(!hub.stats().warm);
+    assert!(hub.get("w:1").await.is_err(), "never loaded, source down: an error");
+
+    server.restart();
+    for i in 0..50 {
+        let k = format!("w:{i}");
+        server.cmd::<()>(&[b"SET", k.as_bytes(), b"warm"]);
+    }
+    assert!(hub.ready(DEADLINE).await, "warm-up finishes once redis is back");
+    assert_eq!(hub.get("w:49").await.unwrap().as_deref(), Some(&b"warm"[..]));
+    assert_eq!(hub.get("w:extra").await.unwrap(), None);
+    assert!(hub.stats().tracking);
+}

@@ -156,6 +156,9 @@ pub struct HubStats {
     pub warm: bool,
 }
 
+/// The longest a worker's `ready` call is held by the hub.
+const MAX_READY_WAIT: Duration = Duration::from_secs(600);
+
 /// A cached value: inline bytes, or a sealed memfd with the hub's own read-only mapping.
 #[derive(Clone)]
 pub(crate) enum Value {
@@ -745,10 +748,14 @@ impl Hub {
                 Ok(existed) => request.reply(&existed).await,
                 Err(e) => request.reply_error(&crate::error::chain(&e)).await,
             },
-            CacheOp::Ready => {
-                let mut rx = self.inner.warm.subscribe();
-                let _ = rx.wait_for(|w| *w).await;
-                request.reply(&true).await
+            CacheOp::Ready { timeout_ms } => {
+                // Bounded: a worker may be gone, and warm-up may wait for a source that is down.
+                let limit = timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(self.inner.config.load_timeout)
+                    .min(MAX_READY_WAIT);
+                let warm = self.ready(limit).await;
+                request.reply(&warm).await
             }
             CacheOp::Stats => request.reply(&self.stats()).await,
         }

@@ -37,8 +37,12 @@ pub(crate) enum CacheOp {
         /// The key.
         key: String,
     },
-    /// Wait until the hub's warm-up is done.
-    Ready,
+    /// Wait until the hub's warm-up is done (at most `timeout_ms`, or the hub's load timeout).
+    Ready {
+        /// How long the caller waits, in milliseconds.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
     /// The hub's counters.
     Stats,
 }

@@ -180,9 +180,22 @@ impl Cache {
 
     /// Waits until the hub's warm-up is done, at most `timeout`.
     pub async fn ready(&self, timeout: Duration) -> Result<(), CacheError> {
-        let msg = self.peer.cache_call(&CacheOp::Ready, timeout).await;
-        msg.map(|_| ())
-            .map_err(|e| CacheError::Channel(Box::new(e)))
+        let op = CacheOp::Ready {
+            timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
+        };
+        // The hub answers (ready or not) within that; the channel waits a little longer.
+        let msg = self
+            .peer
+            .cache_call(&op, timeout + Duration::from_secs(1))
+            .await
+            .map_err(|e| CacheError::Channel(Box::new(e)))?;
+        let warm: bool = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
+        if !warm {
+            return Err(CacheError::Hub(format!(
+                "the cache's warm-up did not finish within {timeout:?}"
+            )));
+        }
+        Ok(())
     }
 
     /// This worker's counters and the hub's.
