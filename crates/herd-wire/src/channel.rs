@@ -614,7 +614,7 @@ mod tests {
                     f = rx.recv() => match f.unwrap() {
                         Some(f) => {
                             assert_eq!(f.payload, Bytes::from(format!("{next}")), "{codec:?}");
-                            let want = usize::from(codec == Codec::Binary && next % 100 == 0);
+                            let want = usize::from(codec == Codec::Binary && next.is_multiple_of(100));
                             assert_eq!(f.fds.len(), want);
                             next += 1;
                         }

@@ -511,15 +511,24 @@ async fn warm_up_waits_out_a_redis_outage_and_finishes_when_it_is_back() {
     // Redis is down: warm-up is not done, and nothing crashes while it retries.
     assert!(!hub.ready(Duration::from_millis(500)).await);
     assert!(!hub.stats().warm);
-    assert!(hub.get("w:1").await.is_err(), "never loaded, source down: an error");
+    assert!(
+        hub.get("w:1").await.is_err(),
+        "never loaded, source down: an error"
+    );
 
     server.restart();
     for i in 0..50 {
         let k = format!("w:{i}");
         server.cmd::<()>(&[b"SET", k.as_bytes(), b"warm"]);
     }
-    assert!(hub.ready(DEADLINE).await, "warm-up finishes once redis is back");
-    assert_eq!(hub.get("w:49").await.unwrap().as_deref(), Some(&b"warm"[..]));
+    assert!(
+        hub.ready(DEADLINE).await,
+        "warm-up finishes once redis is back"
+    );
+    assert_eq!(
+        hub.get("w:49").await.unwrap().as_deref(),
+        Some(&b"warm"[..])
+    );
     assert_eq!(hub.get("w:extra").await.unwrap(), None);
     assert!(hub.stats().tracking);
 }
