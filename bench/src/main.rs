@@ -9,6 +9,9 @@
 //! Run it with `cargo run --release -p herd-bench`; it prints the table and writes it to
 //! `docs/benchmarks.md` (`--out` to choose another file, `--quick` for a fast smoke run).
 
+mod sections;
+use sections::thousands;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -228,7 +231,7 @@ fn run(rt: &tokio::runtime::Runtime, config: &Config) -> Result<()> {
     println!("{t}\n{r}");
     if let Some(out) = &config.out {
         let doc = document(config, &t, &r)?;
-        std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
+        sections::write_section(out, "ipc", &doc)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())
@@ -247,8 +250,7 @@ fn document(config: &Config, table: &str, ratios: &str) -> Result<String> {
         .to_string();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     Ok(format!(
-        "# Benchmarks\n\n\
-         ## IPC: herd beside Node's cluster and the raw socket\n\n\
+        "## IPC: herd beside Node's cluster and the raw socket\n\n\
          Made by `cargo run --release -p herd-bench` (bench/src/main.rs, Node side in \
          bench/node/cluster_bench.js), every column in the same run.\n\n\
          Machine: {cpus} CPUs ({cpu}), Linux {kernel}, node {node}. \
@@ -587,16 +589,4 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() - 1) as f64 * q).round() as usize;
     v[i]
-}
-
-fn thousands(x: f64) -> String {
-    let s = format!("{:.0}", x);
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -12,9 +12,12 @@
 //!   back off exponentially with jitter; calls made meanwhile fail at once (the hub then serves
 //!   what it has) instead of queueing behind a dead server. A background task reconnects while
 //!   tracking is wanted, so freshness comes back without waiting for a miss.
-//! - **Bounded replies.** Values longer than [`RedisConfig::chunk_size`] are read in
-//!   `GETRANGE` chunks, one at a time, so Redis never holds more than one chunk of a big value
-//!   in this client's output buffer (the buffer that counts toward `maxmemory`).
+//! - **Bounded replies.** A batch of loads is one pipelined round trip that reads each value's
+//!   first [`HEAD_LEN`] bytes; longer values continue in `GETRANGE` chunks of
+//!   [`RedisConfig::chunk_size`], at most [`RedisConfig::chunks_in_flight`] at once, so Redis
+//!   never holds more than that in this client's output buffer (the buffer that counts toward
+//!   `maxmemory`, and that evicts live keys in a stampede). Big values are assembled in anonymous
+//!   mappings, so their memory goes back to the system once the hub has sealed its copy.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
@@ -23,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError, Value};
 use tokio::sync::{mpsc, Notify};
@@ -38,8 +41,11 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// The deadline for each command's reply (default 5 s).
     pub command_timeout: Duration,
-    /// Values longer than this are read in chunks of this size (default 4 MiB).
+    /// Values longer than [`HEAD_LEN`] are read in chunks of this size (default 4 MiB).
     pub chunk_size: usize,
+    /// How many chunks may be in flight at once (default 2): with `chunk_size`, what Redis holds
+    /// in this client's output buffer for big values.
+    pub chunks_in_flight: usize,
     /// Whether to track invalidations (RESP3 client tracking; default true).
     pub track: bool,
     /// The first reconnect delay (default 100 ms); it doubles after each failure.
@@ -59,6 +65,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(5),
             chunk_size: 4 << 20,
+            chunks_in_flight: 2,
             track: true,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -67,6 +74,14 @@ impl Default for RedisConfig {
         }
     }
 }
+
+/// How much of each value the first (pipelined) read fetches. Values up to this long take one
+/// round trip, with every other key of a batch; longer ones continue in chunks.
+pub const HEAD_LEN: usize = 64 << 10;
+
+/// Values longer than this are assembled in an anonymous mapping (returned to the system when
+/// dropped) rather than on the heap, which would keep the high-water mark of a big load.
+const MAPPED_ABOVE: usize = 1 << 20;
 
 /// A [`Source`] backed by Redis string values. See the [module docs](self).
 pub struct RedisSource {
@@ -83,6 +98,8 @@ struct Shared {
     link: tokio::sync::Mutex<Link>,
     calls: AtomicU64,
     reads: AtomicU64,
+    /// Bounds the chunks in flight (and so this client's output buffer in Redis).
+    chunks: tokio::sync::Semaphore,
     events: Events,
     /// Wakes the reconnect task.
     wake: Arc<Notify>,
@@ -146,6 +163,7 @@ impl RedisSource {
             client
         };
         let (tx, rx) = mpsc::channel(config.invalidation_buffer.max(2));
+        let chunks_in_flight = config.chunks_in_flight.max(1);
         Ok(RedisSource {
             shared: Arc::new(Shared {
                 client,
@@ -155,6 +173,7 @@ impl RedisSource {
                 link: tokio::sync::Mutex::new(Link::default()),
                 calls: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
+                chunks: tokio::sync::Semaphore::new(chunks_in_flight),
                 events: Events {
                     tx,
                     overflow: AtomicBool::new(false),
@@ -368,7 +387,7 @@ impl Shared {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        let end = self.config.chunk_size.max(1) as i64 - 1;
+        let end = HEAD_LEN as i64 - 1;
         for k in keys {
             pipe.cmd("PTTL").arg(k);
             pipe.cmd("STRLEN").arg(k);
@@ -413,41 +432,89 @@ impl Shared {
         let value = if h.head.len() >= h.len {
             h.head
         } else {
-            let chunk = self.config.chunk_size.max(1);
-            let mut buf = BytesMut::with_capacity(h.len);
-            buf.extend_from_slice(&h.head);
-            while buf.len() < h.len {
-                let start = buf.len();
-                let end = (start + chunk).min(h.len) - 1;
-                let key_owned = key.to_string();
-                let part: Vec<u8> = self
-                    .query(1, move |mut c| {
-                        Box::pin(async move {
-                            redis::cmd("GETRANGE")
-                                .arg(key_owned)
-                                .arg(start)
-                                .arg(end)
-                                .query_async(&mut c)
-                                .await
-                        })
-                    })
-                    .await?;
-                if part.is_empty() {
-                    break;
-                }
-                buf.extend_from_slice(&part);
-            }
-            if buf.len() != h.len {
-                return Err(SourceError::Failed(format!(
-                    "{key:?} changed while it was read ({} bytes, then {})",
-                    h.len,
-                    buf.len()
-                )));
-            }
-            buf.freeze()
+            self.read_rest(key, h).await?
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Loaded { value, ttl }))
+    }
+}
+
+impl Shared {
+    /// Reads the rest of a value after its head, chunk by chunk, into one buffer of its length.
+    async fn read_rest(self: &Arc<Self>, key: &str, h: Head) -> Result<Bytes, SourceError> {
+        let mut buf = ValueBuf::new(h.len)?;
+        buf.as_mut()[..h.head.len()].copy_from_slice(&h.head);
+        let chunk = self.config.chunk_size.max(1);
+        let mut filled = h.head.len();
+        while filled < h.len {
+            let (start, end) = (filled, (filled + chunk).min(h.len) - 1);
+            let key_owned = key.to_string();
+            let permit = self
+                .chunks
+                .acquire()
+                .await
+                .map_err(|_| SourceError::Failed("the source is closing".into()))?;
+            let part: Vec<u8> = self
+                .query(1, move |mut c| {
+                    Box::pin(async move {
+                        redis::cmd("GETRANGE")
+                            .arg(key_owned)
+                            .arg(start)
+                            .arg(end)
+                            .query_async(&mut c)
+                            .await
+                    })
+                })
+                .await?;
+            drop(permit);
+            if part.is_empty() || part.len() > end + 1 - start {
+                break;
+            }
+            buf.as_mut()[start..start + part.len()].copy_from_slice(&part);
+            filled += part.len();
+        }
+        if filled != h.len {
+            return Err(SourceError::Failed(format!(
+                "{key:?} changed while it was read ({} bytes, then {filled})",
+                h.len
+            )));
+        }
+        buf.freeze()
+    }
+}
+
+/// A value being assembled: on the heap when small, in an anonymous mapping when big.
+enum ValueBuf {
+    Heap(Vec<u8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl ValueBuf {
+    fn new(len: usize) -> Result<ValueBuf, SourceError> {
+        if len > MAPPED_ABOVE {
+            memmap2::MmapMut::map_anon(len)
+                .map(ValueBuf::Mapped)
+                .map_err(|e| SourceError::Failed(format!("no memory for a {len}-byte value: {e}")))
+        } else {
+            Ok(ValueBuf::Heap(vec![0; len]))
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            ValueBuf::Heap(v) => v,
+            ValueBuf::Mapped(m) => m,
+        }
+    }
+
+    fn freeze(self) -> Result<Bytes, SourceError> {
+        match self {
+            ValueBuf::Heap(v) => Ok(Bytes::from(v)),
+            ValueBuf::Mapped(m) => m
+                .make_read_only()
+                .map(Bytes::from_owner)
+                .map_err(|e| SourceError::Failed(format!("mprotect: {e}"))),
+        }
     }
 }
 
