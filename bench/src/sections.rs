@@ -19,7 +19,7 @@ pub fn write_section(path: &Path, name: &str, body: &str) -> Result<()> {
     let block = format!("{begin}{}\n{end}", body.trim_end());
     let new = match (doc.find(&begin), doc.find(&end)) {
         (Some(b), Some(e)) if e > b => format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]),
-        _ => format!("{}\n{block}", doc.trim_end()),
+        _ => format!("{}\n\n{block}", doc.trim_end()),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }

@@ -59,7 +59,10 @@ pub use error::Error;
 pub use herd_wire::{Codec, Format, Limits};
 pub use message::{Incoming, Message, Request};
 pub use peer::Peer;
-pub use primary::{Cluster, ClusterBuilder, Event, ExitStatus, WorkerHandle, WorkerId};
+pub use primary::{
+    Cluster, ClusterBuilder, Event, ExitStatus, OutputStream, WorkerHandle, WorkerId,
+    MAX_OUTPUT_LINE,
+};
 pub use rustix::process::Signal;
 pub use worker::{Worker, WorkerOptions};
 

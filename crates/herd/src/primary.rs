@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
 use std::ops::Deref;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -144,6 +145,16 @@ pub enum Event {
         /// How it ended.
         status: ExitStatus,
     },
+    /// A line the worker wrote to its stdout or stderr (with [`ClusterBuilder::capture_output`];
+    /// without its newline; lines longer than [`MAX_OUTPUT_LINE`] come in pieces).
+    Output {
+        /// Which worker.
+        worker: WorkerId,
+        /// Which stream.
+        stream: OutputStream,
+        /// The line (invalid UTF-8 replaced).
+        line: String,
+    },
     /// Something went wrong with the worker (bad frames, a failed handshake). Its channel is
     /// closed; the primary and the other workers go on.
     Error {
@@ -166,10 +177,36 @@ impl Event {
             | Event::Request { worker, .. }
             | Event::Disconnect { worker }
             | Event::Exit { worker, .. }
+            | Event::Output { worker, .. }
             | Event::Error { worker, .. } => *worker,
         }
     }
 }
+
+/// A worker's output stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error.
+    Stderr,
+}
+
+impl OutputStream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The longest line of captured output delivered as one [`Event::Output`].
+pub const MAX_OUTPUT_LINE: usize = 16 << 10;
+
+/// How long a worker's output is still read after it exited (a grandchild may hold the pipe).
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 struct Config {
@@ -183,6 +220,9 @@ struct Config {
     request_timeout: Duration,
     max_pending_requests: usize,
     cache: Option<Hub>,
+    channel_fd: i32,
+    inherit: Vec<(Arc<OwnedFd>, i32)>,
+    capture_output: bool,
 }
 
 /// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
@@ -203,6 +243,9 @@ pub struct ClusterBuilder {
     request_timeout: Duration,
     events: usize,
     cache: Option<Hub>,
+    channel_fd: i32,
+    inherit: Vec<(Arc<OwnedFd>, i32)>,
+    capture_output: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -219,6 +262,9 @@ impl Default for ClusterBuilder {
             request_timeout: Duration::from_secs(30),
             events: 1024,
             cache: None,
+            channel_fd: sys::CHANNEL_FD,
+            inherit: Vec::new(),
+            capture_output: false,
         }
     }
 }
@@ -292,6 +338,27 @@ impl ClusterBuilder {
         self
     }
 
+    /// The descriptor number of the channel in workers (default 3, Node's). Move it when
+    /// descriptors 3 and up are taken, as with [`ClusterBuilder::inherit_fd`] and `LISTEN_FDS`.
+    pub fn channel_fd(mut self, fd: i32) -> Self {
+        self.channel_fd = fd;
+        self
+    }
+
+    /// Every worker inherits `fd` as descriptor number `at` (a listening socket shared by all
+    /// workers, say). The primary keeps its own copy for later forks.
+    pub fn inherit_fd(mut self, fd: impl Into<Arc<OwnedFd>>, at: i32) -> Self {
+        self.inherit.push((fd.into(), at));
+        self
+    }
+
+    /// Reads each worker's stdout and stderr and reports them line by line as
+    /// [`Event::Output`] (default: workers write to the primary's own stdout and stderr).
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture_output = capture;
+        self
+    }
+
     /// Capacity of the event queue; when full, workers' channels are not read (backpressure).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
@@ -307,6 +374,23 @@ impl ClusterBuilder {
         let args = self
             .args
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
+        let mut numbers: Vec<i32> = self.inherit.iter().map(|(_, at)| *at).collect();
+        numbers.push(self.channel_fd);
+        numbers.sort_unstable();
+        if let Some(bad) = numbers
+            .iter()
+            .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
+        {
+            return Err(Error::Spawn(std::io::Error::other(format!(
+                "descriptor number {bad} for workers is outside 3..{}",
+                sys::MAX_CHILD_FD
+            ))));
+        }
+        if numbers.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Spawn(std::io::Error::other(
+                "two descriptors for workers share one number",
+            )));
+        }
         let cfg = Arc::new(Config {
             program,
             args,
@@ -318,6 +402,9 @@ impl ClusterBuilder {
             request_timeout: self.request_timeout,
             max_pending_requests: 65_536,
             cache: self.cache,
+            channel_fd: self.channel_fd,
+            inherit: self.inherit,
+            capture_output: self.capture_output,
         });
         if let Some(hub) = &cfg.cache {
             hub.start();
@@ -593,7 +680,7 @@ async fn fork(
     let mut cmd = Command::new(&cfg.program);
     cmd.args(&cfg.args)
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-        .env("HERD_CHANNEL_FD", sys::CHANNEL_FD.to_string())
+        .env("HERD_CHANNEL_FD", cfg.channel_fd.to_string())
         .env("HERD_CHANNEL_CODEC", cfg.codec.as_str())
         .env("HERD_WORKER_ID", id.0.to_string())
         .env("HERD_PRIMARY_PID", std::process::id().to_string())
@@ -603,11 +690,29 @@ async fn fork(
         .process_group(0)
         .kill_on_drop(true);
     if cfg.codec == Codec::NodeJson {
-        cmd.env("NODE_CHANNEL_FD", sys::CHANNEL_FD.to_string())
+        cmd.env("NODE_CHANNEL_FD", cfg.channel_fd.to_string())
             .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
     }
-    sys::prepare_child(&mut cmd, &[(&theirs, sys::CHANNEL_FD)]);
-    let child = spawn(cmd).await.map_err(Error::Spawn)?;
+    if cfg.capture_output {
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    }
+    let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
+    fds.extend(cfg.inherit.iter().map(|(fd, at)| (&**fd, *at)));
+    sys::prepare_child(&mut cmd, &fds);
+    let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
+    let output = if cfg.capture_output {
+        let (tx, rx) = mpsc::channel(256);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(read_lines(out, OutputStream::Stdout, tx.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(read_lines(err, OutputStream::Stderr, tx));
+        }
+        Some(rx)
+    } else {
+        None
+    };
     drop(theirs);
     let pid = child.id().unwrap_or(0);
     let (tx, rx) = herd_wire::channel(ours, cfg.codec, cfg.limits)?;
@@ -652,6 +757,8 @@ async fn fork(
         exited: None,
         kill_at: None,
         drain_until: None,
+        output,
+        output_until: None,
     };
     tokio::spawn(async move {
         sup.run().await;
@@ -669,6 +776,16 @@ enum Step {
     KillNow,
     DrainOver,
     NoHandshake,
+    Output(Option<(OutputStream, String)>),
+}
+
+async fn recv_output(
+    rx: &mut Option<mpsc::Receiver<(OutputStream, String)>>,
+) -> Option<(OutputStream, String)> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One worker's state machine.
@@ -691,6 +808,62 @@ struct Supervisor {
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
     drain_until: Option<Instant>,
+    /// Captured output lines, until both pipes close (or `output_until` passes after exit).
+    output: Option<mpsc::Receiver<(OutputStream, String)>>,
+    output_until: Option<Instant>,
+}
+
+/// Reads `pipe` line by line (at most [`MAX_OUTPUT_LINE`] bytes per piece) into `tx`; ends at
+/// end-of-file, on a read error, or when nobody takes the lines.
+async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
+    pipe: R,
+    stream: OutputStream,
+    tx: mpsc::Sender<(OutputStream, String)>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::with_capacity(MAX_OUTPUT_LINE, pipe);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let (done, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => {
+                if !line.is_empty() {
+                    let _ = tx
+                        .send((stream, String::from_utf8_lossy(&line).into_owned()))
+                        .await;
+                }
+                return;
+            }
+            Ok(buf) => {
+                let room = MAX_OUTPUT_LINE - line.len();
+                match memchr_nl(&buf[..buf.len().min(room)]) {
+                    Some(i) => {
+                        line.extend_from_slice(&buf[..i]);
+                        (true, i + 1)
+                    }
+                    None => {
+                        let n = buf.len().min(room);
+                        line.extend_from_slice(&buf[..n]);
+                        (line.len() >= MAX_OUTPUT_LINE, n)
+                    }
+                }
+            }
+        };
+        reader.consume(used);
+        if done {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            line.clear();
+            if tx.send((stream, text)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
 }
 
 impl Supervisor {
@@ -707,7 +880,7 @@ impl Supervisor {
         let mut cmds_open = true;
         let mut exit_queued = false;
         loop {
-            if !exit_queued && !self.open {
+            if !exit_queued && !self.open && self.output.is_none() {
                 if let Some(status) = self.exited {
                     self.emit(Event::Exit { worker: id, status });
                     let _ = self.exit.send(Some(status));
@@ -737,6 +910,8 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(self.kill_at.unwrap_or(far)), if self.kill_at.is_some() && self.exited.is_none() => Step::KillNow,
                 _ = tokio::time::sleep_until(self.drain_until.unwrap_or(far)), if self.drain_until.is_some() && self.open => Step::DrainOver,
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.online && self.open => Step::NoHandshake,
+                line = recv_output(&mut self.output), if self.output.is_some() && self.outbox.is_empty() => Step::Output(line),
+                _ = tokio::time::sleep_until(self.output_until.unwrap_or(far)), if self.output_until.is_some() && self.output.is_some() => Step::Output(None),
             };
             match step {
                 Step::Idle => {}
@@ -750,6 +925,7 @@ impl Supervisor {
                     if self.open {
                         self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                     }
+                    self.output_until = Some(Instant::now() + OUTPUT_AFTER_EXIT);
                 }
                 Step::Cmd(Some(WorkerCmd::Disconnect)) => {
                     self.close_channel();
@@ -777,6 +953,13 @@ impl Supervisor {
                     let why = format!("no handshake within {:?}", self.cfg.handshake_timeout);
                     self.lost_channel(Some(Error::Handshake(why)));
                 }
+                Step::Output(Some((stream, line))) => self.emit(Event::Output {
+                    worker: id,
+                    stream,
+                    line,
+                }),
+                // Both pipes closed, or the worker is gone and its output time is over.
+                Step::Output(None) => self.output = None,
             }
         }
     }

@@ -17,6 +17,8 @@ use rustix::process::Signal;
 pub const CHANNEL_FD: RawFd = 3;
 /// Descriptors are parked at or above this number while being moved to their final numbers.
 const PARK_AT: RawFd = 256;
+/// Descriptor numbers given to workers must be below this (they are parked above it).
+pub const MAX_CHILD_FD: RawFd = PARK_AT;
 
 /// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
