@@ -601,3 +601,82 @@ async fn workers_die_with_their_primary() {
     assert!(waited, "a worker outlived its primary by a second");
     assert!(pids.iter().all(|p| is_gone(*p)));
 }
+
+#[tokio::test]
+async fn output_is_captured_by_line_and_inherited_fds_arrive_at_their_numbers() {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd: OwnedFd = listener.into();
+    let ours = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    let script = "readlink /proc/$$/fd/3; \
+                  [ -S /proc/$$/fd/7 ] && echo channel-at-7; \
+                  echo to-stderr >&2; \
+                  head -c 20000 /dev/zero | tr '\\0' x; echo; \
+                  printf 'crlf\\r\\n'; printf 'no newline at the end'";
+    let mut cluster = Cluster::builder()
+        .workers(1)
+        .program("sh")
+        .args(["-c", script])
+        .codec(herd::Codec::NodeJson)
+        .channel_fd(7)
+        .inherit_fd(fd, 3)
+        .capture_output(true)
+        .start()
+        .await
+        .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        match next(&mut cluster).await {
+            Event::Output { stream, line, .. } => match stream {
+                herd::OutputStream::Stdout => out.push(line),
+                herd::OutputStream::Stderr => err.push(line),
+            },
+            Event::Exit { status, .. } => {
+                assert!(status.success(), "{status}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        out[0],
+        ours.to_string_lossy(),
+        "the listener is fd 3 in the worker"
+    );
+    assert_eq!(out[1], "channel-at-7");
+    assert_eq!(
+        out[2],
+        "x".repeat(herd::MAX_OUTPUT_LINE),
+        "long lines come in pieces"
+    );
+    assert_eq!(out[3], "x".repeat(20000 - herd::MAX_OUTPUT_LINE));
+    assert_eq!(out[4], "crlf");
+    assert_eq!(out[5], "no newline at the end");
+    assert_eq!(out.len(), 6, "{out:?}");
+    assert_eq!(err, ["to-stderr"]);
+    // Exit was the last event: nothing follows it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), cluster.next_event())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn descriptor_numbers_for_workers_are_checked() {
+    let fd = || -> OwnedFd { std::net::TcpListener::bind("127.0.0.1:0").unwrap().into() };
+    for b in [
+        Cluster::builder().workers(0).channel_fd(2),
+        Cluster::builder().workers(0).inherit_fd(fd(), 3),
+        Cluster::builder()
+            .workers(0)
+            .channel_fd(4)
+            .inherit_fd(fd(), 4),
+        Cluster::builder()
+            .workers(0)
+            .channel_fd(4)
+            .inherit_fd(fd(), 9999),
+    ] {
+        assert!(b.start().await.is_err());
+    }
+}
