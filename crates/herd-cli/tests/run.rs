@@ -1,85 +1,263 @@
-//! `herd run` end to end, with the real `node` as the workers.
+//! `herd run` end to end: the real binary, real workers (`node`, `sh`), real sockets, and the
+//! control commands (`herd status`, `reload`, `scale`, `stop`) against it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
+const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Writes a Node script to a temp file, removed when the guard drops.
-struct Script(std::path::PathBuf);
+fn demo_server() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo/server.js")
+}
 
-impl Script {
-    fn new(name: &str, body: &str) -> Script {
-        let path = std::env::temp_dir().join(format!("herd-cli-{}-{name}.js", std::process::id()));
-        std::fs::write(&path, body).unwrap();
-        Script(path)
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "herd-cli-{}-{name}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let p = PathBuf::from(p.to_string_lossy().replace([' ', '{', '}', ':'], "_"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
     }
 }
 
-impl Drop for Script {
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-#[test]
-fn run_relays_messages_and_stops_gracefully_on_sigint() {
-    let script = Script::new(
-        "relay",
-        "process.on('message', () => {});\nprocess.send({hello: process.pid});\n",
-    );
-    let mut herd = Command::new(HERD)
-        .args(["run", "-w", "2", "--"])
-        .arg("node")
-        .arg(&script.0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = herd.stdout.take().unwrap();
+/// A running `herd run` with its output collected line by line.
+struct Herd {
+    child: Option<Child>,
+    control: PathBuf,
+    out: mpsc::Receiver<String>,
+    err: mpsc::Receiver<String>,
+    _dir: TempDir,
+}
+
+fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
                 break;
             }
         }
     });
+    rx
+}
+
+impl Herd {
+    fn start(name: &str, args: &[&str]) -> Herd {
+        let dir = TempDir::new(name);
+        let control = dir.0.join("control.sock");
+        let mut child = Command::new(HERD)
+            .arg("run")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .env("HERD_LOG", "herd=info,herd_cli=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = lines(child.stdout.take().unwrap());
+        let err = lines(child.stderr.take().unwrap());
+        Herd {
+            child: Some(child),
+            control,
+            out,
+            err,
+            _dir: dir,
+        }
+    }
+
+    /// The next stdout line matching `want`, within the deadline.
+    fn stdout_line(&self, want: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.out, want, "stdout")
+    }
+
+    fn stderr_line(&self, want: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.err, want, "stderr")
+    }
+
+    /// The address herd reports it listens on.
+    fn listening(&self) -> SocketAddr {
+        let line = self.stderr_line(|l| l.starts_with("herd: listening on "));
+        line["herd: listening on ".len()..].parse().unwrap()
+    }
+
+    /// Runs `herd CMD --control ...`.
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(HERD)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("herd status: {e}"))
+    }
+
+    fn try_status(&self) -> Result<serde_json::Value, String> {
+        let out = self.ctl(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Polls the status until `want` holds (herd may still be starting: its control socket
+    /// appears once it runs).
+    fn status_until(
+        &self,
+        what: &str,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = self.try_status().unwrap_or_else(|e| {
+                assert!(Instant::now() < deadline, "never: {what}; herd status: {e}");
+                serde_json::Value::Null
+            });
+            if !s.is_null() && want(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never: {what}; last status {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).unwrap();
+    }
+
+    /// Waits for herd to exit; its exit code.
+    fn wait(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait().unwrap()));
+        rx.recv_timeout(DEADLINE).expect("herd exits").code()
+    }
+}
+
+impl Drop for Herd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, want: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if want(&l) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no matching {what} line: {e}"),
+        }
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    // A zombie is not alive: only a process that runs counts.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+#[test]
+fn run_relays_messages_and_stops_gracefully_on_sigint() {
+    let dir = TempDir::new("relay-script");
+    let script = dir.0.join("relay.js");
+    std::fs::write(
+        &script,
+        "process.on('message', () => {});\nprocess.send({hello: process.pid});\n",
+    )
+    .unwrap();
+    let mut herd = Herd::start(
+        "relay",
+        &["-w", "2", "--", "node", script.to_str().unwrap()],
+    );
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("a message line");
+        let line = herd.stdout_line(|l| l.contains("\"message\""));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(v["message"]["hello"].as_u64().is_some(), "{line}");
         workers.push(v["worker"].as_u64().unwrap());
     }
     workers.sort();
     assert_eq!(workers, [1, 2]);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(herd.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || done_tx.send(herd.wait().unwrap()));
-    let status = done_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("herd exits after SIGINT");
-    assert_eq!(status.code(), Some(0), "every Node worker exited 0");
+    herd.signal(rustix::process::Signal::INT);
+    assert_eq!(herd.wait(), Some(0), "stopped on request");
 }
 
 #[test]
 fn exit_codes_follow_the_documented_contract() {
-    // A worker that fails: exit code 1.
-    let status = Command::new(HERD)
-        .args(["run", "-w", "1", "--", "sh", "-c", "exit 3"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
+    // A worker that keeps failing: restarted with backoff, then a crash loop; exit code 1.
+    let mut herd = Herd::start(
+        "crashloop",
+        &[
+            "-w",
+            "1",
+            "--max-restarts",
+            "2",
+            "--backoff-min",
+            "0.01",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    let line = herd.stderr_line(|l| l.contains("gave up"));
+    assert!(
+        line.contains("crash loop") && line.contains("exit code 3"),
+        "{line}"
+    );
+    assert_eq!(herd.wait(), Some(1));
     // A program that cannot be started: exit code 1 and a message naming it.
     let out = Command::new(HERD)
         .args(["run", "-w", "1", "--", "/nonexistent/program"])
@@ -88,17 +266,432 @@ fn exit_codes_follow_the_documented_contract() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/program"));
     // Bad usage: exit code 2.
-    let status = Command::new(HERD)
-        .args(["run", "--codec", "xml", "--", "true"])
-        .stderr(Stdio::null())
-        .status()
+    for bad in [
+        &["run", "--codec", "xml", "--", "true"][..],
+        &["run", "--listen", "nowhere", "--", "true"],
+        &["run", "--ready", "soon", "--", "true"],
+        &["run", "--nope"],
+    ] {
+        let out = Command::new(HERD).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    // Every worker exits 0 (done, not restarted): exit code 0.
+    let mut herd = Herd::start("done", &["-w", "2", "--", "true"]);
+    assert_eq!(herd.wait(), Some(0));
+    // With --restart never, a failure ends herd with exit code 1.
+    let mut herd = Herd::start(
+        "never",
+        &["-w", "1", "--restart", "never", "--", "sh", "-c", "exit 4"],
+    );
+    assert_eq!(herd.wait(), Some(1));
+}
+
+#[test]
+fn a_crashed_worker_is_restarted_and_status_shows_it() {
+    let dir = TempDir::new("crash-once");
+    let mark = dir.0.join("crashed-once");
+    // Crashes the first time, then runs until it is disconnected (its channel closes: stdin
+    // of `read` is not the channel, so wait on the channel fd with a read that ends at EOF).
+    let script = format!(
+        "if [ -e {m} ]; then echo up; exec cat <&$NODE_CHANNEL_FD >/dev/null; else touch {m}; echo crashing >&2; exit 7; fi",
+        m = mark.display()
+    );
+    let mut herd = Herd::start(
+        "restart",
+        &[
+            "-w",
+            "1",
+            "--backoff-min",
+            "0.05",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    herd.stderr_line(|l| l == "[w1] crashing");
+    herd.stdout_line(|l| l == "[w2] up");
+    let s = herd.status_until("one running worker", |s| {
+        s["status"]["workers"][0]["state"] == "running"
+    });
+    let w = &s["status"]["workers"][0];
+    assert_eq!(w["worker"], 2);
+    assert_eq!(w["restarts"], 1);
+    assert!(
+        w["rss"].as_u64().unwrap() > 0 && w["pss"].as_u64().unwrap() > 0,
+        "{w}"
+    );
+    let pid = w["pid"].as_u64().unwrap();
+    assert!(pid_alive(pid));
+    // The text table too.
+    let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains("WORKER") && table.contains(&pid.to_string()),
+        "{table}"
+    );
+    // `herd stop` returns once herd is done; nothing is left running.
+    let out = herd.ctl(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(herd.wait(), Some(0));
+    assert!(!pid_alive(pid), "the worker is gone");
+}
+
+#[test]
+fn a_rolling_reload_under_http_load_fails_no_request() {
+    let server = demo_server();
+    let mut herd = Herd::start(
+        "reload",
+        &[
+            "-w",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready",
+            "notice",
+            "--grace",
+            "10",
+            "--",
+            "node",
+            server.to_str().unwrap(),
+        ],
+    );
+    let addr = herd.listening();
+    let before = herd.status_until("two workers running", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["state"] == "running"))
+    });
+    let old: Vec<u64> = before["status"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    // Both workers answer on the one port.
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "both workers answer");
+        let (code, body) = http_get(addr, "/").unwrap();
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        seen.insert(v["pid"].as_u64().unwrap());
+    }
+
+    // Load from two client threads for the whole reload.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (pids_tx, pids_rx) = mpsc::channel::<u64>();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed, pids) =
+                (stop.clone(), ok.clone(), failed.clone(), pids_tx.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(addr, "/") {
+                        Ok((200, body)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                                let _ = pids.send(v["pid"].as_u64().unwrap_or(0));
+                            }
+                        }
+                        Ok((code, body)) => {
+                            eprintln!("HTTP {code}: {body}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("request failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(pids_tx);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = herd.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 workers replaced"));
+    // And a second reload, by SIGHUP this time.
+    herd.signal(rustix::process::Signal::HUP);
+    herd.stderr_line(|l| l.contains("SIGHUP reload done"));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("reload under load: {ok} requests succeeded, {failed} failed");
+    assert_eq!(failed, 0, "{ok} requests succeeded, {failed} failed");
+    assert!(ok > 50, "only {ok} requests were made");
+    let after = herd.status();
+    let new: Vec<u64> = after["status"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(new.len(), 2);
+    assert!(
+        new.iter().all(|p| !old.contains(p)),
+        "every worker was replaced"
+    );
+    assert_eq!(after["status"]["reloads"], 2);
+    // Requests were served by the old workers and then by the new ones.
+    let served: std::collections::HashSet<u64> = pids_rx.try_iter().collect();
+    assert!(old.iter().any(|p| served.contains(p)), "old workers served");
+    assert!(new.iter().any(|p| served.contains(p)), "new workers served");
+    for p in &old {
+        assert!(!pid_alive(*p), "old worker {p} exited");
+    }
+    herd.signal(rustix::process::Signal::TERM);
+    assert_eq!(herd.wait(), Some(0));
+}
+
+#[test]
+fn listen_fds_follow_systemds_convention() {
+    let mut herd = Herd::start(
+        "listenfds",
+        &[
+            "-w", "1", "--restart", "never", "--listen", "127.0.0.1:0", "--listen", ":0",
+            "--", "sh", "-c", "echo \"$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $NODE_CHANNEL_FD\"; [ -S /proc/$$/fd/3 ] && [ -S /proc/$$/fd/4 ] && echo sockets-at-3-and-4",
+        ],
+    );
+    let line = herd.stdout_line(|l| l.starts_with("[w1] ") && !l.contains("sockets"));
+    let f: Vec<&str> = line["[w1] ".len()..].split(' ').collect();
+    assert_eq!(f[0], f[1], "LISTEN_PID is the worker's own pid: {line}");
+    assert_eq!(f[2], "2");
+    assert!(
+        f[3].starts_with("127.0.0.1_") && f[3].contains(":0.0.0.0_"),
+        "{line}"
+    );
+    assert_eq!(f[4], "5", "the channel comes after the sockets");
+    herd.stdout_line(|l| l == "[w1] sockets-at-3-and-4");
+    assert_eq!(herd.wait(), Some(0));
+}
+
+#[test]
+fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
+    let server = demo_server();
+    let herd = Herd::start(
+        "reuseport",
+        &[
+            "-w",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--reuseport",
+            "--ready",
+            "notice",
+            "--",
+            "node",
+            server.to_str().unwrap(),
+        ],
+    );
+    let addr = herd.listening();
+    herd.status_until("two workers", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2)
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = std::collections::HashSet::new();
+    // The kernel spreads new connections over the two sockets by hash: both get some.
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "both workers answer: {seen:?}");
+        if let Ok((200, body)) = http_get(addr, "/") {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            seen.insert(v["pid"].as_u64().unwrap());
+        }
+    }
+}
+
+#[test]
+fn output_is_prefixed_or_json_and_scale_changes_the_count() {
+    let script = "echo \"hello from $HERD_WORKER_ID\"; echo oops >&2; exec cat <&$NODE_CHANNEL_FD >/dev/null";
+    let herd = Herd::start("output", &["-w", "1", "--", "sh", "-c", script]);
+    herd.stdout_line(|l| l == "[w1] hello from 1");
+    herd.stderr_line(|l| l == "[w1] oops");
+    let out = herd.ctl(&["scale", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    herd.stdout_line(|l| l == "[w3] hello from 3");
+    herd.status_until("three workers", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 3)
+    });
+    assert!(herd.ctl(&["scale", "1"]).status.success());
+    herd.status_until("one worker", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 1)
+            && s["status"]["wanted"] == 1
+    });
+    drop(herd);
+
+    let json = Herd::start(
+        "json",
+        &["-w", "1", "--log-format", "json", "--", "sh", "-c", script],
+    );
+    let line = json.stdout_line(|l| l.contains("hello from"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["worker"], 1);
+    assert_eq!(v["stream"], "stdout");
+    assert_eq!(v["line"], "hello from 1");
+    assert!(v["ts"].as_f64().is_some());
+    // herd's own log lines are JSON too.
+    let log = json.stderr_line(|l| l.contains("worker started"));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&log).is_ok(),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_config_file_is_equivalent_to_flags_and_its_errors_name_the_field() {
+    let dir = TempDir::new("config");
+    let good = dir.0.join("good.toml");
+    std::fs::write(
+        &good,
+        "command = ['sh', '-c', 'echo configured $GREETING; exec cat <&$NODE_CHANNEL_FD >/dev/null']\nworkers = 1\nenv = { GREETING = 'hi' }\n",
+    )
+    .unwrap();
+    let mut herd = Herd::start("config", &["--config", good.to_str().unwrap()]);
+    herd.stdout_line(|l| l == "[w1] configured hi");
+    herd.signal(rustix::process::Signal::TERM);
+    assert_eq!(herd.wait(), Some(0));
+
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "command = ['true']\n[reload]\nready_timeot = 3.0\n").unwrap();
+    let out = Command::new(HERD)
+        .args(["run", "--config", bad.to_str().unwrap()])
+        .output()
         .unwrap();
-    assert_eq!(status.code(), Some(2));
-    // Every worker exits 0: exit code 0.
-    let status = Command::new(HERD)
-        .args(["run", "-w", "2", "--", "true"])
-        .stderr(Stdio::null())
-        .status()
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ready_timeot") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_control_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let herd = Herd::start(
+        "private",
+        &[
+            "-w",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "exec cat <&$NODE_CHANNEL_FD >/dev/null",
+        ],
+    );
+    herd.status_until("running", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 1)
+    });
+    let mode = std::fs::metadata(&herd.control)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second herd with the same control socket refuses to start.
+    let out = Command::new(HERD)
+        .args(["run", "--control"])
+        .arg(&herd.control)
+        .args(["--", "true"])
+        .output()
         .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another herd"));
+    // Another user is refused (when this test can act as one).
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        // Let the other user reach the socket file, so the peer check itself is what refuses.
+        std::fs::set_permissions(&herd.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(
+            herd.control.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let out = Command::new(HERD)
+            .args(["status", "--control"])
+            .arg(&herd.control)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("permission denied"), "{err}");
+    }
+}
+
+#[test]
+fn a_reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
+    // Readiness needs a notice this program never sends.
+    let herd = Herd::start(
+        "stuck-reload",
+        &[
+            "-w",
+            "2",
+            "--ready",
+            "notice",
+            "--ready-timeout",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "exec cat <&$NODE_CHANNEL_FD >/dev/null",
+        ],
+    );
+    let before = herd.status_until("two workers", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2)
+    });
+    let out = herd.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reload stopped after 0 of 2") && err.contains("not ready within"),
+        "{err}"
+    );
+    // The old workers still serve; the stuck new one is gone.
+    let after = herd.status_until("back to the two old workers", |s| {
+        s["status"]["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2)
+    });
+    let pids = |s: &serde_json::Value| -> Vec<u64> {
+        s["status"]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(pids(&before), pids(&after));
+    assert!(after["status"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["state"] == "running"));
 }

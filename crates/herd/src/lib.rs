@@ -49,9 +49,11 @@
 
 pub mod cache;
 pub mod error;
+pub mod listen;
 pub mod message;
 pub mod peer;
 pub mod primary;
+pub mod service;
 mod sys;
 pub mod worker;
 

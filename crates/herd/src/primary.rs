@@ -374,23 +374,6 @@ impl ClusterBuilder {
         let args = self
             .args
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
-        let mut numbers: Vec<i32> = self.inherit.iter().map(|(_, at)| *at).collect();
-        numbers.push(self.channel_fd);
-        numbers.sort_unstable();
-        if let Some(bad) = numbers
-            .iter()
-            .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
-        {
-            return Err(Error::Spawn(std::io::Error::other(format!(
-                "descriptor number {bad} for workers is outside 3..{}",
-                sys::MAX_CHILD_FD
-            ))));
-        }
-        if numbers.windows(2).any(|w| w[0] == w[1]) {
-            return Err(Error::Spawn(std::io::Error::other(
-                "two descriptors for workers share one number",
-            )));
-        }
         let cfg = Arc::new(Config {
             program,
             args,
@@ -406,6 +389,7 @@ impl ClusterBuilder {
             inherit: self.inherit,
             capture_output: self.capture_output,
         });
+        check_numbers(&cfg, &[])?;
         if let Some(hub) = &cfg.cache {
             hub.start();
         }
@@ -447,9 +431,15 @@ impl Cluster {
 
     /// Forks one more worker.
     pub async fn fork(&self) -> Result<WorkerHandle, Error> {
+        self.fork_with_fds(Vec::new()).await
+    }
+
+    /// Forks one more worker that also inherits `fds` (each at its number), besides the
+    /// cluster's own: a socket of its own, say (`SO_REUSEPORT`).
+    pub async fn fork_with_fds(&self, fds: Vec<(OwnedFd, i32)>) -> Result<WorkerHandle, Error> {
         let (tx, rx) = oneshot::channel();
         self.dispatch
-            .send(DispatchCmd::Fork(tx))
+            .send(DispatchCmd::Fork(fds, tx))
             .await
             .map_err(|_| Error::ClusterGone)?;
         rx.await.map_err(|_| Error::ClusterGone)?
@@ -595,7 +585,10 @@ enum WorkerCmd {
 }
 
 enum DispatchCmd {
-    Fork(oneshot::Sender<Result<WorkerHandle, Error>>),
+    Fork(
+        Vec<(OwnedFd, i32)>,
+        oneshot::Sender<Result<WorkerHandle, Error>>,
+    ),
     List(oneshot::Sender<Vec<WorkerHandle>>),
     Exited(WorkerId),
 }
@@ -610,11 +603,14 @@ async fn dispatcher(
     let mut next_id = 1u64;
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            DispatchCmd::Fork(reply) => {
+            DispatchCmd::Fork(extra, reply) => {
                 let id = WorkerId(next_id);
                 next_id += 1;
                 let Some(me) = me.upgrade() else { break };
-                let r = fork(&cfg, id, events.clone(), me).await;
+                let r = match check_numbers(&cfg, &extra) {
+                    Ok(()) => fork(&cfg, id, &extra, events.clone(), me).await,
+                    Err(e) => Err(e),
+                };
                 if let Ok(h) = &r {
                     workers.insert(id, h.clone());
                 }
@@ -670,9 +666,33 @@ async fn spawn(cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("spawner dropped the job"))?
 }
 
+/// Checks that the descriptor numbers workers get are in range and distinct.
+fn check_numbers(cfg: &Config, extra: &[(OwnedFd, i32)]) -> Result<(), Error> {
+    let mut numbers: Vec<i32> = cfg.inherit.iter().map(|(_, at)| *at).collect();
+    numbers.extend(extra.iter().map(|(_, at)| *at));
+    numbers.push(cfg.channel_fd);
+    numbers.sort_unstable();
+    if let Some(bad) = numbers
+        .iter()
+        .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
+    {
+        return Err(Error::Spawn(std::io::Error::other(format!(
+            "descriptor number {bad} for workers is outside 3..{}",
+            sys::MAX_CHILD_FD
+        ))));
+    }
+    if numbers.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Spawn(std::io::Error::other(
+            "two descriptors for workers share one number",
+        )));
+    }
+    Ok(())
+}
+
 async fn fork(
     cfg: &Arc<Config>,
     id: WorkerId,
+    extra: &[(OwnedFd, i32)],
     events: mpsc::Sender<Event>,
     dispatch: mpsc::Sender<DispatchCmd>,
 ) -> Result<WorkerHandle, Error> {
@@ -699,6 +719,7 @@ async fn fork(
     }
     let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
     fds.extend(cfg.inherit.iter().map(|(fd, at)| (&**fd, *at)));
+    fds.extend(extra.iter().map(|(fd, at)| (fd, *at)));
     sys::prepare_child(&mut cmd, &fds);
     let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
     let output = if cfg.capture_output {
