@@ -17,6 +17,7 @@
 
 mod config;
 mod control;
+mod demo;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -70,6 +71,9 @@ enum Command {
         #[command(flatten)]
         at: At,
     },
+    /// herd's main job on its embedded default: Node HTTP workers on one shared port, one cache
+    /// for the host, a rolling reload under load. Needs only `node`.
+    Demo,
     /// Change the number of workers of a running herd.
     Scale {
         /// The new number of workers.
@@ -240,6 +244,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     let limit = Duration::from_secs(3600);
     match cli.command {
         Command::Run(args) => run(*args).await,
+        Command::Demo => demo::run().await,
         Command::Status { at, json } => {
             let a = control::request(&at.path(), json!({"cmd": "status"}), limit).await?;
             if json {

@@ -695,3 +695,19 @@ fn a_reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
         .iter()
         .all(|w| w["state"] == "running"));
 }
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let out = Command::new(HERD).arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("103 loads for 103 keys"), "{text}");
+    assert!(
+        text.contains("(0 failed)") && text.contains("; 0 failed"),
+        "{text}"
+    );
+}
