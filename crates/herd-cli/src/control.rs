@@ -272,6 +272,11 @@ pub fn format_status(answer: &Value) -> String {
     for f in s["failed"].as_array().into_iter().flatten() {
         out.push_str(&format!("slot {}: {}\n", f[0], f[1].as_str().unwrap_or("")));
     }
+    if let Some(n) = s["output_dropped"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "{n} worker output lines or messages dropped (herd's own output was not read fast enough)\n"
+        ));
+    }
     let c = &answer["cache"];
     if c.is_object() {
         out.push_str(&format!(

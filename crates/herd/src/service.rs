@@ -214,6 +214,9 @@ pub struct Status {
     pub reloading: bool,
     /// Rolling reloads completed.
     pub reloads: u64,
+    /// Worker output lines and messages dropped because the reader of the service's events was
+    /// too slow.
+    pub output_dropped: u64,
 }
 
 /// Why a service call failed.
@@ -332,6 +335,7 @@ pub fn start(
         reload: None,
         reloads: 0,
         stopping: None,
+        output_dropped: 0,
     };
     let task = tokio::spawn(svc.run(cmd_rx, note_rx));
     (ServiceHandle { cmds: cmd_tx }, ev_rx, task)
@@ -392,6 +396,7 @@ struct Svc {
     reload: Option<Reload>,
     reloads: u64,
     stopping: Option<(bool, Vec<oneshot::Sender<()>>)>,
+    output_dropped: u64,
 }
 
 impl Svc {
@@ -574,13 +579,13 @@ impl Svc {
                 let value = message.json().unwrap_or_else(|_| {
                     serde_json::Value::String(format!("<{} bytes>", message.bytes().len()))
                 });
-                let _ = self
-                    .events
-                    .send(ServiceEvent::Message {
-                        worker,
-                        message: value,
-                    })
-                    .await;
+                let ev = ServiceEvent::Message {
+                    worker,
+                    message: value,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(ev) {
+                    self.output_dropped += 1;
+                }
             }
             Event::Request { worker, request } => {
                 let _ = request
@@ -592,14 +597,22 @@ impl Svc {
                 stream,
                 line,
             } => {
-                let _ = self
-                    .events
-                    .send(ServiceEvent::Output {
-                        worker,
-                        stream,
-                        line,
-                    })
-                    .await;
+                // Supervision must not wait for a slow log reader: lines that do not fit are
+                // counted (in the status) rather than queued without bound.
+                let ev = ServiceEvent::Output {
+                    worker,
+                    stream,
+                    line,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(ev) {
+                    self.output_dropped += 1;
+                    if self.output_dropped.is_power_of_two() {
+                        tracing::warn!(
+                            dropped = self.output_dropped,
+                            "worker output lines dropped: the log reader is too slow"
+                        );
+                    }
+                }
             }
             Event::Error { worker, error } => {
                 tracing::warn!(%worker, error = %crate::error::chain(&error), "worker channel error");
@@ -658,6 +671,15 @@ impl Svc {
         m.role = Role::Active;
         m.ready_at = None;
         let slot = m.slot.unwrap_or(0);
+        if self.slots.get(slot).is_none_or(|s| s.removed) {
+            // Its slot was scaled away while it started.
+            if let Some(r) = &mut self.reload {
+                r.batch.remove(&worker);
+            }
+            self.retire(worker);
+            self.advance_reload().await;
+            return;
+        }
         tracing::info!(%worker, slot, "new worker ready");
         let old = self.slots[slot].active.replace(worker);
         if let Some(old) = old.filter(|o| *o != worker) {
@@ -982,6 +1004,7 @@ impl Svc {
                 .collect(),
             reloading: self.reload.is_some(),
             reloads: self.reloads,
+            output_dropped: self.output_dropped,
         }
     }
 }
