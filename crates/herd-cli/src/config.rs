@@ -42,6 +42,7 @@ use serde::Deserialize;
 /// The file's shape.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub struct FileConfig {
     pub command: Option<Vec<String>>,
     pub workers: Option<Workers>,
@@ -58,22 +59,26 @@ pub struct FileConfig {
     pub cache: Option<CacheFile>,
 }
 
-/// A count or `"auto"`.
+/// A count or `"auto"` (one per CPU).
 #[derive(Deserialize, Debug, Clone, Copy)]
 #[serde(untagged)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub enum Workers {
     Count(i64),
     Auto(AutoWord),
 }
 
 #[derive(Deserialize, Debug, Clone, Copy)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub enum AutoWord {
     #[serde(rename = "auto")]
     Auto,
 }
 
+/// The `[restart]` table.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub struct RestartFile {
     pub mode: Option<String>,
     pub backoff_min: Option<f64>,
@@ -82,16 +87,20 @@ pub struct RestartFile {
     pub window: Option<f64>,
 }
 
+/// The `[reload]` table.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub struct ReloadFile {
     pub batch: Option<usize>,
     pub ready: Option<String>,
     pub ready_timeout: Option<f64>,
 }
 
+/// The `[cache]` table.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub struct CacheFile {
     pub dir: Option<PathBuf>,
     pub snapshot: Option<PathBuf>,
@@ -102,6 +111,7 @@ pub struct CacheFile {
 
 /// Where the cache's data comes from.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub enum CacheSource {
     Dir(PathBuf),
     Snapshot(PathBuf),
@@ -110,6 +120,7 @@ pub enum CacheSource {
 
 /// The validated settings `herd run` works with.
 #[derive(Debug, Clone)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub struct Settings {
     pub command: Vec<String>,
     pub workers: usize,
@@ -154,6 +165,7 @@ fn seconds(field: &str, v: f64) -> Result<Duration> {
 
 /// What the flags gave (`None`: not given).
 #[derive(Debug, Default, Clone)]
+#[allow(missing_docs)] // fields: the flags and TOML keys of the same names (module docs)
 pub struct Flags {
     pub command: Vec<String>,
     pub workers: Option<usize>,

@@ -137,43 +137,70 @@ async fn connection(stream: UnixStream, service: ServiceHandle, hub: Option<Hub>
     tokio::time::timeout(REQUEST_TIME, reader.read_line(&mut line))
         .await
         .context("no request in time")??;
-    let answer = match serde_json::from_str::<Value>(&line) {
-        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
-        Ok(req) => match req["cmd"].as_str() {
-            Some("status") => match service.status().await {
-                Ok(s) => json!({
-                    "ok": true,
-                    "status": s,
-                    "cache": hub.as_ref().map(|h| h.stats()),
-                    "pid": std::process::id(),
-                }),
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
-            },
-            Some("reload") => match service.reload().await {
-                Ok(n) => json!({"ok": true, "replaced": n}),
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
-            },
-            Some("scale") => match req["workers"].as_u64().filter(|n| (1..=4096).contains(n)) {
-                Some(n) => match service.scale(n as usize).await {
-                    Ok(()) => json!({"ok": true, "workers": n}),
-                    Err(e) => json!({"ok": false, "error": e.to_string()}),
-                },
-                None => json!({"ok": false, "error": "scale needs workers: 1 to 4096"}),
-            },
-            Some("stop") => {
-                // Answer first: the process ends once the workers have; the client then sees
-                // the connection close.
-                let answer = json!({"ok": true, "stopping": true});
-                write.write_all(format!("{answer}\n").as_bytes()).await?;
-                let _ = service.stop(false).await;
-                std::future::pending::<()>().await;
-                unreachable!()
-            }
-            other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
+    let answer = match parse_request(&line) {
+        Err(e) => json!({"ok": false, "error": e}),
+        Ok(Request::Status) => match service.status().await {
+            Ok(s) => json!({
+                "ok": true,
+                "status": s,
+                "cache": hub.as_ref().map(|h| h.stats()),
+                "pid": std::process::id(),
+            }),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
+        Ok(Request::Reload) => match service.reload().await {
+            Ok(n) => json!({"ok": true, "replaced": n}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
+        Ok(Request::Scale(n)) => match service.scale(n).await {
+            Ok(()) => json!({"ok": true, "workers": n}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
+        Ok(Request::Stop) => {
+            // Answer first: the process ends once the workers have; the client then sees the
+            // connection close.
+            let answer = json!({"ok": true, "stopping": true});
+            write.write_all(format!("{answer}\n").as_bytes()).await?;
+            let _ = service.stop(false).await;
+            return std::future::pending().await;
+        }
     };
     write.write_all(format!("{answer}\n").as_bytes()).await?;
     Ok(())
+}
+
+/// A control request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `{"cmd": "status"}`
+    Status,
+    /// `{"cmd": "reload"}`
+    Reload,
+    /// `{"cmd": "scale", "workers": N}` (1 to 4096)
+    Scale(usize),
+    /// `{"cmd": "stop"}`
+    Stop,
+}
+
+/// The most workers `scale` accepts.
+pub const MAX_WORKERS: usize = 4096;
+
+/// Parses one request line; the error says what is wrong with it.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let req: Value = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    match req.get("cmd").and_then(Value::as_str) {
+        Some("status") => Ok(Request::Status),
+        Some("reload") => Ok(Request::Reload),
+        Some("stop") => Ok(Request::Stop),
+        Some("scale") => req
+            .get("workers")
+            .and_then(Value::as_u64)
+            .filter(|n| (1..=MAX_WORKERS as u64).contains(n))
+            .map(|n| Request::Scale(n as usize))
+            .ok_or_else(|| format!("scale needs workers: 1 to {MAX_WORKERS}")),
+        Some(other) => Err(format!("unknown command {other:?}")),
+        None => Err("a request needs a string \"cmd\"".into()),
+    }
 }
 
 /// Sends one request to the herd at `path` and returns its answer (waiting up to `limit`).
@@ -297,4 +324,29 @@ pub fn format_status(answer: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_or_say_why_not() {
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#"{"cmd":"scale","workers":3}"#),
+            Ok(Request::Scale(3))
+        );
+        for bad in [
+            "",
+            "[]",
+            r#"{"cmd":5}"#,
+            r#"{"cmd":"scale"}"#,
+            r#"{"cmd":"scale","workers":0}"#,
+            r#"{"cmd":"scale","workers":100000}"#,
+            r#"{"cmd":"rm -rf"}"#,
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -60,6 +60,7 @@ fn write_files(dir: &Path) -> Result<PathBuf> {
     Ok(config)
 }
 
+/// Runs the demo; its exit code (0: every request succeeded and herd stopped cleanly).
 pub async fn run() -> Result<i32> {
     let dir = std::env::temp_dir().join(format!("herd-demo-{}", std::process::id()));
     let result = demo(&dir).await;

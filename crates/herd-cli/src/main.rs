@@ -15,10 +15,6 @@
 //! failed (crash loop, or a failure not restarted) or herd hit an error; 2 bad usage or a bad
 //! config file.
 
-mod config;
-mod control;
-mod demo;
-
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -31,6 +27,7 @@ use herd::cache::{CacheConfig, FileSource, Hub, RedisSource};
 use herd::listen::ListenAddr;
 use herd::service::{Outcome, RestartPolicy, ServiceConfig, ServiceEvent};
 use herd::{Cluster, OutputStream};
+use herd_cli::{config, control, demo};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
