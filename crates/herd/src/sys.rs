@@ -34,8 +34,9 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// close-on-exec, so they survive `exec`), to receive `SIGKILL` when this process dies, and to
 /// give up if this process is already gone by the time it runs.
 ///
-/// Every other descriptor of this process is close-on-exec (std, tokio and herd open them so),
-/// so the child inherits nothing else.
+/// Everything else above stderr is made close-on-exec in the child first, so the child inherits
+/// nothing else: not even a descriptor this process itself inherited without close-on-exec from
+/// whoever started it (std, tokio and herd open their own close-on-exec).
 pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)]) {
     let parent = rustix::process::getpid();
     // Allocated before fork: the closure below must not allocate.
@@ -46,6 +47,9 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)
             // The primary died before we got here: PDEATHSIG will never fire.
             return Err(io::Error::other("primary exited during spawn"));
         }
+        // Whatever this process inherited without close-on-exec stays behind at exec. The
+        // targets are made afresh by dup2 below, which clears the flag on them alone.
+        cloexec_from(3)?;
         // First park every source above the targets, so moving one cannot clobber another.
         for (src, _) in moves.iter_mut() {
             // SAFETY: `src` is an open descriptor owned by the parent's `OwnedFd`, which outlives
@@ -72,6 +76,45 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)
     unsafe {
         cmd.pre_exec(closure);
     }
+}
+
+/// Marks every descriptor from `first` up close-on-exec. Called between fork and exec: one
+/// `close_range` system call, or (kernels before 5.11) `fcntl` over the descriptor table.
+fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing and touches no memory; it
+    // sets a flag on the descriptors of this (child) process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: getrlimit writes the limit into the local struct it is given.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(65_536) as RawFd
+    } else {
+        4096
+    };
+    for fd in first..max {
+        // SAFETY: F_GETFD/F_SETFD on a number that is not open fail with EBADF; on an open one
+        // they only set its close-on-exec flag.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
