@@ -25,6 +25,9 @@ pub enum Error {
     /// A wait for the peer ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The peer has not read its channel for this long: its queue stayed full.
+    #[error("the peer is not reading its channel: its queue stayed full for {0:?}")]
+    Stalled(Duration),
     /// The peer answered a request with an error.
     #[error("peer answered with an error: {0}")]
     Remote(String),

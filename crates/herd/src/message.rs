@@ -203,17 +203,23 @@ pub(crate) struct Endpoint {
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     max_pending: usize,
+    /// How long a send may wait for room in a full queue (a peer not reading its channel).
+    send_timeout: Duration,
     /// Messages and requests sent.
     pub(crate) sent: AtomicU64,
 }
 
+/// How long a send waits for room in the queue of a peer that does not read its channel.
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Endpoint {
-    pub(crate) fn new(tx: Sender, max_pending: usize) -> Arc<Endpoint> {
+    pub(crate) fn new(tx: Sender, max_pending: usize, send_timeout: Duration) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             tx,
             pending: Mutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
             max_pending,
+            send_timeout,
             sent: AtomicU64::new(0),
         })
     }
@@ -238,7 +244,10 @@ impl Endpoint {
     }
 
     pub(crate) async fn send_frame(&self, frame: Frame) -> Result<(), Error> {
-        self.tx.send(frame).await?;
+        // The queue is bounded: when the peer stops reading, senders wait, but not forever.
+        tokio::time::timeout(self.send_timeout, self.tx.send(frame))
+            .await
+            .map_err(|_| Error::Stalled(self.send_timeout))??;
         self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

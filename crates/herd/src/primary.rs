@@ -223,6 +223,7 @@ struct Config {
     channel_fd: i32,
     inherit: Vec<(Arc<OwnedFd>, i32)>,
     capture_output: bool,
+    send_timeout: Duration,
 }
 
 /// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
@@ -246,6 +247,7 @@ pub struct ClusterBuilder {
     channel_fd: i32,
     inherit: Vec<(Arc<OwnedFd>, i32)>,
     capture_output: bool,
+    send_timeout: Duration,
 }
 
 impl Default for ClusterBuilder {
@@ -265,6 +267,7 @@ impl Default for ClusterBuilder {
             channel_fd: sys::CHANNEL_FD,
             inherit: Vec::new(),
             capture_output: false,
+            send_timeout: crate::message::SEND_TIMEOUT,
         }
     }
 }
@@ -359,6 +362,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a send to a worker waits for room in its queue (default 30 s). A worker that
+    /// stops reading its channel fills its bounded queue; sends to it then fail with
+    /// [`Error::Stalled`] after this, and sends to other workers are not held up.
+    pub fn send_timeout(mut self, t: Duration) -> Self {
+        self.send_timeout = t;
+        self
+    }
+
     /// Capacity of the event queue; when full, workers' channels are not read (backpressure).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
@@ -388,6 +399,7 @@ impl ClusterBuilder {
             channel_fd: self.channel_fd,
             inherit: self.inherit,
             capture_output: self.capture_output,
+            send_timeout: self.send_timeout,
         });
         check_numbers(&cfg, &[])?;
         if let Some(hub) = &cfg.cache {
@@ -410,6 +422,30 @@ impl ClusterBuilder {
         }
         Ok(cluster)
     }
+}
+
+/// Runs `futs` concurrently on this task; their outputs in order.
+async fn join_here<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// The primary's handle on its workers.
@@ -461,13 +497,20 @@ impl Cluster {
 
     /// Sends a value to every worker whose channel is open; returns how many it went to.
     pub async fn broadcast<T: serde::Serialize + ?Sized>(&self, value: &T) -> usize {
-        let mut n = 0;
-        for w in self.workers().await {
-            if w.send(value).await.is_ok() {
-                n += 1;
-            }
-        }
-        n
+        // Encoded once; sent to every worker at the same time, so a worker whose queue is full
+        // holds up only its own copy (for at most the send timeout).
+        let workers = self.workers().await;
+        let Some(first) = workers.first() else {
+            return 0;
+        };
+        let Ok((format, payload)) = herd_wire::encode_value(first.codec(), value) else {
+            return 0;
+        };
+        let sends = workers.iter().map(|w| {
+            let frame = herd_wire::Frame::new(Kind::Message, format, payload.clone());
+            async move { w.endpoint().send_frame(frame).await.is_ok() }
+        });
+        join_here(sends).await.into_iter().filter(|ok| *ok).count()
     }
 
     /// Disconnects every worker (each gets `grace` to exit, then `SIGKILL`) and waits for them
@@ -737,7 +780,7 @@ async fn fork(
     drop(theirs);
     let pid = child.id().unwrap_or(0);
     let (tx, rx) = herd_wire::channel(ours, cfg.codec, cfg.limits)?;
-    let ep = Endpoint::new(tx, cfg.max_pending_requests);
+    let ep = Endpoint::new(tx, cfg.max_pending_requests, cfg.send_timeout);
     if cfg.codec == Codec::Binary {
         ep.send_value(Kind::Hello, &Hello::new(id.0), Vec::new())
             .await?;

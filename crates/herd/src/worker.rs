@@ -162,7 +162,7 @@ impl Worker {
             Error::NotAWorker(format!("cannot take channel descriptor {}: {e}", env.fd))
         })?;
         let (tx, mut rx) = herd_wire::channel(fd, env.codec, opts.limits)?;
-        let ep = Endpoint::new(tx, 65_536);
+        let ep = Endpoint::new(tx, 65_536, crate::message::SEND_TIMEOUT);
         if env.codec == Codec::Binary {
             let mine = Hello::new(env.id);
             ep.send_value(Kind::Hello, &mine, Vec::new()).await?;

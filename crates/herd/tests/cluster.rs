@@ -680,3 +680,57 @@ async fn descriptor_numbers_for_workers_are_checked() {
         assert!(b.start().await.is_err());
     }
 }
+
+#[tokio::test]
+async fn a_worker_that_stops_reading_holds_up_no_one_else() {
+    // Worker 1 never reads its channel; worker 2 echoes every line straight back.
+    let script = "if [ \"$HERD_WORKER_ID\" = 1 ]; then exec sleep 600; \
+                  else exec cat <&$NODE_CHANNEL_FD >&$NODE_CHANNEL_FD; fi";
+    let limits = herd_wire::Limits {
+        send_queue_bytes: 1 << 20,
+        ..herd_wire::Limits::default()
+    };
+    let mut cluster = Cluster::builder()
+        .workers(2)
+        .program("sh")
+        .args(["-c", script])
+        .codec(herd::Codec::NodeJson)
+        .limits(limits)
+        .send_timeout(Duration::from_millis(300))
+        .grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    all_online(&mut cluster, 2).await;
+    let stuck = cluster.worker(WorkerId(1)).await.unwrap();
+    let fine = cluster.worker(WorkerId(2)).await.unwrap();
+
+    // Sends to the stuck worker fill its bounded queue (and the socket), then fail: nothing
+    // piles up without bound.
+    let big = "x".repeat(1 << 20);
+    let mut sent = 0;
+    let err = loop {
+        match stuck.send(&big).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 64, "64 MB went into a worker that reads nothing");
+    };
+    assert!(matches!(err, Error::Stalled(_)), "{err}");
+
+    // A broadcast reaches the worker that reads, and returns within the send timeout.
+    let t = std::time::Instant::now();
+    assert_eq!(cluster.broadcast(&json!({"to": "all"})).await, 1);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(
+        message(&mut cluster, WorkerId(2)).await,
+        json!({"to": "all"})
+    );
+    for i in 0..100 {
+        fine.send(&json!({"n": i})).await.unwrap();
+        assert_eq!(message(&mut cluster, WorkerId(2)).await, json!({"n": i}));
+    }
+    // The stuck worker is stopped like any other: disconnect, grace, SIGKILL.
+    let status = stuck.disconnect().await.unwrap();
+    assert_eq!(status.signal, Some(9), "{status}");
+}
