@@ -330,6 +330,21 @@ pub fn format_status(answer: &Value) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any line parses or is refused with a reason; scale is always within bounds.
+        #[test]
+        fn any_line_parses_or_is_refused(line in ".{0,80}", n in proptest::num::u64::ANY) {
+            match parse_request(&line) {
+                Ok(Request::Scale(k)) => proptest::prop_assert!((1..=MAX_WORKERS).contains(&k)),
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+            let scale = format!("{{\"cmd\":\"scale\",\"workers\":{n}}}");
+            let ok = (1..=MAX_WORKERS as u64).contains(&n);
+            proptest::prop_assert_eq!(parse_request(&scale).is_ok(), ok);
+        }
+    }
+
     #[test]
     fn requests_parse_or_say_why_not() {
         assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));

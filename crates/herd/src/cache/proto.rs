@@ -194,6 +194,42 @@ mod tests {
         assert!(serde_json::from_str::<CacheOp>(r#"{"op":"nope"}"#).is_err());
     }
 
+    proptest::proptest! {
+        /// Any key and value survive a Set on both codecs; a Node peer's value survives the
+        /// text-or-base64 encoding.
+        #[test]
+        fn set_round_trips(key in ".{0,40}", value in proptest::collection::vec(proptest::num::u8::ANY, 0..300), ttl in proptest::option::of(0u64..u64::MAX)) {
+            for codec in [Codec::Binary, Codec::NodeJson] {
+                let op = CacheOp::Set {
+                    key: key.clone(),
+                    value: WireValue(Bytes::from(value.clone())),
+                    encoding: None,
+                    ttl_ms: ttl,
+                };
+                let (f, b) = herd_wire::encode_value(codec, &op).unwrap();
+                match herd_wire::decode_value::<CacheOp>(f, &b).unwrap() {
+                    CacheOp::Set { key: k, value: v, ttl_ms, .. } => {
+                        proptest::prop_assert_eq!(&k, &key);
+                        proptest::prop_assert_eq!(&v.0[..], &value[..]);
+                        proptest::prop_assert_eq!(ttl_ms, ttl);
+                    }
+                    other => proptest::prop_assert!(false, "{:?}", other),
+                }
+            }
+            let (text, enc) = node_value(&value);
+            proptest::prop_assert_eq!(&from_node(WireValue(Bytes::from(text)), enc).unwrap()[..], &value[..]);
+        }
+
+        /// Arbitrary bytes never panic the decoder of cache calls.
+        #[test]
+        fn garbage_is_an_error_not_a_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            for format in [herd_wire::Format::MsgPack, herd_wire::Format::Json, herd_wire::Format::Raw] {
+                let _ = herd_wire::decode_value::<CacheOp>(format, &data);
+                let _ = herd_wire::decode_value::<GetReply>(format, &data);
+            }
+        }
+    }
+
     #[test]
     fn node_values_are_text_or_base64() {
         assert_eq!(node_value(b"caf\xc3\xa9"), ("café".into(), None));
