@@ -734,3 +734,62 @@ async fn a_worker_that_stops_reading_holds_up_no_one_else() {
     let status = stuck.disconnect().await.unwrap();
     assert_eq!(status.signal, Some(9), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_under_message_load_costs_the_others_nothing() {
+    const N: u64 = 2000;
+    let mut cluster = builder(4).start().await.unwrap();
+    all_online(&mut cluster, 4).await;
+    let mut senders = Vec::new();
+    for id in 1..=4 {
+        let w = cluster.worker(WorkerId(id)).await.unwrap();
+        senders.push(tokio::spawn(async move {
+            for i in 0..N {
+                if w.send(&json!({"n": i})).await.is_err() {
+                    return i;
+                }
+                if id == 1 && i == 200 {
+                    w.kill(Signal::KILL).await.unwrap();
+                }
+            }
+            N
+        }));
+    }
+    // Every echo from a live worker arrives, in order, none missing.
+    let mut next_seq: HashMap<u64, u64> = HashMap::new();
+    let mut victim_exit = None;
+    while (2..=4).any(|id| next_seq.get(&id).copied().unwrap_or(0) < N) || victim_exit.is_none() {
+        match next(&mut cluster).await {
+            Event::Message { worker, message } => {
+                let v: Value = message.json().unwrap();
+                let want = next_seq.entry(worker.0).or_insert(0);
+                assert_eq!(v["echo"]["n"], json!(*want), "worker {worker}");
+                *want += 1;
+            }
+            Event::Exit { worker, status } => {
+                assert_eq!(worker, WorkerId(1), "only the victim exits: {status}");
+                assert_eq!(status.signal, Some(9));
+                victim_exit = Some(status);
+            }
+            Event::Error { worker, error } => {
+                assert_eq!(worker, WorkerId(1), "{}", herd::error::chain(&error));
+            }
+            _ => {}
+        }
+    }
+    let sent: Vec<u64> = futures_results(senders).await;
+    assert!(
+        sent[0] < N,
+        "sends to the killed worker fail once it is gone"
+    );
+    assert_eq!(&sent[1..], [N, N, N]);
+    cluster.disconnect_all().await;
+}
+
+async fn futures_results(handles: Vec<tokio::task::JoinHandle<u64>>) -> Vec<u64> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
