@@ -296,6 +296,12 @@ fn a_thousand_restarts_leak_no_descriptor_memory_or_child() {
             "1000000",
             "--backoff-min",
             "0",
+            // With the host-shared cache: each worker has a push forwarder too.
+            "--cache-snapshot",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/demo/cache.json"
+            ),
             "--",
             "sh",
             "-c",

@@ -1183,7 +1183,13 @@ async fn forward_pushes(hub: Hub, peer: Peer) {
     let mut pushes = hub.subscribe();
     use tokio::sync::broadcast::error::RecvError;
     loop {
-        let control = match pushes.recv().await {
+        // Ends with the worker's channel, not at the next push after it: a source that never
+        // invalidates would otherwise keep every dead worker's channel open.
+        let next = tokio::select! {
+            next = pushes.recv() => next,
+            () = peer.endpoint().sender().closed() => return,
+        };
+        let control = match next {
             Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
             Ok(Push::Clear { seq }) => Control::CacheClear { seq },
             Err(RecvError::Lagged(_)) => Control::CacheClear {
