@@ -2,194 +2,13 @@
 //! thousand restarts with herd's descriptors, memory and children watched, and what a worker
 //! inherits.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-const DEADLINE: Duration = Duration::from_secs(60);
+mod common;
 
-struct Herd {
-    child: Child,
-    control: PathBuf,
-    err: mpsc::Receiver<String>,
-    out: mpsc::Receiver<String>,
-    dir: PathBuf,
-}
-
-fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-impl Herd {
-    fn start(name: &str, args: &[&str]) -> Herd {
-        let dir = std::env::temp_dir().join(format!("herd-rel-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = dir.join("control.sock");
-        // Started through a shell that leaves descriptor 7 open without close-on-exec, as a
-        // careless parent might: herd must not hand it on to its workers.
-        let mut child = Command::new("sh")
-            .args(["-c", "exec 7</dev/null; exec \"$0\" \"$@\"", HERD])
-            .arg("run")
-            .arg("--control")
-            .arg(&control)
-            .args(args)
-            .env("HERD_LOG", "herd=info,herd_cli=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = lines(child.stdout.take().unwrap());
-        let err = lines(child.stderr.take().unwrap());
-        Herd {
-            child,
-            control,
-            err,
-            out,
-            dir,
-        }
-    }
-
-    fn listening(&self) -> SocketAddr {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let line = self
-                .err
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("herd says where it listens");
-            if let Some(a) = line.strip_prefix("herd: listening on ") {
-                return a.parse().unwrap();
-            }
-        }
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(HERD)
-            .args(["status", "--json", "--control"])
-            .arg(&self.control)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
-    }
-
-    fn status_until(
-        &self,
-        what: &str,
-        want: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(s) = self.status() {
-                if want(&s) {
-                    return s;
-                }
-            }
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Herd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn demo_server() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo/server.js")
-}
-
-fn http_get(addr: SocketAddr) -> std::io::Result<u64> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    if !text.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("not a 200: {text:?}")));
-    }
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body).map_err(std::io::Error::other)?;
-    Ok(v["pid"].as_u64().unwrap_or(0))
-}
-
-fn pids(s: &serde_json::Value) -> Vec<u64> {
-    s["status"]["workers"]
-        .as_array()
-        .map(|w| w.iter().filter_map(|w| w["pid"].as_u64()).collect())
-        .unwrap_or_default()
-}
-
-/// herd's descriptors: the fewest seen over a few samples (a worker being started or reaped
-/// holds a few for a moment: what matters is what stays).
-fn fd_count(pid: u32) -> usize {
-    (0..20)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(5));
-            std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(usize::MAX, |d| d.count())
-        })
-        .min()
-        .unwrap_or(usize::MAX)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The children of `pid` (all its threads'), and how many of them are zombies.
-fn children(pid: u32) -> (usize, usize) {
-    let mut all = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            all.extend(text.split_whitespace().map(String::from));
-        }
-    }
-    let zombies = all
-        .iter()
-        .filter(|c| {
-            std::fs::read_to_string(format!("/proc/{c}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(false)
-        })
-        .count();
-    (all.len(), zombies)
-}
+use common::*;
 
 #[test]
 fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
@@ -220,7 +39,7 @@ fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
             let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match http_get(addr) {
+                    match get_pid(addr) {
                         Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                     };
@@ -271,7 +90,7 @@ fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
         "{failed} failed requests for 5 kills ({ok} served)"
     );
     assert!(ok > 200);
-    let s = herd.status().unwrap();
+    let s = herd.status();
     let restarts: u64 = s["status"]["workers"]
         .as_array()
         .unwrap()

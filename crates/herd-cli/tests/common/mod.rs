@@ -1,0 +1,289 @@
+//! What the `herd run` tests share: a harness that runs the real `herd` binary and reads its
+//! output line by line, the control commands, HTTP and /proc helpers.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn demo_server() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo/server.js")
+}
+
+/// A private temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "herd-cli-{}-{name}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let p = PathBuf::from(p.to_string_lossy().replace([' ', '{', '}', ':'], "_"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `herd run` with its output collected line by line.
+pub struct Herd {
+    child: Option<Child>,
+    pub control: PathBuf,
+    pub out: mpsc::Receiver<String>,
+    pub err: mpsc::Receiver<String>,
+    _dir: TempDir,
+}
+
+pub fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Herd {
+    pub fn start(name: &str, args: &[&str]) -> Herd {
+        let dir = TempDir::new(name);
+        let control = dir.0.join("control.sock");
+        // Started through a shell that leaves descriptor 7 open without close-on-exec, as a
+        // careless parent might: herd must not hand it on to its workers.
+        let mut child = Command::new("sh")
+            .args(["-c", "exec 7</dev/null; exec \"$0\" \"$@\"", HERD])
+            .arg("run")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .env("HERD_LOG", "herd=info,herd_cli=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = lines(child.stdout.take().unwrap());
+        let err = lines(child.stderr.take().unwrap());
+        Herd {
+            child: Some(child),
+            control,
+            out,
+            err,
+            _dir: dir,
+        }
+    }
+
+    /// The next stdout line matching `want`, within the deadline.
+    pub fn stdout_line(&self, want: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.out, want, "stdout")
+    }
+
+    pub fn stderr_line(&self, want: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.err, want, "stderr")
+    }
+
+    /// The address herd reports it listens on.
+    pub fn listening(&self) -> SocketAddr {
+        let line = self.stderr_line(|l| l.starts_with("herd: listening on "));
+        line["herd: listening on ".len()..].parse().unwrap()
+    }
+
+    /// Runs `herd CMD --control ...`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(HERD)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("herd status: {e}"))
+    }
+
+    pub fn try_status(&self) -> Result<serde_json::Value, String> {
+        let out = self.ctl(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Polls the status until `want` holds (herd may still be starting: its control socket
+    /// appears once it runs).
+    pub fn status_until(
+        &self,
+        what: &str,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = self.try_status().unwrap_or_else(|e| {
+                assert!(Instant::now() < deadline, "never: {what}; herd status: {e}");
+                serde_json::Value::Null
+            });
+            if !s.is_null() && want(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never: {what}; last status {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// herd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("herd is running").id()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).unwrap();
+    }
+
+    /// Waits for herd to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait().unwrap()));
+        rx.recv_timeout(DEADLINE).expect("herd exits").code()
+    }
+}
+
+impl Drop for Herd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_line(rx: &mpsc::Receiver<String>, want: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if want(&l) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no matching {what} line: {e}"),
+        }
+    }
+}
+
+pub fn pid_alive(pid: u64) -> bool {
+    // A zombie is not alive: only a process that runs counts.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+/// How many workers in a status answer are running (not starting or retiring).
+pub fn running(s: &serde_json::Value) -> usize {
+    s["status"]["workers"]
+        .as_array()
+        .map_or(0, |w| w.iter().filter(|w| w["state"] == "running").count())
+}
+
+pub fn pids(s: &serde_json::Value) -> Vec<u64> {
+    s["status"]["workers"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|w| w["pid"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// herd's descriptors: the fewest seen over a few samples (a worker being started or reaped
+/// holds a few for a moment: what matters is what stays).
+pub fn fd_count(pid: u32) -> usize {
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(usize::MAX, |d| d.count())
+        })
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The children of `pid` (all its threads'), and how many of them are zombies.
+pub fn children(pid: u32) -> (usize, usize) {
+    let mut all = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            all.extend(text.split_whitespace().map(String::from));
+        }
+    }
+    let zombies = all
+        .iter()
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    (all.len(), zombies)
+}
+
+/// `GET /` from the demo server: the pid of the worker that answered.
+pub fn get_pid(addr: SocketAddr) -> std::io::Result<u64> {
+    let (code, body) = http_get(addr, "/")?;
+    if code != 200 {
+        return Err(std::io::Error::other(format!("HTTP {code}: {body}")));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(std::io::Error::other)?;
+    Ok(v["pid"].as_u64().unwrap_or(0))
+}
