@@ -12,62 +12,10 @@ use herd::cache::{CacheConfig, FileSource, Hub, Progress};
 use herd::{Cluster, Event, WorkerId};
 use serde_json::{json, Value};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
-const DEADLINE: Duration = Duration::from_secs(20);
+#[path = "support/cache_cluster.rs"]
+mod cache_cluster;
 
-async fn next(cluster: &mut Cluster) -> Event {
-    tokio::time::timeout(DEADLINE, cluster.next_event())
-        .await
-        .expect("an event within the deadline")
-        .expect("the cluster is running")
-}
-
-async fn start(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
-    let mut cluster = Cluster::builder()
-        .workers(n)
-        .program(WORKER)
-        .args(Vec::<String>::new())
-        .env("HERD_TEST_MODE", "echo")
-        .cache(hub.clone())
-        .start()
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    while ids.len() < n {
-        if let Event::Online { worker } = next(&mut cluster).await {
-            ids.push(worker);
-        }
-    }
-    ids.sort();
-    (cluster, ids)
-}
-
-/// Sends `op` to every worker in `ids` at once and collects one answer from each.
-async fn ask_all(cluster: &mut Cluster, ids: &[WorkerId], op: Value) -> BTreeMap<WorkerId, Value> {
-    for id in ids {
-        cluster.worker(*id).await.unwrap().send(&op).await.unwrap();
-    }
-    let mut out = BTreeMap::new();
-    while out.len() < ids.len() {
-        match next(cluster).await {
-            Event::Message { worker, message } => {
-                let v: Value = message.json().unwrap();
-                assert!(v.get("cache_error").is_none(), "worker {worker}: {v}");
-                out.insert(worker, v);
-            }
-            Event::Error { worker, error } => {
-                panic!("worker {worker}: {}", herd::error::chain(&error))
-            }
-            Event::Exit { worker, status } => panic!("worker {worker} exited: {status}"),
-            _ => {}
-        }
-    }
-    out
-}
-
-async fn ask(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
-    ask_all(cluster, &[id], op).await.remove(&id).unwrap()
-}
+use cache_cluster::*;
 
 fn folder(name: &str, values: &[(&str, Vec<u8>)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("herd-cache-{name}-{}", std::process::id()));
@@ -77,18 +25,6 @@ fn folder(name: &str, values: &[(&str, Vec<u8>)]) -> PathBuf {
         std::fs::write(dir.join(k), v).unwrap();
     }
     dir
-}
-
-fn checksum(b: &[u8]) -> u64 {
-    b.iter()
-        .fold(0u64, |a, &x| a.wrapping_mul(31).wrapping_add(u64::from(x)))
-}
-
-fn quiet() -> CacheConfig {
-    CacheConfig {
-        progress: Progress::Off,
-        ..CacheConfig::default()
-    }
 }
 
 #[tokio::test]
@@ -103,7 +39,7 @@ async fn every_worker_misses_at_once_and_the_source_is_read_once_per_key() {
     let (mut cluster, ids) = start(&hub, 4).await;
 
     // Every worker asks for every key at the same moment.
-    let answers = ask_all(
+    let answers = ask_all_ok(
         &mut cluster,
         &ids,
         json!({"op": "cache_gets", "keys": keys}),
@@ -126,7 +62,7 @@ async fn every_worker_misses_at_once_and_the_source_is_read_once_per_key() {
     assert_eq!(stats.misses, stats.loads + stats.coalesced, "{stats:?}");
 
     // Again: every answer now comes from each worker's local view, nothing reaches the hub.
-    let answers = ask_all(
+    let answers = ask_all_ok(
         &mut cluster,
         &ids,
         json!({"op": "cache_gets", "keys": keys}),
@@ -138,12 +74,12 @@ async fn every_worker_misses_at_once_and_the_source_is_read_once_per_key() {
             .all(|k| a["cache_gets"][k]["local"] == json!(true)));
     }
     assert_eq!(hub.stats().misses, stats.misses);
-    let s = ask(&mut cluster, ids[0], json!({"op": "cache_stats"})).await;
+    let s = ask_ok(&mut cluster, ids[0], json!({"op": "cache_stats"})).await;
     assert_eq!(s["cache_stats"]["local_hits"], json!(20));
     assert_eq!(s["cache_stats"]["local_misses"], json!(20));
 
     // A key that does not exist is one load too, and then known absent.
-    let a = ask_all(
+    let a = ask_all_ok(
         &mut cluster,
         &ids,
         json!({"op": "cache_get", "key": "nope"}),
@@ -161,7 +97,7 @@ async fn large_values_are_one_sealed_memfd_mapped_by_every_worker() {
     let dir = folder("big", &[("big", big.clone()), ("small", b"tiny".to_vec())]);
     let hub = Hub::new(FileSource::folder(&dir).unwrap(), quiet());
     let (mut cluster, ids) = start(&hub, 3).await;
-    let answers = ask_all(
+    let answers = ask_all_ok(
         &mut cluster,
         &ids,
         json!({"op": "cache_gets", "keys": ["big", "small"]}),
@@ -189,7 +125,7 @@ async fn large_values_are_one_sealed_memfd_mapped_by_every_worker() {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f[1], "r--s", "{line}");
         inodes.insert(f[4].to_string());
-        let s = ask(&mut cluster, *id, json!({"op": "cache_stats"})).await;
+        let s = ask_ok(&mut cluster, *id, json!({"op": "cache_stats"})).await;
         assert_eq!(s["cache_stats"]["mapped_bytes"], json!(big.len()));
     }
     assert_eq!(inodes.len(), 1, "one memfd for the whole host");
@@ -204,12 +140,12 @@ async fn set_and_delete_through_herd_reach_every_worker() {
     let (mut cluster, ids) = start(&hub, 2).await;
     let (a, b) = (ids[0], ids[1]);
     let get = json!({"op": "cache_get", "key": "k"});
-    ask_all(&mut cluster, &ids, get.clone()).await;
-    let v = ask(&mut cluster, b, get.clone()).await;
+    ask_all_ok(&mut cluster, &ids, get.clone()).await;
+    let v = ask_ok(&mut cluster, b, get.clone()).await;
     assert_eq!(v["value"]["local"], json!(true));
 
     // Worker a writes; worker b's view drops the key (the push), and its next read sees v2.
-    ask(
+    ask_ok(
         &mut cluster,
         a,
         json!({"op": "cache_set", "key": "k", "value": "v2"}),
@@ -219,7 +155,7 @@ async fn set_and_delete_through_herd_reach_every_worker() {
     let seen = wait_for(&mut cluster, b, &get, |v| v["value"]["text"] == json!("v2")).await;
     assert_eq!(seen["value"]["text"], json!("v2"));
 
-    ask(&mut cluster, a, json!({"op": "cache_delete", "key": "k"})).await;
+    ask_ok(&mut cluster, a, json!({"op": "cache_delete", "key": "k"})).await;
     wait_for(&mut cluster, b, &get, |v| {
         v["value"]["found"] == json!(false)
     })
@@ -244,7 +180,7 @@ async fn wait_for(
 ) -> Value {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let v = ask(cluster, id, op.clone()).await;
+        let v = ask_ok(cluster, id, op.clone()).await;
         if done(&v) {
             return v;
         }
@@ -280,7 +216,7 @@ async fn warm_up_loads_once_and_later_workers_read_nothing_from_the_source() {
     };
     let hub = Hub::new(FileSource::folder(&dir).unwrap(), config);
     let (mut cluster, ids) = start(&hub, 2).await;
-    ask(&mut cluster, ids[0], json!({"op": "cache_ready"})).await;
+    ask_ok(&mut cluster, ids[0], json!({"op": "cache_ready"})).await;
     assert!(hub.ready(Duration::ZERO).await);
     let after_warm = hub.source().calls();
     assert_eq!(after_warm, 1 + 50, "one scan and one read per key");
@@ -304,7 +240,7 @@ async fn warm_up_loads_once_and_later_workers_read_nothing_from_the_source() {
         .map(|(k, _)| k)
         .filter(|k| k.starts_with("item:"))
         .collect();
-    let a = ask(
+    let a = ask_ok(
         &mut cluster,
         late,
         json!({"op": "cache_gets", "keys": keys}),

@@ -6,24 +6,18 @@
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
-use herd::{Cluster, Event, WorkerId};
+use herd::cache::{CacheConfig, Hub, RedisConfig, RedisSource};
+use herd::{Cluster, WorkerId};
 use redis_server::RedisServer;
 use serde_json::{json, Value};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
-const DEADLINE: Duration = Duration::from_secs(20);
+#[path = "support/cache_cluster.rs"]
+mod cache_cluster;
 
-async fn next(cluster: &mut Cluster) -> Event {
-    tokio::time::timeout(DEADLINE, cluster.next_event())
-        .await
-        .expect("an event within the deadline")
-        .expect("the cluster is running")
-}
+use cache_cluster::*;
 
 fn source(server: &RedisServer, chunk_size: usize) -> Arc<RedisSource> {
     let config = RedisConfig {
@@ -39,58 +33,6 @@ fn hub(source: &Arc<RedisSource>, config: CacheConfig) -> Hub {
     let hub = Hub::from_arc(source.clone(), config);
     hub.start();
     hub
-}
-
-fn quiet() -> CacheConfig {
-    CacheConfig {
-        progress: Progress::Off,
-        ..CacheConfig::default()
-    }
-}
-
-async fn start(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
-    let mut cluster = Cluster::builder()
-        .workers(n)
-        .program(WORKER)
-        .args(Vec::<String>::new())
-        .env("HERD_TEST_MODE", "echo")
-        .cache(hub.clone())
-        .start()
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    while ids.len() < n {
-        if let Event::Online { worker } = next(&mut cluster).await {
-            ids.push(worker);
-        }
-    }
-    ids.sort();
-    (cluster, ids)
-}
-
-/// Sends `op` to every worker in `ids` at once and collects one answer from each.
-async fn ask_all(cluster: &mut Cluster, ids: &[WorkerId], op: Value) -> BTreeMap<WorkerId, Value> {
-    for id in ids {
-        cluster.worker(*id).await.unwrap().send(&op).await.unwrap();
-    }
-    let mut out = BTreeMap::new();
-    while out.len() < ids.len() {
-        match next(cluster).await {
-            Event::Message { worker, message } => {
-                out.insert(worker, message.json().unwrap());
-            }
-            Event::Error { worker, error } => {
-                panic!("worker {worker}: {}", herd::error::chain(&error))
-            }
-            Event::Exit { worker, status } => panic!("worker {worker} exited: {status}"),
-            _ => {}
-        }
-    }
-    out
-}
-
-async fn ask(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
-    ask_all(cluster, &[id], op).await.remove(&id).unwrap()
 }
 
 async fn get(cluster: &mut Cluster, id: WorkerId, key: &str) -> Value {
@@ -126,11 +68,6 @@ async fn until_get(cluster: &mut Cluster, id: WorkerId, key: &str, want: impl Fn
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn checksum(b: &[u8]) -> u64 {
-    b.iter()
-        .fold(0u64, |a, &x| a.wrapping_mul(31).wrapping_add(u64::from(x)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,27 +322,6 @@ async fn writes_through_herd_reach_redis_and_every_worker() {
         json!(false)
     );
     cluster.disconnect_all().await;
-}
-
-async fn start_node(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
-    let script = format!("{}/tests/node/cache_worker.js", env!("CARGO_MANIFEST_DIR"));
-    let mut cluster = Cluster::builder()
-        .workers(n)
-        .program("node")
-        .args([script])
-        .codec(herd::Codec::NodeJson)
-        .cache(hub.clone())
-        .start()
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    while ids.len() < n {
-        if let Event::Online { worker } = next(&mut cluster).await {
-            ids.push(worker);
-        }
-    }
-    ids.sort();
-    (cluster, ids)
 }
 
 /// Asks a Node cache worker; fails on its error answer.

@@ -1,0 +1,113 @@
+//! What the cache tests share: a cluster of test workers (or Node workers) with a hub, and
+//! asking them to run cache commands.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herd::cache::{CacheConfig, Hub, Progress};
+use herd::{Cluster, ClusterBuilder, Event, WorkerId};
+use serde_json::Value;
+
+pub const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub async fn next(cluster: &mut Cluster) -> Event {
+    tokio::time::timeout(DEADLINE, cluster.next_event())
+        .await
+        .expect("an event within the deadline")
+        .expect("the cluster is running")
+}
+
+/// Starts `n` workers from `builder` with `hub` and waits until they are all online.
+async fn start_with(builder: ClusterBuilder, hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
+    let mut cluster = builder.workers(n).cache(hub.clone()).start().await.unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        if let Event::Online { worker } = next(&mut cluster).await {
+            ids.push(worker);
+        }
+    }
+    ids.sort();
+    (cluster, ids)
+}
+
+/// `n` herd test workers (Rust, binary codec) serving cache commands.
+pub async fn start(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
+    let builder = Cluster::builder()
+        .program(WORKER)
+        .args(Vec::<String>::new())
+        .env("HERD_TEST_MODE", "echo");
+    start_with(builder, hub, n).await
+}
+
+/// `n` Node workers running tests/node/cache_worker.js (js/herd.js's cache).
+pub async fn start_node(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
+    let script = format!("{}/tests/node/cache_worker.js", env!("CARGO_MANIFEST_DIR"));
+    let builder = Cluster::builder()
+        .program("node")
+        .args([script])
+        .codec(herd::Codec::NodeJson);
+    start_with(builder, hub, n).await
+}
+
+/// Sends `op` to every worker in `ids` at once and collects one answer from each.
+pub async fn ask_all(
+    cluster: &mut Cluster,
+    ids: &[WorkerId],
+    op: Value,
+) -> BTreeMap<WorkerId, Value> {
+    for id in ids {
+        cluster.worker(*id).await.unwrap().send(&op).await.unwrap();
+    }
+    let mut out = BTreeMap::new();
+    while out.len() < ids.len() {
+        match next(cluster).await {
+            Event::Message { worker, message } => {
+                out.insert(worker, message.json().unwrap());
+            }
+            Event::Error { worker, error } => {
+                panic!("worker {worker}: {}", herd::error::chain(&error))
+            }
+            Event::Exit { worker, status } => panic!("worker {worker} exited: {status}"),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// [`ask_all`], failing on any worker's cache error.
+pub async fn ask_all_ok(
+    cluster: &mut Cluster,
+    ids: &[WorkerId],
+    op: Value,
+) -> BTreeMap<WorkerId, Value> {
+    let out = ask_all(cluster, ids, op).await;
+    for (worker, v) in &out {
+        assert!(v.get("cache_error").is_none(), "worker {worker}: {v}");
+    }
+    out
+}
+
+pub async fn ask(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
+    ask_all(cluster, &[id], op).await.remove(&id).unwrap()
+}
+
+/// [`ask`], failing on the worker's cache error.
+pub async fn ask_ok(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
+    ask_all_ok(cluster, &[id], op).await.remove(&id).unwrap()
+}
+
+pub fn checksum(b: &[u8]) -> u64 {
+    b.iter()
+        .fold(0u64, |a, &x| a.wrapping_mul(31).wrapping_add(u64::from(x)))
+}
+
+/// The default cache config without progress output.
+pub fn quiet() -> CacheConfig {
+    CacheConfig {
+        progress: Progress::Off,
+        ..CacheConfig::default()
+    }
+}
