@@ -477,7 +477,11 @@ impl Svc {
                 Ok(fd) => fds.push((fd, self.config.reuseport_fd + i as i32)),
                 Err(e) => {
                     tracing::error!(slot, %addr, error = %e, "cannot bind a SO_REUSEPORT socket");
-                    self.crashed(slot, format!("cannot bind {addr}: {e}"));
+                    // A reload's candidate failing leaves the slot's worker in place (the
+                    // reload reports it); only a slot that has no worker counts a crash.
+                    if role == Role::Active {
+                        self.crashed(slot, format!("cannot bind {addr}: {e}"));
+                    }
                     return None;
                 }
             }
@@ -517,7 +521,9 @@ impl Svc {
             }
             Err(e) => {
                 tracing::error!(slot, error = %crate::error::chain(&e), "cannot start a worker");
-                self.crashed(slot, format!("cannot start: {}", crate::error::chain(&e)));
+                if role == Role::Active {
+                    self.crashed(slot, format!("cannot start: {}", crate::error::chain(&e)));
+                }
                 None
             }
         }
@@ -681,6 +687,9 @@ impl Svc {
             return;
         }
         tracing::info!(%worker, slot, "new worker ready");
+        // It serves the slot now: a restart pending for the slot (its old worker crashed during
+        // the reload) is no longer needed.
+        self.slots[slot].restart_at = None;
         let old = self.slots[slot].active.replace(worker);
         if let Some(old) = old.filter(|o| *o != worker) {
             self.retire(old);
@@ -750,6 +759,9 @@ impl Svc {
             .collect();
         for slot in due {
             self.slots[slot].restart_at = None;
+            if self.slots[slot].active.is_some() {
+                continue;
+            }
             self.slots[slot].restarts += 1;
             self.start_worker(slot, Role::Active).await;
         }
