@@ -16,6 +16,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rustix::net::{
@@ -180,6 +181,37 @@ impl Sender {
             .send(Cmd::Frame(out))
             .await
             .map_err(|_| self.closed_error())
+    }
+
+    /// Like [`Sender::send`], but waits at most `limit` for room in the queue, then fails with
+    /// [`WireError::Stalled`] (the frame is not queued). When there is room, no timer is set.
+    pub async fn send_within(&self, frame: Frame, limit: Duration) -> Result<(), WireError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        use tokio::sync::TryAcquireError;
+        let mut out = self.prepare(frame)?;
+        let want = out
+            .len()
+            .clamp(1, self.shared.limits.send_queue_bytes.max(1)) as u32;
+        let bytes = self.shared.bytes.clone();
+        let permit = match bytes.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return Err(self.closed_error()),
+            Err(TryAcquireError::NoPermits) => {
+                tokio::time::timeout(limit, bytes.acquire_many_owned(want))
+                    .await
+                    .map_err(|_| WireError::Stalled(limit))?
+                    .map_err(|_| self.closed_error())?
+            }
+        };
+        out.permit = Some(permit);
+        match self.tx.try_send(Cmd::Frame(out)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(self.closed_error()),
+            Err(TrySendError::Full(cmd)) => tokio::time::timeout(limit, self.tx.send(cmd))
+                .await
+                .map_err(|_| WireError::Stalled(limit))?
+                .map_err(|_| self.closed_error()),
+        }
     }
 
     /// Queues a shutdown after every frame already queued: they are written, then the peer reads

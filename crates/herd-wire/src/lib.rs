@@ -138,6 +138,9 @@ pub enum WireError {
     /// The channel is closed.
     #[error("channel closed")]
     Closed,
+    /// The queue stayed full for this long: the peer is not reading.
+    #[error("the send queue stayed full for {0:?}: the peer is not reading")]
+    Stalled(std::time::Duration),
     /// A system call failed.
     #[error("i/o error")]
     Io(#[from] std::io::Error),

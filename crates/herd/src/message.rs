@@ -245,9 +245,11 @@ impl Endpoint {
 
     pub(crate) async fn send_frame(&self, frame: Frame) -> Result<(), Error> {
         // The queue is bounded: when the peer stops reading, senders wait, but not forever.
-        tokio::time::timeout(self.send_timeout, self.tx.send(frame))
-            .await
-            .map_err(|_| Error::Stalled(self.send_timeout))??;
+        match self.tx.send_within(frame, self.send_timeout).await {
+            Ok(()) => {}
+            Err(herd_wire::WireError::Stalled(d)) => return Err(Error::Stalled(d)),
+            Err(e) => return Err(e.into()),
+        }
         self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
