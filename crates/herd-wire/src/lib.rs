@@ -209,6 +209,58 @@ pub fn encode_value<T: Serialize + ?Sized>(
     }
 }
 
+/// Encoded payloads are carved out of one per-thread chunk of this size, so a stream of small
+/// messages shares one allocation instead of taking one each.
+const ENCODE_CHUNK: usize = 64 * 1024;
+/// A chunk with less room than this left is replaced before encoding into it.
+const ENCODE_MIN_ROOM: usize = 512;
+
+std::thread_local! {
+    static ENCODE_BUF: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// Like [`encode_value`], for a payload about to be sent: small payloads share a per-thread
+/// allocation with other recently encoded ones (an atomic count instead of a `malloc` and a
+/// `free` each), so the result pins up to 64 KiB while it lives. The channel drops it once
+/// written; a payload to keep should come from [`encode_value`].
+pub fn encode_to_send<T: Serialize + ?Sized>(
+    codec: Codec,
+    value: &T,
+) -> Result<(Format, Bytes), WireError> {
+    use bytes::BufMut;
+    ENCODE_BUF.with(|cell| {
+        // A `Serialize` impl that itself sends would find the buffer borrowed: fall back.
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return encode_value(codec, value);
+        };
+        if buf.capacity() - buf.len() < ENCODE_MIN_ROOM {
+            // Takes the chunk back when every payload carved from it is gone, else a new one.
+            buf.reserve(ENCODE_CHUNK);
+        }
+        let format = match codec {
+            Codec::Binary => Format::MsgPack,
+            Codec::NodeJson => Format::Json,
+        };
+        let written = {
+            let mut w = (&mut *buf).writer();
+            match codec {
+                Codec::Binary => rmp_serde::encode::write_named(&mut w, value)
+                    .map_err(|e| WireError::Encode(Box::new(e))),
+                Codec::NodeJson => {
+                    serde_json::to_writer(&mut w, value).map_err(|e| WireError::Encode(Box::new(e)))
+                }
+            }
+        };
+        let out = buf.split().freeze();
+        if buf.capacity() > ENCODE_CHUNK {
+            // A large value grew the chunk; do not keep its spare room around.
+            *buf = bytes::BytesMut::new();
+        }
+        written.map(|()| (format, out))
+    })
+}
+
 /// Decodes a payload as `T`, according to its format. Raw payloads decode only as bytes
 /// (`Vec<u8>`, `serde_bytes`-style types) through msgpack's bin encoding rules.
 pub fn decode_value<T: DeserializeOwned>(format: Format, payload: &[u8]) -> Result<T, WireError> {
@@ -234,6 +286,45 @@ mod tests {
             let (format, bytes) = encode_value(codec, &v).unwrap();
             let back: serde_json::Value = decode_value(format, &bytes).unwrap();
             assert_eq!(back, v, "{codec:?}");
+        }
+    }
+
+    /// Payloads carved from the shared chunk stay intact while later ones are encoded after
+    /// them, the chunk is replaced, or a large value passes through; an unencodable value leaves
+    /// nothing behind.
+    #[test]
+    fn payloads_to_send_equal_plain_encoding() {
+        for codec in [Codec::Binary, Codec::NodeJson] {
+            let mut kept = Vec::new();
+            for i in 0..5_000u32 {
+                let v = serde_json::json!({"i": i, "s": "x".repeat((i % 300) as usize)});
+                let plain = encode_value(codec, &v).unwrap();
+                let sent = encode_to_send(codec, &v).unwrap();
+                assert_eq!(plain, sent, "{codec:?} value {i}");
+                if i % 7 == 0 {
+                    kept.push((plain, sent));
+                } else if i % 1000 == 0 {
+                    kept.clear();
+                }
+            }
+            let big = "y".repeat(300_000);
+            assert_eq!(
+                encode_to_send(codec, &big).unwrap(),
+                encode_value(codec, &big).unwrap()
+            );
+            let mut bad = std::collections::HashMap::new();
+            bad.insert(vec![1u8], 1);
+            if codec == Codec::NodeJson {
+                assert!(
+                    encode_to_send(codec, &bad).is_err(),
+                    "non-string keys are not json"
+                );
+            }
+            let after = encode_to_send(codec, &"after").unwrap();
+            assert_eq!(after, encode_value(codec, &"after").unwrap());
+            for (plain, sent) in kept {
+                assert_eq!(plain, sent);
+            }
         }
     }
 

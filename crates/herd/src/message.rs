@@ -114,7 +114,7 @@ impl Request {
         fds: Vec<OwnedFd>,
     ) -> Result<(), Error> {
         let tx = self.replier.take().ok_or(Error::ChannelClosed)?;
-        let (format, payload) = herd_wire::encode_value(tx.codec(), value)?;
+        let (format, payload) = herd_wire::encode_to_send(tx.codec(), value)?;
         let frame = Frame::new(Kind::Reply, format, payload)
             .with_id(self.id)
             .with_fds(fds);
@@ -146,7 +146,7 @@ impl Drop for Request {
 }
 
 fn error_frame(codec: Codec, id: u64, text: &str) -> Result<Frame, Error> {
-    let (format, payload) = herd_wire::encode_value(codec, text)?;
+    let (format, payload) = herd_wire::encode_to_send(codec, text)?;
     Ok(Frame::new(Kind::ReplyError, format, payload).with_id(id))
 }
 
@@ -238,7 +238,7 @@ impl Endpoint {
         value: &T,
         fds: Vec<OwnedFd>,
     ) -> Result<(), Error> {
-        let (format, payload) = herd_wire::encode_value(self.codec(), value)?;
+        let (format, payload) = herd_wire::encode_to_send(self.codec(), value)?;
         self.send_frame(Frame::new(kind, format, payload).with_fds(fds))
             .await
     }

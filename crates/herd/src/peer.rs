@@ -85,7 +85,7 @@ impl Peer {
         fds: Vec<OwnedFd>,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        let (format, payload) = herd_wire::encode_value(self.codec(), value)?;
+        let (format, payload) = herd_wire::encode_to_send(self.codec(), value)?;
         self.ep
             .request(Kind::Request, format, payload, fds, timeout)
             .await
@@ -97,7 +97,7 @@ impl Peer {
         value: &T,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        let (format, payload) = herd_wire::encode_value(self.codec(), value)?;
+        let (format, payload) = herd_wire::encode_to_send(self.codec(), value)?;
         self.ep
             .request(Kind::CacheCall, format, payload, Vec::new(), timeout)
             .await

@@ -503,7 +503,7 @@ impl Cluster {
         let Some(first) = workers.first() else {
             return 0;
         };
-        let Ok((format, payload)) = herd_wire::encode_value(first.codec(), value) else {
+        let Ok((format, payload)) = herd_wire::encode_to_send(first.codec(), value) else {
             return 0;
         };
         let sends = workers.iter().map(|w| {

@@ -48,11 +48,15 @@ pub struct Worker {
     id: u64,
     peer: Peer,
     incoming: mpsc::Receiver<Result<Incoming, Error>>,
+    /// Taken from `incoming` in one go, in reverse order (the next one last).
+    batch: Vec<Result<Incoming, Error>>,
     view: Arc<LocalView>,
 }
 
 /// Messages and requests waiting for [`Worker::recv`].
 const INCOMING_QUEUE: usize = 1024;
+/// At most this many are taken from the queue at once (one wake-up for many small messages).
+const RECV_BATCH: usize = 64;
 
 async fn read_loop(
     mut rx: Receiver,
@@ -193,6 +197,7 @@ impl Worker {
             id: env.id,
             peer: Peer::new(ep, opts.request_timeout),
             incoming: in_rx,
+            batch: Vec::with_capacity(RECV_BATCH),
             view,
         })
     }
@@ -216,8 +221,16 @@ impl Worker {
     /// The next message or request from the primary; `Ok(None)` once the primary disconnected
     /// (the worker should finish and exit). Replies to this worker's requests are routed to
     /// their callers, never returned here. An error (the primary broke the protocol) is final.
+    ///
+    /// Cancel-safe: a call dropped before it returns loses nothing.
     pub async fn recv(&mut self) -> Result<Option<Incoming>, Error> {
-        self.incoming.recv().await.transpose()
+        if self.batch.is_empty() {
+            if self.incoming.recv_many(&mut self.batch, RECV_BATCH).await == 0 {
+                return Ok(None);
+            }
+            self.batch.reverse();
+        }
+        self.batch.pop().transpose()
     }
 
     /// Tells the primary this worker listens on `address` (its [`crate::Event::Listening`]).
