@@ -25,7 +25,7 @@ use rustix::net::{
 };
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::frame::{self, Check, FdQueue, Frame};
 use crate::json::{self, JsonDecoder};
@@ -60,13 +60,14 @@ impl Head {
     }
 }
 
-/// A frame ready to write: its bytes in pieces, its descriptors, and its queue permit.
+/// A frame ready to write: its bytes in pieces, its descriptors, and the queue bytes it holds
+/// (given back by the writer once it is written; it also holds one frame of the queue).
 struct Outgoing {
     head: Head,
     payload: Bytes,
     tail: &'static [u8],
     fds: Vec<OwnedFd>,
-    permit: Option<OwnedSemaphorePermit>,
+    charged: u32,
 }
 
 impl Outgoing {
@@ -89,11 +90,16 @@ enum Cmd {
     Close,
 }
 
+/// The queue is bounded by two semaphores, one permit per byte and one per frame: a sender takes
+/// its permits before queueing (and forgets them, so queueing costs no reference counting), the
+/// writer adds them back once per written batch. The queue itself is an unbounded channel, whose
+/// receive side costs an atomic per frame where a bounded one takes a lock.
 struct Shared {
     sock: UnixStream,
     codec: Codec,
     limits: Limits,
-    bytes: Arc<Semaphore>,
+    bytes: Semaphore,
+    frames: Semaphore,
     /// Why the writer stopped, if it failed.
     failure: Mutex<Option<String>>,
 }
@@ -101,7 +107,7 @@ struct Shared {
 /// The sending half of a channel. Clones share one queue and one writer.
 #[derive(Clone)]
 pub struct Sender {
-    tx: mpsc::Sender<Cmd>,
+    tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
 }
 
@@ -128,10 +134,11 @@ pub fn channel(fd: OwnedFd, codec: Codec, limits: Limits) -> io::Result<(Sender,
         sock,
         codec,
         limits,
-        bytes: Arc::new(Semaphore::new(queue_bytes)),
+        bytes: Semaphore::new(queue_bytes),
+        frames: Semaphore::new(limits.send_queue_frames.clamp(1, Semaphore::MAX_PERMITS)),
         failure: Mutex::new(None),
     });
-    let (tx, rx) = mpsc::channel(limits.send_queue_frames.max(1));
+    let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(writer(shared.clone(), rx));
     Ok((
         Sender {
@@ -165,62 +172,61 @@ impl Sender {
     /// Fails at once, without queueing, if the frame breaks the limits or cannot be expressed in
     /// the channel's codec; fails with [`WireError::Closed`] once the channel is closed.
     pub async fn send(&self, frame: Frame) -> Result<(), WireError> {
-        let mut out = self.prepare(frame)?;
-        let want = out
-            .len()
-            .clamp(1, self.shared.limits.send_queue_bytes.max(1)) as u32;
-        let permit = self
-            .shared
-            .bytes
-            .clone()
-            .acquire_many_owned(want)
-            .await
-            .map_err(|_| self.closed_error())?;
-        out.permit = Some(permit);
-        self.tx
-            .send(Cmd::Frame(out))
-            .await
-            .map_err(|_| self.closed_error())
+        let out = self.prepare(frame)?;
+        self.reserve(out.charged, None).await?;
+        self.enqueue(out)
     }
 
     /// Like [`Sender::send`], but waits at most `limit` for room in the queue, then fails with
     /// [`WireError::Stalled`] (the frame is not queued). When there is room, no timer is set.
     pub async fn send_within(&self, frame: Frame, limit: Duration) -> Result<(), WireError> {
-        use tokio::sync::mpsc::error::TrySendError;
-        use tokio::sync::TryAcquireError;
-        let mut out = self.prepare(frame)?;
-        let want = out
-            .len()
-            .clamp(1, self.shared.limits.send_queue_bytes.max(1)) as u32;
-        let bytes = self.shared.bytes.clone();
-        let permit = match bytes.clone().try_acquire_many_owned(want) {
-            Ok(p) => p,
-            Err(TryAcquireError::Closed) => return Err(self.closed_error()),
-            Err(TryAcquireError::NoPermits) => {
-                tokio::time::timeout(limit, bytes.acquire_many_owned(want))
-                    .await
-                    .map_err(|_| WireError::Stalled(limit))?
-                    .map_err(|_| self.closed_error())?
+        let out = self.prepare(frame)?;
+        self.reserve(out.charged, Some(limit)).await?;
+        self.enqueue(out)
+    }
+
+    /// Takes `bytes` bytes and one frame of the queue, waiting (at most `limit`) for room.
+    /// Cancel-safe: permits are only kept once both are held.
+    async fn reserve(&self, bytes: u32, limit: Option<Duration>) -> Result<(), WireError> {
+        let s = &*self.shared;
+        // Room now: no future to wait on, no timer.
+        if let Ok(b) = s.bytes.try_acquire_many(bytes) {
+            if let Ok(f) = s.frames.try_acquire() {
+                b.forget();
+                f.forget();
+                return Ok(());
             }
-        };
-        out.permit = Some(permit);
-        match self.tx.try_send(Cmd::Frame(out)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(self.closed_error()),
-            Err(TrySendError::Full(cmd)) => tokio::time::timeout(limit, self.tx.send(cmd))
-                .await
-                .map_err(|_| WireError::Stalled(limit))?
-                .map_err(|_| self.closed_error()),
         }
+        let wait = async {
+            let b = s
+                .bytes
+                .acquire_many(bytes)
+                .await
+                .map_err(|_| WireError::Closed)?;
+            let f = s.frames.acquire().await.map_err(|_| WireError::Closed)?;
+            b.forget();
+            f.forget();
+            Ok(())
+        };
+        match limit {
+            None => wait.await,
+            Some(d) => tokio::time::timeout(d, wait)
+                .await
+                .map_err(|_| WireError::Stalled(d))?,
+        }
+    }
+
+    /// Hands a frame whose permits are taken to the writer.
+    fn enqueue(&self, out: Outgoing) -> Result<(), WireError> {
+        self.tx
+            .send(Cmd::Frame(out))
+            .map_err(|_| self.closed_error())
     }
 
     /// Queues a shutdown after every frame already queued: they are written, then the peer reads
     /// end-of-stream. Returns once the shutdown is queued.
     pub async fn close(&self) -> Result<(), WireError> {
-        self.tx
-            .send(Cmd::Close)
-            .await
-            .map_err(|_| self.closed_error())
+        self.tx.send(Cmd::Close).map_err(|_| self.closed_error())
     }
 
     /// Waits until the writer has stopped (after a close, a write failure, or every receiver of
@@ -257,13 +263,22 @@ impl Sender {
                 (Head::Json(head.freeze()), tail)
             }
         };
-        Ok(Outgoing {
+        let mut out = Outgoing {
             head,
             payload: frame.payload,
             tail,
             fds: frame.fds,
-            permit: None,
-        })
+            charged: 0,
+        };
+        // A frame larger than the whole queue waits for an empty one.
+        out.charged = out.len().clamp(
+            1,
+            self.shared
+                .limits
+                .send_queue_bytes
+                .clamp(1, u32::MAX as usize),
+        ) as u32;
+        Ok(out)
     }
 }
 
@@ -408,7 +423,7 @@ async fn read_buf<B: BufMut>(sock: &UnixStream, mut buf: B) -> Result<usize, Wir
     }
 }
 
-async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
+async fn writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     let mut next: Option<Cmd> = None;
     let mut batch: Vec<Outgoing> = Vec::new();
     // Reused for every batch's copied bytes: once a batch is written its pieces are dropped and
@@ -450,14 +465,10 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
                     return;
                 }
                 // Give the batch's queue space back at once (one lock, not one per frame).
-                let mut permits = 0;
-                for out in batch.drain(..) {
-                    if let Some(p) = out.permit {
-                        permits += p.num_permits();
-                        p.forget();
-                    }
-                }
-                shared.bytes.add_permits(permits);
+                let frames = batch.len();
+                let bytes: usize = batch.drain(..).map(|o| o.charged as usize).sum();
+                shared.bytes.add_permits(bytes);
+                shared.frames.add_permits(frames);
             }
         }
         if close {
@@ -468,15 +479,17 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
     let _ = rustix::net::shutdown(shared.sock.as_fd(), Shutdown::Write);
     rx.close();
     shared.bytes.close();
+    shared.frames.close();
 }
 
-fn fail(shared: &Shared, rx: &mut mpsc::Receiver<Cmd>, why: String) {
+fn fail(shared: &Shared, rx: &mut mpsc::UnboundedReceiver<Cmd>, why: String) {
     tracing::debug!(%why, "channel writer stopped");
     if let Ok(mut f) = shared.failure.lock() {
         *f = Some(why);
     }
     rx.close();
     shared.bytes.close();
+    shared.frames.close();
     let _ = rustix::net::shutdown(shared.sock.as_fd(), Shutdown::Both);
 }
 
@@ -697,6 +710,48 @@ mod tests {
             }
         };
         assert!(stalled);
+    }
+
+    /// Small frames are held back by the frame limit long before the byte limit: the queue
+    /// holds at most `send_queue_frames` of them however small they are.
+    #[tokio::test]
+    async fn full_queue_of_small_frames_pushes_back() {
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        let ((tx, _), (_peer_tx, mut peer_rx)) = pair(Codec::Binary, limits);
+        let frame = || Frame::new(Kind::Message, Format::Raw, Bytes::from_static(b"x"));
+        let wait = std::time::Duration::from_millis(200);
+        let mut sent = 0usize;
+        loop {
+            let f = frame();
+            match tx.send_within(f, wait).await {
+                Ok(()) => {
+                    sent += 1;
+                    // The socket buffer takes some 10^4 such frames; the byte limit alone
+                    // (64 MiB) would let millions through.
+                    assert!(sent < 200_000, "send never pushed back");
+                }
+                Err(WireError::Stalled(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // Waits that gave up took nothing: once the peer has read everything, the whole queue
+        // is free again.
+        for _ in 0..limits.send_queue_frames {
+            assert!(matches!(
+                tx.send_within(frame(), std::time::Duration::from_millis(10))
+                    .await,
+                Err(WireError::Stalled(_))
+            ));
+        }
+        for _ in 0..sent {
+            peer_rx.recv().await.unwrap().unwrap();
+        }
+        for _ in 0..limits.send_queue_frames {
+            tx.send_within(frame(), wait).await.unwrap();
+        }
     }
 
     fn tempfile() -> std::fs::File {

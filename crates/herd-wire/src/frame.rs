@@ -181,6 +181,9 @@ impl FdQueue {
     }
 
     fn take(&mut self, n: usize) -> Vec<OwnedFd> {
+        if n == 0 {
+            return Vec::new();
+        }
         self.fds.drain(..n).collect()
     }
 }

@@ -72,7 +72,13 @@ async fn read_loop(
         };
         match routed {
             Ok(Routed::Incoming(i)) => {
-                if out.send(Ok(i)).await.is_err() {
+                // Room in the queue (the common case) needs no future; a full one waits.
+                let sent = match out.try_send(Ok(i)) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(i)) => out.send(i).await.map_err(|_| ()),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                };
+                if sent.is_err() {
                     break;
                 }
             }
