@@ -238,9 +238,37 @@ impl Endpoint {
         value: &T,
         fds: Vec<OwnedFd>,
     ) -> Result<(), Error> {
+        match self.try_send_value(kind, value, fds)? {
+            None => Ok(()),
+            // Boxed: the wait is rare, and a small future keeps the common path cheap.
+            Some(frame) => Box::pin(self.send_frame(frame)).await,
+        }
+    }
+
+    /// Encodes and queues a value if the queue has room now; `Ok(Some(frame))` when the caller
+    /// must wait for room with [`Endpoint::send_frame`].
+    pub(crate) fn try_send_value<T: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        value: &T,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Option<Frame>, Error> {
         let (format, payload) = herd_wire::encode_to_send(self.codec(), value)?;
-        self.send_frame(Frame::new(kind, format, payload).with_fds(fds))
-            .await
+        let mut frame = Frame::new(kind, format, payload);
+        if !fds.is_empty() {
+            frame = frame.with_fds(fds);
+        }
+        self.try_send_frame(frame)
+    }
+
+    /// Queues a frame if the queue has room now; `Ok(Some(frame))` when it is full (or the
+    /// channel closed: [`Endpoint::send_frame`] says which).
+    pub(crate) fn try_send_frame(&self, frame: Frame) -> Result<Option<Frame>, Error> {
+        let back = self.tx.try_send(frame)?;
+        if back.is_none() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(back)
     }
 
     pub(crate) async fn send_frame(&self, frame: Frame) -> Result<(), Error> {

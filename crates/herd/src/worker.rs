@@ -11,7 +11,7 @@ use crate::cache::{Cache, LocalView};
 use std::ops::Deref;
 use std::time::Duration;
 
-use herd_wire::{Codec, Hello, Kind, Limits, Receiver};
+use herd_wire::{Codec, Frame, Hello, Kind, Limits, Receiver};
 use tokio::sync::mpsc;
 
 use crate::message::{Control, Endpoint, Incoming, Routed};
@@ -47,41 +47,70 @@ impl Default for WorkerOptions {
 pub struct Worker {
     id: u64,
     peer: Peer,
-    incoming: mpsc::Receiver<Result<Incoming, Error>>,
-    /// Taken from `incoming` in one go, in reverse order (the next one last).
-    batch: Vec<Result<Incoming, Error>>,
+    incoming: mpsc::Receiver<Batch>,
+    /// The rest of the batch taken last from `incoming`.
+    batch: std::vec::IntoIter<Result<Incoming, Error>>,
     view: Arc<LocalView>,
 }
 
-/// Messages and requests waiting for [`Worker::recv`].
-const INCOMING_QUEUE: usize = 1024;
-/// At most this many are taken from the queue at once (one wake-up for many small messages).
+/// Messages and requests waiting for [`Worker::recv`], in batches of at most [`RECV_BATCH`]:
+/// at most 1,024 of them.
+const INCOMING_QUEUE: usize = 1024 / RECV_BATCH;
+/// Frames already read from the socket go to [`Worker::recv`] together, up to this many.
 const RECV_BATCH: usize = 64;
+
+/// What the reader task hands to [`Worker::recv`] at once.
+type Batch = Vec<Result<Incoming, Error>>;
 
 async fn read_loop(
     mut rx: Receiver,
     ep: Arc<Endpoint>,
-    out: mpsc::Sender<Result<Incoming, Error>>,
+    out: mpsc::Sender<Batch>,
     view: Arc<LocalView>,
 ) {
     loop {
-        let routed = match rx.recv().await {
-            Ok(Some(frame)) => ep.route(frame),
+        // One frame read from the socket, then whatever else is already buffered, handed over
+        // as one batch: a burst of small messages costs one queue operation and one wake-up.
+        let mut batch = Vec::new();
+        let stop = match rx.recv().await {
+            Ok(Some(frame)) => take_burst(frame, &mut rx, &ep, &view, &mut batch),
+            // End-of-stream: the primary is gone.
             Ok(None) => break,
-            Err(e) => Err(e.into()),
-        };
-        match routed {
-            Ok(Routed::Incoming(i)) => {
-                // Room in the queue (the common case) needs no future; a full one waits.
-                let sent = match out.try_send(Ok(i)) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(i)) => out.send(i).await.map_err(|_| ()),
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
-                };
-                if sent.is_err() {
-                    break;
-                }
+            Err(e) => {
+                batch.push(Err(e.into()));
+                true
             }
+        };
+        if !batch.is_empty() {
+            // Room in the queue (the common case) needs no future; a full one waits.
+            let delivered = match out.try_send(batch) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(b)) => out.send(b).await.is_ok(),
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if !delivered {
+                break;
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+    ep.fail_all();
+}
+
+/// Routes `frame` and the frames already buffered after it (up to a batch) into `batch`;
+/// whether the channel is finished (an error, the last item of `batch`).
+fn take_burst(
+    mut frame: Frame,
+    rx: &mut Receiver,
+    ep: &Endpoint,
+    view: &LocalView,
+    batch: &mut Batch,
+) -> bool {
+    loop {
+        match ep.route(frame) {
+            Ok(Routed::Incoming(i)) => batch.push(Ok(i)),
             Ok(Routed::Control(Control::CacheInvalidate { keys, seq })) => {
                 view.invalidate(&keys, seq)
             }
@@ -97,12 +126,23 @@ async fn read_loop(
             }
             Ok(Routed::Handled) => {}
             Err(e) => {
-                let _ = out.send(Err(e)).await;
-                break;
+                batch.push(Err(e));
+                return true;
             }
         }
+        if batch.len() >= RECV_BATCH {
+            return false;
+        }
+        frame = match rx.try_recv_buffered() {
+            Ok(Some(frame)) => frame,
+            // Nothing more already read: hand over what there is.
+            Ok(None) => return false,
+            Err(e) => {
+                batch.push(Err(e.into()));
+                return true;
+            }
+        };
     }
-    ep.fail_all();
 }
 
 impl Deref for Worker {
@@ -203,7 +243,7 @@ impl Worker {
             id: env.id,
             peer: Peer::new(ep, opts.request_timeout),
             incoming: in_rx,
-            batch: Vec::with_capacity(RECV_BATCH),
+            batch: Vec::new().into_iter(),
             view,
         })
     }
@@ -230,13 +270,15 @@ impl Worker {
     ///
     /// Cancel-safe: a call dropped before it returns loses nothing.
     pub async fn recv(&mut self) -> Result<Option<Incoming>, Error> {
-        if self.batch.is_empty() {
-            if self.incoming.recv_many(&mut self.batch, RECV_BATCH).await == 0 {
-                return Ok(None);
+        loop {
+            if let Some(next) = self.batch.next() {
+                return next.map(Some);
             }
-            self.batch.reverse();
+            match self.incoming.recv().await {
+                Some(batch) => self.batch = batch.into_iter(),
+                None => return Ok(None),
+            }
         }
-        self.batch.pop().transpose()
     }
 
     /// Tells the primary this worker listens on `address` (its [`crate::Event::Listening`]).
