@@ -272,7 +272,12 @@ fn document(config: &Config, table: &str, ratios: &str) -> Result<String> {
            blocking `read`/`write`: {RAW_SMALL}-byte messages for ping-pong and stream, the \
            payload into a buffer of its size for bulk. The floor no IPC library can beat.\n\n\
          Figures move from run to run by 10-30% on this shared 2-CPU machine; ratios within \
-         one run are the comparable numbers.\n",
+         one run are the comparable numbers. Two swing more: the raw round trip is about 12 µs \
+         when the kernel happens to run both processes on one CPU and 40-60 µs across CPUs \
+         (seen both ways in consecutive runs), and Node's stream rate ranged from 144k to \
+         252k msgs/s over the runs made while tuning herd's. Four runs of this code before \
+         this one: herd 4.26-5.26M msgs/s, Node json 165k-239k, 22.0x-26.3x (before the send \
+         path was reworked herd made 2.2-3.3M).\n",
         node = String::from_utf8_lossy(&node_version.stdout).trim(),
         kernel = kernel.trim(),
         pings = thousands(config.pings as f64),
