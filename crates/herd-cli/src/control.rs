@@ -100,25 +100,46 @@ pub async fn bind(path: &Path) -> Result<ControlSocket> {
     })
 }
 
+/// A socket herd listens on for its workers, as `herd status` reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Listening {
+    /// The address, with the port the kernel chose for `:0`.
+    pub address: String,
+    /// Whether each worker has a socket of its own on it (`--reuseport`) rather than sharing
+    /// the primary's.
+    pub reuseport: bool,
+}
+
 /// Serves control connections until the process ends.
-pub async fn serve(sock: &mut ControlSocket, service: ServiceHandle, hub: Option<Hub>) {
+pub async fn serve(
+    sock: &mut ControlSocket,
+    service: ServiceHandle,
+    hub: Option<Hub>,
+    listening: Vec<Listening>,
+) {
     let Some(listener) = sock.listener.take() else {
         return;
     };
+    let listening: std::sync::Arc<[Listening]> = listening.into();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (service, hub) = (service.clone(), hub.clone());
+        let (service, hub, listening) = (service.clone(), hub.clone(), listening.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, service, hub).await {
+            if let Err(e) = connection(stream, service, hub, &listening).await {
                 tracing::debug!(error = %format!("{e:#}"), "control connection");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, service: ServiceHandle, hub: Option<Hub>) -> Result<()> {
+async fn connection(
+    stream: UnixStream,
+    service: ServiceHandle,
+    hub: Option<Hub>,
+    listening: &[Listening],
+) -> Result<()> {
     let cred = rustix::net::sockopt::socket_peercred(&stream)?;
     let me = rustix::process::geteuid();
     let (read, mut write) = stream.into_split();
@@ -144,6 +165,7 @@ async fn connection(stream: UnixStream, service: ServiceHandle, hub: Option<Hub>
                 "ok": true,
                 "status": s,
                 "cache": hub.as_ref().map(|h| h.stats()),
+                "listening": listening,
                 "pid": std::process::id(),
             }),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
@@ -287,6 +309,17 @@ pub fn format_status(answer: &Value) -> String {
             size(w["rss"].as_u64().unwrap_or(0)),
             size(w["pss"].as_u64().unwrap_or(0)),
             w["messages"].to_string(),
+        ));
+    }
+    for l in answer["listening"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "listening on {} ({})\n",
+            l["address"].as_str().unwrap_or("?"),
+            if l["reuseport"] == json!(true) {
+                "a socket per worker, SO_REUSEPORT"
+            } else {
+                "one socket shared by every worker"
+            }
         ));
     }
     for r in s["restarting"].as_array().into_iter().flatten() {

@@ -314,12 +314,17 @@ async fn run(args: RunArgs) -> Result<i32> {
     // Listening sockets, bound once here (shared mode) or per worker (reuseport).
     let mut shared: Vec<(OwnedFd, ListenAddr)> = Vec::new();
     let mut reuse: Vec<ListenAddr> = Vec::new();
+    let mut listening = Vec::new();
     for addr in &s.listen {
         let fd = herd::listen::bind(addr, s.reuseport)
             .with_context(|| format!("cannot listen on {addr}"))?;
         let real = herd::listen::local_addr(&fd)?;
         tracing::info!(address = %real, reuseport = s.reuseport, "listening");
         eprintln!("herd: listening on {real}");
+        listening.push(control::Listening {
+            address: real.to_string(),
+            reuseport: s.reuseport,
+        });
         if s.reuseport {
             // Port 0 is resolved once, so every worker's socket shares the same port.
             reuse.push(real);
@@ -413,7 +418,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     let (handle, mut events, mut task) = herd::service::start(cluster, config);
     {
         let (handle, hub) = (handle.clone(), hub.clone());
-        tokio::spawn(async move { control::serve(&mut sock, handle, hub).await });
+        tokio::spawn(async move { control::serve(&mut sock, handle, hub, listening).await });
     }
 
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -167,6 +167,17 @@ fn a_rolling_reload_under_http_load_fails_no_request() {
             .as_array()
             .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["state"] == "running"))
     });
+    assert_eq!(
+        before["listening"],
+        serde_json::json!([{"address": addr.to_string(), "reuseport": false}])
+    );
+    let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains(&format!(
+            "listening on {addr} (one socket shared by every worker)"
+        )),
+        "{table}"
+    );
     let old: Vec<u64> = before["status"]["workers"]
         .as_array()
         .unwrap()
@@ -300,11 +311,22 @@ fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
         ],
     );
     let addr = herd.listening();
-    herd.status_until("two workers", |s| {
+    let status = herd.status_until("two workers", |s| {
         s["status"]["workers"]
             .as_array()
             .is_some_and(|w| w.len() == 2)
     });
+    assert_eq!(
+        status["listening"],
+        serde_json::json!([{"address": addr.to_string(), "reuseport": true}])
+    );
+    let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains(&format!(
+            "listening on {addr} (a socket per worker, SO_REUSEPORT)"
+        )),
+        "{table}"
+    );
     let deadline = Instant::now() + DEADLINE;
     let mut seen = std::collections::HashSet::new();
     // The kernel spreads new connections over the two sockets by hash: both get some.
