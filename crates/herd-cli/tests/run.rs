@@ -1,6 +1,7 @@
 //! `herd run` end to end: the real binary, real workers (`node`, `sh`), real sockets, and the
 //! control commands (`herd status`, `reload`, `scale`, `stop`) against it.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -167,17 +168,7 @@ fn a_rolling_reload_under_http_load_fails_no_request() {
             .as_array()
             .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["state"] == "running"))
     });
-    assert_eq!(
-        before["listening"],
-        serde_json::json!([{"address": addr.to_string(), "reuseport": false}])
-    );
-    let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
-    assert!(
-        table.contains(&format!(
-            "listening on {addr} (one socket shared by every worker)"
-        )),
-        "{table}"
-    );
+    assert_status_lists(&herd, &before, addr, false);
     let old: Vec<u64> = before["status"]["workers"]
         .as_array()
         .unwrap()
@@ -292,6 +283,25 @@ fn listen_fds_follow_systemds_convention() {
     assert_eq!(herd.wait(), Some(0));
 }
 
+/// `herd status` lists `addr` as the one listening socket, shared or one per worker, in its
+/// JSON (`status`) and in its table.
+fn assert_status_lists(herd: &Herd, status: &serde_json::Value, addr: SocketAddr, reuseport: bool) {
+    assert_eq!(
+        status["listening"],
+        serde_json::json!([{"address": addr.to_string(), "reuseport": reuseport}])
+    );
+    let how = if reuseport {
+        "a socket per worker, SO_REUSEPORT"
+    } else {
+        "one socket shared by every worker"
+    };
+    let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        table.contains(&format!("listening on {addr} ({how})")),
+        "{table}"
+    );
+}
+
 #[test]
 fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
     let server = demo_server();
@@ -316,17 +326,7 @@ fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
             .as_array()
             .is_some_and(|w| w.len() == 2)
     });
-    assert_eq!(
-        status["listening"],
-        serde_json::json!([{"address": addr.to_string(), "reuseport": true}])
-    );
-    let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
-    assert!(
-        table.contains(&format!(
-            "listening on {addr} (a socket per worker, SO_REUSEPORT)"
-        )),
-        "{table}"
-    );
+    assert_status_lists(&herd, &status, addr, true);
     let deadline = Instant::now() + DEADLINE;
     let mut seen = std::collections::HashSet::new();
     // The kernel spreads new connections over the two sockets by hash: both get some.
