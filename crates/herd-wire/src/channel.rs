@@ -164,11 +164,12 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a shutdown behind everything queued; later sends fail.
-    fn shut(&self) {
+    /// Queues a shutdown behind everything queued; later sends fail. False if the queue was
+    /// already shut.
+    fn shut(&self) -> bool {
         let mut q = self.lock();
         if q.shut {
-            return;
+            return false;
         }
         q.shut = true;
         q.items.push_back(Item::Close);
@@ -177,6 +178,7 @@ impl Shared {
         self.bytes.close();
         self.frames.close();
         self.work.notify_one();
+        true
     }
 }
 
@@ -376,11 +378,11 @@ impl Sender {
     /// Queues a shutdown after every frame already queued: they are written, then the peer reads
     /// end-of-stream. Later sends fail with [`WireError::Closed`].
     pub async fn close(&self) -> Result<(), WireError> {
-        if self.shared.lock().shut {
-            return Err(self.closed_error());
+        if self.shared.shut() {
+            Ok(())
+        } else {
+            Err(self.closed_error())
         }
-        self.shared.shut();
-        Ok(())
     }
 
     /// Waits until the writer has stopped (after a close, a write failure, or every sender
