@@ -389,15 +389,7 @@ impl Sender {
     /// dropped).
     pub async fn closed(&self) {
         let s = &*self.shared;
-        loop {
-            let notified = s.stopped_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if s.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        wait_until(&s.stopped_notify, || s.stopped.load(Ordering::Acquire)).await
     }
 
     /// Whether the writer has stopped.
@@ -413,6 +405,7 @@ impl Sender {
     fn closed_error(&self) -> WireError {
         WireError::Closed
     }
+
     fn prepare(&self, frame: Frame) -> Result<Outgoing, WireError> {
         frame::validate_outgoing(&frame, &self.shared.limits)?;
         let (head, tail) = match self.shared.codec {
@@ -599,15 +592,8 @@ async fn read_buf<B: BufMut>(sock: &UnixStream, mut buf: B) -> Result<usize, Wir
 async fn writer(shared: Arc<Shared>) {
     let mut batch: Vec<Item> = Vec::new();
     loop {
-        let close = loop {
-            let notified = shared.work.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if take_batch(&shared, &mut batch) {
-                break matches!(batch.last(), Some(Item::Close));
-            }
-            notified.await;
-        };
+        wait_until(&shared.work, || take_batch(&shared, &mut batch)).await;
+        let close = matches!(batch.last(), Some(Item::Close));
         if let Err(e) = write_batch(&shared.sock, &mut batch).await {
             fail(&shared, format!("write failed: {e}"));
             return;
@@ -650,6 +636,20 @@ async fn writer(shared: Arc<Shared>) {
     // Every queued frame is written; tell the peer we are done.
     let _ = rustix::net::shutdown(shared.sock.as_fd(), Shutdown::Write);
     stop(&shared);
+}
+
+/// Waits until `ready()` holds, checking it again after every notification on `notify` (the
+/// waiter is registered before each check, so a notification between the two is not missed).
+async fn wait_until(notify: &Notify, mut ready: impl FnMut() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if ready() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// Moves queued items into `batch`, up to a batch's size; whether there were any. A frame with

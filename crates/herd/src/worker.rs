@@ -81,16 +81,8 @@ async fn read_loop(
                 true
             }
         };
-        if !batch.is_empty() {
-            // Room in the queue (the common case) needs no future; a full one waits.
-            let delivered = match out.try_send(batch) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(b)) => out.send(b).await.is_ok(),
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if !delivered {
-                break;
-            }
+        if !batch.is_empty() && out.send(batch).await.is_err() {
+            break;
         }
         if stop {
             break;
