@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::WorkerId;
+use crate::ids::WorkerId;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]

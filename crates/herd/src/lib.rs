@@ -47,8 +47,11 @@
 
 #![deny(missing_docs)]
 
+mod backoff;
 pub mod cache;
+pub mod env;
 pub mod error;
+pub mod ids;
 pub mod listen;
 pub mod message;
 pub mod peer;
@@ -57,41 +60,15 @@ pub mod service;
 mod sys;
 pub mod worker;
 
+pub use env::{is_worker, role, Role};
 pub use error::Error;
 pub use herd_wire::{Codec, Format, Limits};
+pub use ids::{ExitStatus, WorkerId};
 pub use message::{Incoming, Message, Request};
 pub use peer::Peer;
-pub use primary::{
-    Cluster, ClusterBuilder, Event, ExitStatus, OutputStream, WorkerHandle, WorkerId,
-    MAX_OUTPUT_LINE,
-};
+pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};
 pub use rustix::process::Signal;
 pub use worker::{Worker, WorkerOptions};
-
-/// Which role this process was started in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Not started by a primary: start a [`Cluster`].
-    Primary,
-    /// Started by a primary (herd's or Node's): connect with [`Worker::connect`].
-    Worker,
-}
-
-/// This process's role, from its environment (`HERD_CHANNEL_FD`, or Node's `NODE_CHANNEL_FD`).
-pub fn role() -> Role {
-    if std::env::var_os("HERD_CHANNEL_FD").is_some()
-        || std::env::var_os("NODE_CHANNEL_FD").is_some()
-    {
-        Role::Worker
-    } else {
-        Role::Primary
-    }
-}
-
-/// Whether this process is a worker.
-pub fn is_worker() -> bool {
-    role() == Role::Worker
-}
 
 /// The README's code, compiled as a doctest so it cannot drift from the API.
 #[cfg(doctest)]

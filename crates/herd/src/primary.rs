@@ -19,7 +19,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::ops::Deref;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -32,64 +31,13 @@ use tokio::time::Instant;
 
 use crate::cache::hub::Push;
 use crate::cache::Hub;
+pub use crate::ids::{ExitStatus, WorkerId};
 use crate::message::{Control, Endpoint, Incoming, Routed};
 use crate::peer::Peer;
-use crate::{sys, Error, Message, Request};
+use crate::{env, sys, Error, Message, Request};
 
 /// How long a worker's channel is drained after the worker exited, for its last messages.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-
-/// A worker's id: 1 for the first worker forked, counting up, never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkerId(pub u64);
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// How a worker process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitStatus {
-    /// The exit code, if it exited.
-    pub code: Option<i32>,
-    /// The signal that killed it, if one did.
-    pub signal: Option<i32>,
-}
-
-impl ExitStatus {
-    /// Whether it exited with code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-impl From<std::process::ExitStatus> for ExitStatus {
-    fn from(s: std::process::ExitStatus) -> Self {
-        ExitStatus {
-            code: s.code(),
-            signal: s.signal(),
-        }
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.code, self.signal) {
-            (Some(c), _) => write!(f, "exit code {c}"),
-            (None, Some(s)) => {
-                let name = Signal::from_named_raw(s).map(|s| format!("{s:?}"));
-                write!(
-                    f,
-                    "signal {s}{}",
-                    name.map(|n| format!(" ({n})")).unwrap_or_default()
-                )
-            }
-            (None, None) => write!(f, "unknown status"),
-        }
-    }
-}
 
 /// What happened in the cluster, per worker, in order. Mirrors Node's `cluster` events.
 #[derive(Debug)]
@@ -743,18 +691,18 @@ async fn fork(
     let mut cmd = Command::new(&cfg.program);
     cmd.args(&cfg.args)
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-        .env("HERD_CHANNEL_FD", cfg.channel_fd.to_string())
-        .env("HERD_CHANNEL_CODEC", cfg.codec.as_str())
-        .env("HERD_WORKER_ID", id.0.to_string())
-        .env("HERD_PRIMARY_PID", std::process::id().to_string())
-        .env_remove("NODE_CHANNEL_FD")
-        .env_remove("NODE_CHANNEL_SERIALIZATION_MODE")
-        .env_remove("NODE_UNIQUE_ID")
+        .env(env::HERD_CHANNEL_FD, cfg.channel_fd.to_string())
+        .env(env::HERD_CHANNEL_CODEC, cfg.codec.as_str())
+        .env(env::HERD_WORKER_ID, id.0.to_string())
+        .env(env::HERD_PRIMARY_PID, std::process::id().to_string())
+        .env_remove(env::NODE_CHANNEL_FD)
+        .env_remove(env::NODE_CHANNEL_SERIALIZATION_MODE)
+        .env_remove(env::NODE_UNIQUE_ID)
         .process_group(0)
         .kill_on_drop(true);
     if cfg.codec == Codec::NodeJson {
-        cmd.env("NODE_CHANNEL_FD", cfg.channel_fd.to_string())
-            .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+        cmd.env(env::NODE_CHANNEL_FD, cfg.channel_fd.to_string())
+            .env(env::NODE_CHANNEL_SERIALIZATION_MODE, "json");
     }
     if cfg.capture_output {
         cmd.stdout(std::process::Stdio::piped())

@@ -557,10 +557,8 @@ impl Svc {
             s.restart_at = None;
             return;
         }
-        let delay = policy
-            .backoff_min
-            .saturating_mul(1u32 << (n.saturating_sub(1)).min(20))
-            .min(policy.backoff_max);
+        let delay = crate::backoff::Backoff::new(policy.backoff_min, policy.backoff_max, false)
+            .delay_for(n);
         tracing::warn!(slot, %why, restart_in_ms = delay.as_millis() as u64, "worker crashed; restarting");
         s.restart_at = Some(now + delay);
     }

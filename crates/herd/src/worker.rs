@@ -144,52 +144,6 @@ impl Deref for Worker {
     }
 }
 
-struct Env {
-    fd: i32,
-    codec: Codec,
-    id: u64,
-}
-
-fn env() -> Result<Env, Error> {
-    let var = |k: &str| std::env::var(k).ok();
-    let num = |k: &str, v: String| -> Result<i64, Error> {
-        v.parse()
-            .map_err(|_| Error::NotAWorker(format!("{k}={v:?} is not a number")))
-    };
-    if let Some(fd) = var("HERD_CHANNEL_FD") {
-        let fd = num("HERD_CHANNEL_FD", fd)? as i32;
-        let codec = match var("HERD_CHANNEL_CODEC") {
-            None => Codec::Binary,
-            Some(c) => Codec::parse(&c)
-                .ok_or_else(|| Error::NotAWorker(format!("unknown HERD_CHANNEL_CODEC {c:?}")))?,
-        };
-        let id = match var("HERD_WORKER_ID") {
-            Some(v) => num("HERD_WORKER_ID", v)? as u64,
-            None => 0,
-        };
-        return Ok(Env { fd, codec, id });
-    }
-    if let Some(fd) = var("NODE_CHANNEL_FD") {
-        let fd = num("NODE_CHANNEL_FD", fd)? as i32;
-        match var("NODE_CHANNEL_SERIALIZATION_MODE").as_deref() {
-            None | Some("json") => {}
-            Some(other) => {
-                return Err(Error::NotAWorker(format!(
-                "Node's {other:?} serialization is not supported: fork with serialization: 'json'"
-            )))
-            }
-        }
-        return Ok(Env {
-            fd,
-            codec: Codec::NodeJson,
-            id: 0,
-        });
-    }
-    Err(Error::NotAWorker(
-        "neither HERD_CHANNEL_FD nor NODE_CHANNEL_FD is set".into(),
-    ))
-}
-
 impl Worker {
     /// Connects to the primary with default options. Must be called inside a tokio runtime.
     pub async fn connect() -> Result<Worker, Error> {
@@ -199,7 +153,7 @@ impl Worker {
     /// Connects to the primary: takes the inherited channel and, on the binary codec, exchanges
     /// hellos (protocol version, worker id) within the handshake deadline.
     pub async fn connect_with(opts: WorkerOptions) -> Result<Worker, Error> {
-        let env = env()?;
+        let env = crate::env::channel()?;
         let fd = sys::take_inherited_socket(env.fd).map_err(|e| {
             Error::NotAWorker(format!("cannot take channel descriptor {}: {e}", env.fd))
         })?;

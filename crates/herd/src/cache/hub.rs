@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::proto::{self, CacheOp, GetReply, NodeGetReply, WireValue};
 use super::source::{Invalidation, Loaded, Source, SourceError};
+use crate::backoff::Backoff;
 use crate::message::Request;
 use crate::{sys, Codec, WorkerId};
 
@@ -589,12 +590,12 @@ impl Hub {
             self.inner.warm.send_replace(true);
             return;
         }
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), true);
         let keys = loop {
             match self.warm_keys().await {
                 Ok(k) => break k,
                 Err(e) => {
-                    let wait = backoff.next();
+                    let wait = backoff.fail();
                     tracing::warn!(error = %e, ?wait, "warm-up cannot list keys; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -621,7 +622,7 @@ impl Hub {
                             .collect();
                     }
                     Err(e) => {
-                        let wait = backoff.next();
+                        let wait = backoff.fail();
                         tracing::warn!(error = %e, ?wait, "warm-up batch failed; retrying");
                         tokio::time::sleep(wait).await;
                     }
@@ -930,31 +931,6 @@ fn progress_bar(mode: Progress, total: u64) -> Option<indicatif::ProgressBar> {
         pb.set_style(style);
     }
     Some(pb)
-}
-
-/// Exponential backoff with jitter, 100 ms up to 5 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        // Jitter from the clock's low bits: enough to keep many hosts from retrying in step.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        base / 2 + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
-    }
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
 }
 
 #[cfg(test)]

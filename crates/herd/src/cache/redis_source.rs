@@ -19,9 +19,7 @@
 //!   `maxmemory`, and that evicts live keys in a stampede). Big values are assembled in anonymous
 //!   mappings, so their memory goes back to the system once the hub has sealed its copy.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -33,6 +31,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::source::{BoxFuture, Invalidation, Loaded, Source, SourceError};
+use crate::backoff::Backoff;
 
 /// How [`RedisSource`] talks to Redis.
 #[derive(Clone, Debug)]
@@ -107,10 +106,9 @@ struct Shared {
     rx: Mutex<Option<mpsc::Receiver<Invalidation>>>,
 }
 
-#[derive(Default)]
 struct Link {
     generation: u64,
-    failures: u32,
+    backoff: Backoff,
     retry_at: Option<Instant>,
     last_error: String,
 }
@@ -164,13 +162,19 @@ impl RedisSource {
         };
         let (tx, rx) = mpsc::channel(config.invalidation_buffer.max(2));
         let chunks_in_flight = config.chunks_in_flight.max(1);
+        let backoff = Backoff::new(config.backoff_min, config.backoff_max, true);
         Ok(RedisSource {
             shared: Arc::new(Shared {
                 client,
                 describe,
                 config,
                 current: Mutex::new(None),
-                link: tokio::sync::Mutex::new(Link::default()),
+                link: tokio::sync::Mutex::new(Link {
+                    generation: 0,
+                    backoff,
+                    retry_at: None,
+                    last_error: String::new(),
+                }),
                 calls: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
                 chunks: tokio::sync::Semaphore::new(chunks_in_flight),
@@ -220,13 +224,6 @@ fn is_link_error(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
-/// `base` scaled by a random factor in [0.5, 1.5).
-fn jitter(base: Duration) -> Duration {
-    let r = RandomState::new().build_hasher().finish();
-    let factor = 0.5 + (r % 1000) as f64 / 1000.0;
-    base.mul_f64(factor)
-}
-
 impl Shared {
     /// The connection to use, connecting if there is none (and the backoff allows).
     async fn conn(self: &Arc<Self>) -> Result<(u64, MultiplexedConnection), SourceError> {
@@ -250,7 +247,7 @@ impl Shared {
         match self.connect(generation).await {
             Ok(conn) => {
                 link.generation = generation;
-                link.failures = 0;
+                link.backoff.reset();
                 link.retry_at = None;
                 *lock(&self.current) = Some((generation, conn.clone()));
                 if self.config.track && self.events.lost.swap(false, Ordering::AcqRel) {
@@ -260,12 +257,7 @@ impl Shared {
                 Ok((generation, conn))
             }
             Err(e) => {
-                link.failures = link.failures.saturating_add(1);
-                let exp = self
-                    .config
-                    .backoff_min
-                    .saturating_mul(1 << (link.failures - 1).min(16));
-                let delay = jitter(exp.min(self.config.backoff_max));
+                let delay = link.backoff.fail();
                 link.retry_at = Some(now + delay);
                 link.last_error = e.to_string();
                 if self.config.track && !self.events.lost.swap(true, Ordering::AcqRel) {
@@ -709,14 +701,6 @@ mod tests {
         let s = RedisSource::open("redis://:pw@127.0.0.1:7/2").unwrap();
         assert_eq!(s.describe(), "redis://127.0.0.1:7/2");
         assert!(RedisSource::open("nope://x").is_err());
-    }
-
-    #[test]
-    fn jitter_stays_within_half_either_side() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(500) && d < Duration::from_millis(1500));
-        }
     }
 
     #[tokio::test]
