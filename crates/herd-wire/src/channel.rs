@@ -377,7 +377,7 @@ impl Sender {
 
     /// Queues a shutdown after every frame already queued: they are written, then the peer reads
     /// end-of-stream. Later sends fail with [`WireError::Closed`].
-    pub async fn close(&self) -> Result<(), WireError> {
+    pub fn close(&self) -> Result<(), WireError> {
         if self.shared.shut() {
             Ok(())
         } else {
@@ -807,7 +807,7 @@ mod tests {
         tx.send(Frame::new(Kind::Message, Format::Raw, big.clone()))
             .await
             .unwrap();
-        tx.close().await.unwrap();
+        tx.close().unwrap();
         for i in 0..100u64 {
             let f = rx.recv().await.unwrap().unwrap();
             assert_eq!(&f.payload[..], &i.to_le_bytes());
@@ -887,7 +887,7 @@ mod tests {
         let ((tx, _), (_, mut rx)) = pair(Codec::Binary, Limits::default());
         let f = || Frame::new(Kind::Message, Format::Raw, Bytes::from_static(b"x"));
         tx.send(f()).await.unwrap();
-        tx.close().await.unwrap();
+        tx.close().unwrap();
         assert!(matches!(tx.send(f()).await, Err(WireError::Closed)));
         assert!(
             matches!(tx.try_send(f()), Ok(Some(_))),
@@ -917,7 +917,7 @@ mod tests {
                         tokio::task::yield_now().await;
                     }
                 }
-                tx.close().await.unwrap();
+                tx.close().unwrap();
             });
             let mut next = 0u64;
             let mut cancelled = 0u64;

@@ -15,6 +15,9 @@ pub const HERD_WORKER_ID: &str = "HERD_WORKER_ID";
 pub const HERD_PRIMARY_PID: &str = "HERD_PRIMARY_PID";
 /// The worker's slot in a supervised service (0..N-1), stable across restarts and reloads.
 pub const HERD_WORKER_SLOT: &str = "HERD_WORKER_SLOT";
+/// How many listening sockets a worker got from [`crate::ClusterBuilder::listener`], at 3, 4, ...
+/// ([`crate::Worker::listeners`] takes them).
+pub const HERD_LISTEN_FDS: &str = "HERD_LISTEN_FDS";
 /// herd's log filter (tracing's `EnvFilter` syntax).
 pub const HERD_LOG: &str = "HERD_LOG";
 /// Node's: the descriptor of the IPC channel a Node child inherits.
@@ -88,9 +91,11 @@ pub(crate) fn channel() -> Result<Channel, Error> {
         let fd = num(NODE_CHANNEL_FD, fd)? as i32;
         match var(NODE_CHANNEL_SERIALIZATION_MODE).as_deref() {
             None | Some("json") => {}
-            Some(other) => return Err(Error::NotAWorker(format!(
+            Some(other) => {
+                return Err(Error::NotAWorker(format!(
                 "Node's {other:?} serialization is not supported: fork with serialization: 'json'"
-            ))),
+            )))
+            }
         }
         return Ok(Channel {
             fd,

@@ -5,11 +5,15 @@ use std::time::Duration;
 use crate::ids::WorkerId;
 
 /// What went wrong.
+///
+/// A send or request to a peer whose channel is gone is [`Error::ChannelClosed`] either way; a
+/// peer that stopped reading is [`Error::Stalled`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The channel failed (bad frames from the peer, limits, i/o).
     #[error("channel error")]
-    Wire(#[from] herd_wire::WireError),
+    Wire(#[source] herd_wire::WireError),
     /// A worker process could not be started.
     #[error("cannot start worker")]
     Spawn(#[source] std::io::Error),
@@ -46,6 +50,16 @@ pub enum Error {
     /// A system call failed.
     #[error("i/o error")]
     Io(#[from] std::io::Error),
+}
+
+impl From<herd_wire::WireError> for Error {
+    fn from(e: herd_wire::WireError) -> Error {
+        match e {
+            herd_wire::WireError::Closed => Error::ChannelClosed,
+            herd_wire::WireError::Stalled(d) => Error::Stalled(d),
+            e => Error::Wire(e),
+        }
+    }
 }
 
 /// Formats an error with its chain of sources, `a: b: c`.

@@ -5,9 +5,11 @@ use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 
 use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
 
 /// A worker's id: 1 for the first worker forked, counting up, never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct WorkerId(pub u64);
 
 impl fmt::Display for WorkerId {

@@ -46,15 +46,16 @@
 //! wire format lives in the `herd-wire` crate; the only `unsafe` code is in `sys`.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 mod backoff;
 pub mod cache;
 pub mod env;
 pub mod error;
 pub mod ids;
+mod ipc;
 pub mod listen;
-pub mod message;
-pub mod peer;
+mod node;
 pub mod primary;
 pub mod service;
 mod sys;
@@ -62,10 +63,11 @@ pub mod worker;
 
 pub use env::{is_worker, role, Role};
 pub use error::Error;
+pub use herd_wire::WireError;
 pub use herd_wire::{Codec, Format, Limits};
 pub use ids::{ExitStatus, WorkerId};
-pub use message::{Incoming, Message, Request};
-pub use peer::Peer;
+pub use ipc::{Incoming, Message, Peer, Request};
+pub use primary::spawn::ForkOptions;
 pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};
 pub use rustix::process::Signal;
 pub use worker::{Worker, WorkerOptions};

@@ -4,6 +4,8 @@
 //! Everything here is a thin, documented step around a system call; the rest of herd uses the
 //! safe wrappers of `rustix` and `std`.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,26 +120,33 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
 }
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
+static LISTENERS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Checks that `fd` is open and a socket; `what` names it in errors.
+fn inherited_socket(fd: RawFd, what: &str) -> io::Result<BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(io::Error::other(format!("invalid {what} descriptor {fd}")));
+    }
+    // SAFETY: only used for checks and fcntl by the callers, before any ownership is taken;
+    // fcntl and fstat on a number that is not open fail with EBADF rather than touching anything.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(borrowed)
+        .map_err(|e| io::Error::other(format!("{what} descriptor {fd} is not open: {e}")))?;
+    let stat = rustix::fs::fstat(borrowed)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
+        return Err(io::Error::other(format!(
+            "{what} descriptor {fd} is not a socket"
+        )));
+    }
+    Ok(borrowed)
+}
 
 /// Takes ownership of the channel descriptor a worker inherited at number `fd`.
 ///
 /// Checks that it is open and is a socket, takes it at most once per process, and marks it
 /// close-on-exec so the worker's own children do not inherit it.
 pub fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(io::Error::other(format!("invalid channel descriptor {fd}")));
-    }
-    // SAFETY: only used for the duration of these checks; fcntl and fstat on a number that is
-    // not open fail with EBADF rather than touching anything.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed)
-        .map_err(|e| io::Error::other(format!("channel descriptor {fd} is not open: {e}")))?;
-    let stat = rustix::fs::fstat(borrowed)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
-        return Err(io::Error::other(format!(
-            "channel descriptor {fd} is not a socket"
-        )));
-    }
+    let borrowed = inherited_socket(fd, "channel")?;
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(io::Error::other("the channel descriptor was already taken"));
     }
@@ -145,6 +154,28 @@ pub fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the descriptor is open (checked above), was handed to this process for herd's
     // channel by its parent, and the TAKEN flag guarantees one owner in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of the `n` listening sockets a worker inherited at `first`, `first + 1`, ...
+/// (all checked before any is taken), at most once per process, close-on-exec.
+pub fn take_inherited_listeners(first: RawFd, n: usize) -> io::Result<Vec<OwnedFd>> {
+    let numbers: Vec<RawFd> = (0..n).map(|i| first + i as RawFd).collect();
+    for &fd in &numbers {
+        inherited_socket(fd, "listener")?;
+    }
+    if LISTENERS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other("the listening sockets were already taken"));
+    }
+    numbers
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: checked open and a socket above; handed to this process as its listeners
+            // by its parent (HERD_LISTEN_FDS); LISTENERS_TAKEN guarantees one owner per process.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+            Ok(owned)
+        })
+        .collect()
 }
 
 /// The seals every shared cache value carries: its bytes can never change, shrink or grow, and

@@ -5,18 +5,19 @@
 //! `HERD_WORKER_ID`. A worker forked by a Node.js primary (`child_process.fork` with
 //! `serialization: 'json'`, the default) finds `NODE_CHANNEL_FD` and speaks Node's json format.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-
-use crate::cache::{Cache, LocalView};
-use std::ops::Deref;
 use std::time::Duration;
 
-use herd_wire::{Codec, Frame, Hello, Kind, Limits, Receiver};
+use herd_wire::{Codec, Frame, Kind, Limits, Receiver};
 use tokio::sync::mpsc;
 
-use crate::message::{Control, Endpoint, Incoming, Routed};
-use crate::peer::Peer;
-use crate::{sys, Error};
+use crate::cache::{Cache, LocalView};
+use crate::ids::WorkerId;
+use crate::ipc::control::Control;
+use crate::ipc::endpoint::{Routed, SEND_TIMEOUT};
+use crate::ipc::{handshake, peer_methods, Incoming, Peer};
+use crate::{env, sys, Error};
 
 /// Options for [`Worker::connect_with`].
 #[derive(Clone, Debug)]
@@ -39,13 +40,13 @@ impl Default for WorkerOptions {
     }
 }
 
-/// This process as a worker: its channel to the primary. Dereferences to [`Peer`] for sending.
+/// This process as a worker: its channel to the primary, with [`Peer`]'s sending methods.
 ///
 /// A reader task reads the channel all the time: replies to this worker's requests reach their
 /// callers even while nobody calls [`Worker::recv`], and messages and requests wait in a bounded
 /// queue (when it is full the reader stops reading, and the primary's sends wait).
 pub struct Worker {
-    id: u64,
+    id: WorkerId,
     peer: Peer,
     incoming: mpsc::Receiver<Batch>,
     /// The rest of the batch taken last from `incoming`.
@@ -62,12 +63,7 @@ const RECV_BATCH: usize = 64;
 /// What the reader task hands to [`Worker::recv`] at once.
 type Batch = Vec<Result<Incoming, Error>>;
 
-async fn read_loop(
-    mut rx: Receiver,
-    ep: Arc<Endpoint>,
-    out: mpsc::Sender<Batch>,
-    view: Arc<LocalView>,
-) {
+async fn read_loop(mut rx: Receiver, ep: Peer, out: mpsc::Sender<Batch>, view: Arc<LocalView>) {
     loop {
         // One frame read from the socket, then whatever else is already buffered, handed over
         // as one batch: a burst of small messages costs one queue operation and one wake-up.
@@ -96,7 +92,7 @@ async fn read_loop(
 fn take_burst(
     mut frame: Frame,
     rx: &mut Receiver,
-    ep: &Endpoint,
+    ep: &Peer,
     view: &LocalView,
     batch: &mut Batch,
 ) -> bool {
@@ -137,12 +133,7 @@ fn take_burst(
     }
 }
 
-impl Deref for Worker {
-    type Target = Peer;
-    fn deref(&self) -> &Peer {
-        &self.peer
-    }
-}
+peer_methods!(Worker);
 
 impl Worker {
     /// Connects to the primary with default options. Must be called inside a tokio runtime.
@@ -153,41 +144,28 @@ impl Worker {
     /// Connects to the primary: takes the inherited channel and, on the binary codec, exchanges
     /// hellos (protocol version, worker id) within the handshake deadline.
     pub async fn connect_with(opts: WorkerOptions) -> Result<Worker, Error> {
-        let env = crate::env::channel()?;
+        let env = env::channel()?;
+        let id = WorkerId(env.id);
         let fd = sys::take_inherited_socket(env.fd).map_err(|e| {
             Error::NotAWorker(format!("cannot take channel descriptor {}: {e}", env.fd))
         })?;
         let (tx, mut rx) = herd_wire::channel(fd, env.codec, opts.limits)?;
-        let ep = Endpoint::new(tx, 65_536, crate::message::SEND_TIMEOUT);
+        let peer = Peer::new(tx, SEND_TIMEOUT, opts.request_timeout);
         if env.codec == Codec::Binary {
-            let mine = Hello::new(env.id);
-            ep.send_value(Kind::Hello, &mine, Vec::new()).await?;
+            peer.send_value(Kind::Hello, &handshake::hello(id), Vec::new())
+                .await?;
             let first = tokio::time::timeout(opts.handshake_timeout, rx.recv())
                 .await
                 .map_err(|_| Error::Handshake("the primary sent no hello".into()))??
                 .ok_or_else(|| Error::Handshake("the primary closed the channel".into()))?;
-            if first.kind != Kind::Hello {
-                return Err(Error::Handshake(format!(
-                    "first frame is {:?}, not a hello",
-                    first.kind
-                )));
-            }
-            let theirs: Hello = herd_wire::decode_value(first.format, &first.payload)?;
-            mine.negotiate(&theirs)
-                .map_err(|e| Error::Handshake(e.to_string()))?;
-            if theirs.worker_id != env.id {
-                return Err(Error::Handshake(format!(
-                    "the primary calls this worker {}, the environment says {}",
-                    theirs.worker_id, env.id
-                )));
-            }
+            handshake::check(first, id)?;
         }
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
         let view = Arc::new(LocalView::default());
-        tokio::spawn(read_loop(rx, ep.clone(), in_tx, view.clone()));
+        tokio::spawn(read_loop(rx, peer.clone(), in_tx, view.clone()));
         Ok(Worker {
-            id: env.id,
-            peer: Peer::new(ep, opts.request_timeout),
+            id,
+            peer,
             incoming: in_rx,
             batch: Vec::new().into_iter(),
             view,
@@ -195,8 +173,29 @@ impl Worker {
     }
 
     /// This worker's id (0 when forked by a Node.js primary).
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> WorkerId {
         self.id
+    }
+
+    /// The listening sockets the primary gave every worker
+    /// ([`ClusterBuilder::listener`](crate::ClusterBuilder::listener)), in the order it gave
+    /// them: each is checked to be an open socket and made close-on-exec. Empty when there are
+    /// none; an error on a second call (they are taken once). Turn one into a server with
+    /// `std::net::TcpListener::from(fd)` (then `tokio::net::TcpListener::from_std`, after
+    /// `set_nonblocking(true)`).
+    pub fn listeners(&self) -> Result<Vec<OwnedFd>, Error> {
+        let n = match std::env::var(env::HERD_LISTEN_FDS) {
+            Err(_) => return Ok(Vec::new()),
+            Ok(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n < 1024)
+                .ok_or_else(|| {
+                    Error::NotAWorker(format!("{}={v:?} is not a count", env::HERD_LISTEN_FDS))
+                })?,
+        };
+        sys::take_inherited_listeners(sys::CHANNEL_FD, n)
+            .map_err(|e| Error::NotAWorker(format!("cannot take the inherited listeners: {e}")))
     }
 
     /// This worker's handle on the host-shared cache (served by the primary's
@@ -208,6 +207,10 @@ impl Worker {
     /// A sender for other tasks (the worker's receive loop keeps `&mut self`).
     pub fn peer(&self) -> Peer {
         self.peer.clone()
+    }
+
+    pub(crate) fn peer_ref(&self) -> &Peer {
+        &self.peer
     }
 
     /// The next message or request from the primary; `Ok(None)` once the primary disconnected
@@ -243,8 +246,8 @@ impl Worker {
 
     /// Closes the channel after everything queued is written; the primary sees the disconnect.
     pub async fn disconnect(self) -> Result<(), Error> {
-        self.peer.endpoint().sender().close().await?;
-        self.peer.endpoint().sender().closed().await;
+        self.peer.close();
+        self.peer.closed().await;
         Ok(())
     }
 }

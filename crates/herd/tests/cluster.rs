@@ -461,7 +461,7 @@ async fn oversized_frame_is_contained() {
 
 #[tokio::test]
 async fn a_worker_claiming_another_id_is_refused() {
-    contained(hello(2), "claims to be worker 2").await;
+    contained(hello(2), "the other side says 2").await;
 }
 
 #[tokio::test]
@@ -667,7 +667,10 @@ async fn descriptor_numbers_for_workers_are_checked() {
     let fd = || -> OwnedFd { std::net::TcpListener::bind("127.0.0.1:0").unwrap().into() };
     for b in [
         Cluster::builder().workers(0).channel_fd(2),
-        Cluster::builder().workers(0).inherit_fd(fd(), 3),
+        Cluster::builder()
+            .workers(0)
+            .channel_fd(3)
+            .inherit_fd(fd(), 3),
         Cluster::builder()
             .workers(0)
             .channel_fd(4)

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::proto::{self, CacheOp, GetReply, NodeGetReply, WireValue};
 use super::source::{Invalidation, Loaded, Source, SourceError};
 use crate::backoff::Backoff;
-use crate::message::Request;
+use crate::ipc::Request;
 use crate::{sys, Codec, WorkerId};
 
 /// How the hub behaves. Every field has a sensible default.

@@ -1,6 +1,6 @@
 //! The cache protocol between a worker's replica and the primary's hub: the payload of a
 //! [`herd_wire::Kind::CacheCall`] and of its reply. Pushes from the hub are
-//! [`crate::message::Control`] notices (`cache_invalidate`, `cache_clear`).
+//! `Control` notices (`cache_invalidate`, `cache_clear`).
 //!
 //! Values are bytes. On the binary codec they travel as msgpack binary, or, above the hub's
 //! sharing threshold, as a sealed memfd attached to the reply. On the Node-json codec they travel

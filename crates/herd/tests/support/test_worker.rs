@@ -4,6 +4,7 @@
 //!   requests are answered `{"echo": value}`, except `"hang"` (never answered), `"drop"` (dropped
 //!   unanswered) and `"fail"` (answered with an error). Objects with an `op` field are commands:
 //!   `accept` (the attached descriptor is a listener: accept one connection and greet it),
+//!   `take_listeners` (take the cluster's listeners; greet one connection on each),
 //!   `send_fd` (answer with a memfd attached), `ask` (send a request to the primary and report the
 //!   answer), `exit` (exit with `code`), `listening` / `ready` (send those notices), `burst`
 //!   (send `n` messages `{"seq": i}`), `check_fd` (report whether the attached descriptor is
@@ -99,6 +100,24 @@ async fn command(w: &Worker, op: &str, v: &Value, fds: Vec<OwnedFd>) -> Res<()> 
             let (mut s, _) = listener.accept()?;
             writeln!(s, "hello from worker {}", w.id())?;
             w.send(&json!({"accepted": true})).await?;
+        }
+        "take_listeners" => {
+            // The cluster's listeners (ClusterBuilder::listener): greet one connection on each,
+            // off the receive loop.
+            let listeners: Vec<std::net::TcpListener> =
+                w.listeners()?.into_iter().map(Into::into).collect();
+            let n = listeners.len();
+            let id = w.id();
+            for l in listeners {
+                std::thread::spawn(move || {
+                    if let Ok((mut s, _)) = l.accept() {
+                        let _ = writeln!(s, "hello from worker {id}");
+                    }
+                });
+            }
+            let again = w.listeners().is_err();
+            w.send(&json!({"listeners": n, "second_take_refused": again}))
+                .await?;
         }
         "send_fd" => {
             let fd = rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC)?;

@@ -1,0 +1,70 @@
+//! herd's own notices between worker and primary ([`herd_wire::Kind::Control`] frames): a
+//! worker's listening and ready notices, and the cache hub's invalidation pushes. Unknown notices
+//! (from a newer peer during a rolling reload) decode as [`Control::Unknown`] and are ignored.
+
+use serde::{Deserialize, Serialize};
+
+/// herd's own notices between worker and primary (the `Control` frames).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// The worker listens on an address.
+    Listening {
+        /// The address, as the worker prints it.
+        address: String,
+    },
+    /// The worker is ready to take work (used by rolling reloads).
+    Ready,
+    /// The hub: these keys changed; drop them from the local view.
+    CacheInvalidate {
+        /// The keys.
+        keys: Vec<String>,
+        /// The hub's invalidation sequence number.
+        seq: u64,
+    },
+    /// The hub: drop the whole local view (tracking lost or restored, everything may have
+    /// changed).
+    CacheClear {
+        /// The hub's invalidation sequence number.
+        seq: u64,
+    },
+    /// A notice this version does not know (a newer peer during a rolling reload).
+    #[serde(other)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_wire::Codec;
+
+    /// A newer peer's notices (during a rolling reload) decode as `Unknown`, in both formats,
+    /// rather than breaking the channel.
+    #[test]
+    fn unknown_control_notices_are_tolerated() {
+        let future = serde_json::json!({"type": "drain_please", "deadline_ms": 5});
+        for codec in [Codec::Binary, Codec::NodeJson] {
+            let (format, bytes) = herd_wire::encode_value(codec, &future).unwrap();
+            let c: Control = herd_wire::decode_value(format, &bytes).unwrap();
+            assert_eq!(c, Control::Unknown, "{codec:?}");
+            let (format, bytes) = herd_wire::encode_value(
+                codec,
+                &Control::Listening {
+                    address: "0.0.0.0:80".into(),
+                },
+            )
+            .unwrap();
+            let c: Control = herd_wire::decode_value(format, &bytes).unwrap();
+            assert_eq!(
+                c,
+                Control::Listening {
+                    address: "0.0.0.0:80".into()
+                }
+            );
+        }
+        // A notice without a type is malformed, and says so.
+        let (format, bytes) =
+            herd_wire::encode_value(Codec::NodeJson, &serde_json::json!({"x": 1})).unwrap();
+        assert!(herd_wire::decode_value::<Control>(format, &bytes).is_err());
+    }
+}

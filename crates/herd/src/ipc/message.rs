@@ -1,0 +1,174 @@
+//! What user code receives: a [`Message`], a [`Request`] to answer, and [`Incoming`], either of
+//! the two. A request answers itself with an error when dropped unanswered, and every answer is
+//! sent with the same deadline as any other send.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herd_wire::{Codec, Format, Frame, Kind, Sender};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Error;
+
+/// A message received from the other side.
+#[derive(Debug)]
+pub struct Message {
+    format: Format,
+    payload: Bytes,
+    fds: Vec<OwnedFd>,
+}
+
+impl Message {
+    pub(crate) fn from_frame(frame: Frame) -> Message {
+        Message {
+            format: frame.format,
+            payload: frame.payload,
+            fds: frame.fds,
+        }
+    }
+
+    /// Decodes the payload as `T` (any serde type).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        Ok(herd_wire::decode_value(self.format, &self.payload)?)
+    }
+
+    /// Decodes the payload as an untyped JSON value.
+    pub fn json(&self) -> Result<serde_json::Value, Error> {
+        self.decode()
+    }
+
+    /// The payload bytes as they arrived (raw bytes, msgpack or JSON text, see [`Self::format`]).
+    pub fn bytes(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// How the payload is encoded.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Descriptors that came with the message.
+    pub fn fds(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+
+    /// Takes the descriptors that came with the message (they are closed with the message
+    /// otherwise).
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+}
+
+/// A request received from the other side, to be answered with [`Request::reply`].
+///
+/// A request dropped without an answer answers itself with an error, so the requester does not
+/// wait for its deadline.
+pub struct Request {
+    message: Message,
+    id: u64,
+    replier: Option<Sender>,
+    /// How long the reply may wait for room in the requester's queue.
+    send_timeout: Duration,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl Request {
+    pub(crate) fn new(
+        message: Message,
+        id: u64,
+        replier: Sender,
+        send_timeout: Duration,
+    ) -> Request {
+        Request {
+            message,
+            id,
+            replier: Some(replier),
+            send_timeout,
+        }
+    }
+
+    /// The request's content.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The request's content, mutably (to take its descriptors).
+    pub fn message_mut(&mut self) -> &mut Message {
+        &mut self.message
+    }
+
+    /// Decodes the request's payload as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        self.message.decode()
+    }
+
+    /// Answers with a value.
+    pub async fn reply<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        self.reply_with_fds(value, Vec::new()).await
+    }
+
+    /// Answers with a value and descriptors (binary codec only).
+    pub async fn reply_with_fds<T: Serialize + ?Sized>(
+        mut self,
+        value: &T,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Error> {
+        let tx = self.replier.take().ok_or(Error::ChannelClosed)?;
+        let (format, payload) = herd_wire::encode_to_send(tx.codec(), value)?;
+        let frame = Frame::new(Kind::Reply, format, payload)
+            .with_id(self.id)
+            .with_fds(fds);
+        Ok(tx.send_within(frame, self.send_timeout).await?)
+    }
+
+    /// Answers with an error text; the requester's call fails with [`Error::Remote`].
+    pub async fn reply_error(mut self, text: &str) -> Result<(), Error> {
+        let tx = self.replier.take().ok_or(Error::ChannelClosed)?;
+        let frame = error_frame(tx.codec(), self.id, text)?;
+        Ok(tx.send_within(frame, self.send_timeout).await?)
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(tx) = self.replier.take() {
+            let Ok(frame) = error_frame(tx.codec(), self.id, "request dropped without a reply")
+            else {
+                return;
+            };
+            // Queued at once when there is room; otherwise a task waits, with the deadline.
+            if let Ok(Some(frame)) = tx.try_send(frame) {
+                let limit = self.send_timeout;
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        let _ = tx.send_within(frame, limit).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn error_frame(codec: Codec, id: u64, text: &str) -> Result<Frame, Error> {
+    let (format, payload) = herd_wire::encode_to_send(codec, text)?;
+    Ok(Frame::new(Kind::ReplyError, format, payload).with_id(id))
+}
+
+/// What one side receives: a message or a request.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A one-way message.
+    Message(Message),
+    /// A request awaiting a reply.
+    Request(Request),
+}

@@ -1,0 +1,266 @@
+//! [`ClusterBuilder`]: a cluster's settings, and starting it.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_wire::{Codec, Limits};
+use rustix::process::Signal;
+use tokio::sync::mpsc;
+
+use super::dispatcher::dispatcher;
+use super::spawn::check_numbers;
+use super::{join_here, Cluster};
+use crate::cache::Hub;
+use crate::ipc::endpoint::SEND_TIMEOUT;
+use crate::{sys, Error};
+
+/// What every fork needs, fixed when the cluster starts.
+#[derive(Clone, Debug)]
+pub(super) struct Config {
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<OsString>,
+    pub(super) env: Vec<(OsString, OsString)>,
+    pub(super) codec: Codec,
+    pub(super) limits: Limits,
+    pub(super) handshake_timeout: Duration,
+    pub(super) grace: Duration,
+    pub(super) request_timeout: Duration,
+    pub(super) cache: Option<Hub>,
+    pub(super) channel_fd: i32,
+    pub(super) inherit: Vec<(Arc<OwnedFd>, i32)>,
+    /// Listening sockets every worker gets at 3, 4, ... ([`crate::Worker::listeners`]).
+    pub(super) listeners: Vec<Arc<OwnedFd>>,
+    pub(super) capture_output: bool,
+    pub(super) send_timeout: Duration,
+}
+
+/// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
+pub(super) const MAX_CACHE_CALLS: usize = 1024;
+
+/// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
+/// arguments, the binary codec.
+#[derive(Debug)]
+pub struct ClusterBuilder {
+    workers: usize,
+    program: Option<PathBuf>,
+    args: Option<Vec<OsString>>,
+    env: Vec<(OsString, OsString)>,
+    codec: Codec,
+    limits: Limits,
+    handshake_timeout: Duration,
+    grace: Duration,
+    request_timeout: Duration,
+    events: usize,
+    cache: Option<Hub>,
+    channel_fd: Option<i32>,
+    inherit: Vec<(Arc<OwnedFd>, i32)>,
+    listeners: Vec<Arc<OwnedFd>>,
+    capture_output: bool,
+    send_timeout: Duration,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            program: None,
+            args: None,
+            env: Vec::new(),
+            codec: Codec::Binary,
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            events: 1024,
+            cache: None,
+            channel_fd: None,
+            inherit: Vec::new(),
+            listeners: Vec::new(),
+            capture_output: false,
+            send_timeout: SEND_TIMEOUT,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// How many workers [`ClusterBuilder::start`] forks (default: one per CPU).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// The program workers run (default: this executable).
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// The workers' arguments (default: this process's arguments).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// An extra environment variable for workers.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The codec: [`Codec::Binary`] for herd workers in Rust, [`Codec::NodeJson`] for Node.js
+    /// (or any program that speaks one JSON text per line on the channel).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Frame, descriptor and queue limits for every worker's channel.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long a binary worker has to complete its handshake (default 30 s).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t;
+        self
+    }
+
+    /// How long a worker has to exit after a disconnect or a signal before `SIGKILL`
+    /// (default 5 s).
+    pub fn grace(mut self, t: Duration) -> Self {
+        self.grace = t;
+        self
+    }
+
+    /// Default deadline for requests to workers (default 30 s).
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// Serves the host-shared cache from `hub`: workers' [`crate::cache::Cache`] calls reach it,
+    /// and its invalidations reach every worker. [`ClusterBuilder::start`] starts the hub
+    /// (tracking and warm-up) if it is not running yet.
+    pub fn cache(mut self, hub: Hub) -> Self {
+        self.cache = Some(hub);
+        self
+    }
+
+    /// The descriptor number of the channel in workers (default: 3, Node's, or the first number
+    /// after the listeners and inherited descriptors).
+    pub fn channel_fd(mut self, fd: i32) -> Self {
+        self.channel_fd = Some(fd);
+        self
+    }
+
+    /// Every worker gets this listening socket (a `std::net::TcpListener`, a
+    /// `std::os::unix::net::UnixListener`, any socket as `OwnedFd`), for all its life and across
+    /// restarts: the primary keeps it, so connections queue while workers come and go. Workers
+    /// take theirs with [`crate::Worker::listeners`], in the order given here. The channel moves
+    /// past them by itself.
+    pub fn listener(mut self, socket: impl Into<OwnedFd>) -> Self {
+        self.listeners.push(Arc::new(socket.into()));
+        self
+    }
+
+    /// Every worker inherits `fd` as descriptor number `at` (a listening socket shared by all
+    /// workers, say). The primary keeps its own copy for later forks.
+    pub fn inherit_fd(mut self, fd: impl Into<Arc<OwnedFd>>, at: i32) -> Self {
+        self.inherit.push((fd.into(), at));
+        self
+    }
+
+    /// Reads each worker's stdout and stderr and reports them line by line as
+    /// [`Event::Output`] (default: workers write to the primary's own stdout and stderr).
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture_output = capture;
+        self
+    }
+
+    /// How long a send to a worker waits for room in its queue (default 30 s). A worker that
+    /// stops reading its channel fills its bounded queue; sends to it then fail with
+    /// [`Error::Stalled`] after this, and sends to other workers are not held up.
+    pub fn send_timeout(mut self, t: Duration) -> Self {
+        self.send_timeout = t;
+        self
+    }
+
+    /// Capacity of the event queue; when full, workers' channels are not read (backpressure).
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.events = n.max(1);
+        self
+    }
+
+    /// Starts the dispatcher and forks the workers. Must be called inside a tokio runtime.
+    ///
+    /// If a fork fails, the workers already forked are killed (and reaped) before the error is
+    /// returned: a failed start leaves no process behind.
+    pub async fn start(self) -> Result<Cluster, Error> {
+        let program = match self.program {
+            Some(p) => p,
+            None => std::env::current_exe().map_err(Error::Spawn)?,
+        };
+        let args = self
+            .args
+            .unwrap_or_else(|| std::env::args_os().skip(1).collect());
+        let cfg = Arc::new(Config {
+            program,
+            args,
+            env: self.env,
+            codec: self.codec,
+            limits: self.limits,
+            handshake_timeout: self.handshake_timeout,
+            grace: self.grace,
+            request_timeout: self.request_timeout,
+            cache: self.cache,
+            channel_fd: self.channel_fd.unwrap_or_else(|| {
+                first_free_fd(self.listeners.len(), self.inherit.iter().map(|(_, at)| *at))
+            }),
+            inherit: self.inherit,
+            listeners: self.listeners,
+            capture_output: self.capture_output,
+            send_timeout: self.send_timeout,
+        });
+        check_numbers(&cfg, &[])?;
+        if let Some(hub) = &cfg.cache {
+            hub.start();
+        }
+        let (events_tx, events_rx) = mpsc::channel(self.events);
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        tokio::spawn(dispatcher(
+            cfg.clone(),
+            cmd_rx,
+            cmd_tx.downgrade(),
+            events_tx,
+        ));
+        let cluster = Cluster::new(cmd_tx, events_rx);
+        let mut forked = Vec::new();
+        for _ in 0..self.workers {
+            match cluster.fork().await {
+                Ok(w) => forked.push(w),
+                Err(e) => {
+                    join_here(forked.iter().map(|w| w.kill(Signal::KILL))).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(cluster)
+    }
+}
+
+/// The lowest descriptor number from 3 up that is neither a listener's (3, 4, ... for
+/// `listeners` of them) nor one of `taken`.
+fn first_free_fd(listeners: usize, taken: impl Iterator<Item = i32>) -> i32 {
+    let taken: Vec<i32> = taken.collect();
+    (sys::CHANNEL_FD + listeners as i32..)
+        .find(|n| !taken.contains(n))
+        .unwrap_or(sys::CHANNEL_FD)
+}

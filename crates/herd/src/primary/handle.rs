@@ -1,0 +1,121 @@
+//! [`WorkerHandle`]: the primary's handle on one worker — send to it, disconnect it, kill it,
+//! wait for it. Sends go straight to the worker's channel queue; lifecycle commands go to the
+//! worker's supervisor task, which alone acts on the process.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tokio::sync::{mpsc, watch};
+
+use crate::ids::{ExitStatus, WorkerId};
+use crate::ipc::{peer_methods, Peer};
+use crate::Error;
+
+/// What a handle asks of the worker's supervisor.
+pub(super) enum WorkerCmd {
+    Disconnect,
+    Kill(Signal),
+}
+
+/// What every clone of a [`WorkerHandle`] shares.
+pub(super) struct WorkerShared {
+    pub(super) id: WorkerId,
+    pub(super) pid: u32,
+    pub(super) peer: Peer,
+    pub(super) cmds: mpsc::Sender<WorkerCmd>,
+    pub(super) exit: watch::Receiver<Option<ExitStatus>>,
+    pub(super) grace: Duration,
+    /// Node's own internal messages (`NODE_*` other than herd's) the worker sent, dropped.
+    pub(super) dropped_internal: AtomicU64,
+}
+
+/// A handle on one worker: send to it, disconnect it, kill it. Cheap to clone; dropping it does
+/// nothing to the worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub(super) inner: Arc<WorkerShared>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("id", &self.inner.id)
+            .field("pid", &self.inner.pid)
+            .finish()
+    }
+}
+
+peer_methods!(WorkerHandle);
+
+/// How long past the grace period a disconnect or kill waits for the exit: the supervisor has
+/// sent `SIGKILL` by then, so this only guards against a process the kernel cannot reap.
+const REAP_MARGIN: Duration = Duration::from_secs(10);
+
+impl WorkerHandle {
+    /// The worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.inner.id
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// How the worker ended, if it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.inner.exit.borrow()
+    }
+
+    /// A sender to the worker, for other tasks.
+    pub fn peer(&self) -> Peer {
+        self.inner.peer.clone()
+    }
+
+    pub(crate) fn peer_ref(&self) -> &Peer {
+        &self.inner.peer
+    }
+
+    /// Node's own internal messages (a `cmd` starting `NODE_` that is not herd's) the worker sent
+    /// so far, which herd drops (Node json codec only).
+    pub fn dropped_internal(&self) -> u64 {
+        self.inner.dropped_internal.load(Ordering::Relaxed)
+    }
+
+    /// Closes the worker's channel after everything already queued to it; the worker reads
+    /// end-of-stream, finishes and exits. After the grace period it is killed. Returns how it
+    /// ended ([`Error::Timeout`] only if the kernel did not reap it within 10 s after that).
+    pub async fn disconnect(&self) -> Result<ExitStatus, Error> {
+        let _ = self.inner.cmds.send(WorkerCmd::Disconnect).await;
+        self.wait_within(self.inner.grace + REAP_MARGIN).await
+    }
+
+    /// Sends `signal` to the worker's process group; after the grace period, `SIGKILL`. Returns
+    /// how it ended ([`Error::Timeout`] only if the kernel did not reap it within 10 s after
+    /// that).
+    pub async fn kill(&self, signal: Signal) -> Result<ExitStatus, Error> {
+        let _ = self.inner.cmds.send(WorkerCmd::Kill(signal)).await;
+        self.wait_within(self.inner.grace + REAP_MARGIN).await
+    }
+
+    /// Waits for the worker to exit, however long that takes, without asking it to.
+    ///
+    /// Cancel-safe.
+    pub async fn wait(&self) -> Result<ExitStatus, Error> {
+        let mut exit = self.inner.exit.clone();
+        let status = exit.wait_for(|s| s.is_some()).await;
+        match status {
+            Ok(s) => Ok((*s).expect("waited for Some")),
+            Err(_) => Err(Error::WorkerGone(self.inner.id)),
+        }
+    }
+
+    async fn wait_within(&self, limit: Duration) -> Result<ExitStatus, Error> {
+        tokio::time::timeout(limit, self.wait())
+            .await
+            .map_err(|_| Error::Timeout(limit))?
+    }
+}

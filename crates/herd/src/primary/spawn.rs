@@ -1,0 +1,220 @@
+//! Starting a worker process: the process-wide spawner thread (see [`spawner`] for why every
+//! fork happens on it), the checks on descriptor numbers, and what a worker inherits — its
+//! environment, its channel at a known number, the cluster's listeners and descriptors.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use herd_wire::{Codec, Kind};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::builder::Config;
+use super::dispatcher::DispatchCmd;
+use super::event::{Event, OutputStream};
+use super::handle::{WorkerHandle, WorkerShared};
+use super::output::read_lines;
+use super::supervisor::Supervisor;
+use crate::cache::hub::Push;
+use crate::cache::Hub;
+use crate::ids::WorkerId;
+use crate::ipc::control::Control;
+use crate::ipc::{handshake, Peer};
+use crate::{env, node, sys, Error};
+
+/// One fork for the spawner thread.
+struct SpawnJob {
+    cmd: Command,
+    runtime: tokio::runtime::Handle,
+    reply: oneshot::Sender<std::io::Result<Child>>,
+}
+
+/// The process-wide spawner thread. `PR_SET_PDEATHSIG` fires when the *thread* that forked the
+/// child exits, not the process; tokio's blocking threads come and go, so every fork happens on
+/// this one thread, which never exits.
+fn spawner() -> &'static Mutex<std::sync::mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("herd-spawner".into())
+            .spawn(move || {
+                for mut job in rx {
+                    let _guard = job.runtime.enter();
+                    let _ = job.reply.send(job.cmd.spawn());
+                }
+            })
+            .expect("cannot start the herd-spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// Spawns `cmd` on the spawner thread.
+async fn spawn(cmd: Command) -> std::io::Result<Child> {
+    let (tx, rx) = oneshot::channel();
+    let job = SpawnJob {
+        cmd,
+        runtime: tokio::runtime::Handle::current(),
+        reply: tx,
+    };
+    spawner()
+        .lock()
+        .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
+        .send(job)
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("spawner dropped the job"))?
+}
+
+/// Checks that the descriptor numbers workers get are in range and distinct.
+pub(super) fn check_numbers(cfg: &Config, extra: &[(OwnedFd, i32)]) -> Result<(), Error> {
+    let mut numbers: Vec<i32> = cfg.inherit.iter().map(|(_, at)| *at).collect();
+    numbers.extend((0..cfg.listeners.len()).map(|i| sys::CHANNEL_FD + i as i32));
+    numbers.extend(extra.iter().map(|(_, at)| *at));
+    numbers.push(cfg.channel_fd);
+    numbers.sort_unstable();
+    if let Some(bad) = numbers
+        .iter()
+        .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
+    {
+        return Err(Error::Spawn(std::io::Error::other(format!(
+            "descriptor number {bad} for workers is outside 3..{}",
+            sys::MAX_CHILD_FD
+        ))));
+    }
+    if numbers.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Spawn(std::io::Error::other(
+            "two descriptors for workers share one number",
+        )));
+    }
+    Ok(())
+}
+
+/// What one fork gets besides the cluster's own settings.
+#[derive(Debug, Default)]
+pub struct ForkOptions {
+    /// Descriptors this worker alone inherits, each at its number (a `SO_REUSEPORT` socket of
+    /// its own, say).
+    pub fds: Vec<(OwnedFd, i32)>,
+    /// Environment variables for this worker alone (after the cluster's).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Forks worker `id`: its channel, environment and descriptors, its supervisor task. The hello
+/// (binary codec) is queued before the supervisor starts, and the cache's pushes are subscribed
+/// before the worker can ask anything, so it misses no invalidation.
+pub(super) async fn fork(
+    cfg: &Arc<Config>,
+    id: WorkerId,
+    opts: ForkOptions,
+    events: mpsc::Sender<Event>,
+    dispatch: mpsc::Sender<DispatchCmd>,
+) -> Result<WorkerHandle, Error> {
+    let (ours, theirs) = sys::socketpair().map_err(Error::Spawn)?;
+    let mut cmd = Command::new(&cfg.program);
+    cmd.args(&cfg.args)
+        .envs(cfg.env.iter().map(|(k, v)| (k, v)))
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
+        .env(env::HERD_CHANNEL_FD, cfg.channel_fd.to_string())
+        .env(env::HERD_CHANNEL_CODEC, cfg.codec.as_str())
+        .env(env::HERD_WORKER_ID, id.0.to_string())
+        .env(env::HERD_PRIMARY_PID, std::process::id().to_string())
+        .process_group(0)
+        .kill_on_drop(true);
+    if cfg.listeners.is_empty() {
+        cmd.env_remove(env::HERD_LISTEN_FDS);
+    } else {
+        cmd.env(env::HERD_LISTEN_FDS, cfg.listeners.len().to_string());
+    }
+    node::child_env(&mut cmd, cfg.codec, cfg.channel_fd);
+    if cfg.capture_output {
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    }
+    let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
+    fds.extend(
+        cfg.listeners
+            .iter()
+            .enumerate()
+            .map(|(i, fd)| (&**fd, sys::CHANNEL_FD + i as i32)),
+    );
+    fds.extend(cfg.inherit.iter().map(|(fd, at)| (&**fd, *at)));
+    fds.extend(opts.fds.iter().map(|(fd, at)| (fd, *at)));
+    sys::prepare_child(&mut cmd, &fds);
+    let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
+    let output = cfg.capture_output.then(|| {
+        let (tx, rx) = mpsc::channel(256);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(read_lines(out, OutputStream::Stdout, tx.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(read_lines(err, OutputStream::Stderr, tx));
+        }
+        rx
+    });
+    drop(theirs);
+    let pid = child.id().unwrap_or(0);
+    let (tx, rx) = herd_wire::channel(ours, cfg.codec, cfg.limits)?;
+    let peer = Peer::new(tx, cfg.send_timeout, cfg.request_timeout);
+    if cfg.codec == Codec::Binary {
+        peer.send_value(Kind::Hello, &handshake::hello(id), Vec::new())
+            .await?;
+    }
+    if let Some(hub) = &cfg.cache {
+        tokio::spawn(forward_pushes(hub.clone(), peer.clone()));
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(8);
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let shared = Arc::new(WorkerShared {
+        id,
+        pid,
+        peer: peer.clone(),
+        cmds: cmd_tx,
+        exit: exit_rx,
+        grace: cfg.grace,
+        dropped_internal: AtomicU64::new(0),
+    });
+    let sup = Supervisor::new(
+        shared.clone(),
+        child,
+        rx,
+        cmd_rx,
+        events,
+        exit_tx,
+        cfg.clone(),
+        output,
+    );
+    tokio::spawn(async move {
+        sup.run().await;
+        let _ = dispatch.send(DispatchCmd::Exited(id)).await;
+    });
+    Ok(WorkerHandle { inner: shared })
+}
+
+/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up is told
+/// to drop its whole view instead. Ends when the worker's channel closes.
+pub(super) async fn forward_pushes(hub: Hub, peer: Peer) {
+    let mut pushes = hub.subscribe();
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        // Ends with the worker's channel, not at the next push after it: a source that never
+        // invalidates would otherwise keep every dead worker's channel open.
+        let next = tokio::select! {
+            next = pushes.recv() => next,
+            () = peer.closed() => return,
+        };
+        let control = match next {
+            Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
+            Ok(Push::Clear { seq }) => Control::CacheClear { seq },
+            Err(RecvError::Lagged(_)) => Control::CacheClear {
+                seq: hub.current_seq(),
+            },
+            Err(RecvError::Closed) => return,
+        };
+        if peer.control(&control).await.is_err() {
+            return;
+        }
+    }
+}
