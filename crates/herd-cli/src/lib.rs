@@ -1,5 +1,6 @@
 //! The `herd` command's library: its settings (flags and a TOML file, validated), its control
-//! protocol (the socket `herd status`, `reload`, `scale` and `stop` talk over), and the demo.
+//! protocol (the socket `herd status`, `reload`, `scale` and `stop` talk over), the demo, and its
+//! exit codes and errors ([`exit`]).
 //! The binary (`main.rs`) is a thin layer over this and the `herd` library.
 
 #![deny(missing_docs)]
@@ -7,3 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exit;
+pub mod which;
+
+pub use exit::{Error, Exit, Result};
