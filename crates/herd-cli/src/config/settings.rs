@@ -55,6 +55,19 @@ fn bad(field: &str, why: impl std::fmt::Display) -> Error {
     Error::usage(format!("{field}: {why}"))
 }
 
+/// `given` (else `default`) parsed as a `T`; the error names `field`.
+fn parsed<T: std::str::FromStr<Err = String>>(
+    field: &str,
+    given: Option<String>,
+    default: &str,
+) -> Result<T> {
+    given
+        .as_deref()
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e| bad(field, e))
+}
+
 fn seconds(field: &str, v: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| {
         bad(
@@ -138,12 +151,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         ));
     }
     let r = o.restart;
-    let restart_mode = r
-        .mode
-        .as_deref()
-        .unwrap_or("on-failure")
-        .parse::<Restart>()
-        .map_err(|e| bad("restart.mode", e))?;
+    let restart_mode: Restart = parsed("restart.mode", r.mode, "on-failure")?;
     let backoff_min = seconds("restart.backoff_min", r.backoff_min.unwrap_or(0.1))?;
     let backoff_max = seconds("restart.backoff_max", r.backoff_max.unwrap_or(30.0))?;
     if backoff_max < backoff_min {
@@ -159,12 +167,7 @@ pub fn settings(o: Options) -> Result<Settings> {
     if reload_batch == 0 {
         return Err(bad("reload.batch", "must be at least 1"));
     }
-    let ready = rl
-        .ready
-        .as_deref()
-        .unwrap_or("online")
-        .parse::<Readiness>()
-        .map_err(|e| bad("reload.ready", e))?;
+    let ready: Readiness = parsed("reload.ready", rl.ready, "online")?;
     let ready_timeout = seconds("reload.ready_timeout", rl.ready_timeout.unwrap_or(30.0))?;
     let c = o.cache;
     let mut sources = [
