@@ -10,22 +10,9 @@ use common::*;
 
 #[test]
 fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
-    let server = demo_server();
-    let herd = Herd::start(
+    let herd = Herd::serve_demo(
         "kill",
-        &[
-            "-w",
-            "3",
-            "--listen",
-            "127.0.0.1:0",
-            "--backoff-min",
-            "0.05",
-            "--max-restarts",
-            "100",
-            "--",
-            "node",
-            server.to_str().unwrap(),
-        ],
+        &["-w", "3", "--backoff-min", "0.05", "--max-restarts", "100"],
     );
     let addr = herd.listening();
     herd.status_until("three workers", |s| pids(s).len() == 3);

@@ -139,23 +139,7 @@ fn a_crashed_worker_is_restarted_and_status_shows_it() {
 
 #[test]
 fn a_rolling_reload_under_http_load_fails_no_request() {
-    let server = demo_server();
-    let mut herd = Herd::start(
-        "reload",
-        &[
-            "-w",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            "--ready",
-            "notice",
-            "--grace",
-            "10",
-            "--",
-            "node",
-            server.to_str().unwrap(),
-        ],
-    );
+    let mut herd = Herd::serve_demo("reload", &["-w", "2", "--ready", "notice", "--grace", "10"]);
     let addr = herd.listening();
     let before = herd.status_until("two workers running", |s| {
         workers(s) == 2 && running(s) == 2
@@ -267,21 +251,9 @@ fn assert_status_lists(herd: &Herd, status: &Report, addr: SocketAddr, reuseport
 
 #[test]
 fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
-    let server = demo_server();
-    let herd = Herd::start(
+    let herd = Herd::serve_demo(
         "reuseport",
-        &[
-            "-w",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            "--reuseport",
-            "--ready",
-            "notice",
-            "--",
-            "node",
-            server.to_str().unwrap(),
-        ],
+        &["-w", "2", "--reuseport", "--ready", "notice"],
     );
     let addr = herd.listening();
     let status = herd.status_until("two workers", |s| workers(s) == 2);

@@ -20,14 +20,11 @@ fn soak_under_load_with_reloads_and_kills() {
         .unwrap_or(12);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let snapshot = root.join("examples/demo/cache.json");
-    let server = demo_server();
-    let mut herd = Herd::start(
+    let mut herd = Herd::serve_demo(
         "soak",
         &[
             "-w",
             "2",
-            "--listen",
-            "127.0.0.1:0",
             "--ready",
             "notice",
             "--backoff-min",
@@ -38,9 +35,6 @@ fn soak_under_load_with_reloads_and_kills() {
             snapshot.to_str().unwrap(),
             "--warm",
             "*",
-            "--",
-            "node",
-            server.to_str().unwrap(),
         ],
     );
     let addr = herd.listening();

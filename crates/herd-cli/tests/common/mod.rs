@@ -93,6 +93,16 @@ impl Herd {
         }
     }
 
+    /// `herd run` of the demo's Node HTTP server, listening on one port of 127.0.0.1 (see
+    /// [`Herd::listening`]), with `args` before the command.
+    pub fn serve_demo(name: &str, args: &[&str]) -> Herd {
+        let server = demo_server();
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args);
+        all.extend(["--", "node", server.to_str().unwrap()]);
+        Herd::start(name, &all)
+    }
+
     /// The next stdout line matching `want`, within the deadline.
     pub fn stdout_line(&self, want: impl Fn(&str) -> bool) -> String {
         wait_line(&self.out, want, "stdout")
