@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herd_cli::control::{client, format_status};
-use herd_cli::{config, control, demo, run, Exit, Result};
+use herd_cli::{config, control, demo, run, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -94,9 +94,19 @@ fn main() {
     if argv.nth(1).is_some_and(|a| a == run::LISTEN_EXEC) {
         run::listen_exec(argv.skip(1).collect());
     }
-    // Bad usage: clap prints why and exits with 2 (Exit::Usage).
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let (cli, matches) = match parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // Bad usage, or --help / --version (printed to stdout: not an error).
+            let _ = e.print();
+            let exit = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            };
+            std::process::exit(exit.code());
+        }
+    };
     let json_logs = matches!(&cli.command, Command::Run(r)
         if r.options.log_format.as_deref() == Some("json"));
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
@@ -125,7 +135,13 @@ fn main() {
     std::process::exit(exit.code());
 }
 
-async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> Result<Exit> {
+/// The command line, parsed; the matches too, to tell which `run` flags were given.
+fn parse() -> Result<(Cli, clap::ArgMatches), clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    Ok((Cli::from_arg_matches(&matches)?, matches))
+}
+
+async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit> {
     match cli.command {
         Command::Run(flags) => {
             let flags_given = matches
