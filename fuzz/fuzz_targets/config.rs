@@ -2,7 +2,7 @@
 //! validates satisfies the invariants herd relies on.
 #![no_main]
 
-use herd_cli::config::{parse, settings, Flags};
+use herd_cli::config::{parse, settings};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(file) = parse(text) else {
         return;
     };
-    if let Ok(s) = settings(Flags::default(), file) {
+    if let Ok(s) = settings(file) {
         assert!(s.workers >= 1);
         assert!(!s.command.is_empty() && !s.command[0].is_empty());
         assert!(s.reload_batch >= 1);

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match parse_request(line) {
-        Ok(Request::Scale(n)) => assert!((1..=MAX_WORKERS).contains(&n)),
+        Ok(Request::Scale { workers }) => assert!((1..=MAX_WORKERS).contains(&workers)),
         Ok(_) => {}
         Err(e) => assert!(!e.is_empty()),
     }

@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::control::client;
+use crate::exit::{Context, Error, Exit, Result};
+use crate::which::which;
 
 const SERVER: &str = include_str!("../../../examples/demo/server.js");
 const HERD_JS: &str = include_str!("../../../js/herd.js");
@@ -24,25 +27,28 @@ const SNAPSHOT: &str = include_str!("../../../examples/demo/cache.json");
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Value)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
-        .context("connect timed out")??;
+        .or_fail(|| "connect timed out".into())?
+        .or_fail(|| format!("cannot connect to {addr}"))?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
     )
-    .await?;
+    .await
+    .or_fail(|| "cannot send the request".into())?;
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
         .await
-        .context("read timed out")??;
+        .or_fail(|| "read timed out".into())?
+        .or_fail(|| "cannot read the answer".into())?;
     let code = text
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .context("not an HTTP answer")?;
+        .ok_or_else(|| Error::failure("not an HTTP answer"))?;
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("null");
     Ok((code, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-fn write_files(dir: &Path) -> Result<PathBuf> {
+fn write_files(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("examples/demo"))?;
     std::fs::create_dir_all(dir.join("js"))?;
     std::fs::write(dir.join("examples/demo/server.js"), SERVER)?;
@@ -60,27 +66,32 @@ fn write_files(dir: &Path) -> Result<PathBuf> {
     Ok(config)
 }
 
-/// Runs the demo; its exit code (0: every request succeeded and herd stopped cleanly).
-pub async fn run() -> Result<i32> {
+/// Runs the demo; its exit code (success: every request succeeded and herd stopped cleanly).
+pub async fn run() -> Result<Exit> {
     let dir = std::env::temp_dir().join(format!("herd-demo-{}", std::process::id()));
     let result = demo(&dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn demo(dir: &Path) -> Result<i32> {
+async fn demo(dir: &Path) -> Result<Exit> {
     if which("node").is_none() {
-        bail!("the demo's workers are Node programs: install node (https://nodejs.org) and retry");
+        return Err(Error::failure(
+            "the demo's workers are Node programs: install node (https://nodejs.org) and retry",
+        ));
     }
-    let config = write_files(dir)?;
+    let config =
+        write_files(dir).or_fail(|| format!("cannot write the demo to {}", dir.display()))?;
     let control = dir.join("control.sock");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-    let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(SNAPSHOT)?
+    let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(SNAPSHOT)
+        .or_fail(|| "the bundled snapshot is not a JSON object".into())?
         .keys()
         .cloned()
         .collect();
     println!("herd demo: {workers} Node HTTP workers on one shared port, one cache of {} values for the host", keys.len());
-    let mut herd = tokio::process::Command::new(std::env::current_exe()?)
+    let exe = std::env::current_exe().or_fail(|| "cannot find herd's own executable".into())?;
+    let mut herd = tokio::process::Command::new(exe)
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -92,15 +103,19 @@ async fn demo(dir: &Path) -> Result<i32> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("cannot start herd run")?;
-    let mut stderr = BufReader::new(herd.stderr.take().context("no stderr")?).lines();
+        .or_fail(|| "cannot start herd run".into())?;
+    let stderr = herd.stderr.take().expect("herd run's stderr is piped");
+    let mut stderr = BufReader::new(stderr).lines();
     let addr: SocketAddr = loop {
         let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
             .await
-            .context("herd run did not start in time")??
-            .context("herd run ended before it listened")?;
+            .or_fail(|| "herd run did not start in time".into())?
+            .or_fail(|| "cannot read herd run's output".into())?
+            .ok_or_else(|| Error::failure("herd run ended before it listened"))?;
         if let Some(a) = line.strip_prefix("herd: listening on ") {
-            break a.parse()?;
+            break a
+                .parse()
+                .or_fail(|| format!("herd run listens on {a:?}?"))?;
         }
         eprintln!("{line}");
     };
@@ -113,16 +128,14 @@ async fn demo(dir: &Path) -> Result<i32> {
     let long = Duration::from_secs(60);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(a) = crate::control::request(&control, json!({"cmd": "status"}), long).await {
-            let running = a["status"]["workers"]
-                .as_array()
-                .map_or(0, |w| w.iter().filter(|w| w["state"] == "running").count());
-            if running == workers && a["cache"]["warm"] == json!(true) {
+        if let Ok(r) = client::status(&control, long).await {
+            let running = r.status.workers.iter().filter(|w| w.state == "running");
+            if running.count() == workers && r.cache.is_some_and(|c| c.warm) {
                 break;
             }
         }
         if Instant::now() > deadline {
-            bail!("the workers did not start in time");
+            return Err(Error::failure("the workers did not start in time"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -140,11 +153,11 @@ async fn demo(dir: &Path) -> Result<i32> {
     let mut by_pid = std::collections::BTreeMap::<u64, u64>::new();
     let mut held = 0u64;
     while let Some(r) = tasks.join_next().await {
-        match r? {
+        match r.or_fail(|| "a request task failed".into())? {
             (_, Ok((200, v))) => {
                 ok += 1;
                 *by_pid.entry(v["pid"].as_u64().unwrap_or(0)).or_default() += 1;
-                held += u64::from(v["held"] == json!(true));
+                held += u64::from(v["held"] == Value::Bool(true));
             }
             (_, other) => {
                 failed += 1;
@@ -158,16 +171,18 @@ async fn demo(dir: &Path) -> Result<i32> {
         by_pid.len(),
         by_pid.values().collect::<Vec<_>>()
     );
-    let a = crate::control::request(&control, json!({"cmd": "status"}), long).await?;
-    let c = &a["cache"];
+    let c = client::status(&control, long)
+        .await?
+        .cache
+        .ok_or_else(|| Error::failure("herd serves no cache"))?;
     println!(
         "3. the primary loaded each value once for the whole host: {} loads for {} keys \
          (warm-up), {} answered from its memory, {} values in sealed shared memory; \
          {held} reads were answered from a worker's own copy without asking the primary",
-        c["loads"],
+        c.loads,
         keys.len(),
-        c["hits"],
-        c["shared_values"]
+        c.hits,
+        c.shared_values
     );
 
     // A rolling reload under load: no request fails.
@@ -187,29 +202,27 @@ async fn demo(dir: &Path) -> Result<i32> {
         });
     }
     let t = Instant::now();
-    let r = crate::control::request(&control, json!({"cmd": "reload"}), long).await?;
+    let replaced = client::reload(&control, long).await?;
     let reload_ms = t.elapsed().as_secs_f64() * 1e3;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, 0);
     while let Some(r) = load.join_next().await {
-        let (o, f) = r?;
+        let (o, f) = r.or_fail(|| "a load task failed".into())?;
         ok += o;
         failed += f;
     }
     println!(
-        "4. rolling reload: {} workers replaced one at a time in {reload_ms:.0} ms while {ok} requests ran; {failed} failed",
-        r["replaced"]
+        "4. rolling reload: {replaced} workers replaced one at a time in {reload_ms:.0} ms while {ok} requests ran; {failed} failed"
     );
-    crate::control::request(&control, json!({"cmd": "stop"}), long).await?;
+    client::stop(&control, long).await?;
     let status = tokio::time::timeout(Duration::from_secs(30), herd.wait())
         .await
-        .context("herd run did not stop in time")??;
+        .or_fail(|| "herd run did not stop in time".into())?
+        .or_fail(|| "cannot wait for herd run".into())?;
     println!("5. stopped: herd run exited with {status}");
-    Ok(i32::from(failed > 0 || !status.success()))
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    Ok(if failed > 0 || !status.success() {
+        Exit::Failure
+    } else {
+        Exit::Success
+    })
 }

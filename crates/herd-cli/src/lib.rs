@@ -1,9 +1,15 @@
-//! The `herd` command's library: its settings (flags and a TOML file, validated), its control
-//! protocol (the socket `herd status`, `reload`, `scale` and `stop` talk over), and the demo.
-//! The binary (`main.rs`) is a thin layer over this and the `herd` library.
+//! The `herd` command's library: its settings ([`config`]: flags and a TOML file, validated),
+//! its control protocol ([`control`]: the socket `herd status`, `reload`, `scale` and `stop`
+//! talk over), `herd run` itself ([`run`]), the demo ([`demo`]), and its exit codes and errors
+//! ([`exit`]). The binary (`main.rs`) is a thin layer over this: arguments, dispatch, exit codes.
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exit;
+pub mod run;
+pub mod which;
+
+pub use exit::{Error, Exit, Result};

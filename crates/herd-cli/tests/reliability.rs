@@ -2,8 +2,6 @@
 //! thousand restarts with herd's descriptors, memory and children watched, and what a worker
 //! inherits.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -12,55 +10,23 @@ use common::*;
 
 #[test]
 fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
-    let server = demo_server();
-    let herd = Herd::start(
+    let herd = Herd::serve_demo(
         "kill",
-        &[
-            "-w",
-            "3",
-            "--listen",
-            "127.0.0.1:0",
-            "--backoff-min",
-            "0.05",
-            "--max-restarts",
-            "100",
-            "--",
-            "node",
-            server.to_str().unwrap(),
-        ],
+        &["-w", "3", "--backoff-min", "0.05", "--max-restarts", "100"],
     );
     let addr = herd.listening();
     herd.status_until("three workers", |s| pids(s).len() == 3);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match get_pid(addr) {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(3, move |_, _| get_pid(addr).is_ok());
     // Kill a worker (a different one each round) five times, each time waiting for its
     // replacement; requests keep flowing the whole time.
     let mut killed = Vec::new();
     for round in 0..5 {
         let s = herd.status_until("three workers running", |s| {
-            pids(s).len() == 3
-                && s["status"]["workers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|w| w["state"] == "running")
+            pids(s).len() == 3 && running(s) == 3
         });
         let victim = pids(&s)[round % 3];
-        let before = ok.load(Ordering::Relaxed);
+        let before = load.ok();
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(victim as i32).unwrap(),
             rustix::process::Signal::KILL,
@@ -73,16 +39,12 @@ fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
         });
         // The others served while it was down and came back.
         let deadline = Instant::now() + DEADLINE;
-        while ok.load(Ordering::Relaxed) < before + 20 {
+        while load.ok() < before + 20 {
             assert!(Instant::now() < deadline, "requests stopped after a kill");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop();
     eprintln!("5 SIGKILLs under load: {ok} requests served, {failed} failed");
     // A request the killed worker had accepted dies with it; at most a few per kill.
     assert!(
@@ -91,12 +53,7 @@ fn workers_killed_under_load_come_back_and_the_others_keep_serving() {
     );
     assert!(ok > 200);
     let s = herd.status();
-    let restarts: u64 = s["status"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["restarts"].as_u64().unwrap())
-        .sum();
+    let restarts: u32 = s.status.workers.iter().map(|w| w.restarts).sum();
     assert_eq!(restarts, 5);
     let (kids, zombies) = children(herd.pid());
     assert_eq!((kids, zombies), (3, 0), "three live workers, no zombies");
@@ -127,13 +84,7 @@ fn a_thousand_restarts_leak_no_descriptor_memory_or_child() {
             "exit 0",
         ],
     );
-    let restarts = |s: &serde_json::Value| -> u64 {
-        let w = s["status"]["workers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        w.first().and_then(|w| w["restarts"].as_u64()).unwrap_or(0)
-    };
+    let restarts = |s: &Report| s.status.workers.first().map_or(0, |w| w.restarts);
     herd.status_until("100 restarts", |s| restarts(s) >= 100);
     let (fds0, rss0) = (fd_count(herd.pid()), rss_kb(herd.pid()));
     let t = Instant::now();

@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -114,17 +113,12 @@ fn a_crashed_worker_is_restarted_and_status_shows_it() {
     );
     herd.stderr_line(|l| l == "[w1] crashing");
     herd.stdout_line(|l| l == "[w2] up");
-    let s = herd.status_until("one running worker", |s| {
-        s["status"]["workers"][0]["state"] == "running"
-    });
-    let w = &s["status"]["workers"][0];
-    assert_eq!(w["worker"], 2);
-    assert_eq!(w["restarts"], 1);
-    assert!(
-        w["rss"].as_u64().unwrap() > 0 && w["pss"].as_u64().unwrap() > 0,
-        "{w}"
-    );
-    let pid = w["pid"].as_u64().unwrap();
+    let s = herd.status_until("one running worker", |s| running(s) == 1);
+    let w = &s.status.workers[0];
+    assert_eq!(w.worker, 2);
+    assert_eq!(w.restarts, 1);
+    assert!(w.rss > 0 && w.pss > 0, "{w:?}");
+    let pid = u64::from(w.pid);
     assert!(pid_alive(pid));
     // The text table too.
     let table = String::from_utf8(herd.ctl(&["status"]).stdout).unwrap();
@@ -145,36 +139,13 @@ fn a_crashed_worker_is_restarted_and_status_shows_it() {
 
 #[test]
 fn a_rolling_reload_under_http_load_fails_no_request() {
-    let server = demo_server();
-    let mut herd = Herd::start(
-        "reload",
-        &[
-            "-w",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            "--ready",
-            "notice",
-            "--grace",
-            "10",
-            "--",
-            "node",
-            server.to_str().unwrap(),
-        ],
-    );
+    let mut herd = Herd::serve_demo("reload", &["-w", "2", "--ready", "notice", "--grace", "10"]);
     let addr = herd.listening();
     let before = herd.status_until("two workers running", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["state"] == "running"))
+        workers(s) == 2 && running(s) == 2
     });
     assert_status_lists(&herd, &before, addr, false);
-    let old: Vec<u64> = before["status"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect();
+    let old = pids(&before);
     // Both workers answer on the one port.
     let deadline = Instant::now() + DEADLINE;
     let mut seen = std::collections::HashSet::new();
@@ -187,36 +158,23 @@ fn a_rolling_reload_under_http_load_fails_no_request() {
     }
 
     // Load from two client threads for the whole reload.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (pids_tx, pids_rx) = mpsc::channel::<u64>();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, ok, failed, pids) =
-                (stop.clone(), ok.clone(), failed.clone(), pids_tx.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match http_get(addr, "/") {
-                        Ok((200, body)) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
-                                let _ = pids.send(v["pid"].as_u64().unwrap_or(0));
-                            }
-                        }
-                        Ok((code, body)) => {
-                            eprintln!("HTTP {code}: {body}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            eprintln!("request failed: {e}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(pids_tx);
+    let load = Load::start(2, move |_, _| match http_get(addr, "/") {
+        Ok((200, body)) => {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                let _ = pids_tx.send(v["pid"].as_u64().unwrap_or(0));
+            }
+            true
+        }
+        Ok((code, body)) => {
+            eprintln!("HTTP {code}: {body}");
+            false
+        }
+        Err(e) => {
+            eprintln!("request failed: {e}");
+            false
+        }
+    });
     std::thread::sleep(Duration::from_millis(300));
     let out = herd.ctl(&["reload"]);
     assert!(
@@ -229,27 +187,18 @@ fn a_rolling_reload_under_http_load_fails_no_request() {
     herd.signal(rustix::process::Signal::HUP);
     herd.stderr_line(|l| l.contains("SIGHUP reload done"));
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop();
     eprintln!("reload under load: {ok} requests succeeded, {failed} failed");
     assert_eq!(failed, 0, "{ok} requests succeeded, {failed} failed");
     assert!(ok > 50, "only {ok} requests were made");
     let after = herd.status();
-    let new: Vec<u64> = after["status"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect();
+    let new = pids(&after);
     assert_eq!(new.len(), 2);
     assert!(
         new.iter().all(|p| !old.contains(p)),
         "every worker was replaced"
     );
-    assert_eq!(after["status"]["reloads"], 2);
+    assert_eq!(after.status.reloads, 2);
     // Requests were served by the old workers and then by the new ones.
     let served: std::collections::HashSet<u64> = pids_rx.try_iter().collect();
     assert!(old.iter().any(|p| served.contains(p)), "old workers served");
@@ -285,11 +234,9 @@ fn listen_fds_follow_systemds_convention() {
 
 /// `herd status` lists `addr` as the one listening socket, shared or one per worker, in its
 /// JSON (`status`) and in its table.
-fn assert_status_lists(herd: &Herd, status: &serde_json::Value, addr: SocketAddr, reuseport: bool) {
-    assert_eq!(
-        status["listening"],
-        serde_json::json!([{"address": addr.to_string(), "reuseport": reuseport}])
-    );
+fn assert_status_lists(herd: &Herd, status: &Report, addr: SocketAddr, reuseport: bool) {
+    let address = addr.to_string();
+    assert_eq!(status.listening, [Listening { address, reuseport }]);
     let how = if reuseport {
         "a socket per worker, SO_REUSEPORT"
     } else {
@@ -304,28 +251,12 @@ fn assert_status_lists(herd: &Herd, status: &serde_json::Value, addr: SocketAddr
 
 #[test]
 fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
-    let server = demo_server();
-    let herd = Herd::start(
+    let herd = Herd::serve_demo(
         "reuseport",
-        &[
-            "-w",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            "--reuseport",
-            "--ready",
-            "notice",
-            "--",
-            "node",
-            server.to_str().unwrap(),
-        ],
+        &["-w", "2", "--reuseport", "--ready", "notice"],
     );
     let addr = herd.listening();
-    let status = herd.status_until("two workers", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 2)
-    });
+    let status = herd.status_until("two workers", |s| workers(s) == 2);
     assert_status_lists(&herd, &status, addr, true);
     let deadline = Instant::now() + DEADLINE;
     let mut seen = std::collections::HashSet::new();
@@ -352,18 +283,9 @@ fn output_is_prefixed_or_json_and_scale_changes_the_count() {
         String::from_utf8_lossy(&out.stderr)
     );
     herd.stdout_line(|l| l == "[w3] hello from 3");
-    herd.status_until("three workers", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 3)
-    });
+    herd.status_until("three workers", |s| workers(s) == 3);
     assert!(herd.ctl(&["scale", "1"]).status.success());
-    herd.status_until("one worker", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 1)
-            && s["status"]["wanted"] == 1
-    });
+    herd.status_until("one worker", |s| workers(s) == 1 && s.status.wanted == 1);
     drop(herd);
 
     let json = Herd::start(
@@ -426,11 +348,7 @@ fn the_control_socket_is_private() {
             "exec cat <&$NODE_CHANNEL_FD >/dev/null",
         ],
     );
-    herd.status_until("running", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 1)
-    });
+    herd.status_until("running", |s| workers(s) == 1);
     let mode = std::fs::metadata(&herd.control)
         .unwrap()
         .permissions()
@@ -486,11 +404,7 @@ fn a_reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
             "exec cat <&$NODE_CHANNEL_FD >/dev/null",
         ],
     );
-    let before = herd.status_until("two workers", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 2)
-    });
+    let before = herd.status_until("two workers", |s| workers(s) == 2);
     let out = herd.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -499,25 +413,9 @@ fn a_reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
         "{err}"
     );
     // The old workers still serve; the stuck new one is gone.
-    let after = herd.status_until("back to the two old workers", |s| {
-        s["status"]["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() == 2)
-    });
-    let pids = |s: &serde_json::Value| -> Vec<u64> {
-        s["status"]["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["pid"].as_u64().unwrap())
-            .collect()
-    };
+    let after = herd.status_until("back to the two old workers", |s| workers(s) == 2);
     assert_eq!(pids(&before), pids(&after));
-    assert!(after["status"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|w| w["state"] == "running"));
+    assert_eq!(running(&after), 2);
 }
 
 #[test]

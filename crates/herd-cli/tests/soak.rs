@@ -6,8 +6,6 @@
 //! --test soak -- --nocapture` for a long one. It prints what it measured.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -22,14 +20,11 @@ fn soak_under_load_with_reloads_and_kills() {
         .unwrap_or(12);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let snapshot = root.join("examples/demo/cache.json");
-    let server = demo_server();
-    let mut herd = Herd::start(
+    let mut herd = Herd::serve_demo(
         "soak",
         &[
             "-w",
             "2",
-            "--listen",
-            "127.0.0.1:0",
             "--ready",
             "notice",
             "--backoff-min",
@@ -40,37 +35,20 @@ fn soak_under_load_with_reloads_and_kills() {
             snapshot.to_str().unwrap(),
             "--warm",
             "*",
-            "--",
-            "node",
-            server.to_str().unwrap(),
         ],
     );
     let addr = herd.listening();
     let hp = herd.pid();
     herd.status_until("two workers", |s| running(s) == 2);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..2)
-        .map(|c| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let path = if c == 0 {
-                        format!("/cache/product:{:03}", i % 100)
-                    } else {
-                        "/".to_string()
-                    };
-                    match http_get(addr, &path) {
-                        Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(2, move |c, i| {
+        let path = if c == 0 {
+            format!("/cache/product:{:03}", i % 100)
+        } else {
+            "/".to_string()
+        };
+        matches!(http_get(addr, &path), Ok((200, _)))
+    });
 
     // Warm up, then take the baseline.
     std::thread::sleep(Duration::from_secs(2));
@@ -107,11 +85,7 @@ fn soak_under_load_with_reloads_and_kills() {
     std::thread::sleep(Duration::from_millis(500));
     let (fds1, rss1) = (fd_count(hp), rss_kb(hp));
     let (_, z) = children(hp);
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop();
     let s = herd.status();
     let listing: Vec<_> = std::fs::read_dir(format!("/proc/{hp}/fd"))
         .into_iter()
@@ -120,13 +94,13 @@ fn soak_under_load_with_reloads_and_kills() {
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .collect();
     eprintln!(
-        "herd's fds at the end: {listing:?}\nworkers: {}",
-        s["status"]["workers"]
+        "herd's fds at the end: {listing:?}\nworkers: {:?}",
+        s.status.workers
     );
     eprintln!(
         "soak {secs} s: {reloads} reloads, {kills} SIGKILLs; {ok} requests served, {failed} failed; \
          herd fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} kB, {z} zombies; cache loads {} (of 103 keys)",
-        s["cache"]["loads"]
+        cache_loads(&s)
     );
     herd.signal(rustix::process::Signal::TERM);
     assert_eq!(herd.wait(), Some(0));
@@ -135,8 +109,8 @@ fn soak_under_load_with_reloads_and_kills() {
     assert!(failed <= 3 * kills, "{failed} failed for {kills} kills");
     assert!(
         fds1 <= fds0,
-        "herd's descriptors grew: {fds0} -> {fds1}; workers: {}; fds: {:?}",
-        s["status"]["workers"],
+        "herd's descriptors grew: {fds0} -> {fds1}; workers: {:?}; fds: {:?}",
+        s.status.workers,
         std::fs::read_dir(format!("/proc/{hp}/fd"))
             .into_iter()
             .flatten()
@@ -150,5 +124,9 @@ fn soak_under_load_with_reloads_and_kills() {
     );
     assert_eq!(z, 0);
     // Nothing was loaded twice: the cache stayed warm through every reload and kill.
-    assert_eq!(s["cache"]["loads"], 103);
+    assert_eq!(cache_loads(&s), 103);
+}
+
+fn cache_loads(s: &Report) -> u64 {
+    s.cache.as_ref().map_or(0, |c| c.loads)
 }

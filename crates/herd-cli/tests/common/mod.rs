@@ -7,8 +7,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+#[allow(unused_imports)] // each test file uses a different part
+pub use herd_cli::control::{Listening, Report};
 
 pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -89,6 +93,16 @@ impl Herd {
         }
     }
 
+    /// `herd run` of the demo's Node HTTP server, listening on one port of 127.0.0.1 (see
+    /// [`Herd::listening`]), with `args` before the command.
+    pub fn serve_demo(name: &str, args: &[&str]) -> Herd {
+        let server = demo_server();
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args);
+        all.extend(["--", "node", server.to_str().unwrap()]);
+        Herd::start(name, &all)
+    }
+
     /// The next stdout line matching `want`, within the deadline.
     pub fn stdout_line(&self, want: impl Fn(&str) -> bool) -> String {
         wait_line(&self.out, want, "stdout")
@@ -114,12 +128,13 @@ impl Herd {
             .unwrap()
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Report {
         self.try_status()
             .unwrap_or_else(|e| panic!("herd status: {e}"))
     }
 
-    pub fn try_status(&self) -> Result<serde_json::Value, String> {
+    /// `herd status --json`, read as the control protocol's typed report.
+    pub fn try_status(&self) -> Result<Report, String> {
         let out = self.ctl(&["status", "--json"]);
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
@@ -129,21 +144,15 @@ impl Herd {
 
     /// Polls the status until `want` holds (herd may still be starting: its control socket
     /// appears once it runs).
-    pub fn status_until(
-        &self,
-        what: &str,
-        want: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+    pub fn status_until(&self, what: &str, want: impl Fn(&Report) -> bool) -> Report {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let s = self.try_status().unwrap_or_else(|e| {
-                assert!(Instant::now() < deadline, "never: {what}; herd status: {e}");
-                serde_json::Value::Null
-            });
-            if !s.is_null() && want(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "never: {what}; last status {s}");
+            let last = match self.try_status() {
+                Ok(s) if want(&s) => return s,
+                Ok(s) => format!("last status {s:?}"),
+                Err(e) => format!("herd status: {e}"),
+            };
+            assert!(Instant::now() < deadline, "never: {what}; {last}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -217,18 +226,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
-/// How many workers in a status answer are running (not starting or retiring).
-pub fn running(s: &serde_json::Value) -> usize {
-    s["status"]["workers"]
-        .as_array()
-        .map_or(0, |w| w.iter().filter(|w| w["state"] == "running").count())
+/// How many workers in a status report are running (not starting or retiring).
+pub fn running(s: &Report) -> usize {
+    s.status
+        .workers
+        .iter()
+        .filter(|w| w.state == "running")
+        .count()
 }
 
-pub fn pids(s: &serde_json::Value) -> Vec<u64> {
-    s["status"]["workers"]
-        .as_array()
-        .map(|w| w.iter().filter_map(|w| w["pid"].as_u64()).collect())
-        .unwrap_or_default()
+/// How many workers a status report lists.
+pub fn workers(s: &Report) -> usize {
+    s.status.workers.len()
+}
+
+/// The workers' process ids.
+pub fn pids(s: &Report) -> Vec<u64> {
+    s.status.workers.iter().map(|w| u64::from(w.pid)).collect()
 }
 
 /// herd's descriptors: the fewest seen over a few samples (a worker being started or reaped
@@ -286,4 +300,63 @@ pub fn get_pid(addr: SocketAddr) -> std::io::Result<u64> {
     }
     let v: serde_json::Value = serde_json::from_str(&body).map_err(std::io::Error::other)?;
     Ok(v["pid"].as_u64().unwrap_or(0))
+}
+
+/// Client threads making requests in a loop until stopped, counting what succeeded and what
+/// failed.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` threads; each calls `request(client, round)` (client from 0, round
+    /// from 1) until [`Load::stop`]: true if the request succeeded.
+    pub fn start(
+        clients: usize,
+        request: impl Fn(usize, u64) -> bool + Send + Sync + 'static,
+    ) -> Load {
+        let request = Arc::new(request);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let clients = (0..clients)
+            .map(|c| {
+                let (stop, ok, failed, request) =
+                    (stop.clone(), ok.clone(), failed.clone(), request.clone());
+                std::thread::spawn(move || {
+                    let mut round = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        round += 1;
+                        let counter = if request(c, round) { &ok } else { &failed };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            clients,
+        }
+    }
+
+    /// Requests that succeeded so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients and waits for them; (succeeded, failed).
+    pub fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }

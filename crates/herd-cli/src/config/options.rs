@@ -1,0 +1,162 @@
+//! Every setting of `herd run`, defined once: each field is both a flag (clap) and a key of the
+//! config file (serde), unset unless given. [`super::load`] reads the file and lays the flags
+//! given over it; [`super::Settings`] checks the result.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+/// `herd run`'s settings, as given: flags (clap) or the config file's top level (serde).
+#[derive(clap::Args, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// The program and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Number of workers, or `auto` (default: one per CPU).
+    #[arg(short, long)]
+    pub workers: Option<Workers>,
+    /// Listen on ADDR (HOST:PORT, :PORT or unix:/PATH) and share the socket with every worker
+    /// as descriptor 3, 4, ... (LISTEN_FDS). Repeatable.
+    #[arg(short, long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Give each worker a socket of its own on the --listen addresses (SO_REUSEPORT).
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub reuseport: Option<bool>,
+    /// Seconds a worker has to exit after a stop before it is killed (default 5).
+    #[arg(long)]
+    pub grace: Option<f64>,
+    /// Channel codec: `json` (Node's format, any language; default) or `binary` (herd's Rust
+    /// workers).
+    #[arg(long)]
+    pub codec: Option<String>,
+    /// This herd's name, for its control socket (default `herd`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The control socket's path (default: from --name).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// `text` (worker lines prefixed `[wN]`) or `json` (one JSON object per line).
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// An environment variable for the workers (KEY=VALUE). Repeatable; the file's is a table.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = env_var)]
+    #[serde(deserialize_with = "env_table")]
+    pub env: Vec<(String, String)>,
+    /// The `[restart]` table.
+    #[command(flatten)]
+    pub restart: RestartOptions,
+    /// The `[reload]` table.
+    #[command(flatten)]
+    pub reload: ReloadOptions,
+    /// The `[cache]` table.
+    #[command(flatten)]
+    pub cache: CacheOptions,
+}
+
+/// When crashed workers are restarted: the `[restart]` table.
+#[derive(clap::Args, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartOptions {
+    /// Which exits are restarted: always, on-failure (default) or never.
+    #[arg(long = "restart", value_name = "RESTART")]
+    pub mode: Option<String>,
+    /// Crashes within the window (60 s) before a worker slot gives up (default 5).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// The first restart delay in seconds (default 0.1; doubles per crash, up to 30).
+    #[arg(long)]
+    pub backoff_min: Option<f64>,
+    /// The longest restart delay in seconds (default 30). Config file only.
+    #[arg(skip)]
+    pub backoff_max: Option<f64>,
+    /// Seconds over which crashes are counted (default 60). Config file only.
+    #[arg(skip)]
+    pub window: Option<f64>,
+}
+
+/// How workers are replaced: the `[reload]` table.
+#[derive(clap::Args, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadOptions {
+    /// Workers replaced at once in a rolling reload (default 1).
+    #[arg(long = "reload-batch", value_name = "RELOAD_BATCH")]
+    pub batch: Option<usize>,
+    /// When a new worker is ready: online (default), notice (it calls herd.ready() or
+    /// herd.listening()), port:HOST:PORT (a connection succeeds) or delay:SECS.
+    #[arg(long)]
+    pub ready: Option<String>,
+    /// Seconds a new worker has to become ready (default 30).
+    #[arg(long)]
+    pub ready_timeout: Option<f64>,
+}
+
+/// The host-shared cache: the `[cache]` table.
+#[derive(clap::Args, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheOptions {
+    /// Serve the host-shared cache from the files in this folder (one key per file).
+    #[arg(long = "cache-dir", value_name = "CACHE_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Serve the host-shared cache from this JSON snapshot ({"key": "value", ...}).
+    #[arg(long = "cache-snapshot", value_name = "CACHE_SNAPSHOT")]
+    pub snapshot: Option<PathBuf>,
+    /// Serve the host-shared cache from this Redis (redis://HOST:PORT[/DB]).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Keys or patterns (Redis glob) to load before workers ask. Repeatable.
+    #[arg(long = "warm", value_name = "PATTERN")]
+    pub warm: Vec<String>,
+    /// Seconds a value may be served stale while its source fails (default 300). Config file
+    /// only.
+    #[arg(skip)]
+    pub max_stale: Option<f64>,
+}
+
+/// A count or `auto` (one per CPU).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Workers {
+    /// This many (checked: at least 1).
+    Count(i64),
+    /// One per CPU.
+    Auto(AutoWord),
+}
+
+/// The word `auto`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoWord {
+    /// `auto`
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+impl FromStr for Workers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Workers, String> {
+        if s == "auto" {
+            return Ok(Workers::Auto(AutoWord::Auto));
+        }
+        s.parse()
+            .map(Workers::Count)
+            .map_err(|_| format!("{s:?} is not a count or `auto`"))
+    }
+}
+
+/// `KEY=VALUE`, from a flag.
+fn env_var(kv: &str) -> Result<(String, String), String> {
+    kv.split_once('=')
+        .map(|(k, v)| (k.into(), v.into()))
+        .ok_or_else(|| format!("{kv:?} is not KEY=VALUE"))
+}
+
+/// `env = { KEY = "VALUE" }`, from the file.
+fn env_table<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    Ok(
+        std::collections::BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .collect(),
+    )
+}

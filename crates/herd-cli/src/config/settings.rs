@@ -1,0 +1,215 @@
+//! `herd run`'s checked settings: [`Options`] with every default filled in and every value
+//! validated. The errors name the setting (its config key).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herd::listen::ListenAddr;
+use herd::service::{Readiness, Restart};
+use herd::Codec;
+
+use super::options::{Options, Workers};
+use crate::exit::{Error, Result};
+
+/// Where the cache's data comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheSource {
+    /// `dir` / `--cache-dir`: one key per file.
+    Dir(PathBuf),
+    /// `snapshot` / `--cache-snapshot`: a JSON object.
+    Snapshot(PathBuf),
+    /// `redis` / `--redis`: a Redis URL.
+    Redis(String),
+}
+
+/// The validated settings `herd run` works with (the fields are documented on [`Options`]).
+#[derive(Debug, Clone)]
+#[allow(missing_docs)] // fields: the settings of the same names on `Options`
+pub struct Settings {
+    pub command: Vec<String>,
+    pub workers: usize,
+    pub listen: Vec<ListenAddr>,
+    pub reuseport: bool,
+    pub grace: Duration,
+    pub codec: Codec,
+    pub name: String,
+    pub control: PathBuf,
+    pub json_logs: bool,
+    pub env: BTreeMap<String, String>,
+    pub restart_mode: Restart,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub reload_batch: usize,
+    pub ready: Readiness,
+    pub ready_timeout: Duration,
+    pub cache: Option<CacheSource>,
+    pub warm: Vec<String>,
+    pub max_stale: Duration,
+}
+
+/// A usage error about `field`.
+fn bad(field: &str, why: impl std::fmt::Display) -> Error {
+    Error::usage(format!("{field}: {why}"))
+}
+
+/// `given` (else `default`) parsed as a `T`; the error names `field`.
+fn parsed<T: std::str::FromStr<Err = String>>(
+    field: &str,
+    given: Option<String>,
+    default: &str,
+) -> Result<T> {
+    given
+        .as_deref()
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e| bad(field, e))
+}
+
+fn seconds(field: &str, v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        bad(
+            field,
+            format_args!("{v} is not a number of seconds (0 or more)"),
+        )
+    })
+}
+
+/// Fills in the defaults and checks everything.
+pub fn settings(o: Options) -> Result<Settings> {
+    let command = o.command;
+    if command.is_empty() || command[0].is_empty() {
+        return Err(bad(
+            "command",
+            "nothing to run (give it after `--`, or as `command` in the config file)",
+        ));
+    }
+    let workers = match o.workers {
+        Some(Workers::Count(n)) => {
+            usize::try_from(n).map_err(|_| bad("workers", format_args!("{n} is not a count")))?
+        }
+        Some(Workers::Auto(_)) | None => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    };
+    if workers == 0 {
+        return Err(bad("workers", "must be at least 1"));
+    }
+    let listen = o
+        .listen
+        .iter()
+        .map(|a| a.parse::<ListenAddr>().map_err(|e| bad("listen", e)))
+        .collect::<Result<Vec<_>>>()?;
+    let reuseport = o.reuseport.unwrap_or(false);
+    if reuseport && listen.is_empty() {
+        return Err(bad("reuseport", "needs at least one listen address"));
+    }
+    if reuseport && listen.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
+        return Err(bad("reuseport", "works with TCP addresses only"));
+    }
+    let grace = seconds("grace", o.grace.unwrap_or(5.0))?;
+    let codec_text = o.codec.unwrap_or_else(|| "json".into());
+    let codec = Codec::parse(&codec_text).ok_or_else(|| {
+        bad(
+            "codec",
+            format_args!("unknown codec {codec_text:?} (use json or binary)"),
+        )
+    })?;
+    let name = o.name.unwrap_or_else(|| "herd".into());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+    {
+        return Err(bad(
+            "name",
+            format_args!("{name:?} must be letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let control = o
+        .control
+        .unwrap_or_else(|| crate::control::default_path(&name));
+    let json_logs = match o.log_format.as_deref().unwrap_or("text") {
+        "text" => false,
+        "json" => true,
+        other => {
+            return Err(bad(
+                "log_format",
+                format_args!("unknown format {other:?} (use text or json)"),
+            ))
+        }
+    };
+    // Later entries (the flags') win.
+    let env: BTreeMap<String, String> = o.env.into_iter().collect();
+    if let Some(bad_key) = env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(bad(
+            "env",
+            format_args!("{bad_key:?} is not a variable name"),
+        ));
+    }
+    let r = o.restart;
+    let restart_mode: Restart = parsed("restart.mode", r.mode, "on-failure")?;
+    let backoff_min = seconds("restart.backoff_min", r.backoff_min.unwrap_or(0.1))?;
+    let backoff_max = seconds("restart.backoff_max", r.backoff_max.unwrap_or(30.0))?;
+    if backoff_max < backoff_min {
+        return Err(bad(
+            "restart.backoff_max",
+            "must be at least restart.backoff_min",
+        ));
+    }
+    let max_restarts = r.max_restarts.unwrap_or(5);
+    let window = seconds("restart.window", r.window.unwrap_or(60.0))?;
+    let rl = o.reload;
+    let reload_batch = rl.batch.unwrap_or(1);
+    if reload_batch == 0 {
+        return Err(bad("reload.batch", "must be at least 1"));
+    }
+    let ready: Readiness = parsed("reload.ready", rl.ready, "online")?;
+    let ready_timeout = seconds("reload.ready_timeout", rl.ready_timeout.unwrap_or(30.0))?;
+    let c = o.cache;
+    let mut sources = [
+        c.dir.map(CacheSource::Dir),
+        c.snapshot.map(CacheSource::Snapshot),
+        c.redis.map(CacheSource::Redis),
+    ]
+    .into_iter()
+    .flatten();
+    let cache = sources.next();
+    if sources.next().is_some() {
+        return Err(bad("cache", "give one of dir, snapshot and redis"));
+    }
+    let warm = c.warm;
+    if !warm.is_empty() && cache.is_none() {
+        return Err(bad(
+            "cache.warm",
+            "needs a cache source (dir, snapshot or redis)",
+        ));
+    }
+    let max_stale = seconds("cache.max_stale", c.max_stale.unwrap_or(300.0))?;
+    Ok(Settings {
+        command,
+        workers,
+        listen,
+        reuseport,
+        grace,
+        codec,
+        name,
+        control,
+        json_logs,
+        env,
+        restart_mode,
+        backoff_min,
+        backoff_max,
+        max_restarts,
+        window,
+        reload_batch,
+        ready,
+        ready_timeout,
+        cache,
+        warm,
+        max_stale,
+    })
+}

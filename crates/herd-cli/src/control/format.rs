@@ -1,0 +1,107 @@
+//! `herd status` as a table: a [`Report`] in lines a person reads.
+
+use super::proto::Report;
+
+/// `12345678` bytes as `11.8 MB`.
+fn size(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / (1 << 20) as f64)
+}
+
+/// Seconds as `42s`, `3m07s` or `2h05m`.
+fn uptime(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// A status report as a table.
+pub fn format_status(report: &Report) -> String {
+    let s = &report.status;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "herd (pid {}): {} workers wanted, {} running{}; {} reloads\n",
+        report.pid,
+        s.wanted,
+        s.workers.iter().filter(|w| w.state == "running").count(),
+        if s.reloading { ", reloading" } else { "" },
+        s.reloads,
+    ));
+    let row = |cells: [&str; 9]| {
+        let [a, b, c, d, e, f, g, h, i] = cells;
+        format!("{a:<7} {b:>4} {c:>8} {d:<9} {e:>8} {f:>8} {g:>10} {h:>10} {i:>8}\n")
+    };
+    out.push_str(&row([
+        "WORKER", "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "PSS", "MSGS",
+    ]));
+    for w in &s.workers {
+        out.push_str(&row([
+            &format!("w{}", w.worker),
+            &w.slot.map_or("-".into(), |s| s.to_string()),
+            &w.pid.to_string(),
+            &w.state,
+            &uptime(w.uptime_s),
+            &w.restarts.to_string(),
+            &size(w.rss),
+            &size(w.pss),
+            &w.messages.to_string(),
+        ]));
+    }
+    for l in &report.listening {
+        out.push_str(&format!(
+            "listening on {} ({})\n",
+            l.address,
+            if l.reuseport {
+                "a socket per worker, SO_REUSEPORT"
+            } else {
+                "one socket shared by every worker"
+            }
+        ));
+    }
+    for (slot, wait) in &s.restarting {
+        out.push_str(&format!("slot {slot}: restarting in {wait:.1}s\n"));
+    }
+    for (slot, why) in &s.failed {
+        out.push_str(&format!("slot {slot}: {why}\n"));
+    }
+    if s.output_dropped > 0 {
+        out.push_str(&format!(
+            "{} worker output lines or messages dropped (herd's own output was not read fast enough)\n",
+            s.output_dropped
+        ));
+    }
+    if let Some(c) = &report.cache {
+        out.push_str(&format!(
+            "cache: {} entries, {} hits, {} misses, {} loads ({} coalesced), {} in {} shared memfds, \
+             {} source calls, {} invalidations, {} served stale, tracking {}, warm {}\n",
+            c.entries,
+            c.hits,
+            c.misses,
+            c.loads,
+            c.coalesced,
+            size(c.shared_bytes),
+            c.shared_values,
+            c.source_calls,
+            c.invalidations,
+            c.stale_served,
+            c.tracking,
+            c.warm,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_uptimes_read_well() {
+        assert_eq!(size(12345678), "11.8 MB");
+        assert_eq!(uptime(42.9), "42s");
+        assert_eq!(uptime(187.0), "3m07s");
+        assert_eq!(uptime(7500.0), "2h05m");
+    }
+}

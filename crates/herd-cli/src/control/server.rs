@@ -1,0 +1,157 @@
+//! The control socket's server side: binding the socket safely, checking each peer, reading one
+//! [`Request`] and writing back the [`Answer`] that whoever runs the herd gives it.
+//!
+//! A Unix stream socket, mode 0600, in a directory only its owner can enter. Each connection's
+//! peer credentials are checked: only the user running herd (or root) is served. Requests are
+//! bounded ([`MAX_REQUEST`] bytes, [`REQUEST_TIME`] to arrive).
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{parse_request, Answer, Reply, Request, MAX_REQUEST, REQUEST_TIME};
+use crate::exit::{Context, Error, Result};
+
+/// Makes sure `dir` exists, belongs to us and no one else can write to it.
+fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+        .or_fail(|| format!("cannot create {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).or_fail(|| format!("cannot inspect {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let sticky = meta.mode() & 0o1000 != 0;
+    // A shared sticky directory (/tmp) is fine: no one else can replace our socket there, and
+    // the socket itself is 0600 with its peers checked. Otherwise the directory must be ours
+    // and closed to others' writes.
+    if !sticky && meta.uid() != me {
+        return Err(Error::failure(format!(
+            "{} belongs to uid {}, not to this user ({me}): refusing to put the control socket there",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if !sticky && meta.mode() & 0o022 != 0 {
+        return Err(Error::failure(format!(
+            "{} is writable by others (mode {:o}): refusing to put the control socket there",
+            dir.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// The bound control socket; its file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the control socket at `path` (refusing if another herd answers there).
+pub async fn bind(path: &Path) -> Result<ControlSocket> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private_dir(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Error::failure(format!(
+                "another herd is running with the control socket {} (use --name to run a second one)",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .or_fail(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).or_fail(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .or_fail(|| format!("cannot make {} private", path.display()))?;
+    Ok(ControlSocket {
+        listener,
+        path: path.to_path_buf(),
+    })
+}
+
+/// A request read from a client, for whoever runs the herd to answer through `answer`.
+#[derive(Debug)]
+pub struct Call {
+    /// What the client asks.
+    pub request: Request,
+    /// Where the answer goes. For [`Request::Stop`], answer [`Reply::Stopping`] before
+    /// stopping: the client then waits for the connection to close, when herd exits.
+    pub answer: oneshot::Sender<Answer>,
+}
+
+/// Serves control connections, handing each request to `calls`, until the socket is dropped
+/// (or no one takes calls any more).
+pub async fn serve(sock: ControlSocket, calls: mpsc::Sender<Call>) {
+    loop {
+        let Ok((stream, _)) = sock.listener.accept().await else {
+            continue;
+        };
+        if calls.is_closed() {
+            return;
+        }
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, calls).await {
+                tracing::debug!(error = %crate::exit::report(&e), "control connection");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+    let cred =
+        rustix::net::sockopt::socket_peercred(&stream).or_fail(|| "peer credentials".into())?;
+    let me = rustix::process::geteuid();
+    let (read, mut write) = stream.into_split();
+    let answer = if cred.uid != me && !cred.uid.is_root() {
+        tracing::warn!(
+            uid = cred.uid.as_raw(),
+            pid = cred.pid.as_raw_nonzero().get(),
+            "control connection refused: another user"
+        );
+        Answer::err("permission denied: another user's herd")
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST));
+        tokio::time::timeout(REQUEST_TIME, reader.read_line(&mut line))
+            .await
+            .or_fail(|| "no request in time".into())?
+            .or_fail(|| "cannot read the request".into())?;
+        match parse_request(&line) {
+            Err(e) => Answer::err(e),
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                let call = Call {
+                    request,
+                    answer: tx,
+                };
+                match calls.send(call).await {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Answer::err("herd is ending")),
+                    Err(_) => Answer::err("herd is ending"),
+                }
+            }
+        }
+    };
+    write
+        .write_all(answer.to_line().as_bytes())
+        .await
+        .or_fail(|| "cannot write the answer".into())?;
+    if matches!(answer, Answer::Ok(Reply::Stopping { .. })) {
+        // The client waits for the connection to close: herd's exit closes it.
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Starting what herd supervises: the cluster (the program, its environment and sockets, the
+//! channel codec) with zero workers for the service to fork, and the host-shared cache it
+//! serves them.
+
+use herd::cache::{CacheConfig, FileSource, Hub, RedisSource};
+use herd::Cluster;
+
+use super::listen::{self, Sockets};
+use crate::config::{CacheSource, Settings};
+use crate::exit::{Context, Result};
+
+/// The cache hub the settings ask for, if any.
+fn hub(s: &Settings) -> Result<Option<Hub>> {
+    let Some(src) = &s.cache else {
+        return Ok(None);
+    };
+    let config = CacheConfig {
+        warm_patterns: s.warm.clone(),
+        max_stale: s.max_stale,
+        ..CacheConfig::default()
+    };
+    let hub = match src {
+        CacheSource::Dir(d) => Hub::new(
+            FileSource::folder(d).or_fail(|| format!("cache dir {}", d.display()))?,
+            config,
+        ),
+        CacheSource::Snapshot(p) => Hub::new(
+            FileSource::snapshot(p).or_fail(|| format!("cache snapshot {}", p.display()))?,
+            config,
+        ),
+        CacheSource::Redis(url) => Hub::new(
+            RedisSource::open(url).or_fail(|| format!("cache redis {url}"))?,
+            config,
+        ),
+    };
+    tracing::info!(source = %hub.source().describe(), "serving the host-shared cache");
+    Ok(Some(hub))
+}
+
+/// Starts the cluster (no workers yet) and its cache hub.
+pub(super) async fn start(s: &Settings, sockets: Sockets) -> Result<(Cluster, Option<Hub>)> {
+    let hub = hub(s)?;
+    let mut builder = Cluster::builder()
+        .workers(0)
+        .codec(s.codec)
+        .grace(s.grace)
+        .capture_output(true);
+    builder = listen::program(builder, s, sockets)?;
+    for (k, v) in &s.env {
+        builder = builder.env(k, v);
+    }
+    if let Some(hub) = &hub {
+        builder = builder.cache(hub.clone());
+    }
+    let cluster = builder
+        .start()
+        .await
+        .or_fail(|| format!("cannot start {:?}", s.command[0]))?;
+    Ok((cluster, hub))
+}

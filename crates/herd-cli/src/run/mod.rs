@@ -1,0 +1,42 @@
+//! `herd run`: starts N copies of a program as supervised workers with the settings given, and
+//! runs until they stop; see the binary's docs for what it does. The steps are one file each:
+//! the listening sockets ([`listen`]), the cluster and its cache (`cluster`), the supervision
+//! (`service`, the one user of `herd::service`) and the printing of worker output (`output`).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::control::server;
+use crate::exit::{Error, Exit, Result};
+use crate::which::which;
+
+mod cluster;
+pub mod listen;
+mod output;
+mod service;
+
+pub use listen::{listen_exec, LISTEN_EXEC};
+
+/// Runs the herd `s` describes until it ends; its exit code.
+pub async fn run(s: Settings) -> Result<Exit> {
+    if which(&s.command[0]).is_none() {
+        return Err(Error::failure(format!(
+            "cannot start {:?}: no such program",
+            s.command[0]
+        )));
+    }
+    let sockets = listen::bind(&s)?;
+    let listening: Arc<[_]> = sockets.listening.clone().into();
+    let reuseport = sockets.reuseport.clone();
+    let (cluster, hub) = cluster::start(&s, sockets).await?;
+    let control = server::bind(&s.control).await?;
+    tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
+    let (calls_tx, calls) = mpsc::channel(16);
+    tokio::spawn(server::serve(control, calls_tx));
+    let extras = service::Extras { hub, listening };
+    let exit = service::supervise(cluster, &s, reuseport, extras, calls).await;
+    let _ = std::fs::remove_file(&s.control);
+    exit
+}

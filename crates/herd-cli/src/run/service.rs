@@ -1,0 +1,159 @@
+//! Supervising the workers with `herd::service`: the only file of herd-cli that drives it. It
+//! turns the settings into the service's config, answers control calls, acts on signals
+//! (SIGHUP reloads; SIGINT or SIGTERM stops gracefully, a second one at once), prints the
+//! workers' output, and turns how the service ended into herd's exit code.
+
+use std::sync::Arc;
+
+use herd::cache::Hub;
+use herd::listen::ListenAddr;
+use herd::service::{Outcome, RestartPolicy, ServiceConfig, ServiceEvent, ServiceHandle};
+use herd::Cluster;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use super::output::Printer;
+use crate::config::Settings;
+use crate::control::proto::{Answer, Bool, Reply, Report, Request};
+use crate::control::server::Call;
+use crate::control::Listening;
+use crate::exit::{Context, Error, Exit, Result};
+
+/// What a status report adds to the service's own status.
+#[derive(Clone)]
+pub(super) struct Extras {
+    /// The cache hub, if herd serves one.
+    pub(super) hub: Option<Hub>,
+    /// herd's listening sockets.
+    pub(super) listening: Arc<[Listening]>,
+}
+
+/// The service's config from the settings; `reuseport`: the addresses each worker binds.
+fn config(s: &Settings, reuseport: Vec<ListenAddr>) -> ServiceConfig {
+    ServiceConfig {
+        workers: s.workers,
+        restart: RestartPolicy {
+            mode: s.restart_mode,
+            backoff_min: s.backoff_min,
+            backoff_max: s.backoff_max,
+            max_restarts: s.max_restarts,
+            window: s.window,
+        },
+        readiness: s.ready.clone(),
+        ready_timeout: s.ready_timeout,
+        reload_batch: s.reload_batch,
+        reuseport,
+        reuseport_fd: super::listen::FIRST_FD,
+    }
+}
+
+/// Runs the service over `cluster` until it ends, answering `calls`; herd's exit code.
+pub(super) async fn supervise(
+    cluster: Cluster,
+    s: &Settings,
+    reuseport: Vec<ListenAddr>,
+    extras: Extras,
+    mut calls: mpsc::Receiver<Call>,
+) -> Result<Exit> {
+    let signal = |kind| signal(kind).or_fail(|| "cannot handle signals".into());
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let (handle, mut events, mut task) = herd::service::start(cluster, config(s, reuseport));
+    let mut printer = Printer::new(s.json_logs);
+    let mut signals = 0;
+    loop {
+        tokio::select! {
+            outcome = &mut task => {
+                // The last lines may still be queued.
+                while let Ok(ev) = events.try_recv() {
+                    print(&mut printer, ev).await;
+                }
+                printer.flush().await;
+                return exit(outcome.or_fail(|| "the service task failed".into())?);
+            }
+            Some(ev) = events.recv() => print(&mut printer, ev).await,
+            Some(call) = calls.recv() => {
+                tokio::spawn(answer(handle.clone(), call, extras.clone()));
+            }
+            _ = sigint.recv() => stop_signal(&handle, &mut signals),
+            _ = sigterm.recv() => stop_signal(&handle, &mut signals),
+            _ = sighup.recv() => {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    match handle.reload().await {
+                        Ok(n) => tracing::info!(replaced = n, "SIGHUP reload done"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP reload failed"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// herd's exit code for how the service ended.
+fn exit(outcome: Outcome) -> Result<Exit> {
+    match outcome {
+        Outcome::Stopped | Outcome::Exited(true) => Ok(Exit::Success),
+        Outcome::Exited(false) => Ok(Exit::Failure),
+        Outcome::CrashLoop(why) => Err(Error::failure(format!("every worker gave up: {why}"))),
+    }
+}
+
+async fn print(printer: &mut Printer, ev: ServiceEvent) {
+    match ev {
+        ServiceEvent::Output {
+            worker,
+            stream,
+            line,
+        } => printer.line(worker, stream, &line).await,
+        ServiceEvent::Message { worker, message } => printer.message(worker, message).await,
+    }
+}
+
+/// Answers one control call.
+async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
+    let answer = match call.request {
+        Request::Status => service.status().await.map(|status| {
+            Reply::Status(Box::new(Report {
+                status,
+                cache: extras.hub.as_ref().map(Hub::stats),
+                listening: extras.listening.to_vec(),
+                pid: std::process::id(),
+            }))
+        }),
+        Request::Reload => service
+            .reload()
+            .await
+            .map(|replaced| Reply::Reloaded { replaced }),
+        Request::Scale { workers } => service
+            .scale(workers)
+            .await
+            .map(|()| Reply::Scaled { workers }),
+        Request::Stop => {
+            // Answer first: the process ends once the workers have; the client then sees the
+            // connection close.
+            let _ = call
+                .answer
+                .send(Answer::Ok(Reply::Stopping { stopping: Bool }));
+            let _ = service.stop(false).await;
+            return;
+        }
+    };
+    let _ = call
+        .answer
+        .send(answer.map_or_else(Answer::err, Answer::Ok));
+}
+
+/// A stop signal: the first stops gracefully, the next ones at once.
+fn stop_signal(handle: &ServiceHandle, signals: &mut u32) {
+    *signals += 1;
+    let fast = *signals > 1;
+    if fast {
+        tracing::warn!("second signal: killing every worker");
+    } else {
+        tracing::info!("stopping: workers get the grace period");
+    }
+    let handle = handle.clone();
+    tokio::spawn(async move { handle.stop(fast).await });
+}
