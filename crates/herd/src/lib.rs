@@ -66,7 +66,9 @@ pub use herd_wire::{Codec, Format, Limits};
 pub use ids::{ExitStatus, WorkerId};
 pub use message::{Incoming, Message, Request};
 pub use peer::Peer;
-pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};
+pub use primary::{
+    Cluster, ClusterBuilder, Event, ForkOptions, OutputStream, WorkerHandle, MAX_OUTPUT_LINE,
+};
 pub use rustix::process::Signal;
 pub use worker::{Worker, WorkerOptions};
 

@@ -396,6 +396,15 @@ async fn join_here<F: std::future::Future>(futs: impl IntoIterator<Item = F>) ->
     out.into_iter().flatten().collect()
 }
 
+/// What one fork adds to the cluster's settings ([`Cluster::fork_with`]).
+#[derive(Debug, Default)]
+pub struct ForkOptions {
+    /// Descriptors this worker also inherits, each at its number.
+    pub fds: Vec<(OwnedFd, i32)>,
+    /// Environment variables for this worker, set after the builder's.
+    pub env: Vec<(OsString, OsString)>,
+}
+
 /// The primary's handle on its workers.
 pub struct Cluster {
     dispatch: mpsc::Sender<DispatchCmd>,
@@ -421,9 +430,19 @@ impl Cluster {
     /// Forks one more worker that also inherits `fds` (each at its number), besides the
     /// cluster's own: a socket of its own, say (`SO_REUSEPORT`).
     pub async fn fork_with_fds(&self, fds: Vec<(OwnedFd, i32)>) -> Result<WorkerHandle, Error> {
+        self.fork_with(ForkOptions {
+            fds,
+            env: Vec::new(),
+        })
+        .await
+    }
+
+    /// Forks one more worker with what `options` adds to the cluster's settings (descriptors,
+    /// environment variables).
+    pub async fn fork_with(&self, options: ForkOptions) -> Result<WorkerHandle, Error> {
         let (tx, rx) = oneshot::channel();
         self.dispatch
-            .send(DispatchCmd::Fork(fds, tx))
+            .send(DispatchCmd::Fork(options, tx))
             .await
             .map_err(|_| Error::ClusterGone)?;
         rx.await.map_err(|_| Error::ClusterGone)?
@@ -576,10 +595,7 @@ enum WorkerCmd {
 }
 
 enum DispatchCmd {
-    Fork(
-        Vec<(OwnedFd, i32)>,
-        oneshot::Sender<Result<WorkerHandle, Error>>,
-    ),
+    Fork(ForkOptions, oneshot::Sender<Result<WorkerHandle, Error>>),
     List(oneshot::Sender<Vec<WorkerHandle>>),
     Exited(WorkerId),
 }
@@ -598,7 +614,7 @@ async fn dispatcher(
                 let id = WorkerId(next_id);
                 next_id += 1;
                 let Some(me) = me.upgrade() else { break };
-                let r = match check_numbers(&cfg, &extra) {
+                let r = match check_numbers(&cfg, &extra.fds) {
                     Ok(()) => fork(&cfg, id, &extra, events.clone(), me).await,
                     Err(e) => Err(e),
                 };
@@ -683,7 +699,7 @@ fn check_numbers(cfg: &Config, extra: &[(OwnedFd, i32)]) -> Result<(), Error> {
 async fn fork(
     cfg: &Arc<Config>,
     id: WorkerId,
-    extra: &[(OwnedFd, i32)],
+    extra: &ForkOptions,
     events: mpsc::Sender<Event>,
     dispatch: mpsc::Sender<DispatchCmd>,
 ) -> Result<WorkerHandle, Error> {
@@ -691,6 +707,7 @@ async fn fork(
     let mut cmd = Command::new(&cfg.program);
     cmd.args(&cfg.args)
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
+        .envs(extra.env.iter().map(|(k, v)| (k, v)))
         .env(env::HERD_CHANNEL_FD, cfg.channel_fd.to_string())
         .env(env::HERD_CHANNEL_CODEC, cfg.codec.as_str())
         .env(env::HERD_WORKER_ID, id.0.to_string())
@@ -710,7 +727,7 @@ async fn fork(
     }
     let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
     fds.extend(cfg.inherit.iter().map(|(fd, at)| (&**fd, *at)));
-    fds.extend(extra.iter().map(|(fd, at)| (fd, *at)));
+    fds.extend(extra.fds.iter().map(|(fd, at)| (fd, *at)));
     sys::prepare_child(&mut cmd, &fds);
     let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
     let output = if cfg.capture_output {
