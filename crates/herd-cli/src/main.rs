@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use herd::cache::{CacheConfig, FileSource, Hub, RedisSource};
 use herd::listen::ListenAddr;
 use herd::service::{Outcome, RestartPolicy, ServiceConfig, ServiceEvent};
-use herd::{Cluster, OutputStream};
+use herd::{Cluster, Event, OutputStream};
 use herd_cli::{config, control, demo};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -360,7 +360,6 @@ async fn run(args: RunArgs) -> Result<i32> {
     };
 
     let mut builder = Cluster::builder()
-        .workers(0)
         .codec(s.codec)
         .grace(s.grace)
         .capture_output(true);
@@ -394,10 +393,6 @@ async fn run(args: RunArgs) -> Result<i32> {
     if let Some(hub) = &hub {
         builder = builder.cache(hub.clone());
     }
-    let cluster = builder
-        .start()
-        .await
-        .with_context(|| format!("cannot start {:?}", s.command[0]))?;
     let config = ServiceConfig {
         workers: s.workers,
         restart: RestartPolicy {
@@ -412,10 +407,14 @@ async fn run(args: RunArgs) -> Result<i32> {
         reload_batch: s.reload_batch,
         reuseport: reuse,
         reuseport_fd: 3,
+        ..ServiceConfig::default()
     };
     let mut sock = control::bind(&s.control).await?;
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
-    let (handle, mut events, mut task) = herd::service::start(cluster, config);
+    let service = herd::service::start(builder, config)
+        .await
+        .with_context(|| format!("cannot start {:?}", s.command[0]))?;
+    let (handle, mut events, mut task) = (service.handle, service.events, service.task);
     {
         let (handle, hub) = (handle.clone(), hub.clone());
         tokio::spawn(async move { control::serve(&mut sock, handle, hub, listening).await });
@@ -430,10 +429,13 @@ async fn run(args: RunArgs) -> Result<i32> {
     loop {
         tokio::select! {
             outcome = &mut task => {
-                // The last lines may still be queued.
-                while let Ok(ev) = events.try_recv() {
-                    print_event(ev, s.json_logs, &mut out, &mut err).await;
-                }
+                // The last lines may still be queued (the queue closes after them).
+                let rest = async {
+                    while let Some(ev) = events.recv().await {
+                        print_event(ev, s.json_logs, &mut out, &mut err).await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), rest).await;
                 let _ = out.flush().await;
                 let outcome = outcome.context("the service task failed")?;
                 let _ = std::fs::remove_file(&s.control);
@@ -444,6 +446,7 @@ async fn run(args: RunArgs) -> Result<i32> {
                         eprintln!("herd: every worker gave up: {why}");
                         1
                     }
+                    _ => 1,
                 });
             }
             Some(ev) = events.recv() => print_event(ev, s.json_logs, &mut out, &mut err).await,
@@ -487,11 +490,11 @@ async fn print_event(
             .map_or(0.0, |d| d.as_secs_f64())
     };
     let (text, to_err) = match ev {
-        ServiceEvent::Output {
+        ServiceEvent::Worker(Event::Output {
             worker,
             stream,
             line,
-        } => {
+        }) => {
             if json_logs {
                 let v = json!({"ts": ts(), "worker": worker.0, "stream": stream.as_str(), "line": line});
                 (format!("{v}\n"), false)
@@ -502,7 +505,10 @@ async fn print_event(
                 )
             }
         }
-        ServiceEvent::Message { worker, message } => {
+        ServiceEvent::Worker(Event::Message { worker, message }) => {
+            let message = message.json().unwrap_or_else(|_| {
+                serde_json::Value::String(format!("<{} bytes>", message.bytes().len()))
+            });
             let v = if json_logs {
                 json!({"ts": ts(), "worker": worker.0, "message": message})
             } else {
@@ -510,6 +516,13 @@ async fn print_event(
             };
             (format!("{v}\n"), false)
         }
+        ServiceEvent::Worker(Event::Request { worker, request }) => {
+            let why = format!("worker {worker}: herd run answers no requests");
+            tokio::spawn(async move { request.reply_error(&why).await });
+            return;
+        }
+        // Lifecycle and supervision are logged by the service.
+        _ => return,
     };
     let r = if to_err {
         err.write_all(text.as_bytes()).await
