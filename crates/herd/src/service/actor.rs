@@ -107,7 +107,6 @@ impl Actor {
             let wake = self.machine.next_deadline();
             let far = Instant::now() + Duration::from_secs(86_400);
             let step = tokio::select! {
-                biased;
                 permit = self.events.reserve(), if !self.outbox.is_empty() => {
                     match permit {
                         Ok(p) => p.send(self.outbox.pop_front().expect("a waiting event")),
