@@ -640,3 +640,32 @@ fn a_slot_that_gave_up_gets_a_fresh_start_from_a_reload() {
     });
     assert!(why.is_some_and(|why| why.contains(": 1 crashes")));
 }
+
+#[test]
+fn a_candidate_ready_after_its_old_worker_crashed_takes_over_and_the_late_restart_goes() {
+    let mut cfg = config(1);
+    cfg.readiness = Readiness::Notice;
+    let mut h = Harness::start(cfg);
+    let (t, fx) = h.cmd(Cmd::Reload);
+    h.forks_succeed(fx); // w2, the candidate
+    assert_eq!(restart_delay(&h.exit(1, CODE_1)), Some(ms(100)));
+    // The restart's fork is under way when the candidate becomes ready.
+    let fx = h.advance(ms(100));
+    assert_eq!(forks(&fx), [(0, Role::Active)]);
+    let fx = h.step(Input::Ready(w(2)));
+    assert!(
+        disconnects(&fx).is_empty(),
+        "the old worker is gone already"
+    );
+    assert!(matches!(reload_reply(&fx, t), Some(Ok(1))));
+    assert_eq!(h.serving(), [(0, w(2))]);
+    // The restarted worker arrives to a served slot: it is sent away.
+    let fx = h.step(Input::Started {
+        slot: 0,
+        role: Role::Active,
+        worker: w(3),
+    });
+    assert_eq!(disconnects(&fx), [w(3)]);
+    assert!(h.exit(3, CODE_0).is_empty());
+    assert_eq!(h.serving(), [(0, w(2))]);
+}

@@ -367,6 +367,7 @@ impl Machine {
                 let Some(entry) = entry else {
                     // Its reload is over (failed, or its slot was scaled away).
                     member.role = Role::Retiring;
+                    member.slot = None;
                     self.members.insert(worker, member);
                     fx.push(Effect::Kill(worker));
                     return;

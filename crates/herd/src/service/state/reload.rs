@@ -74,6 +74,7 @@ impl Machine {
         }
     }
 
+    /// The slots not scaled away, in order.
     pub(super) fn live_slots(&self) -> VecDeque<usize> {
         (0..self.slots.len())
             .filter(|i| self.slots[*i].state != SlotState::Removed)
