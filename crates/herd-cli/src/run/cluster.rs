@@ -1,9 +1,8 @@
-//! Starting what herd supervises: the cluster (the program, its environment and sockets, the
-//! channel codec) with zero workers for the service to fork, and the host-shared cache it
-//! serves them.
+//! What herd supervises: the cluster's settings (the program, its environment and sockets, the
+//! channel codec; the service forks the workers), and the host-shared cache it serves them.
 
 use herd::cache::{CacheConfig, FileSource, Hub, RedisSource};
-use herd::Cluster;
+use herd::{Cluster, ClusterBuilder};
 
 use super::listen::{self, Sockets};
 use crate::config::{CacheSource, Settings};
@@ -37,11 +36,10 @@ fn hub(s: &Settings) -> Result<Option<Hub>> {
     Ok(Some(hub))
 }
 
-/// Starts the cluster (no workers yet) and its cache hub.
-pub(super) async fn start(s: &Settings, sockets: Sockets) -> Result<(Cluster, Option<Hub>)> {
+/// The cluster's builder (the service forks the workers) and its cache hub.
+pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder, Option<Hub>)> {
     let hub = hub(s)?;
     let mut builder = Cluster::builder()
-        .workers(0)
         .codec(s.codec)
         .grace(s.grace)
         .capture_output(true);
@@ -52,9 +50,5 @@ pub(super) async fn start(s: &Settings, sockets: Sockets) -> Result<(Cluster, Op
     if let Some(hub) = &hub {
         builder = builder.cache(hub.clone());
     }
-    let cluster = builder
-        .start()
-        .await
-        .or_fail(|| format!("cannot start {:?}", s.command[0]))?;
-    Ok((cluster, hub))
+    Ok((builder, hub))
 }

@@ -30,13 +30,13 @@ pub async fn run(s: Settings) -> Result<Exit> {
     let sockets = listen::bind(&s)?;
     let listening: Arc<[_]> = sockets.listening.clone().into();
     let reuseport = sockets.reuseport.clone();
-    let (cluster, hub) = cluster::start(&s, sockets).await?;
+    let (builder, hub) = cluster::builder(&s, sockets)?;
     let control = server::bind(&s.control).await?;
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
     let (calls_tx, calls) = mpsc::channel(16);
     tokio::spawn(server::serve(control, calls_tx));
     let extras = service::Extras { hub, listening };
-    let exit = service::supervise(cluster, &s, reuseport, extras, calls).await;
+    let exit = service::supervise(builder, &s, reuseport, extras, calls).await;
     let _ = std::fs::remove_file(&s.control);
     exit
 }

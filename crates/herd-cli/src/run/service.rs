@@ -8,7 +8,7 @@ use std::sync::Arc;
 use herd::cache::Hub;
 use herd::listen::ListenAddr;
 use herd::service::{Outcome, RestartPolicy, ServiceConfig, ServiceEvent, ServiceHandle};
-use herd::Cluster;
+use herd::{ClusterBuilder, Event};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -44,12 +44,14 @@ fn config(s: &Settings, reuseport: Vec<ListenAddr>) -> ServiceConfig {
         reload_batch: s.reload_batch,
         reuseport,
         reuseport_fd: super::listen::FIRST_FD,
+        ..ServiceConfig::default()
     }
 }
 
-/// Runs the service over `cluster` until it ends, answering `calls`; herd's exit code.
+/// Runs the service over the cluster `builder` describes until it ends, answering `calls`;
+/// herd's exit code.
 pub(super) async fn supervise(
-    cluster: Cluster,
+    builder: ClusterBuilder,
     s: &Settings,
     reuseport: Vec<ListenAddr>,
     extras: Extras,
@@ -59,16 +61,22 @@ pub(super) async fn supervise(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let (handle, mut events, mut task) = herd::service::start(cluster, config(s, reuseport));
+    let service = herd::service::start(builder, config(s, reuseport))
+        .await
+        .or_fail(|| format!("cannot start {:?}", s.command[0]))?;
+    let (handle, mut events, mut task) = (service.handle, service.events, service.task);
     let mut printer = Printer::new(s.json_logs);
     let mut signals = 0;
     loop {
         tokio::select! {
             outcome = &mut task => {
-                // The last lines may still be queued.
-                while let Ok(ev) = events.try_recv() {
-                    print(&mut printer, ev).await;
-                }
+                // The last lines may still be queued (the queue closes after them).
+                let rest = async {
+                    while let Some(ev) = events.recv().await {
+                        print(&mut printer, ev).await;
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rest).await;
                 printer.flush().await;
                 return exit(outcome.or_fail(|| "the service task failed".into())?);
             }
@@ -97,17 +105,31 @@ fn exit(outcome: Outcome) -> Result<Exit> {
         Outcome::Stopped | Outcome::Exited(true) => Ok(Exit::Success),
         Outcome::Exited(false) => Ok(Exit::Failure),
         Outcome::CrashLoop(why) => Err(Error::failure(format!("every worker gave up: {why}"))),
+        other => Err(Error::failure(format!("the service ended: {other:?}"))),
     }
 }
 
+/// Prints a worker's output and messages; answers its requests with an error (`herd run` serves
+/// none); the service logs lifecycle and supervision events itself.
 async fn print(printer: &mut Printer, ev: ServiceEvent) {
     match ev {
-        ServiceEvent::Output {
+        ServiceEvent::Worker(Event::Output {
             worker,
             stream,
             line,
-        } => printer.line(worker, stream, &line).await,
-        ServiceEvent::Message { worker, message } => printer.message(worker, message).await,
+        }) => printer.line(worker, stream, &line).await,
+        ServiceEvent::Worker(Event::Message { worker, message }) => {
+            let message = message.json().unwrap_or_else(|_| {
+                serde_json::Value::String(format!("<{} bytes>", message.bytes().len()))
+            });
+            printer.message(worker, message).await
+        }
+        ServiceEvent::Worker(Event::Request { worker, request }) => {
+            let why = format!("worker {worker}: herd run answers no requests");
+            // Queued at once or dropped after the send deadline: never awaited here.
+            tokio::spawn(async move { request.reply_error(&why).await });
+        }
+        _ => {}
     }
 }
 

@@ -1,0 +1,150 @@
+//! What `herd status` shows: [`Status`] and [`WorkerStatus`], built from the state machine's
+//! slots and members, with each worker's memory read from `/proc` (outside the actor).
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::state::{Machine, Role, SlotState};
+use crate::WorkerId;
+
+/// One worker, as `herd status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    /// Its slot (0-based), if it holds one.
+    pub slot: Option<usize>,
+    /// The worker's id.
+    pub worker: u64,
+    /// Its process id.
+    pub pid: u32,
+    /// `starting`, `running`, `retiring` (being replaced or scaled away), `stopping`.
+    pub state: String,
+    /// Seconds since it started.
+    pub uptime_s: f64,
+    /// Restarts of its slot so far.
+    pub restarts: u32,
+    /// Resident memory (bytes), from /proc.
+    pub rss: u64,
+    /// Proportional set size (bytes; shared pages split among their users), from /proc.
+    pub pss: u64,
+    /// Messages received from it.
+    pub messages: u64,
+    /// Node's own internal messages (`NODE_*` `cmd`s that are not herd's) it sent, which herd
+    /// drops (Node json codec only).
+    #[serde(default)]
+    pub internal_dropped: u64,
+}
+
+/// The whole service, as `herd status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Workers wanted.
+    pub wanted: usize,
+    /// Live workers.
+    pub workers: Vec<WorkerStatus>,
+    /// Slots waiting to restart: (slot, seconds until it does).
+    pub restarting: Vec<(usize, f64)>,
+    /// Slots that gave up (crash loop): (slot, why).
+    pub failed: Vec<(usize, String)>,
+    /// Whether a rolling reload is going on.
+    pub reloading: bool,
+    /// Rolling reloads completed.
+    pub reloads: u64,
+    /// Worker output lines, messages and requests dropped because the reader of the service's
+    /// events was too slow (requests dropped this way were answered with an error).
+    pub output_dropped: u64,
+    /// Lifecycle events (forks, exits, restarts, ...) dropped because the reader of the
+    /// service's events was far behind (see [`super::ServiceEvent`]).
+    #[serde(default)]
+    pub events_dropped: u64,
+}
+
+/// Counters the actor keeps besides the machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Dropped {
+    pub(crate) output: u64,
+    pub(crate) events: u64,
+}
+
+/// The status at `now`, without memory figures; `process` gives a worker's process id and its
+/// count of dropped Node internal messages.
+pub(crate) fn build(
+    m: &Machine,
+    now: Instant,
+    process: impl Fn(WorkerId) -> (u32, u64),
+    dropped: Dropped,
+) -> Status {
+    let mut workers: Vec<WorkerStatus> = m
+        .members
+        .iter()
+        .map(|(id, w)| {
+            let state = match w.role {
+                _ if m.stopping() => "stopping",
+                Role::Active => "running",
+                Role::Candidate => "starting",
+                Role::Retiring => "retiring",
+            };
+            let (pid, internal_dropped) = process(*id);
+            WorkerStatus {
+                slot: w.slot,
+                worker: id.0,
+                pid,
+                state: state.into(),
+                uptime_s: now.duration_since(w.started).as_secs_f64(),
+                restarts: w
+                    .slot
+                    .and_then(|s| m.slots.get(s))
+                    .map_or(0, |s| s.restarts),
+                rss: 0,
+                pss: 0,
+                messages: w.messages,
+                internal_dropped,
+            }
+        })
+        .collect();
+    workers.sort_by_key(|w| (w.slot.unwrap_or(usize::MAX), w.worker));
+    let slots = m.slots.iter().enumerate();
+    Status {
+        wanted: m.wanted(),
+        workers,
+        restarting: slots
+            .clone()
+            .filter_map(|(i, s)| match s.state {
+                SlotState::Restarting { at } => {
+                    Some((i, at.saturating_duration_since(now).as_secs_f64()))
+                }
+                _ => None,
+            })
+            .collect(),
+        failed: slots
+            .filter_map(|(i, s)| match &s.state {
+                SlotState::Failed(why) => Some((i, why.clone())),
+                _ => None,
+            })
+            .collect(),
+        reloading: m.reloading(),
+        reloads: m.reloads,
+        output_dropped: dropped.output,
+        events_dropped: dropped.events,
+    }
+}
+
+/// Fills in each worker's memory figures.
+pub(crate) async fn add_memory(status: &mut Status) {
+    for w in &mut status.workers {
+        (w.rss, w.pss) = memory(w.pid).await;
+    }
+}
+
+/// RSS and PSS of a process, from /proc/PID/smaps_rollup (zeros if it cannot be read).
+async fn memory(pid: u32) -> (u64, u64) {
+    let Ok(text) = tokio::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).await else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("Rss:"), field("Pss:"))
+}
