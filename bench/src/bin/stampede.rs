@@ -11,8 +11,6 @@
 //! The simulated hosts are H clusters driven from this one process, each with its own hub and
 //! its own Redis connection, which is what Redis sees from H real hosts.
 
-#[path = "../../../crates/herd/tests/support/redis_server.rs"]
-mod redis_server;
 #[path = "../sections.rs"]
 mod sections;
 
@@ -25,7 +23,7 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
 use herd::{Cluster, Event, Incoming, Role, Worker};
-use redis_server::{info_field, RedisServer};
+use herd_test_support::redis_server::{info_field, RedisServer};
 use sections::thousands;
 use serde::{Deserialize, Serialize};
 

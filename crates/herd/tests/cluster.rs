@@ -3,44 +3,26 @@
 //! synchronise.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use bytes::BufMut;
 use herd::{Cluster, ClusterBuilder, Error, Event, Signal, WorkerId};
+use herd_test_support::events::{next, until, DEADLINE};
+use herd_test_support::process::pid_alive;
+use herd_test_support::test_worker;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
-const DEADLINE: Duration = Duration::from_secs(20);
 
 fn builder(n: usize) -> ClusterBuilder {
     Cluster::builder()
         .workers(n)
-        .program(WORKER)
+        .program(test_worker())
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "echo")
         .grace(Duration::from_secs(2))
-}
-
-async fn next(cluster: &mut Cluster) -> Event {
-    tokio::time::timeout(DEADLINE, cluster.next_event())
-        .await
-        .expect("no event before the deadline")
-        .expect("event stream ended")
-}
-
-/// Waits for an event matching `want`, returning it and the events skipped on the way.
-async fn until(cluster: &mut Cluster, want: impl Fn(&Event) -> bool) -> (Event, Vec<Event>) {
-    let mut skipped = Vec::new();
-    loop {
-        let ev = next(cluster).await;
-        if want(&ev) {
-            return (ev, skipped);
-        }
-        skipped.push(ev);
-    }
 }
 
 async fn all_online(cluster: &mut Cluster, n: usize) {
@@ -66,15 +48,18 @@ async fn message(cluster: &mut Cluster, from: WorkerId) -> Value {
     }
 }
 
+/// Whether `pid` has exited (a zombie has: only its parent, not us, can reap it).
 fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie has exited; only its parent (not us) can reap it.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
+    !pid_alive(pid.into())
+}
+
+/// `sh -c SCRIPT herd-test-worker`: the script's `$0` is the test worker.
+fn sh_args(script: &str) -> [&OsStr; 3] {
+    [
+        OsStr::new("-c"),
+        OsStr::new(script),
+        test_worker().as_os_str(),
+    ]
 }
 
 #[tokio::test]
@@ -347,7 +332,7 @@ async fn kill_exit_codes_and_the_grace_period() {
     // A worker that ignores the disconnect is killed once the grace period is over.
     let mut stubborn = Cluster::builder()
         .workers(1)
-        .program(WORKER)
+        .program(test_worker())
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "ignore-eof")
         .grace(Duration::from_millis(300))
@@ -399,7 +384,7 @@ async fn liar(bytes: &[u8]) -> Cluster {
     Cluster::builder()
         .workers(2)
         .program("sh")
-        .args(["-c", script, WORKER])
+        .args(sh_args(script))
         .env("HERD_TEST_MODE", "echo")
         .env("LIE", printf_escape(bytes))
         .grace(Duration::from_millis(200))
@@ -488,7 +473,7 @@ async fn a_half_frame_then_silence_is_refused_at_end_of_stream() {
     let mut cluster = Cluster::builder()
         .workers(2)
         .program("sh")
-        .args(["-c", script, WORKER])
+        .args(sh_args(script))
         .env("HERD_TEST_MODE", "echo")
         .env("LIE", printf_escape(&b))
         .grace(Duration::from_millis(200))
@@ -548,7 +533,7 @@ async fn sending_to_an_exited_worker_fails_fast() {
 #[tokio::test]
 async fn workers_die_with_their_primary() {
     // A primary process whose workers ignore end-of-stream: only PR_SET_PDEATHSIG can stop them.
-    let mut primary = std::process::Command::new(WORKER)
+    let mut primary = std::process::Command::new(test_worker())
         .env_remove("HERD_CHANNEL_FD")
         .env_remove("NODE_CHANNEL_FD")
         .env("HERD_TEST_WORKERS", "2")
