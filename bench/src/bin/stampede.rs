@@ -11,9 +11,6 @@
 //! The simulated hosts are H clusters driven from this one process, each with its own hub and
 //! its own Redis connection, which is what Redis sees from H real hosts.
 
-#[path = "../sections.rs"]
-mod sections;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,8 +20,8 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
 use herd::{Cluster, Event, Incoming, Role, Worker};
+use herd_bench::sections::{self, thousands};
 use herd_test_support::redis_server::{info_field, RedisServer};
-use sections::thousands;
 use serde::{Deserialize, Serialize};
 
 const MB: usize = 1 << 20;
