@@ -9,8 +9,7 @@
 //! Run it with `cargo run --release -p herd-bench`; it prints the table and writes it to
 //! `docs/benchmarks.md` (`--out` to choose another file, `--quick` for a fast smoke run).
 
-mod sections;
-use sections::thousands;
+use herd_bench::sections::{self, thousands};
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
+use herd_test_support::process::{children, fd_count, rss_kb};
 
 #[test]
 fn workers_killed_under_load_come_back_and_the_others_keep_serving() {

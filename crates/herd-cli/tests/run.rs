@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
+use herd_test_support::process::{pid_alive, TempDir};
 
 #[test]
 fn run_relays_messages_and_stops_gracefully_on_sigint() {

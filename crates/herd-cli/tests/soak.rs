@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
+use herd_test_support::process::{children, fd_count, rss_kb};
 
 #[test]
 fn soak_under_load_with_reloads_and_kills() {

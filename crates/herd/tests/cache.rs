@@ -10,12 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use herd::cache::{CacheConfig, FileSource, Hub, Progress};
 use herd::{Cluster, Event, WorkerId};
+use herd_test_support::cache::*;
+use herd_test_support::events::{next, DEADLINE};
+use herd_test_support::test_worker;
 use serde_json::{json, Value};
-
-#[path = "support/cache_cluster.rs"]
-mod cache_cluster;
-
-use cache_cluster::*;
 
 fn folder(name: &str, values: &[(&str, Vec<u8>)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("herd-cache-{name}-{}", std::process::id()));
@@ -262,7 +260,7 @@ async fn warm_up_loads_once_and_later_workers_read_nothing_from_the_source() {
 async fn a_cluster_without_a_hub_answers_cache_calls_with_an_error() {
     let mut cluster = Cluster::builder()
         .workers(1)
-        .program(WORKER)
+        .program(test_worker())
         .args(Vec::<String>::new())
         .start()
         .await

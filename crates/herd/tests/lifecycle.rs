@@ -7,13 +7,14 @@ use std::time::Duration;
 use herd::{Cluster, ClusterBuilder, Error, Event, WorkerId};
 use serde_json::{json, Value};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
+use herd_test_support::process::pid_alive as alive;
+use herd_test_support::test_worker;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn builder(n: usize) -> ClusterBuilder {
     Cluster::builder()
         .workers(n)
-        .program(WORKER)
+        .program(test_worker())
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "echo")
         .grace(Duration::from_secs(2))
@@ -33,13 +34,6 @@ async fn message_from(cluster: &mut Cluster, from: WorkerId) -> Value {
             }
         }
     }
-}
-
-/// Whether a process with this pid still exists (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
 }
 
 #[tokio::test]
@@ -106,7 +100,7 @@ async fn shutdown_ends_the_event_stream_after_every_exit() {
         }
     }
     assert_eq!(exits, 2, "every exit came before the end of the stream");
-    assert!(pids.iter().all(|p| !alive(*p)));
+    assert!(pids.iter().all(|p| !alive(u64::from(*p))));
 }
 
 #[tokio::test]
@@ -120,7 +114,7 @@ async fn dropping_the_cluster_stops_its_workers() {
             .expect("the worker exits once its cluster is dropped")
             .unwrap();
         assert_eq!(status.code, Some(0), "it was disconnected, not killed");
-        assert!(!alive(w.pid()));
+        assert!(!alive(u64::from(w.pid())));
     }
 }
 

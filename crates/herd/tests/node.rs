@@ -7,20 +7,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use herd::{Cluster, Codec, Event, WorkerId};
+use herd_test_support::events::next;
+use herd_test_support::test_worker;
 use serde_json::{json, Value};
-
-const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
-const DEADLINE: Duration = Duration::from_secs(20);
 
 fn script(name: &str) -> String {
     format!("{}/tests/node/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn next(cluster: &mut Cluster) -> Event {
-    tokio::time::timeout(DEADLINE, cluster.next_event())
-        .await
-        .expect("an event within the deadline")
-        .expect("the cluster is running")
 }
 
 async fn node_cluster(n: usize) -> (Cluster, Vec<WorkerId>) {
@@ -277,7 +269,7 @@ async fn a_node_primary_forks_a_herd_rust_worker() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script("fork_herd.js"))
-            .arg(WORKER)
+            .arg(test_worker())
             .arg(values.to_string())
             .output()
             .unwrap()

@@ -3,21 +3,16 @@
 //! from Redis to every worker, warm-up by pattern, writes through herd, and outages (Redis
 //! stopped: stale values served, never-loaded keys fail; Redis back: tracking and data recover).
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use herd::cache::{CacheConfig, Hub, RedisConfig, RedisSource};
 use herd::{Cluster, WorkerId};
-use redis_server::RedisServer;
+use herd_test_support::cache::*;
+use herd_test_support::events::DEADLINE;
+use herd_test_support::redis_server::RedisServer;
 use serde_json::{json, Value};
-
-#[path = "support/cache_cluster.rs"]
-mod cache_cluster;
-
-use cache_cluster::*;
 
 fn source(server: &RedisServer, chunk_size: usize) -> Arc<RedisSource> {
     let config = RedisConfig {
@@ -347,7 +342,12 @@ async fn node_workers_share_the_cache_through_herd_js() {
 
     let src = source(&server, 4 << 20);
     let hub = hub(&src, quiet());
-    let (mut cluster, ids) = start_node(&hub, 2).await;
+    let (mut cluster, ids) = start_node(
+        &hub,
+        2,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/cache_worker.js"),
+    )
+    .await;
     assert_eq!(
         node_ask(&mut cluster, ids[0], json!({"op": "ready"})).await["ready"],
         json!(true)

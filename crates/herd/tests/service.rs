@@ -10,7 +10,7 @@ use herd::{Cluster, Event, WorkerId};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
+use herd_test_support::test_worker;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Waits for an event matching `want` (answering or dropping requests on the way as `want`
@@ -43,7 +43,7 @@ fn slot_of(pid: u32) -> Option<String> {
 async fn a_service_supervises_reports_and_hands_out_its_workers() {
     let builder = Cluster::builder()
         .workers(5) // ignored: the service forks its own
-        .program(WORKER)
+        .program(test_worker())
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "echo")
         .grace(Duration::from_secs(2));

@@ -1,9 +1,10 @@
 //! What the `herd run` tests share: a harness that runs the real `herd` binary and reads its
-//! output line by line, the control commands, HTTP and /proc helpers.
+//! output line by line, the control commands, and HTTP against the demo server. The generic
+//! process harness (temporary directories, output lines, /proc) is herd-test-support's.
 
 #![allow(dead_code)] // each test file uses a different part
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,34 +14,13 @@ use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // each test file uses a different part
 pub use herd_cli::control::{Listening, Report};
+use herd_test_support::process::{lines, TempDir};
 
 pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn demo_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo/server.js")
-}
-
-/// A private temporary directory, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "herd-cli-{}-{name}-{:?}",
-            std::process::id(),
-            Instant::now()
-        ));
-        let p = PathBuf::from(p.to_string_lossy().replace([' ', '{', '}', ':'], "_"));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A running `herd run` with its output collected line by line.
@@ -50,19 +30,6 @@ pub struct Herd {
     pub out: mpsc::Receiver<String>,
     pub err: mpsc::Receiver<String>,
     _dir: TempDir,
-}
-
-pub fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Herd {
@@ -185,26 +152,9 @@ impl Drop for Herd {
     }
 }
 
+/// The next line from `rx` matching `want` within [`DEADLINE`].
 pub fn wait_line(rx: &mpsc::Receiver<String>, want: impl Fn(&str) -> bool, what: &str) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if want(&l) => return l,
-            Ok(_) => {}
-            Err(e) => panic!("no matching {what} line: {e}"),
-        }
-    }
-}
-
-pub fn pid_alive(pid: u64) -> bool {
-    // A zombie is not alive: only a process that runs counts.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z')
-        })
-        .unwrap_or(false)
+    herd_test_support::process::wait_line(rx, DEADLINE, want, what)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; the status code and the body.
@@ -243,53 +193,6 @@ pub fn workers(s: &Report) -> usize {
 /// The workers' process ids.
 pub fn pids(s: &Report) -> Vec<u64> {
     s.status.workers.iter().map(|w| u64::from(w.pid)).collect()
-}
-
-/// herd's descriptors: the fewest seen over a few samples (a worker being started or reaped
-/// holds a few for a moment: what matters is what stays).
-pub fn fd_count(pid: u32) -> usize {
-    (0..20)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(5));
-            std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(usize::MAX, |d| d.count())
-        })
-        .min()
-        .unwrap_or(usize::MAX)
-}
-
-pub fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The children of `pid` (all its threads'), and how many of them are zombies.
-pub fn children(pid: u32) -> (usize, usize) {
-    let mut all = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            all.extend(text.split_whitespace().map(String::from));
-        }
-    }
-    let zombies = all
-        .iter()
-        .filter(|c| {
-            std::fs::read_to_string(format!("/proc/{c}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(false)
-        })
-        .count();
-    (all.len(), zombies)
 }
 
 /// `GET /` from the demo server: the pid of the worker that answered.

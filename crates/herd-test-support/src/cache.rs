@@ -1,24 +1,14 @@
 //! What the cache tests share: a cluster of test workers (or Node workers) with a hub, and
-//! asking them to run cache commands.
-
-#![allow(dead_code)] // each test file uses a different part
+//! asking them to run cache commands (the test worker's `cache_*` commands).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::Path;
 
 use herd::cache::{CacheConfig, Hub, Progress};
 use herd::{Cluster, ClusterBuilder, Event, WorkerId};
 use serde_json::Value;
 
-pub const WORKER: &str = env!("CARGO_BIN_EXE_herd-test-worker");
-pub const DEADLINE: Duration = Duration::from_secs(20);
-
-pub async fn next(cluster: &mut Cluster) -> Event {
-    tokio::time::timeout(DEADLINE, cluster.next_event())
-        .await
-        .expect("an event within the deadline")
-        .expect("the cluster is running")
-}
+use crate::events::next;
 
 /// Starts `n` workers from `builder` with `hub` and waits until they are all online.
 async fn start_with(builder: ClusterBuilder, hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
@@ -36,15 +26,14 @@ async fn start_with(builder: ClusterBuilder, hub: &Hub, n: usize) -> (Cluster, V
 /// `n` herd test workers (Rust, binary codec) serving cache commands.
 pub async fn start(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
     let builder = Cluster::builder()
-        .program(WORKER)
+        .program(crate::test_worker())
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "echo");
     start_with(builder, hub, n).await
 }
 
-/// `n` Node workers running tests/node/cache_worker.js (js/herd.js's cache).
-pub async fn start_node(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
-    let script = format!("{}/tests/node/cache_worker.js", env!("CARGO_MANIFEST_DIR"));
+/// `n` Node workers running `script` (herd's tests/node/cache_worker.js: js/herd.js's cache).
+pub async fn start_node(hub: &Hub, n: usize, script: &Path) -> (Cluster, Vec<WorkerId>) {
     let builder = Cluster::builder()
         .program("node")
         .args([script])
@@ -90,6 +79,7 @@ pub async fn ask_all_ok(
     out
 }
 
+/// Sends `op` to worker `id` and returns its answer.
 pub async fn ask(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
     ask_all(cluster, &[id], op).await.remove(&id).unwrap()
 }
@@ -99,6 +89,7 @@ pub async fn ask_ok(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
     ask_all_ok(cluster, &[id], op).await.remove(&id).unwrap()
 }
 
+/// The test worker's checksum of a value (`sum` in its answers).
 pub fn checksum(b: &[u8]) -> u64 {
     b.iter()
         .fold(0u64, |a, &x| a.wrapping_mul(31).wrapping_add(u64::from(x)))

@@ -1,12 +1,11 @@
 //! A real `redis-server` for tests and benchmarks, started on a free port with nothing on disk,
 //! stoppable and restartable on the same port (to test outages), killed when dropped.
 
-#![allow(dead_code)] // each user of this file needs a different part of it
-
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::process::free_port;
 
 /// How long a server may take to answer PING after it starts.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -31,14 +30,19 @@ impl RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "herd-redis-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ (extra.len() as u128) ^ rand_u64() as u128
+            crate::process::unique()
         ));
         std::fs::create_dir_all(&dir).expect("a temporary directory for redis-server");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        // A free port can be taken between our probe and the server's bind: try a few.
+        // A free port can be taken between our probe and the server's bind: try a few. The
+        // default port is never used, whatever the system hands out: a developer's own Redis
+        // may be there.
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
+            if port == 6379 {
+                continue;
+            }
             let mut s = RedisServer {
                 child: None,
                 port,
@@ -171,18 +175,4 @@ pub fn info_field(info: &str, field: &str) -> Option<u64> {
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
 }

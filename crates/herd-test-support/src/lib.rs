@@ -1,0 +1,19 @@
+//! What herd's tests and benchmarks share (`publish = false`; never a dependency of the library).
+//!
+//! - [`test_worker`]: the path of the `herd-test-worker` binary (this crate's `[[bin]]`), built
+//!   (or brought up to date) on first use.
+//! - [`redis_server::RedisServer`]: a private `redis-server` on a free port (never 127.0.0.1:6379).
+//! - [`cache`]: clusters of test workers (or Node workers) sharing a cache hub.
+//! - [`events`]: a cluster's next event, or the next matching one, within a deadline.
+//! - [`process`]: a process harness: free ports, temporary directories, child output read line
+//!   by line with a deadline, and `/proc` (liveness, children, descriptors, memory).
+
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod events;
+pub mod process;
+pub mod redis_server;
+mod worker;
+
+pub use worker::test_worker;
