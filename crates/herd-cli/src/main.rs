@@ -340,6 +340,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             let config = CacheConfig {
                 warm_patterns: s.warm.clone(),
                 max_stale: s.max_stale,
+                progress: herd_cli::progress::warm_up(),
                 ..CacheConfig::default()
             };
             let hub = match src {

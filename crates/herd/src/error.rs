@@ -46,6 +46,9 @@ pub enum Error {
     /// A system call failed.
     #[error("i/o error")]
     Io(#[from] std::io::Error),
+    /// A cache operation failed.
+    #[error("cache")]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// Formats an error with its chain of sources, `a: b: c`.

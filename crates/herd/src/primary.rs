@@ -29,7 +29,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::cache::hub::Push;
+use crate::cache::serve::{forward_pushes, CacheCalls};
 use crate::cache::Hub;
 pub use crate::ids::{ExitStatus, WorkerId};
 use crate::message::{Control, Endpoint, Incoming, Routed};
@@ -173,9 +173,6 @@ struct Config {
     capture_output: bool,
     send_timeout: Duration,
 }
-
-/// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
-const MAX_CACHE_CALLS: usize = 1024;
 
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
 /// arguments, the binary codec.
@@ -736,7 +733,7 @@ async fn fork(
     if let Some(hub) = &cfg.cache {
         // Subscribed before the worker can ask anything, so it misses no invalidation.
         tokio::spawn(forward_pushes(
-            hub.clone(),
+            hub,
             Peer::new(ep.clone(), cfg.request_timeout),
         ));
     }
@@ -764,7 +761,7 @@ async fn fork(
         cfg: cfg.clone(),
         outbox: VecDeque::new(),
         online: cfg.codec == Codec::NodeJson,
-        cache_calls: Arc::new(tokio::sync::Semaphore::new(MAX_CACHE_CALLS)),
+        cache_calls: CacheCalls::default(),
         open: true,
         exited: None,
         kill_at: None,
@@ -815,7 +812,7 @@ struct Supervisor {
     outbox: VecDeque<Event>,
     online: bool,
     /// Bounds this worker's cache calls in flight.
-    cache_calls: Arc<tokio::sync::Semaphore>,
+    cache_calls: CacheCalls,
     open: bool,
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
@@ -1034,18 +1031,9 @@ impl Supervisor {
     }
 
     fn cache_call(&self, request: Request) {
-        let refuse = |request: Request, why: &'static str| {
-            tokio::spawn(async move {
-                let _ = request.reply_error(why).await;
-            });
-        };
-        let Some(hub) = &self.cfg.cache else {
-            return refuse(request, "this primary serves no cache");
-        };
-        match self.cache_calls.clone().try_acquire_owned() {
-            Ok(permit) => hub.serve(self.id, self.cfg.codec, request, permit),
-            Err(_) => refuse(request, "too many cache calls in flight"),
-        }
+        let hub = self.cfg.cache.as_ref();
+        self.cache_calls
+            .serve(hub, self.id, self.cfg.codec, request);
     }
 
     fn handshake(&self, frame: herd_wire::Frame) -> Result<(), Error> {
@@ -1121,32 +1109,6 @@ impl Supervisor {
             // The group may be gone already while the process is not yet reaped.
             tracing::debug!(worker = %self.id, error = %e, "signal to process group failed; trying the process");
             let _ = rustix::process::kill_process(pid, sig);
-        }
-    }
-}
-
-/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up is told
-/// to drop its whole view instead. Ends when the worker's channel closes.
-async fn forward_pushes(hub: Hub, peer: Peer) {
-    let mut pushes = hub.subscribe();
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        // Ends with the worker's channel, not at the next push after it: a source that never
-        // invalidates would otherwise keep every dead worker's channel open.
-        let next = tokio::select! {
-            next = pushes.recv() => next,
-            () = peer.endpoint().sender().closed() => return,
-        };
-        let control = match next {
-            Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
-            Ok(Push::Clear { seq }) => Control::CacheClear { seq },
-            Err(RecvError::Lagged(_)) => Control::CacheClear {
-                seq: hub.current_seq(),
-            },
-            Err(RecvError::Closed) => return,
-        };
-        if peer.control(&control).await.is_err() {
-            return;
         }
     }
 }

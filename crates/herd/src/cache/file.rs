@@ -196,7 +196,7 @@ impl Source for FileSource {
 }
 
 /// Redis's glob matching (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`), on bytes.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+fn glob_match(pattern: &str, text: &str) -> bool {
     glob(pattern.as_bytes(), text.as_bytes())
 }
 
