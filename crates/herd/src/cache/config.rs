@@ -54,7 +54,8 @@ pub enum Progress {
     /// A log line (`tracing` at info level) after each batch.
     #[default]
     Log,
-    /// A call after each batch (and one before the first), e.g. to draw a progress bar.
+    /// A call after each batch (and one before the first), e.g. to draw a progress bar. It
+    /// runs on the warm-up task: it must return quickly.
     Report(ProgressFn),
     /// Nothing.
     Off,

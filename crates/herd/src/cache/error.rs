@@ -62,7 +62,7 @@ pub enum CacheError {
 
 impl CacheError {
     /// The error for `key` when its source call failed with `source`.
-    pub(crate) fn source(key: &str, source: SourceError) -> CacheError {
+    pub(super) fn source(key: &str, source: SourceError) -> CacheError {
         CacheError::Source {
             key: key.into(),
             source,
@@ -70,7 +70,7 @@ impl CacheError {
     }
 
     /// A copy for one more waiter of a shared load (errors are not `Clone`), about `key`.
-    pub(crate) fn for_waiter(&self, key: &str) -> CacheError {
+    pub(super) fn for_waiter(&self, key: &str) -> CacheError {
         match self {
             CacheError::Source { source, .. } => CacheError::source(
                 key,
@@ -91,7 +91,7 @@ impl CacheError {
     }
 
     /// What the hub sends a worker about this error.
-    pub(crate) fn to_wire(&self) -> WireError {
+    pub(super) fn to_wire(&self) -> WireError {
         let why = |e: &(dyn std::error::Error + 'static)| crate::error::chain(e);
         match self {
             CacheError::Source { key, source } => {
@@ -133,7 +133,7 @@ impl CacheError {
 
     /// The error a worker's call of `op` gets from the hub's `wire` error. `op` names what a
     /// source refused as unsupported (its own text does not cross the channel).
-    pub(crate) fn from_wire(wire: WireError, op: &'static str) -> CacheError {
+    pub(super) fn from_wire(wire: WireError, op: &'static str) -> CacheError {
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         match wire {
             WireError::Unavailable { key, why } => {

@@ -64,7 +64,7 @@ pub struct HubStats {
 
 /// A notice for every worker.
 #[derive(Clone, Debug)]
-pub(crate) enum Push {
+pub(super) enum Push {
     /// These keys changed.
     Invalidate { keys: Vec<String>, seq: u64 },
     /// Everything may have changed.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// A call from a replica.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub(crate) enum CacheOp {
+pub(super) enum CacheOp {
     /// The value of a key.
     Get {
         /// The key.
@@ -55,7 +55,7 @@ pub(crate) enum CacheOp {
 impl CacheOp {
     /// The [`Source`](super::Source) call this op makes, as named in
     /// [`SourceError::Unsupported`](super::SourceError::Unsupported).
-    pub(crate) fn source_call(&self) -> &'static str {
+    pub(super) fn source_call(&self) -> &'static str {
         match self {
             CacheOp::Get { .. } => "load",
             CacheOp::Set { .. } => "store",
@@ -68,7 +68,7 @@ impl CacheOp {
 
 /// Bytes on the wire: msgpack binary on the binary codec; a JSON string from Node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct WireValue(pub(super) Bytes);
+pub(super) struct WireValue(pub(super) Bytes);
 
 impl Serialize for WireValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -114,7 +114,7 @@ impl<'de> Deserialize<'de> for WireValue {
 
 /// The answer to [`CacheOp::Get`] on the binary codec.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct GetReply {
+pub(super) struct GetReply {
     /// Whether the key exists.
     pub(super) found: bool,
     /// The value, when it travels inline.
@@ -140,7 +140,7 @@ pub(crate) struct GetReply {
 
 /// The answer to [`CacheOp::Get`] for a Node peer.
 #[derive(Debug, Serialize)]
-pub(crate) struct NodeGetReply {
+pub(super) struct NodeGetReply {
     pub(super) found: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) value: Option<String>,
@@ -155,7 +155,7 @@ pub(crate) struct NodeGetReply {
 /// A failed call, as the hub tells a replica on the binary codec (see the [module docs](self)).
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
-pub(crate) enum WireError {
+pub(super) enum WireError {
     /// The source is unreachable and nothing usable is cached.
     Unavailable { key: String, why: String },
     /// The source answered with an error.
@@ -180,18 +180,18 @@ pub(crate) enum WireError {
 
 impl WireError {
     /// The reply-error text.
-    pub(crate) fn encode(&self) -> String {
+    pub(super) fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "cache hub error".into())
     }
 
     /// The wire error in a reply-error text, if it is one.
-    pub(crate) fn decode(text: &str) -> Option<WireError> {
+    pub(super) fn decode(text: &str) -> Option<WireError> {
         serde_json::from_str(text).ok()
     }
 }
 
 /// A value as a Node peer receives it: itself if UTF-8, base64 otherwise.
-pub(crate) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
+pub(super) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
     match std::str::from_utf8(v) {
         Ok(s) => (s.to_string(), None),
         Err(_) => (
@@ -202,7 +202,7 @@ pub(crate) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
 }
 
 /// Decodes a value a Node peer sent with `encoding`.
-pub(crate) fn from_node(v: WireValue, encoding: Option<&str>) -> Result<Bytes, String> {
+pub(super) fn from_node(v: WireValue, encoding: Option<&str>) -> Result<Bytes, String> {
     match encoding {
         None | Some("utf8") | Some("utf-8") => Ok(v.0),
         Some("base64") => base64::engine::general_purpose::STANDARD

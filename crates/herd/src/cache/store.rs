@@ -21,13 +21,13 @@ use crate::sys;
 
 /// A cached value: inline bytes, or a sealed memfd with the hub's own read-only mapping.
 #[derive(Clone)]
-pub(crate) enum Value {
+pub(super) enum Value {
     Inline(Bytes),
     Shared(Arc<SharedValue>),
 }
 
 /// A value in a sealed memfd, and the hub's read-only mapping of it.
-pub(crate) struct SharedValue {
+pub(super) struct SharedValue {
     fd: OwnedFd,
     map: Bytes,
 }
@@ -107,7 +107,7 @@ struct Entry {
 
 /// What a lookup found.
 #[derive(Clone)]
-pub(crate) struct Found {
+pub(super) struct Found {
     pub(super) value: Option<Value>,
     pub(super) ttl: Option<Duration>,
     /// The invalidation sequence number when it was read.

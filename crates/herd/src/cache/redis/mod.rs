@@ -117,7 +117,10 @@ impl Source for RedisSource {
         Box::pin(async move {
             let keys = [key.to_string()];
             let mut heads = self.shared.heads(&keys).await?;
-            let h = heads.pop().expect("one head per key");
+            // `heads` checked that Redis answered once per key.
+            let h = heads
+                .pop()
+                .ok_or_else(|| SourceError::Failed("redis answered no reply".into()))?;
             self.shared.finish(key, h).await
         })
     }
