@@ -18,7 +18,8 @@ use super::source::{BoxFuture, Loaded, Source, SourceError};
 /// Longest key a folder source accepts (file names are limited to 255 bytes).
 const MAX_KEY: usize = 255;
 
-/// Values from files. See the [module docs](self).
+/// Values from files: a folder (one file per key, writable) or a JSON snapshot (read-only).
+/// Neither reports changes made by others.
 pub struct FileSource {
     kind: Kind,
     calls: AtomicU64,

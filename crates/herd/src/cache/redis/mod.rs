@@ -42,7 +42,8 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// The deadline for each command's reply (default 5 s).
     pub command_timeout: Duration,
-    /// Values longer than [`HEAD_LEN`] are read in chunks of this size (default 4 MiB).
+    /// Values longer than the first read (64 KiB) continue in chunks of this size (default
+    /// 4 MiB).
     pub chunk_size: usize,
     /// How many chunks may be in flight at once (default 2): with `chunk_size`, what Redis holds
     /// in this client's output buffer for big values.
@@ -76,7 +77,9 @@ impl Default for RedisConfig {
     }
 }
 
-/// A [`Source`] backed by Redis string values. See the [module docs](self).
+/// A [`Source`] backed by Redis string values: one connection per host (RESP3, with client
+/// tracking so changes made by others are pushed as invalidations), deadlines on everything,
+/// reconnects with backoff while calls fail fast, and replies bounded by chunked reads.
 pub struct RedisSource {
     shared: Arc<Shared>,
 }
