@@ -198,6 +198,19 @@ mod tests {
     }
 
     #[test]
+    fn question_mark_turns_it_into_the_crate_error() {
+        fn call() -> Result<(), crate::Error> {
+            Err(CacheError::Busy(3))?
+        }
+        let e = call().unwrap_err();
+        assert!(matches!(e, crate::Error::Cache(CacheError::Busy(3))));
+        assert_eq!(
+            crate::error::chain(&e),
+            "cache: too many cache calls in flight (limit 3)"
+        );
+    }
+
+    #[test]
     fn a_bare_text_is_no_wire_error() {
         assert!(WireError::decode("this primary serves no cache").is_none());
         assert!(WireError::decode("{\"code\":\"from_the_future\"}").is_none());
