@@ -50,6 +50,9 @@ pub enum Error {
     /// A system call failed.
     #[error("i/o error")]
     Io(#[from] std::io::Error),
+    /// A cache operation failed.
+    #[error("cache")]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl From<herd_wire::WireError> for Error {

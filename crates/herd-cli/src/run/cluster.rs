@@ -16,6 +16,7 @@ fn hub(s: &Settings) -> Result<Option<Hub>> {
     let config = CacheConfig {
         warm_patterns: s.warm.clone(),
         max_stale: s.max_stale,
+        progress: crate::progress::warm_up(),
         ..CacheConfig::default()
     };
     let hub = match src {

@@ -18,7 +18,8 @@ use super::source::{BoxFuture, Loaded, Source, SourceError};
 /// Longest key a folder source accepts (file names are limited to 255 bytes).
 const MAX_KEY: usize = 255;
 
-/// Values from files. See the [module docs](self).
+/// Values from files: a folder (one file per key, writable) or a JSON snapshot (read-only).
+/// Neither reports changes made by others.
 pub struct FileSource {
     kind: Kind,
     calls: AtomicU64,
@@ -196,7 +197,7 @@ impl Source for FileSource {
 }
 
 /// Redis's glob matching (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`), on bytes.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+fn glob_match(pattern: &str, text: &str) -> bool {
     glob(pattern.as_bytes(), text.as_bytes())
 }
 

@@ -1,4 +1,5 @@
-//! The hub: the primary's side of the cache, which owns the data for the whole host.
+//! [`Hub`]: the primary's side of the cache, which owns the data for the whole host. It ties
+//! the [`Source`], the [store](super::store), warm-up and the pushes to workers together.
 //!
 //! - **Single-flight.** Any number of concurrent lookups of one key (from the primary or from
 //!   every worker) make one load from the [`Source`]; the others wait for it and are counted as
@@ -12,117 +13,21 @@
 //!   every lookup tries the source, and workers keep no local copies.
 //! - **Outages.** When the source fails, a value cached within [`CacheConfig::max_stale`] is
 //!   served, marked stale; only keys never loaded (or too old) fail.
-//! - **Warm-up.** [`Hub::start`] loads configured keys and patterns in pipelined batches, with a
-//!   progress bar on a terminal and progress log lines otherwise, retrying while the source is
-//!   down; [`Hub::ready`] waits for it.
+//! - **Warm-up.** [`Hub::start`] loads configured keys and patterns (see [`super::warm`]);
+//!   [`Hub::ready`] waits for it.
 
-use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
-use tokio::time::Instant;
 
-use super::proto::{self, CacheOp, GetReply, NodeGetReply, WireValue};
-use super::source::{Invalidation, Loaded, Source, SourceError};
-use crate::backoff::Backoff;
-use crate::ipc::Request;
-use crate::{sys, Codec, WorkerId};
-
-/// How the hub behaves. Every field has a sensible default.
-#[derive(Clone, Debug)]
-pub struct CacheConfig {
-    /// Values larger than this many bytes are shared as sealed memfds (default 64 KiB).
-    pub share_above: usize,
-    /// Largest value the hub accepts from its source (default 1 GiB); larger ones are errors.
-    pub max_value: usize,
-    /// Most bytes the hub keeps (default 8 GiB). A value that does not fit is served but not
-    /// kept.
-    pub max_bytes: usize,
-    /// How long after it was last confirmed by the source a value may still be served while the
-    /// source is unreachable (default 5 minutes).
-    pub max_stale: Duration,
-    /// How long one load may take before its waiters give up (default 30 s).
-    pub load_timeout: Duration,
-    /// Keys to load at start.
-    pub warm_keys: Vec<String>,
-    /// Patterns (Redis `MATCH` globs) whose keys are loaded at start.
-    pub warm_patterns: Vec<String>,
-    /// Keys per pipelined batch during warm-up (default 256).
-    pub warm_batch: usize,
-    /// How warm-up progress is shown.
-    pub progress: Progress,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            share_above: 64 * 1024,
-            max_value: 1 << 30,
-            max_bytes: 8 << 30,
-            max_stale: Duration::from_secs(300),
-            load_timeout: Duration::from_secs(30),
-            warm_keys: Vec::new(),
-            warm_patterns: Vec::new(),
-            warm_batch: 256,
-            progress: Progress::Auto,
-        }
-    }
-}
-
-/// How warm-up progress is shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// A bar when stderr is a terminal, log lines otherwise.
-    Auto,
-    /// Always a bar (on stderr).
-    Bar,
-    /// Always log lines (`tracing` at info level).
-    Log,
-    /// Nothing.
-    Off,
-}
-
-/// Why a cache operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    /// The source failed and nothing usable is cached.
-    #[error("cannot load {key:?}")]
-    Source {
-        /// The key.
-        key: String,
-        /// Why.
-        #[source]
-        source: SourceError,
-    },
-    /// The value is larger than [`CacheConfig::max_value`].
-    #[error("value of {key:?} is {len} bytes, more than the limit of {max}")]
-    TooLarge {
-        /// The key.
-        key: String,
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The load did not finish in time.
-    #[error("loading {0:?} took longer than {1:?}")]
-    Timeout(String, Duration),
-    /// A shared value could not be created or mapped.
-    #[error("shared memory")]
-    Shared(#[source] std::io::Error),
-    /// The hub (primary) answered with an error.
-    #[error("cache hub: {0}")]
-    Hub(String),
-    /// The channel to the primary failed.
-    #[error("cache call failed")]
-    Channel(#[source] Box<crate::Error>),
-}
+use super::config::CacheConfig;
+use super::error::CacheError;
+use super::source::{Invalidation, Source, SourceError};
+use super::store::{self, Found, Lookup, Store};
 
 /// The hub's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,103 +62,32 @@ pub struct HubStats {
     pub warm: bool,
 }
 
-/// The longest a worker's `ready` call is held by the hub.
-const MAX_READY_WAIT: Duration = Duration::from_secs(600);
-
-/// A cached value: inline bytes, or a sealed memfd with the hub's own read-only mapping.
-#[derive(Clone)]
-pub(crate) enum Value {
-    Inline(Bytes),
-    Shared(Arc<SharedValue>),
-}
-
-pub(crate) struct SharedValue {
-    fd: OwnedFd,
-    map: Bytes,
-}
-
-impl Value {
-    fn bytes(&self) -> Bytes {
-        match self {
-            Value::Inline(b) => b.clone(),
-            Value::Shared(s) => s.map.clone(),
-        }
-    }
-    fn len(&self) -> usize {
-        match self {
-            Value::Inline(b) => b.len(),
-            Value::Shared(s) => s.map.len(),
-        }
-    }
-}
-
-struct Entry {
-    /// `None`: the key is known not to exist.
-    value: Option<Value>,
-    expires: Option<Instant>,
-    /// When the source last confirmed it.
-    verified: Instant,
-    epoch: u64,
-}
-
-/// What a lookup found.
-#[derive(Clone)]
-pub(crate) struct Found {
-    pub value: Option<Value>,
-    pub ttl: Option<Duration>,
-    pub seq: u64,
-    pub local: bool,
-    pub stale: bool,
-}
-
-type LoadResult = Result<Found, Arc<CacheError>>;
-
-struct State {
-    entries: HashMap<String, Entry>,
-    inflight: HashMap<String, watch::Receiver<Option<LoadResult>>>,
-    /// In-flight keys invalidated during their load: their result is served but not kept.
-    dirty: HashSet<String>,
-    /// Counts invalidations; pushed with each, and stamped on every value handed out.
-    seq: u64,
-    /// Bumped when everything may have changed: older entries must be confirmed again.
-    epoch: u64,
-    tracking: bool,
-    bytes: usize,
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    loads: AtomicU64,
-    coalesced: AtomicU64,
-    stale_served: AtomicU64,
-    errors: AtomicU64,
-    invalidations: AtomicU64,
-}
-
 /// A notice for every worker.
 #[derive(Clone, Debug)]
-pub(crate) enum Push {
+pub(super) enum Push {
+    /// These keys changed.
     Invalidate { keys: Vec<String>, seq: u64 },
+    /// Everything may have changed.
     Clear { seq: u64 },
 }
 
-struct Inner {
-    source: Arc<dyn Source>,
-    config: CacheConfig,
-    state: Mutex<State>,
-    counters: Counters,
+/// Pushes buffered per worker before a slow one is told to clear its view instead.
+const PUSH_BUFFER: usize = 4096;
+
+pub(super) struct Inner {
+    pub(super) source: Arc<dyn Source>,
+    pub(super) config: CacheConfig,
+    pub(super) store: Store,
     pushes: broadcast::Sender<Push>,
     warm: watch::Sender<bool>,
-    started: std::sync::atomic::AtomicBool,
+    started: AtomicBool,
 }
 
 /// The primary's cache. Cheap to clone. Give it to [`crate::ClusterBuilder::cache`] so workers'
 /// [`crate::cache::Cache`] calls reach it; use it directly in the primary too.
 #[derive(Clone)]
 pub struct Hub {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -263,9 +97,6 @@ impl std::fmt::Debug for Hub {
             .finish_non_exhaustive()
     }
 }
-
-/// Pushes buffered per worker before a slow one is told to clear its view instead.
-const PUSH_BUFFER: usize = 4096;
 
 impl Hub {
     /// A hub over `source`. Call [`Hub::start`] to begin tracking and warm-up.
@@ -280,20 +111,11 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 source,
+                store: Store::new(&config),
                 config,
-                state: Mutex::new(State {
-                    entries: HashMap::new(),
-                    inflight: HashMap::new(),
-                    dirty: HashSet::new(),
-                    seq: 0,
-                    epoch: 0,
-                    tracking: true,
-                    bytes: 0,
-                }),
-                counters: Counters::default(),
                 pushes,
                 warm,
-                started: std::sync::atomic::AtomicBool::new(false),
+                started: AtomicBool::new(false),
             }),
         }
     }
@@ -309,7 +131,10 @@ impl Hub {
             tokio::spawn(follow_invalidations(weak, rx));
         }
         let hub = self.clone();
-        tokio::spawn(async move { hub.warm_up().await });
+        tokio::spawn(async move {
+            super::warm::warm_up(&hub).await;
+            hub.inner.warm.send_replace(true);
+        });
     }
 
     /// Waits until warm-up is done, at most `timeout`; whether it is.
@@ -332,15 +157,12 @@ impl Hub {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
-        self.check_len(key, value.len())?;
+        store::check_len(key, value.len(), self.inner.config.max_value)?;
         self.inner
             .source
             .store(key, value, ttl)
             .await
-            .map_err(|source| CacheError::Source {
-                key: key.into(),
-                source,
-            })?;
+            .map_err(|e| CacheError::source(key, e))?;
         self.invalidate(vec![key.to_string()]);
         Ok(())
     }
@@ -352,32 +174,15 @@ impl Hub {
             .source
             .delete(key)
             .await
-            .map_err(|source| CacheError::Source {
-                key: key.into(),
-                source,
-            })?;
+            .map_err(|e| CacheError::source(key, e))?;
         self.invalidate(vec![key.to_string()]);
         Ok(existed)
     }
 
     /// The hub's counters.
     pub fn stats(&self) -> HubStats {
-        let c = &self.inner.counters;
-        let (entries, shared_bytes, shared_values, inline_bytes, tracking) = {
-            let st = self.lock();
-            let mut s = (st.entries.len() as u64, 0, 0, 0, st.tracking);
-            for e in st.entries.values() {
-                match &e.value {
-                    Some(Value::Shared(v)) => {
-                        s.1 += v.map.len() as u64;
-                        s.2 += 1;
-                    }
-                    Some(Value::Inline(b)) => s.3 += b.len() as u64,
-                    None => {}
-                }
-            }
-            s
-        };
+        let c = &self.inner.store.counters;
+        let held = self.inner.store.held();
         HubStats {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
@@ -386,12 +191,12 @@ impl Hub {
             stale_served: c.stale_served.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
-            entries,
-            shared_bytes,
-            shared_values,
-            inline_bytes,
+            entries: held.entries,
+            shared_bytes: held.shared_bytes,
+            shared_values: held.shared_values,
+            inline_bytes: held.inline_bytes,
             source_calls: self.inner.source.calls(),
-            tracking,
+            tracking: held.tracking,
             warm: *self.inner.warm.borrow(),
         }
     }
@@ -401,28 +206,14 @@ impl Hub {
         &self.inner.source
     }
 
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Push> {
+    /// The hub's notices to workers, from now on.
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Push> {
         self.inner.pushes.subscribe()
     }
 
-    pub(crate) fn current_seq(&self) -> u64 {
-        self.lock().seq
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.inner)
-    }
-
-    fn check_len(&self, key: &str, len: usize) -> Result<(), CacheError> {
-        let max = self.inner.config.max_value;
-        if len > max {
-            return Err(CacheError::TooLarge {
-                key: key.into(),
-                len,
-                max,
-            });
-        }
-        Ok(())
+    /// The current invalidation sequence number.
+    pub(super) fn current_seq(&self) -> u64 {
+        self.inner.store.seq()
     }
 
     fn invalidate(&self, keys: Vec<String>) {
@@ -430,47 +221,26 @@ impl Hub {
     }
 
     /// Looks `key` up: fresh from memory, or through one load shared by every concurrent caller.
-    pub(crate) async fn lookup(&self, key: &str) -> Result<Found, CacheError> {
-        let inner = &self.inner;
-        let rx = {
-            let mut st = self.lock();
-            let now = Instant::now();
-            if let Some(e) = st.entries.get(key) {
-                if st.tracking && e.epoch == st.epoch && !matches!(e.expires, Some(t) if t <= now) {
-                    inner.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(found(&st, e, now, false));
-                }
-            }
-            inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-            match st.inflight.get(key) {
-                Some(rx) => {
-                    inner.counters.coalesced.fetch_add(1, Ordering::Relaxed);
-                    rx.clone()
-                }
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    st.inflight.insert(key.to_string(), rx.clone());
-                    st.dirty.remove(key);
-                    let hub = self.clone();
-                    let key = key.to_string();
-                    tokio::spawn(async move {
-                        let result = hub.load(&key).await.map_err(Arc::new);
-                        if result.is_err() {
-                            hub.inner.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        hub.lock().inflight.remove(&key);
-                        let _ = tx.send(Some(result));
-                    });
-                    rx
-                }
+    pub(super) async fn lookup(&self, key: &str) -> Result<Found, CacheError> {
+        let mut rx = match self.inner.store.lookup(key) {
+            Lookup::Hit(f) => return Ok(f),
+            Lookup::Wait(rx) => rx,
+            Lookup::Load(tx, rx) => {
+                let hub = self.clone();
+                let key = key.to_string();
+                tokio::spawn(async move {
+                    let result = hub.load(&key).await.map_err(Arc::new);
+                    hub.inner.store.finish(&key, tx, result);
+                });
+                rx
             }
         };
-        let timeout = inner.config.load_timeout;
-        let mut rx = rx;
+        let timeout = self.inner.config.load_timeout;
+        // A binding, so the borrow of `rx` ends before it does.
         let result = match tokio::time::timeout(timeout, rx.wait_for(|r| r.is_some())).await {
             Ok(Ok(r)) => match r.as_ref() {
                 Some(Ok(f)) => Ok(f.clone()),
-                Some(Err(e)) => Err(share_error(key, e)),
+                Some(Err(e)) => Err(e.for_waiter(key)),
                 None => Err(CacheError::Hub(format!("the load of {key:?} gave nothing"))),
             },
             Ok(Err(_)) => Err(CacheError::Hub(format!(
@@ -484,7 +254,7 @@ impl Hub {
     /// One load from the source (the single flight), stored unless invalidated meanwhile.
     async fn load(&self, key: &str) -> Result<Found, CacheError> {
         let inner = &self.inner;
-        inner.counters.loads.fetch_add(1, Ordering::Relaxed);
+        inner.store.counters.loads.fetch_add(1, Ordering::Relaxed);
         let loaded =
             match tokio::time::timeout(inner.config.load_timeout, inner.source.load(key)).await {
                 Ok(r) => r,
@@ -495,360 +265,18 @@ impl Hub {
             };
         match loaded {
             Ok(loaded) => {
-                let value = match loaded {
-                    Some(l) => Some(self.make_value(key, l)?),
-                    None => None,
-                };
-                let mut st = self.lock();
-                let now = Instant::now();
-                Ok(self.store(&mut st, key, value, now))
+                let value = store::fetched(key, loaded, &inner.config)?;
+                Ok(inner.store.keep(key, value))
             }
-            Err(e) => {
-                // The source failed: serve what we have if it is recent enough.
-                let st = self.lock();
-                let now = Instant::now();
-                match st.entries.get(key) {
-                    Some(entry) if now.duration_since(entry.verified) <= inner.config.max_stale => {
-                        tracing::debug!(key, error = %e, "source failed: serving stale");
-                        inner.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                        Ok(found(&st, entry, now, true))
-                    }
-                    _ => Err(CacheError::Source {
-                        key: key.into(),
-                        source: e,
-                    }),
+            // The source failed: serve what we have if it is recent enough.
+            Err(e) => match inner.store.stale(key) {
+                Some(f) => {
+                    tracing::debug!(key, error = %e, "source failed: serving stale");
+                    Ok(f)
                 }
-            }
-        }
-    }
-
-    fn make_value(
-        &self,
-        key: &str,
-        loaded: Loaded,
-    ) -> Result<(Value, Option<Duration>), CacheError> {
-        self.check_len(key, loaded.value.len())?;
-        let value = if loaded.value.len() > self.inner.config.share_above {
-            let fd = sys::sealed_memfd(&format!("herd-cache:{key}"), &loaded.value)
-                .map_err(CacheError::Shared)?;
-            let map = sys::map_sealed(&fd, loaded.value.len()).map_err(CacheError::Shared)?;
-            Value::Shared(Arc::new(SharedValue {
-                fd,
-                map: Bytes::from_owner(map),
-            }))
-        } else {
-            Value::Inline(loaded.value)
-        };
-        Ok((value, loaded.ttl))
-    }
-
-    /// Keeps a freshly loaded value (unless invalidated during its load, or too big to keep).
-    fn store(
-        &self,
-        st: &mut State,
-        key: &str,
-        value: Option<(Value, Option<Duration>)>,
-        now: Instant,
-    ) -> Found {
-        let (value, ttl) = match value {
-            Some((v, ttl)) => (Some(v), ttl),
-            None => (None, None),
-        };
-        let entry = Entry {
-            value,
-            expires: ttl.map(|t| now + t),
-            verified: now,
-            epoch: st.epoch,
-        };
-        let dirty = st.dirty.remove(key);
-        let f = found(st, &entry, now, false);
-        let len = entry.value.as_ref().map_or(0, Value::len);
-        let old = st
-            .entries
-            .get(key)
-            .and_then(|e| e.value.as_ref())
-            .map_or(0, Value::len);
-        let fits = st.bytes - old + len <= self.inner.config.max_bytes;
-        if dirty {
-            // Changed while loading: this value may already be old. Serve it to the callers
-            // that asked before the change, keep nothing, and let no worker keep it.
-            return Found { local: false, ..f };
-        }
-        if fits {
-            st.bytes = st.bytes - old + len;
-            st.entries.insert(key.to_string(), entry);
-        } else {
-            tracing::warn!(key, len, "cache is full: value served but not kept");
-        }
-        f
-    }
-
-    /// Loads the configured keys and patterns, in batches, until done.
-    async fn warm_up(&self) {
-        let cfg = &self.inner.config;
-        if cfg.warm_keys.is_empty() && cfg.warm_patterns.is_empty() {
-            self.inner.warm.send_replace(true);
-            return;
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), true);
-        let keys = loop {
-            match self.warm_keys().await {
-                Ok(k) => break k,
-                Err(e) => {
-                    let wait = backoff.fail();
-                    tracing::warn!(error = %e, ?wait, "warm-up cannot list keys; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        };
-        let bar = progress_bar(cfg.progress, keys.len() as u64);
-        let started = std::time::Instant::now();
-        let mut done = 0usize;
-        let mut bytes = 0usize;
-        for chunk in keys.chunks(cfg.warm_batch.max(1)) {
-            let values = loop {
-                match self.inner.source.load_many(chunk).await {
-                    Ok(v) if v.len() == chunk.len() => break v,
-                    Ok(v) => {
-                        tracing::error!(
-                            asked = chunk.len(),
-                            got = v.len(),
-                            "source answered a batch with the wrong number of values"
-                        );
-                        break v
-                            .into_iter()
-                            .chain(std::iter::repeat(None))
-                            .take(chunk.len())
-                            .collect();
-                    }
-                    Err(e) => {
-                        let wait = backoff.fail();
-                        tracing::warn!(error = %e, ?wait, "warm-up batch failed; retrying");
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            };
-            backoff.reset();
-            self.inner
-                .counters
-                .loads
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            for (key, loaded) in chunk.iter().zip(values) {
-                bytes += loaded.as_ref().map_or(0, |l| l.value.len());
-                let value = match loaded {
-                    Some(l) => match self.make_value(key, l) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            tracing::warn!(key, error = %crate::error::chain(&e), "warm-up skipped a key");
-                            continue;
-                        }
-                    },
-                    None => None,
-                };
-                let mut st = self.lock();
-                // A key already loaded by a lookup, or being loaded, is left alone.
-                if st.inflight.contains_key(key.as_str()) || st.entries.contains_key(key.as_str()) {
-                    continue;
-                }
-                self.store(&mut st, key, value, Instant::now());
-            }
-            done += chunk.len();
-            match &bar {
-                Some(b) => b.set_position(done as u64),
-                None if cfg.progress != Progress::Off => {
-                    tracing::info!(done, total = keys.len(), bytes, "cache warm-up");
-                }
-                None => {}
-            }
-        }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        if cfg.progress != Progress::Off {
-            tracing::info!(
-                keys = keys.len(),
-                bytes,
-                elapsed = ?started.elapsed(),
-                "cache warm-up done"
-            );
-        }
-        self.inner.warm.send_replace(true);
-    }
-
-    async fn warm_keys(&self) -> Result<Vec<String>, SourceError> {
-        let cfg = &self.inner.config;
-        let mut seen = HashSet::new();
-        let mut keys = Vec::new();
-        for k in &cfg.warm_keys {
-            if seen.insert(k.clone()) {
-                keys.push(k.clone());
-            }
-        }
-        for p in &cfg.warm_patterns {
-            for k in self.inner.source.scan(p).await? {
-                if seen.insert(k.clone()) {
-                    keys.push(k);
-                }
-            }
-        }
-        Ok(keys)
-    }
-
-    /// Serves one call from a worker (in its own task; the reply goes back on its channel).
-    pub(crate) fn serve(
-        &self,
-        worker: WorkerId,
-        codec: Codec,
-        request: Request,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let hub = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = hub.answer(codec, request).await {
-                tracing::debug!(%worker, error = %crate::error::chain(&e), "cache reply not sent");
-            }
-        });
-    }
-
-    async fn answer(&self, codec: Codec, request: Request) -> Result<(), crate::Error> {
-        let op: CacheOp = match request.decode() {
-            Ok(op) => op,
-            Err(e) => {
-                let text = format!("bad cache call: {}", crate::error::chain(&e));
-                return request.reply_error(&text).await;
-            }
-        };
-        match op {
-            CacheOp::Get { key } => match self.lookup(&key).await {
-                Ok(f) => self.reply_found(codec, request, f).await,
-                Err(e) => request.reply_error(&crate::error::chain(&e)).await,
+                None => Err(CacheError::source(key, e)),
             },
-            CacheOp::Set {
-                key,
-                value,
-                encoding,
-                ttl_ms,
-            } => {
-                let value = match codec {
-                    Codec::NodeJson => match proto::from_node(value, encoding.as_deref()) {
-                        Ok(v) => v,
-                        Err(e) => return request.reply_error(&e).await,
-                    },
-                    Codec::Binary => value.0,
-                };
-                match self
-                    .set(&key, value, ttl_ms.map(Duration::from_millis))
-                    .await
-                {
-                    Ok(()) => request.reply(&true).await,
-                    Err(e) => request.reply_error(&crate::error::chain(&e)).await,
-                }
-            }
-            CacheOp::Delete { key } => match self.delete(&key).await {
-                Ok(existed) => request.reply(&existed).await,
-                Err(e) => request.reply_error(&crate::error::chain(&e)).await,
-            },
-            CacheOp::Ready { timeout_ms } => {
-                // Bounded: a worker may be gone, and warm-up may wait for a source that is down.
-                let limit = timeout_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(self.inner.config.load_timeout)
-                    .min(MAX_READY_WAIT);
-                let warm = self.ready(limit).await;
-                request.reply(&warm).await
-            }
-            CacheOp::Stats => request.reply(&self.stats()).await,
         }
-    }
-
-    async fn reply_found(
-        &self,
-        codec: Codec,
-        request: Request,
-        f: Found,
-    ) -> Result<(), crate::Error> {
-        let ttl_ms = f.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        match codec {
-            Codec::NodeJson => {
-                let (value, encoding) = match &f.value {
-                    Some(v) => {
-                        let (s, e) = proto::node_value(&v.bytes());
-                        (Some(s), e)
-                    }
-                    None => (None, None),
-                };
-                let reply = NodeGetReply {
-                    found: f.value.is_some(),
-                    value,
-                    encoding,
-                    ttl_ms,
-                    seq: f.seq,
-                    local: f.local,
-                    stale: f.stale,
-                };
-                request.reply(&reply).await
-            }
-            Codec::Binary => {
-                let mut reply = GetReply {
-                    found: f.value.is_some(),
-                    value: None,
-                    encoding: None,
-                    shared_len: None,
-                    ttl_ms,
-                    seq: f.seq,
-                    local: f.local,
-                    stale: f.stale,
-                };
-                match &f.value {
-                    Some(Value::Shared(s)) => {
-                        reply.shared_len = Some(s.map.len() as u64);
-                        let fd = s.fd.try_clone().map_err(crate::Error::Io)?;
-                        request.reply_with_fds(&reply, vec![fd]).await
-                    }
-                    Some(Value::Inline(b)) => {
-                        reply.value = Some(WireValue(b.clone()));
-                        request.reply(&reply).await
-                    }
-                    None => request.reply(&reply).await,
-                }
-            }
-        }
-    }
-}
-
-fn lock(inner: &Inner) -> MutexGuard<'_, State> {
-    // A panic while holding the lock leaves plain data behind (maps and counters): keep going.
-    inner.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn found(st: &State, e: &Entry, now: Instant, stale: bool) -> Found {
-    Found {
-        value: e.value.clone(),
-        ttl: e.expires.map(|t| t.saturating_duration_since(now)),
-        seq: st.seq,
-        local: st.tracking && !stale,
-        stale,
-    }
-}
-
-fn share_error(key: &str, e: &CacheError) -> CacheError {
-    match e {
-        CacheError::Source { source, .. } => CacheError::Source {
-            key: key.into(),
-            source: match source {
-                SourceError::Unavailable(s) => SourceError::Unavailable(s.clone()),
-                SourceError::Failed(s) => SourceError::Failed(s.clone()),
-                SourceError::Unsupported(s) => SourceError::Unsupported(s),
-            },
-        },
-        CacheError::TooLarge { key, len, max } => CacheError::TooLarge {
-            key: key.clone(),
-            len: *len,
-            max: *max,
-        },
-        CacheError::Timeout(k, d) => CacheError::Timeout(k.clone(), *d),
-        other => CacheError::Hub(crate::error::chain(other)),
     }
 }
 
@@ -856,39 +284,13 @@ fn invalidate(inner: &Inner, keys: Vec<String>) {
     if keys.is_empty() {
         return;
     }
-    let seq = {
-        let mut st = lock(inner);
-        for k in &keys {
-            if let Some(e) = st.entries.remove(k) {
-                st.bytes -= e.value.as_ref().map_or(0, Value::len);
-            }
-            if st.inflight.contains_key(k) {
-                st.dirty.insert(k.clone());
-            }
-        }
-        st.seq += 1;
-        st.seq
-    };
-    inner
-        .counters
-        .invalidations
-        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+    let seq = inner.store.invalidate(&keys);
     let _ = inner.pushes.send(Push::Invalidate { keys, seq });
 }
 
 /// Everything may have changed: entries must be confirmed again, workers drop their views.
 fn clear(inner: &Inner, tracking: Option<bool>) {
-    let seq = {
-        let mut st = lock(inner);
-        st.epoch += 1;
-        st.seq += 1;
-        let keys: Vec<String> = st.inflight.keys().cloned().collect();
-        st.dirty.extend(keys);
-        if let Some(t) = tracking {
-            st.tracking = t;
-        }
-        st.seq
-    };
+    let seq = inner.store.clear(tracking);
     let _ = inner.pushes.send(Push::Clear { seq });
 }
 
@@ -915,29 +317,12 @@ async fn follow_invalidations(
     }
 }
 
-fn progress_bar(mode: Progress, total: u64) -> Option<indicatif::ProgressBar> {
-    let bar = match mode {
-        Progress::Bar => true,
-        Progress::Auto => std::io::stderr().is_terminal(),
-        Progress::Log | Progress::Off => false,
-    };
-    if !bar {
-        return None;
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "cache warm-up {bar:40} {pos}/{len} keys {per_sec} eta {eta}",
-    ) {
-        pb.set_style(style);
-    }
-    Some(pb)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::source::BoxFuture;
-    use std::sync::atomic::AtomicBool;
+    use crate::cache::source::{BoxFuture, Loaded};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Mutex;
 
     /// A source whose loads wait for a gate and can be made to fail, to pin down timing.
     #[derive(Default)]
@@ -1073,7 +458,7 @@ mod tests {
         let h = hub.clone();
         let first = tokio::spawn(async move { h.lookup("k").await });
         until(|| src.calls() == 1).await;
-        invalidate(&hub.inner, vec!["k".into()]);
+        hub.invalidate(vec!["k".into()]);
         src.gate.notify_one();
         let f = first.await.unwrap().unwrap();
         assert!(

@@ -4,17 +4,38 @@
 //! or files) with single-flight, warms up configured keys, and pushes invalidations to every
 //! worker. Each worker has a **replica**, a local view read at memory speed; a miss asks the hub.
 //! Large values live in sealed memfds mapped read-only by every worker.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `config` | [`CacheConfig`], [`Progress`], [`WarmProgress`] |
+//! | `error` | [`CacheError`], and how its kind crosses the channel |
+//! | `store` | the hub's entries, byte accounting, in-flight loads, invalidation numbers |
+//! | `hub` | the [`Hub`] handle: lookups, loads, writes, stats, invalidations |
+//! | `warm` | warm-up: batches, retries, progress |
+//! | `serve` | the worker-facing side: a worker's calls, their replies, pushes to it |
+//! | `proto` | the payloads of cache calls and replies |
+//! | `replica` | the worker's side: [`Cache`] and its local view |
+//! | `source`, `file`, `redis` | [`Source`], [`FileSource`], `RedisSource` (feature `redis`) |
 
+mod config;
+mod error;
 mod file;
-pub(crate) mod hub;
+mod hub;
 mod proto;
-mod redis_source;
+#[cfg(feature = "redis")]
+mod redis;
 mod replica;
+pub(crate) mod serve;
 mod source;
+mod store;
+mod warm;
 
-pub use file::{glob_match, FileSource};
-pub use hub::{CacheConfig, CacheError, Hub, HubStats, Progress};
-pub use redis_source::{RedisConfig, RedisSource};
+pub use config::{CacheConfig, Progress, ProgressFn, WarmProgress};
+pub use error::CacheError;
+pub use file::FileSource;
+pub use hub::{Hub, HubStats};
+#[cfg(feature = "redis")]
+pub use redis::{RedisConfig, RedisSource};
 pub(crate) use replica::LocalView;
 pub use replica::{Cache, CacheStats};
 pub use source::{BoxFuture, Invalidation, Loaded, Source, SourceError};

@@ -5,6 +5,11 @@
 //! Values are bytes. On the binary codec they travel as msgpack binary, or, above the hub's
 //! sharing threshold, as a sealed memfd attached to the reply. On the Node-json codec they travel
 //! as a string: the value itself when it is UTF-8, base64 with `"encoding":"base64"` otherwise.
+//!
+//! A failed call is answered with an error reply, whose payload is a text. For a Node peer it is
+//! the error's message; on the binary codec it is a [`WireError`] (JSON), so the replica rebuilds
+//! the hub's [`CacheError`](super::CacheError) kind. A text that is no `WireError` (from a hub
+//! that predates it) becomes [`CacheError::Hub`](super::CacheError::Hub).
 
 use base64::Engine;
 use bytes::Bytes;
@@ -13,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// A call from a replica.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub(crate) enum CacheOp {
+pub(super) enum CacheOp {
     /// The value of a key.
     Get {
         /// The key.
@@ -47,9 +52,23 @@ pub(crate) enum CacheOp {
     Stats,
 }
 
+impl CacheOp {
+    /// The [`Source`](super::Source) call this op makes, as named in
+    /// [`SourceError::Unsupported`](super::SourceError::Unsupported).
+    pub(super) fn source_call(&self) -> &'static str {
+        match self {
+            CacheOp::Get { .. } => "load",
+            CacheOp::Set { .. } => "store",
+            CacheOp::Delete { .. } => "delete",
+            CacheOp::Ready { .. } => "scan",
+            CacheOp::Stats => "calls",
+        }
+    }
+}
+
 /// Bytes on the wire: msgpack binary on the binary codec; a JSON string from Node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct WireValue(pub Bytes);
+pub(super) struct WireValue(pub(super) Bytes);
 
 impl Serialize for WireValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -95,46 +114,84 @@ impl<'de> Deserialize<'de> for WireValue {
 
 /// The answer to [`CacheOp::Get`] on the binary codec.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct GetReply {
+pub(super) struct GetReply {
     /// Whether the key exists.
-    pub found: bool,
+    pub(super) found: bool,
     /// The value, when it travels inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<WireValue>,
+    pub(super) value: Option<WireValue>,
     /// How `value` is encoded when it came as a Node peer's string (`"base64"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encoding: Option<String>,
+    pub(super) encoding: Option<String>,
     /// The value's length, when it travels as the memfd attached to this reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shared_len: Option<u64>,
+    pub(super) shared_len: Option<u64>,
     /// Milliseconds until the value expires (Redis's TTL), if it does.
     #[serde(default)]
-    pub ttl_ms: Option<u64>,
+    pub(super) ttl_ms: Option<u64>,
     /// The hub's invalidation sequence number when the value was read.
-    pub seq: u64,
+    pub(super) seq: u64,
     /// Whether the replica may keep it in its local view (false while invalidations cannot be
     /// trusted to arrive).
-    pub local: bool,
+    pub(super) local: bool,
     /// Whether the hub served it stale (the source is unreachable).
-    pub stale: bool,
+    pub(super) stale: bool,
 }
 
 /// The answer to [`CacheOp::Get`] for a Node peer.
 #[derive(Debug, Serialize)]
-pub(crate) struct NodeGetReply {
-    pub found: bool,
+pub(super) struct NodeGetReply {
+    pub(super) found: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    pub(super) value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub encoding: Option<&'static str>,
-    pub ttl_ms: Option<u64>,
-    pub seq: u64,
-    pub local: bool,
-    pub stale: bool,
+    pub(super) encoding: Option<&'static str>,
+    pub(super) ttl_ms: Option<u64>,
+    pub(super) seq: u64,
+    pub(super) local: bool,
+    pub(super) stale: bool,
+}
+
+/// A failed call, as the hub tells a replica on the binary codec (see the [module docs](self)).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub(super) enum WireError {
+    /// The source is unreachable and nothing usable is cached.
+    Unavailable { key: String, why: String },
+    /// The source answered with an error.
+    SourceFailed { key: String, why: String },
+    /// The source does not support the call.
+    Unsupported { key: String, why: String },
+    /// The value is over the hub's limit.
+    TooLarge { key: String, len: u64, max: u64 },
+    /// The load took longer than the hub's load timeout.
+    Timeout { key: String, ms: u64 },
+    /// The hub could not share the value.
+    Shared { why: String },
+    /// The primary serves no cache.
+    NoHub,
+    /// The worker has too many calls in flight.
+    Busy { limit: u64 },
+    /// The hub could not read the call.
+    BadCall { why: String },
+    /// Anything else.
+    Hub { why: String },
+}
+
+impl WireError {
+    /// The reply-error text.
+    pub(super) fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "cache hub error".into())
+    }
+
+    /// The wire error in a reply-error text, if it is one.
+    pub(super) fn decode(text: &str) -> Option<WireError> {
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// A value as a Node peer receives it: itself if UTF-8, base64 otherwise.
-pub(crate) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
+pub(super) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
     match std::str::from_utf8(v) {
         Ok(s) => (s.to_string(), None),
         Err(_) => (
@@ -145,7 +202,7 @@ pub(crate) fn node_value(v: &[u8]) -> (String, Option<&'static str>) {
 }
 
 /// Decodes a value a Node peer sent with `encoding`.
-pub(crate) fn from_node(v: WireValue, encoding: Option<&str>) -> Result<Bytes, String> {
+pub(super) fn from_node(v: WireValue, encoding: Option<&str>) -> Result<Bytes, String> {
     match encoding {
         None | Some("utf8") | Some("utf-8") => Ok(v.0),
         Some("base64") => base64::engine::general_purpose::STANDARD

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::hub::{CacheError, HubStats};
-use super::proto::{self, CacheOp, GetReply, WireValue};
+use super::error::CacheError;
+use super::hub::HubStats;
+use super::proto::{self, CacheOp, GetReply, WireError, WireValue};
 use crate::{sys, Peer};
 
 /// A worker's local view, shared by its [`Cache`] handles and its channel reader.
@@ -118,13 +119,13 @@ impl Cache {
         } else if let Some(len) = reply.shared_len {
             let fds = msg.take_fds();
             let [fd] = <[_; 1]>::try_from(fds).map_err(|fds| {
-                CacheError::Hub(format!(
+                CacheError::BadReply(format!(
                     "shared value came with {} descriptors, not 1",
                     fds.len()
                 ))
             })?;
             let len = usize::try_from(len)
-                .map_err(|_| CacheError::Hub(format!("shared value of {len} bytes")))?;
+                .map_err(|_| CacheError::BadReply(format!("shared value of {len} bytes")))?;
             let map = sys::map_sealed(&fd, len).map_err(CacheError::Shared)?;
             self.view
                 .mapped_bytes
@@ -132,7 +133,7 @@ impl Cache {
             Some(Bytes::from_owner(map))
         } else {
             let v = reply.value.unwrap_or(WireValue(Bytes::new()));
-            Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::Hub)?)
+            Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::BadReply)?)
         };
         if reply.local {
             let ttl = reply.ttl_ms.map(Duration::from_millis);
@@ -185,15 +186,11 @@ impl Cache {
         };
         // The hub answers (ready or not) within that; the channel waits a little longer.
         let msg = self
-            .peer
-            .cache_call(&op, timeout + Duration::from_secs(1))
-            .await
-            .map_err(|e| CacheError::Channel(Box::new(e)))?;
+            .call_within(&op, timeout + Duration::from_secs(1))
+            .await?;
         let warm: bool = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
         if !warm {
-            return Err(CacheError::Hub(format!(
-                "the cache's warm-up did not finish within {timeout:?}"
-            )));
+            return Err(CacheError::NotReady(timeout));
         }
         Ok(())
     }
@@ -218,9 +215,21 @@ impl Cache {
     }
 
     async fn call(&self, op: &CacheOp) -> Result<crate::Message, CacheError> {
-        match self.peer.cache_call(op, self.peer.request_timeout()).await {
+        self.call_within(op, self.peer.request_timeout()).await
+    }
+
+    /// Asks the hub; its error reply becomes the [`CacheError`] of the kind it names.
+    async fn call_within(
+        &self,
+        op: &CacheOp,
+        timeout: Duration,
+    ) -> Result<crate::Message, CacheError> {
+        match self.peer.cache_call(op, timeout).await {
             Ok(m) => Ok(m),
-            Err(crate::Error::Remote(text)) => Err(CacheError::Hub(text)),
+            Err(crate::Error::Remote(text)) => Err(match WireError::decode(&text) {
+                Some(wire) => CacheError::from_wire(wire, op.source_call()),
+                None => CacheError::Hub(text),
+            }),
             Err(e) => Err(CacheError::Channel(Box::new(e))),
         }
     }

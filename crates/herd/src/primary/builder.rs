@@ -37,9 +37,6 @@ pub(super) struct Config {
     pub(super) send_timeout: Duration,
 }
 
-/// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
-pub(super) const MAX_CACHE_CALLS: usize = 1024;
-
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
 /// arguments, the binary codec.
 #[derive(Debug)]

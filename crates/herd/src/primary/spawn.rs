@@ -17,10 +17,8 @@ use super::event::{Event, OutputStream};
 use super::handle::{WorkerHandle, WorkerShared};
 use super::output::read_lines;
 use super::supervisor::Supervisor;
-use crate::cache::hub::Push;
-use crate::cache::Hub;
+use crate::cache::serve::forward_pushes;
 use crate::ids::WorkerId;
-use crate::ipc::control::Control;
 use crate::ipc::{handshake, Peer};
 use crate::{env, node, sys, Error};
 
@@ -163,7 +161,7 @@ pub(super) async fn fork(
             .await?;
     }
     if let Some(hub) = &cfg.cache {
-        tokio::spawn(forward_pushes(hub.clone(), peer.clone()));
+        tokio::spawn(forward_pushes(hub, peer.clone()));
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -191,30 +189,4 @@ pub(super) async fn fork(
         let _ = dispatch.send(DispatchCmd::Exited(id)).await;
     });
     Ok(WorkerHandle { inner: shared })
-}
-
-/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up is told
-/// to drop its whole view instead. Ends when the worker's channel closes.
-pub(super) async fn forward_pushes(hub: Hub, peer: Peer) {
-    let mut pushes = hub.subscribe();
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        // Ends with the worker's channel, not at the next push after it: a source that never
-        // invalidates would otherwise keep every dead worker's channel open.
-        let next = tokio::select! {
-            next = pushes.recv() => next,
-            () = peer.closed() => return,
-        };
-        let control = match next {
-            Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
-            Ok(Push::Clear { seq }) => Control::CacheClear { seq },
-            Err(RecvError::Lagged(_)) => Control::CacheClear {
-                seq: hub.current_seq(),
-            },
-            Err(RecvError::Closed) => return,
-        };
-        if peer.control(&control).await.is_err() {
-            return;
-        }
-    }
 }

@@ -23,10 +23,11 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::builder::{Config, MAX_CACHE_CALLS};
+use super::builder::Config;
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
 use super::output;
+use crate::cache::serve::CacheCalls;
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::Routed;
@@ -65,7 +66,7 @@ pub(super) struct Supervisor {
     outbox: VecDeque<Event>,
     online: bool,
     /// Bounds this worker's cache calls in flight.
-    cache_calls: Arc<tokio::sync::Semaphore>,
+    cache_calls: CacheCalls,
     open: bool,
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
@@ -100,7 +101,7 @@ impl Supervisor {
             online: cfg.codec == Codec::NodeJson,
             cfg,
             outbox: VecDeque::new(),
-            cache_calls: Arc::new(tokio::sync::Semaphore::new(MAX_CACHE_CALLS)),
+            cache_calls: CacheCalls::default(),
             open: true,
             exited: None,
             kill_at: None,
@@ -270,18 +271,9 @@ impl Supervisor {
     }
 
     fn cache_call(&self, request: Request) {
-        let refuse = |request: Request, why: &'static str| {
-            tokio::spawn(async move {
-                let _ = request.reply_error(why).await;
-            });
-        };
-        let Some(hub) = &self.cfg.cache else {
-            return refuse(request, "this primary serves no cache");
-        };
-        match self.cache_calls.clone().try_acquire_owned() {
-            Ok(permit) => hub.serve(self.id, self.cfg.codec, request, permit),
-            Err(_) => refuse(request, "too many cache calls in flight"),
-        }
+        let hub = self.cfg.cache.as_ref();
+        self.cache_calls
+            .serve(hub, self.id, self.cfg.codec, request);
     }
 
     fn handshake(&self, frame: herd_wire::Frame) -> Result<(), Error> {

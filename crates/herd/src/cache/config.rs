@@ -1,0 +1,93 @@
+//! How the hub behaves: [`CacheConfig`], and how warm-up progress is reported ([`Progress`],
+//! [`WarmProgress`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the hub behaves. Every field has a sensible default.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Values larger than this many bytes are shared as sealed memfds (default 64 KiB).
+    pub share_above: usize,
+    /// Largest value the hub accepts from its source (default 1 GiB); larger ones are errors.
+    pub max_value: usize,
+    /// Most bytes the hub keeps (default 8 GiB). A value that does not fit is served but not
+    /// kept.
+    pub max_bytes: usize,
+    /// How long after it was last confirmed by the source a value may still be served while the
+    /// source is unreachable (default 5 minutes).
+    pub max_stale: Duration,
+    /// How long one load may take before its waiters give up (default 30 s).
+    pub load_timeout: Duration,
+    /// Keys to load at start.
+    pub warm_keys: Vec<String>,
+    /// Patterns (Redis `MATCH` globs) whose keys are loaded at start.
+    pub warm_patterns: Vec<String>,
+    /// Keys per pipelined batch during warm-up (default 256).
+    pub warm_batch: usize,
+    /// How warm-up progress is reported (default: log lines).
+    pub progress: Progress,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            share_above: 64 * 1024,
+            max_value: 1 << 30,
+            max_bytes: 8 << 30,
+            max_stale: Duration::from_secs(300),
+            load_timeout: Duration::from_secs(30),
+            warm_keys: Vec::new(),
+            warm_patterns: Vec::new(),
+            warm_batch: 256,
+            progress: Progress::Log,
+        }
+    }
+}
+
+/// A callback told about warm-up progress.
+pub type ProgressFn = Arc<dyn Fn(&WarmProgress) + Send + Sync>;
+
+/// How warm-up progress is reported. Either way, the end of warm-up is logged (unless `Off`).
+#[derive(Clone, Default)]
+pub enum Progress {
+    /// A log line (`tracing` at info level) after each batch.
+    #[default]
+    Log,
+    /// A call after each batch (and one before the first), e.g. to draw a progress bar. It
+    /// runs on the warm-up task: it must return quickly.
+    Report(ProgressFn),
+    /// Nothing.
+    Off,
+}
+
+impl Progress {
+    /// Reports progress to `f`.
+    pub fn report(f: impl Fn(&WarmProgress) + Send + Sync + 'static) -> Progress {
+        Progress::Report(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Progress::Log => "Log",
+            Progress::Report(_) => "Report(..)",
+            Progress::Off => "Off",
+        })
+    }
+}
+
+/// Where warm-up stands, as given to [`Progress::Report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmProgress {
+    /// Keys loaded (or skipped) so far.
+    pub done: u64,
+    /// Keys to load in all.
+    pub total: u64,
+    /// Bytes loaded so far.
+    pub bytes: u64,
+    /// Whether warm-up is over (the last report).
+    pub finished: bool,
+}

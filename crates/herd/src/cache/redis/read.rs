@@ -1,0 +1,181 @@
+//! Loading values from Redis with bounded replies: one pipelined round trip reads every key's
+//! TTL, length and first [`HEAD_LEN`] bytes; longer values continue in `GETRANGE` chunks, a
+//! bounded number in flight, assembled in an anonymous mapping when big.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value;
+
+use super::link::Shared;
+use crate::cache::source::{Loaded, SourceError};
+
+/// How much of each value the first (pipelined) read fetches. Values up to this long take one
+/// round trip, with every other key of a batch; longer ones continue in chunks.
+const HEAD_LEN: usize = 64 << 10;
+
+/// Values longer than this are assembled in an anonymous mapping (returned to the system when
+/// dropped) rather than on the heap, which would keep the high-water mark of a big load.
+const MAPPED_ABOVE: usize = 1 << 20;
+
+impl Shared {
+    /// The first chunk of each key with its TTL and length: one round trip for all of them.
+    pub(super) async fn heads(self: &Arc<Self>, keys: &[String]) -> Result<Vec<Head>, SourceError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let end = HEAD_LEN as i64 - 1;
+        for k in keys {
+            pipe.cmd("PTTL").arg(k);
+            pipe.cmd("STRLEN").arg(k);
+            pipe.cmd("GETRANGE").arg(k).arg(0).arg(end);
+        }
+        let values: Vec<Value> = self
+            .query(3 * keys.len() as u64, move |mut c| {
+                Box::pin(async move { pipe.query_async(&mut c).await })
+            })
+            .await?;
+        if values.len() != 3 * keys.len() {
+            return Err(SourceError::Failed(format!(
+                "redis answered {} replies to {} commands",
+                values.len(),
+                3 * keys.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, v) in keys.iter().zip(values.chunks_exact(3)) {
+            let ttl = int(&v[0], "PTTL", key)?;
+            let len = int(&v[1], "STRLEN", key)?;
+            let head = match &v[2] {
+                Value::BulkString(b) => Bytes::copy_from_slice(b),
+                Value::Nil => Bytes::new(),
+                other => return Err(unexpected("GETRANGE", key, other)),
+            };
+            out.push(Head {
+                ttl,
+                len: usize::try_from(len).unwrap_or(0),
+                head,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Completes one value from its head: `None` if the key does not exist.
+    pub(super) async fn finish(
+        self: &Arc<Self>,
+        key: &str,
+        h: Head,
+    ) -> Result<Option<Loaded>, SourceError> {
+        if h.ttl == -2 {
+            return Ok(None);
+        }
+        let ttl = u64::try_from(h.ttl).ok().map(Duration::from_millis);
+        let value = if h.head.len() >= h.len {
+            h.head
+        } else {
+            self.read_rest(key, h).await?
+        };
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Loaded { value, ttl }))
+    }
+
+    /// Reads the rest of a value after its head, chunk by chunk, into one buffer of its length.
+    async fn read_rest(self: &Arc<Self>, key: &str, h: Head) -> Result<Bytes, SourceError> {
+        let mut buf = ValueBuf::new(h.len)?;
+        buf.as_mut()[..h.head.len()].copy_from_slice(&h.head);
+        let chunk = self.config.chunk_size.max(1);
+        let mut filled = h.head.len();
+        while filled < h.len {
+            let (start, end) = (filled, (filled + chunk).min(h.len) - 1);
+            let key_owned = key.to_string();
+            let permit = self
+                .chunks
+                .acquire()
+                .await
+                .map_err(|_| SourceError::Failed("the source is closing".into()))?;
+            let part: Vec<u8> = self
+                .query(1, move |mut c| {
+                    Box::pin(async move {
+                        redis::cmd("GETRANGE")
+                            .arg(key_owned)
+                            .arg(start)
+                            .arg(end)
+                            .query_async(&mut c)
+                            .await
+                    })
+                })
+                .await?;
+            drop(permit);
+            if part.is_empty() || part.len() > end + 1 - start {
+                break;
+            }
+            buf.as_mut()[start..start + part.len()].copy_from_slice(&part);
+            filled += part.len();
+        }
+        if filled != h.len {
+            return Err(SourceError::Failed(format!(
+                "{key:?} changed while it was read ({} bytes, then {filled})",
+                h.len
+            )));
+        }
+        buf.freeze()
+    }
+}
+
+/// A value being assembled: on the heap when small, in an anonymous mapping when big.
+enum ValueBuf {
+    Heap(Vec<u8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl ValueBuf {
+    fn new(len: usize) -> Result<ValueBuf, SourceError> {
+        if len > MAPPED_ABOVE {
+            memmap2::MmapMut::map_anon(len)
+                .map(ValueBuf::Mapped)
+                .map_err(|e| SourceError::Failed(format!("no memory for a {len}-byte value: {e}")))
+        } else {
+            Ok(ValueBuf::Heap(vec![0; len]))
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            ValueBuf::Heap(v) => v,
+            ValueBuf::Mapped(m) => m,
+        }
+    }
+
+    fn freeze(self) -> Result<Bytes, SourceError> {
+        match self {
+            ValueBuf::Heap(v) => Ok(Bytes::from(v)),
+            ValueBuf::Mapped(m) => m
+                .make_read_only()
+                .map(Bytes::from_owner)
+                .map_err(|e| SourceError::Failed(format!("mprotect: {e}"))),
+        }
+    }
+}
+
+pub(super) struct Head {
+    ttl: i64,
+    len: usize,
+    head: Bytes,
+}
+
+fn int(v: &Value, cmd: &str, key: &str) -> Result<i64, SourceError> {
+    match v {
+        Value::Int(n) => Ok(*n),
+        other => Err(unexpected(cmd, key, other)),
+    }
+}
+
+fn unexpected(cmd: &str, key: &str, v: &Value) -> SourceError {
+    match v {
+        Value::ServerError(e) => SourceError::Failed(format!("{cmd} {key:?}: {e:?}")),
+        other => SourceError::Failed(format!("{cmd} {key:?}: unexpected reply {other:?}")),
+    }
+}

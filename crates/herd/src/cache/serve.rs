@@ -1,0 +1,203 @@
+//! The worker-facing side of the hub, run by the primary: a worker's cache call (bounded per
+//! worker by [`CacheCalls`]), its answer in the worker's codec (values inline, as Node text, or
+//! as a sealed memfd; errors as a [`WireError`] or, for Node, their text), and the forwarding of
+//! the hub's invalidations to each worker. The hub and its store know no codec: this does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::CacheError;
+use super::hub::{Hub, Push};
+use super::proto::{self, CacheOp, GetReply, NodeGetReply, WireValue};
+use super::store::{Found, Value};
+use crate::ipc::control::Control;
+use crate::ipc::Request;
+use crate::{Codec, Peer, WorkerId};
+
+/// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
+const MAX_CACHE_CALLS: usize = 1024;
+
+/// The longest a worker's `ready` call is held by the hub.
+const MAX_READY_WAIT: Duration = Duration::from_secs(600);
+
+/// One worker's cache calls in flight (at most [`MAX_CACHE_CALLS`]).
+pub(crate) struct CacheCalls(Arc<Semaphore>);
+
+impl Default for CacheCalls {
+    fn default() -> Self {
+        CacheCalls(Arc::new(Semaphore::new(MAX_CACHE_CALLS)))
+    }
+}
+
+impl CacheCalls {
+    /// Serves one call from `worker` on `hub` (in its own task: the reply goes back on the
+    /// worker's channel), or refuses it: no hub, or too many calls in flight.
+    pub(crate) fn serve(
+        &self,
+        hub: Option<&Hub>,
+        worker: WorkerId,
+        codec: Codec,
+        request: Request,
+    ) {
+        let refuse = |request: Request, e: CacheError| {
+            tokio::spawn(async move {
+                let _ = reply_error(codec, request, &e).await;
+            });
+        };
+        let Some(hub) = hub else {
+            return refuse(request, CacheError::NoHub);
+        };
+        let permit = match self.0.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => return refuse(request, CacheError::Busy(MAX_CACHE_CALLS)),
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            if let Err(e) = answer(&hub, codec, request).await {
+                tracing::debug!(%worker, error = %crate::error::chain(&e), "cache reply not sent");
+            }
+        });
+    }
+}
+
+async fn answer(hub: &Hub, codec: Codec, request: Request) -> Result<(), crate::Error> {
+    let op: CacheOp = match request.decode() {
+        Ok(op) => op,
+        Err(e) => {
+            let e = CacheError::BadCall(crate::error::chain(&e));
+            return reply_error(codec, request, &e).await;
+        }
+    };
+    match op {
+        CacheOp::Get { key } => match hub.lookup(&key).await {
+            Ok(f) => reply_found(codec, request, f).await,
+            Err(e) => reply_error(codec, request, &e).await,
+        },
+        CacheOp::Set {
+            key,
+            value,
+            encoding,
+            ttl_ms,
+        } => {
+            let value = match codec {
+                Codec::NodeJson => match proto::from_node(value, encoding.as_deref()) {
+                    Ok(v) => v,
+                    Err(e) => return reply_error(codec, request, &CacheError::BadCall(e)).await,
+                },
+                Codec::Binary => value.0,
+            };
+            match hub
+                .set(&key, value, ttl_ms.map(Duration::from_millis))
+                .await
+            {
+                Ok(()) => request.reply(&true).await,
+                Err(e) => reply_error(codec, request, &e).await,
+            }
+        }
+        CacheOp::Delete { key } => match hub.delete(&key).await {
+            Ok(existed) => request.reply(&existed).await,
+            Err(e) => reply_error(codec, request, &e).await,
+        },
+        CacheOp::Ready { timeout_ms } => {
+            // Bounded: a worker may be gone, and warm-up may wait for a source that is down.
+            let limit = timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(hub.inner.config.load_timeout)
+                .min(MAX_READY_WAIT);
+            let warm = hub.ready(limit).await;
+            request.reply(&warm).await
+        }
+        CacheOp::Stats => request.reply(&hub.stats()).await,
+    }
+}
+
+/// Answers with `e`: its kind for a replica (binary codec), its text for a Node peer.
+async fn reply_error(codec: Codec, request: Request, e: &CacheError) -> Result<(), crate::Error> {
+    let text = match codec {
+        Codec::Binary => e.to_wire().encode(),
+        Codec::NodeJson => crate::error::chain(e),
+    };
+    request.reply_error(&text).await
+}
+
+async fn reply_found(codec: Codec, request: Request, f: Found) -> Result<(), crate::Error> {
+    let ttl_ms = f.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
+    match codec {
+        Codec::NodeJson => {
+            let (value, encoding) = match &f.value {
+                Some(v) => {
+                    let (s, e) = proto::node_value(&v.bytes());
+                    (Some(s), e)
+                }
+                None => (None, None),
+            };
+            let reply = NodeGetReply {
+                found: f.value.is_some(),
+                value,
+                encoding,
+                ttl_ms,
+                seq: f.seq,
+                local: f.local,
+                stale: f.stale,
+            };
+            request.reply(&reply).await
+        }
+        Codec::Binary => {
+            let mut reply = GetReply {
+                found: f.value.is_some(),
+                value: None,
+                encoding: None,
+                shared_len: None,
+                ttl_ms,
+                seq: f.seq,
+                local: f.local,
+                stale: f.stale,
+            };
+            match &f.value {
+                Some(v @ Value::Shared(s)) => {
+                    reply.shared_len = Some(v.len() as u64);
+                    let fd = s.fd().try_clone().map_err(crate::Error::Io)?;
+                    request.reply_with_fds(&reply, vec![fd]).await
+                }
+                Some(Value::Inline(b)) => {
+                    reply.value = Some(WireValue(b.clone()));
+                    request.reply(&reply).await
+                }
+                None => request.reply(&reply).await,
+            }
+        }
+    }
+}
+
+/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up is told
+/// to drop its whole view instead. Ends when the worker's channel closes. Subscribes at once:
+/// call it (and spawn the future) before the worker can ask anything, so it misses nothing.
+pub(crate) fn forward_pushes(hub: &Hub, peer: Peer) -> impl std::future::Future<Output = ()> {
+    let mut pushes = hub.subscribe();
+    let hub = hub.clone();
+    async move {
+        loop {
+            // Ends with the worker's channel, not at the next push after it: a source that never
+            // invalidates would otherwise keep every dead worker's channel open.
+            let next = tokio::select! {
+                next = pushes.recv() => next,
+                () = peer.closed() => return,
+            };
+            let control = match next {
+                Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
+                Ok(Push::Clear { seq }) => Control::CacheClear { seq },
+                Err(RecvError::Lagged(_)) => Control::CacheClear {
+                    seq: hub.current_seq(),
+                },
+                Err(RecvError::Closed) => return,
+            };
+            if peer.control(&control).await.is_err() {
+                return;
+            }
+        }
+    }
+}
