@@ -1100,7 +1100,7 @@ impl Supervisor {
         let tx = self.ep.sender().clone();
         // The queue may be full of frames the worker is not reading; the grace period bounds it.
         tokio::spawn(async move {
-            let _ = tx.close().await;
+            let _ = tx.close();
         });
     }
 

@@ -243,7 +243,7 @@ impl Worker {
 
     /// Closes the channel after everything queued is written; the primary sees the disconnect.
     pub async fn disconnect(self) -> Result<(), Error> {
-        self.peer.endpoint().sender().close().await?;
+        self.peer.endpoint().sender().close()?;
         self.peer.endpoint().sender().closed().await;
         Ok(())
     }

@@ -134,7 +134,7 @@ mod tests {
         tx.send(Frame::new(Kind::Message, Format::Raw, big.clone()))
             .await
             .unwrap();
-        tx.close().await.unwrap();
+        tx.close().unwrap();
         for i in 0..100u64 {
             let f = rx.recv().await.unwrap().unwrap();
             assert_eq!(&f.payload[..], &i.to_le_bytes());

@@ -217,7 +217,7 @@ mod tests {
                         tokio::task::yield_now().await;
                     }
                 }
-                tx.close().await.unwrap();
+                tx.close().unwrap();
             });
             let mut next = 0u64;
             let mut cancelled = 0u64;

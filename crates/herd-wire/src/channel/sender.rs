@@ -95,7 +95,7 @@ impl Sender {
     /// end-of-stream. Later sends fail with [`WireError::Closed`], and so do sends still waiting
     /// for room (their frames are not queued). Fails with [`WireError::Closed`] if the channel
     /// was already closed (by a close or a write failure).
-    pub async fn close(&self) -> Result<(), WireError> {
+    pub fn close(&self) -> Result<(), WireError> {
         if self.shared.queue.shut() {
             Ok(())
         } else {
@@ -142,11 +142,8 @@ mod tests {
         let ((tx, _), (_, mut rx)) = pair(Codec::Binary, Limits::default());
         let f = || Frame::new(Kind::Message, Format::Raw, Bytes::from_static(b"x"));
         tx.send(f()).await.unwrap();
-        tx.close().await.unwrap();
-        assert!(
-            matches!(tx.close().await, Err(WireError::Closed)),
-            "closed once"
-        );
+        tx.close().unwrap();
+        assert!(matches!(tx.close(), Err(WireError::Closed)), "closed once");
         assert!(matches!(tx.send(f()).await, Err(WireError::Closed)));
         assert!(
             matches!(tx.try_send(f()), Ok(Some(_))),
