@@ -88,7 +88,10 @@ impl Default for Limits {
 }
 
 /// What went wrong on a channel.
+///
+/// Non-exhaustive: a later version may fail in new ways, so a `match` needs a catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// A frame larger than [`Limits::max_frame_len`].
     #[error("frame of {len} bytes exceeds the limit of {max}")]
