@@ -40,8 +40,9 @@ pub enum Kind {
     Reply = 4,
     /// The failed answer to a request; the payload is the error text.
     ReplyError = 5,
-    /// herd's own control traffic (lifecycle notices, later the cache protocol); never shown to
-    /// user code as a message.
+    /// herd's own notices, never shown to user code as a message: a worker's lifecycle
+    /// (listening, ready) and the cache hub's pushes to a worker's replica (invalidate keys,
+    /// clear). Cache calls themselves are [`Kind::CacheCall`] frames.
     Control = 6,
     /// A call to the primary's cache hub: like a [`Kind::Request`] (same id space, answered by
     /// a [`Kind::Reply`] or [`Kind::ReplyError`]) but served by herd, never shown to user code.

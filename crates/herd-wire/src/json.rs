@@ -193,41 +193,55 @@ pub fn encode_around(frame: &Frame, head: &mut BytesMut) -> Result<&'static [u8]
     if memchr::memchr(b'\n', &frame.payload).is_some() {
         return Err(malformed("json payload contains a raw newline"));
     }
-    let mut put = |cmd: &str, id: Option<u64>, field: &str| {
-        head.put_slice(b"{\"cmd\":\"");
-        head.put_slice(cmd.as_bytes());
-        head.put_slice(b"\"");
-        if let Some(id) = id {
-            head.put_slice(format!(",\"id\":{id}").as_bytes());
-        }
-        head.put_slice(format!(",\"{field}\":").as_bytes());
+    let Some((cmd, has_id, field)) = wrapper(frame.kind) else {
+        return Ok(b"\n");
     };
-    Ok(match frame.kind {
-        Kind::Message => b"\n",
-        Kind::Request => {
-            put(REQ, Some(frame.id), "data");
-            b"}\n"
-        }
-        Kind::Reply => {
-            put(REP, Some(frame.id), "data");
-            b"}\n"
-        }
-        Kind::ReplyError => {
-            put(REP, Some(frame.id), "error");
-            b"}\n"
-        }
-        Kind::Control => {
-            put(CTL, None, "data");
-            b"}\n"
-        }
-        Kind::Hello => {
-            put(HELLO, None, "data");
-            b"}\n"
-        }
-        Kind::CacheCall => {
-            put(CACHE, Some(frame.id), "data");
-            b"}\n"
-        }
+    head.put_slice(b"{\"cmd\":\"");
+    head.put_slice(cmd.as_bytes());
+    head.put_slice(b"\"");
+    if has_id {
+        head.put_slice(b",\"id\":");
+        head.put_slice(frame.id.to_string().as_bytes());
+    }
+    head.put_slice(b",\"");
+    head.put_slice(field.as_bytes());
+    head.put_slice(b"\":");
+    Ok(b"}\n")
+}
+
+/// How many bytes [`encode_around`] puts around a payload of a frame of `kind` with request id
+/// `id`: what a frame costs in the send queue is known before it is encoded.
+pub(crate) fn framing_len(kind: Kind, id: u64) -> usize {
+    let Some((cmd, has_id, field)) = wrapper(kind) else {
+        return b"\n".len();
+    };
+    let id_len = if has_id {
+        b",\"id\":".len() + id.checked_ilog10().map_or(1, |d| d as usize + 1)
+    } else {
+        0
+    };
+    // The pieces `encode_around` writes, in its order; the payload goes before the last.
+    b"{\"cmd\":\"".len()
+        + cmd.len()
+        + b"\"".len()
+        + id_len
+        + b",\"".len()
+        + field.len()
+        + b"\":".len()
+        + b"}\n".len()
+}
+
+/// The object herd's own frames of `kind` are wrapped in: its `cmd`, whether it carries the
+/// request id, and the field holding the payload. `None` for a user message, sent bare.
+fn wrapper(kind: Kind) -> Option<(&'static str, bool, &'static str)> {
+    Some(match kind {
+        Kind::Message => return None,
+        Kind::Request => (REQ, true, "data"),
+        Kind::Reply => (REP, true, "data"),
+        Kind::ReplyError => (REP, true, "error"),
+        Kind::Control => (CTL, false, "data"),
+        Kind::Hello => (HELLO, false, "data"),
+        Kind::CacheCall => (CACHE, true, "data"),
     })
 }
 
@@ -245,6 +259,35 @@ mod tests {
         assert!(
             crate::decode_value::<serde_json::Value>(Format::Json, &frames[0].payload).is_err()
         );
+    }
+
+    /// The queue charges a frame before it is encoded: the length it expects is the length
+    /// written, for every kind and every width of id.
+    #[test]
+    fn framing_len_is_what_encode_around_writes() {
+        let kinds = [
+            Kind::Hello,
+            Kind::Message,
+            Kind::Request,
+            Kind::Reply,
+            Kind::ReplyError,
+            Kind::Control,
+            Kind::CacheCall,
+        ];
+        let ids = [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX];
+        for kind in kinds {
+            for id in ids {
+                let id = if kind.has_id() { id } else { 0 };
+                let f = Frame::new(kind, Format::Json, Bytes::from_static(b"[1]")).with_id(id);
+                let mut head = BytesMut::new();
+                let tail = encode_around(&f, &mut head).unwrap();
+                assert_eq!(
+                    framing_len(kind, id),
+                    head.len() + tail.len(),
+                    "{kind:?} {id}"
+                );
+            }
+        }
     }
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, WireError> {

@@ -5,8 +5,8 @@
 //!   payload is buffered.
 //! - [`json`]: Node.js's own IPC format in `json` mode (one JSON text per line), so a Node
 //!   program's `process.send` talks to herd unchanged.
-//! - [`channel`]: a socket split into a cloneable [`Sender`] (bounded queue, one coalescing
-//!   writer, descriptors as `SCM_RIGHTS`) and a [`Receiver`].
+//! - [`channel`](mod@channel): a socket split into a cloneable [`Sender`] (bounded queue, one
+//!   coalescing writer, descriptors as `SCM_RIGHTS`) and a [`Receiver`].
 //! - [`Hello`]: the handshake that opens a binary channel and carries the protocol version.
 //!
 //! Everything read from a peer is untrusted: every decoder returns an error for bad input and
@@ -88,7 +88,10 @@ impl Default for Limits {
 }
 
 /// What went wrong on a channel.
+///
+/// Non-exhaustive: a later version may fail in new ways, so a `match` needs a catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// A frame larger than [`Limits::max_frame_len`].
     #[error("frame of {len} bytes exceeds the limit of {max}")]
