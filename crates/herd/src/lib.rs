@@ -41,9 +41,23 @@
 //! }
 //! ```
 //!
-//! Modules: [`primary`] (the cluster, its dispatcher and per-worker supervisors), [`worker`]
-//! (the worker side), [`peer`] (sending, shared by both), [`message`] (what is received). The
-//! wire format lives in the `herd-wire` crate; the only `unsafe` code is in `sys`.
+//! Modules, one concern each:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`primary`] | the [`Cluster`]: its builder, dispatcher, one supervisor per worker, spawning, [`WorkerHandle`], [`Event`]s |
+//! | [`worker`] | the worker side: [`Worker`], its reader task, the listeners it inherits |
+//! | `ipc` | both sides' channel: [`Peer`] (sending, requests and replies), [`Message`], [`Request`], [`Incoming`], control notices, the handshake |
+//! | [`service`] | supervision: a pure state machine (restarts, reloads, scaling, stop) and the task that runs it |
+//! | [`cache`] | the host-shared cache: the hub (store, single-flight, warm-up, serving workers), the worker's replica, sources (files, Redis) |
+//! | `node` | Node.js interop: what a Node child is told |
+//! | [`env`](mod@env) | every environment variable's name, and this process's [`Role`] |
+//! | [`ids`], [`error`] | [`WorkerId`], [`ExitStatus`]; [`Error`] |
+//! | [`listen`] | binding listening sockets from addresses |
+//! | `backoff` | the one exponential backoff |
+//! | `sys` | the only `unsafe`: what a child does between fork and exec, taking inherited descriptors, sealed memfds |
+//!
+//! The wire format lives in the `herd-wire` crate.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

@@ -1,6 +1,6 @@
 //! The control socket: how `herd status`, `herd reload`, `herd scale` and `herd stop` reach a
 //! running `herd run`. The messages ([`proto`]), the server ([`server`]), the client
-//! ([`client`]) and the status table ([`format`]).
+//! ([`client`]) and the status table ([`format`](mod@format)).
 //!
 //! The socket lives in a directory only its owner can enter: `$XDG_RUNTIME_DIR/herd/NAME.sock`,
 //! else `/tmp/herd-UID/NAME.sock` (see [`default_path`]).

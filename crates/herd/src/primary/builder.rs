@@ -176,7 +176,7 @@ impl ClusterBuilder {
     }
 
     /// Reads each worker's stdout and stderr and reports them line by line as
-    /// [`Event::Output`] (default: workers write to the primary's own stdout and stderr).
+    /// [`Event::Output`](crate::Event::Output) (default: workers write to the primary's own stdout and stderr).
     pub fn capture_output(mut self, capture: bool) -> Self {
         self.capture_output = capture;
         self

@@ -59,7 +59,7 @@ pub enum Event {
         /// How it ended.
         status: ExitStatus,
     },
-    /// A line the worker wrote to its stdout or stderr (with [`ClusterBuilder::capture_output`];
+    /// A line the worker wrote to its stdout or stderr (with [`ClusterBuilder::capture_output`](crate::ClusterBuilder::capture_output);
     /// without its newline; lines longer than [`MAX_OUTPUT_LINE`] come in pieces).
     Output {
         /// Which worker.

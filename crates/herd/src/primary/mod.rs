@@ -1,18 +1,18 @@
 //! The primary: forks workers, talks to them, and reports their lifecycle as [`Event`]s.
 //!
 //! Structure (after nextest's runner):
-//! - [`builder`]: the settings, and starting a cluster;
-//! - [`dispatcher`]: one task owns the table of live workers and serves the [`Cluster`] handle's
+//! - `builder`: the settings, and starting a cluster;
+//! - `dispatcher`: one task owns the table of live workers and serves the [`Cluster`] handle's
 //!   requests (fork, list, shut down);
-//! - [`supervisor`]: each worker has one task, a state machine that `select!`s over its child's
+//! - `supervisor`: each worker has one task, a state machine that `select!`s over its child's
 //!   exit, the frames on its channel, commands (disconnect, kill) and deadlines (handshake, grace
 //!   before `SIGKILL`, draining the channel after exit). It alone emits that worker's events, so
 //!   they come in order: fork, online, messages, disconnect, exit;
-//! - [`spawn`]: a process-wide spawner thread does every fork, so the `PR_SET_PDEATHSIG` each
+//! - `spawn`: a process-wide spawner thread does every fork, so the `PR_SET_PDEATHSIG` each
 //!   worker sets (it fires when the *thread* that forked it exits) stays armed for the process's
 //!   life; and what a worker inherits (environment, descriptors);
-//! - [`handle`]: [`WorkerHandle`], sending straight to the worker's channel queue, not through
-//!   the dispatcher; [`output`]: captured stdout and stderr.
+//! - `handle`: [`WorkerHandle`], sending straight to the worker's channel queue, not through
+//!   the dispatcher; `output`: captured stdout and stderr.
 //!
 //! Each worker runs in its own process group; stopping it is a signal, a grace period, then
 //! `SIGKILL` to the group.
