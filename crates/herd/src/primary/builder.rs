@@ -10,32 +10,12 @@ use herd_wire::{Codec, Limits};
 use rustix::process::Signal;
 use tokio::sync::mpsc;
 
+use super::config::{check_numbers, first_free_fd, Config};
 use super::dispatcher::dispatcher;
-use super::spawn::check_numbers;
 use super::{join_here, Cluster};
 use crate::cache::Hub;
 use crate::ipc::endpoint::SEND_TIMEOUT;
-use crate::{sys, Error};
-
-/// What every fork needs, fixed when the cluster starts.
-#[derive(Clone, Debug)]
-pub(super) struct Config {
-    pub(super) program: PathBuf,
-    pub(super) args: Vec<OsString>,
-    pub(super) env: Vec<(OsString, OsString)>,
-    pub(super) codec: Codec,
-    pub(super) limits: Limits,
-    pub(super) handshake_timeout: Duration,
-    pub(super) grace: Duration,
-    pub(super) request_timeout: Duration,
-    pub(super) cache: Option<Hub>,
-    pub(super) channel_fd: i32,
-    pub(super) inherit: Vec<(Arc<OwnedFd>, i32)>,
-    /// Listening sockets every worker gets at 3, 4, ... ([`crate::Worker::listeners`]).
-    pub(super) listeners: Vec<Arc<OwnedFd>>,
-    pub(super) capture_output: bool,
-    pub(super) send_timeout: Duration,
-}
+use crate::Error;
 
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
 /// arguments, the binary codec.
@@ -251,13 +231,4 @@ impl ClusterBuilder {
         }
         Ok(cluster)
     }
-}
-
-/// The lowest descriptor number from 3 up that is neither a listener's (3, 4, ... for
-/// `listeners` of them) nor one of `taken`.
-fn first_free_fd(listeners: usize, taken: impl Iterator<Item = i32>) -> i32 {
-    let taken: Vec<i32> = taken.collect();
-    (sys::CHANNEL_FD + listeners as i32..)
-        .find(|n| !taken.contains(n))
-        .unwrap_or(sys::CHANNEL_FD)
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::builder::Config;
+use super::config::{check_numbers, Config};
 use super::event::Event;
 use super::handle::WorkerHandle;
-use super::spawn::{check_numbers, fork, ForkOptions};
+use super::spawn::{fork, ForkOptions};
 use crate::ids::WorkerId;
 use crate::Error;
 
@@ -45,12 +45,17 @@ pub(super) async fn dispatcher(
                 let id = WorkerId(next_id);
                 next_id += 1;
                 let r = match check_numbers(&cfg, &opts.fds) {
-                    Ok(()) => fork(&cfg, id, opts, events.clone(), me).await,
+                    Ok(()) => fork(&cfg, id, opts, events.clone()).await,
                     Err(e) => Err(e),
                 };
-                if let Ok(h) = &r {
-                    workers.insert(id, h.clone());
-                }
+                let r = r.map(|(handle, supervisor)| {
+                    tokio::spawn(async move {
+                        supervisor.run().await;
+                        let _ = me.send(DispatchCmd::Exited(id)).await;
+                    });
+                    workers.insert(id, handle.clone());
+                    handle
+                });
                 let _ = reply.send(r);
             }
             DispatchCmd::List(reply) => {

@@ -1,7 +1,7 @@
 //! The primary: forks workers, talks to them, and reports their lifecycle as [`Event`]s.
 //!
 //! Structure (after nextest's runner):
-//! - `builder`: the settings, and starting a cluster;
+//! - `builder`: the settings, and starting a cluster; `config`: what every fork uses;
 //! - `dispatcher`: one task owns the table of live workers and serves the [`Cluster`] handle's
 //!   requests (fork, list, shut down);
 //! - `supervisor`: each worker has one task, a state machine that `select!`s over its child's
@@ -18,6 +18,7 @@
 //! `SIGKILL` to the group.
 
 pub(crate) mod builder;
+pub(crate) mod config;
 pub(crate) mod dispatcher;
 pub(crate) mod event;
 pub(crate) mod handle;

@@ -11,8 +11,7 @@ use herd_wire::{Codec, Kind};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::builder::Config;
-use super::dispatcher::DispatchCmd;
+use super::config::Config;
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerHandle, WorkerShared};
 use super::output::read_lines;
@@ -66,30 +65,6 @@ async fn spawn(cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("spawner dropped the job"))?
 }
 
-/// Checks that the descriptor numbers workers get are in range and distinct.
-pub(super) fn check_numbers(cfg: &Config, extra: &[(OwnedFd, i32)]) -> Result<(), Error> {
-    let mut numbers: Vec<i32> = cfg.inherit.iter().map(|(_, at)| *at).collect();
-    numbers.extend((0..cfg.listeners.len()).map(|i| sys::CHANNEL_FD + i as i32));
-    numbers.extend(extra.iter().map(|(_, at)| *at));
-    numbers.push(cfg.channel_fd);
-    numbers.sort_unstable();
-    if let Some(bad) = numbers
-        .iter()
-        .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
-    {
-        return Err(Error::Spawn(std::io::Error::other(format!(
-            "descriptor number {bad} for workers is outside 3..{}",
-            sys::MAX_CHILD_FD
-        ))));
-    }
-    if numbers.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Error::Spawn(std::io::Error::other(
-            "two descriptors for workers share one number",
-        )));
-    }
-    Ok(())
-}
-
 /// What one fork gets besides the cluster's own settings.
 #[derive(Debug, Default)]
 pub struct ForkOptions {
@@ -100,16 +75,16 @@ pub struct ForkOptions {
     pub env: Vec<(OsString, OsString)>,
 }
 
-/// Forks worker `id`: its channel, environment and descriptors, its supervisor task. The hello
-/// (binary codec) is queued before the supervisor starts, and the cache's pushes are subscribed
-/// before the worker can ask anything, so it misses no invalidation.
+/// Forks worker `id`: its channel, environment and descriptors; returns its handle and its
+/// supervisor, for the caller to run. The hello (binary codec) is queued before the supervisor
+/// runs, and the cache's pushes are subscribed before the worker can ask anything, so it misses
+/// no invalidation.
 pub(super) async fn fork(
     cfg: &Arc<Config>,
     id: WorkerId,
     opts: ForkOptions,
     events: mpsc::Sender<Event>,
-    dispatch: mpsc::Sender<DispatchCmd>,
-) -> Result<WorkerHandle, Error> {
+) -> Result<(WorkerHandle, Supervisor), Error> {
     let (ours, theirs) = sys::socketpair().map_err(Error::Spawn)?;
     let mut cmd = Command::new(&cfg.program);
     cmd.args(&cfg.args)
@@ -184,9 +159,5 @@ pub(super) async fn fork(
         cfg.clone(),
         output,
     );
-    tokio::spawn(async move {
-        sup.run().await;
-        let _ = dispatch.send(DispatchCmd::Exited(id)).await;
-    });
-    Ok(WorkerHandle { inner: shared })
+    Ok((WorkerHandle { inner: shared }, sup))
 }

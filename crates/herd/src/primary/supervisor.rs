@@ -23,7 +23,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::builder::Config;
+use super::config::Config;
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
 use super::output;

@@ -1,0 +1,66 @@
+//! The settings every fork uses, fixed when the cluster starts, and the checks on the descriptor
+//! numbers workers get.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_wire::{Codec, Limits};
+
+use crate::cache::Hub;
+use crate::{sys, Error};
+
+/// What every fork needs, fixed when the cluster starts.
+#[derive(Clone, Debug)]
+pub(super) struct Config {
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<OsString>,
+    pub(super) env: Vec<(OsString, OsString)>,
+    pub(super) codec: Codec,
+    pub(super) limits: Limits,
+    pub(super) handshake_timeout: Duration,
+    pub(super) grace: Duration,
+    pub(super) request_timeout: Duration,
+    pub(super) cache: Option<Hub>,
+    pub(super) channel_fd: i32,
+    pub(super) inherit: Vec<(Arc<OwnedFd>, i32)>,
+    /// Listening sockets every worker gets at 3, 4, ... ([`crate::Worker::listeners`]).
+    pub(super) listeners: Vec<Arc<OwnedFd>>,
+    pub(super) capture_output: bool,
+    pub(super) send_timeout: Duration,
+}
+
+/// Checks that the descriptor numbers workers get are in range and distinct.
+pub(super) fn check_numbers(cfg: &Config, extra: &[(OwnedFd, i32)]) -> Result<(), Error> {
+    let mut numbers: Vec<i32> = cfg.inherit.iter().map(|(_, at)| *at).collect();
+    numbers.extend((0..cfg.listeners.len()).map(|i| sys::CHANNEL_FD + i as i32));
+    numbers.extend(extra.iter().map(|(_, at)| *at));
+    numbers.push(cfg.channel_fd);
+    numbers.sort_unstable();
+    if let Some(bad) = numbers
+        .iter()
+        .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
+    {
+        return Err(Error::Spawn(std::io::Error::other(format!(
+            "descriptor number {bad} for workers is outside 3..{}",
+            sys::MAX_CHILD_FD
+        ))));
+    }
+    if numbers.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Spawn(std::io::Error::other(
+            "two descriptors for workers share one number",
+        )));
+    }
+    Ok(())
+}
+
+/// The lowest descriptor number from 3 up that is neither a listener's (3, 4, ... for
+/// `listeners` of them) nor one of `taken`.
+pub(super) fn first_free_fd(listeners: usize, taken: impl Iterator<Item = i32>) -> i32 {
+    let taken: Vec<i32> = taken.collect();
+    (sys::CHANNEL_FD + listeners as i32..)
+        .find(|n| !taken.contains(n))
+        .unwrap_or(sys::CHANNEL_FD)
+}
