@@ -39,7 +39,13 @@ async fn primary() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut service = herd::service::start(cluster, config).await?;
     while let Some(event) = service.events.recv().await {
-        if let ServiceEvent::Restarting { slot, status, delay, .. } = event {
+        if let ServiceEvent::Restarting {
+            slot,
+            status,
+            delay,
+            ..
+        } = event
+        {
             let how = status.map_or("could not start".into(), |s| s.to_string());
             println!("slot {slot}: worker ended ({how}); restarting in {delay:?}");
         }
