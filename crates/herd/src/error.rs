@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use crate::cache::error::CacheError;
 use crate::ids::WorkerId;
+
+pub use crate::report::chain;
 
 /// What went wrong.
 ///
@@ -52,7 +55,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// A cache operation failed.
     #[error("cache")]
-    Cache(#[from] crate::cache::CacheError),
+    Cache(#[from] CacheError),
 }
 
 impl From<herd_wire::WireError> for Error {
@@ -65,14 +68,33 @@ impl From<herd_wire::WireError> for Error {
     }
 }
 
-/// Formats an error with its chain of sources, `a: b: c`.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_mark_turns_a_cache_error_into_the_crate_error() {
+        fn call() -> Result<(), Error> {
+            Err(CacheError::Busy(3))?
+        }
+        let e = call().unwrap_err();
+        assert!(matches!(e, Error::Cache(CacheError::Busy(3))));
+        assert_eq!(chain(&e), "cache: too many cache calls in flight (limit 3)");
     }
-    s
+
+    #[test]
+    fn a_cache_call_s_channel_failure_is_the_crate_error_underneath() {
+        fn call() -> Result<(), Error> {
+            Err(CacheError::Channel(Box::new(Error::ChannelClosed)))?
+        }
+        let e = call().unwrap_err();
+        let Error::Cache(CacheError::Channel(inner)) = &e else {
+            panic!("{e:?}");
+        };
+        assert!(matches!(
+            inner.downcast_ref::<Error>(),
+            Some(Error::ChannelClosed)
+        ));
+        assert_eq!(chain(&e), "cache: cache call failed: channel closed");
+    }
 }

@@ -55,6 +55,7 @@
 //! | [`ids`], [`error`] | [`WorkerId`], [`ExitStatus`]; [`Error`] |
 //! | [`listen`] | binding listening sockets from addresses |
 //! | `backoff` | the one exponential backoff |
+//! | `report` | [`error::chain`]: an error with its sources on one line (used by [`error`] and [`cache`] alike) |
 //! | `sys` | the only `unsafe`: what a child does between fork and exec, taking inherited descriptors, sealed memfds |
 //!
 //! The wire format lives in the `herd-wire` crate.
@@ -71,6 +72,7 @@ mod ipc;
 pub mod listen;
 mod node;
 pub mod primary;
+mod report;
 pub mod service;
 mod sys;
 pub mod worker;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::proto::WireError;
 use super::source::SourceError;
+use crate::report::chain;
 
 /// Why a cache operation failed. A worker's [`crate::cache::Cache`] sees the same kinds the hub
 /// produced (the hub sends a code with every error), so both sides can be matched alike.
@@ -55,9 +56,10 @@ pub enum CacheError {
     /// The hub failed in a way of no other kind (or answered with a bare text).
     #[error("cache hub: {0}")]
     Hub(String),
-    /// The channel to the primary failed.
+    /// The channel to the primary failed. The source is the channel's error, a `herd::Error`
+    /// (`downcast_ref::<herd::Error>()` gets it back).
     #[error("cache call failed")]
-    Channel(#[source] Box<crate::Error>),
+    Channel(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl CacheError {
@@ -86,13 +88,12 @@ impl CacheError {
                 max: *max,
             },
             CacheError::Timeout(k, d) => CacheError::Timeout(k.clone(), *d),
-            other => CacheError::Hub(crate::error::chain(other)),
+            other => CacheError::Hub(chain(other)),
         }
     }
 
     /// What the hub sends a worker about this error.
     pub(super) fn to_wire(&self) -> WireError {
-        let why = |e: &(dyn std::error::Error + 'static)| crate::error::chain(e);
         match self {
             CacheError::Source { key, source } => {
                 let key = key.clone();
@@ -120,14 +121,14 @@ impl CacheError {
                 key: key.clone(),
                 ms: d.as_millis().min(u128::from(u64::MAX)) as u64,
             },
-            CacheError::Shared(e) => WireError::Shared { why: why(e) },
+            CacheError::Shared(e) => WireError::Shared { why: chain(e) },
             CacheError::NoHub => WireError::NoHub,
             CacheError::Busy(limit) => WireError::Busy {
                 limit: *limit as u64,
             },
             CacheError::BadCall(why) => WireError::BadCall { why: why.clone() },
             CacheError::Hub(why) => WireError::Hub { why: why.clone() },
-            other => WireError::Hub { why: why(other) },
+            other => WireError::Hub { why: chain(other) },
         }
     }
 
@@ -185,29 +186,12 @@ mod tests {
             let text = e.to_wire().encode();
             let back = CacheError::from_wire(WireError::decode(&text).unwrap(), "store");
             assert_eq!(back.to_string(), e.to_string(), "{text}");
-            assert_eq!(
-                crate::error::chain(&back),
-                crate::error::chain(&e),
-                "{text}"
-            );
+            assert_eq!(chain(&back), chain(&e), "{text}");
         }
         let shared = CacheError::Shared(std::io::Error::other("no memfd"));
         let back = CacheError::from_wire(shared.to_wire(), "get");
         assert!(matches!(back, CacheError::Shared(_)));
-        assert!(crate::error::chain(&back).contains("no memfd"));
-    }
-
-    #[test]
-    fn question_mark_turns_it_into_the_crate_error() {
-        fn call() -> Result<(), crate::Error> {
-            Err(CacheError::Busy(3))?
-        }
-        let e = call().unwrap_err();
-        assert!(matches!(e, crate::Error::Cache(CacheError::Busy(3))));
-        assert_eq!(
-            crate::error::chain(&e),
-            "cache: too many cache calls in flight (limit 3)"
-        );
+        assert!(chain(&back).contains("no memfd"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::config::CacheConfig;
 use super::error::CacheError;
 use super::source::{Invalidation, Source, SourceError};
 use super::store::{self, Found, Lookup, Store};
+use super::warm::warm_up;
 
 /// The hub's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +76,9 @@ pub(super) enum Push {
 const PUSH_BUFFER: usize = 4096;
 
 pub(super) struct Inner {
-    pub(super) source: Arc<dyn Source>,
+    source: Arc<dyn Source>,
     pub(super) config: CacheConfig,
-    pub(super) store: Store,
+    store: Store,
     pushes: broadcast::Sender<Push>,
     warm: watch::Sender<bool>,
     started: AtomicBool,
@@ -130,10 +131,10 @@ impl Hub {
             let weak = Arc::downgrade(&self.inner);
             tokio::spawn(follow_invalidations(weak, rx));
         }
-        let hub = self.clone();
+        let inner = self.inner.clone();
         tokio::spawn(async move {
-            super::warm::warm_up(&hub).await;
-            hub.inner.warm.send_replace(true);
+            warm_up(inner.source.as_ref(), &inner.store, &inner.config).await;
+            inner.warm.send_replace(true);
         });
     }
 

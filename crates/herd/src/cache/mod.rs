@@ -18,7 +18,7 @@
 //! | `source`, `file`, `redis` | [`Source`], [`FileSource`], `RedisSource` (feature `redis`) |
 
 mod config;
-mod error;
+pub(crate) mod error;
 mod file;
 mod hub;
 mod proto;

@@ -15,6 +15,7 @@ use super::proto::{self, CacheOp, GetReply, NodeGetReply, WireValue};
 use super::store::{Found, Value};
 use crate::ipc::control::Control;
 use crate::ipc::Request;
+use crate::report::chain;
 use crate::{Codec, Peer, WorkerId};
 
 /// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
@@ -58,7 +59,7 @@ impl CacheCalls {
         tokio::spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
             if let Err(e) = answer(&hub, codec, request).await {
-                tracing::debug!(%worker, error = %crate::error::chain(&e), "cache reply not sent");
+                tracing::debug!(%worker, error = %chain(&e), "cache reply not sent");
             }
         });
     }
@@ -68,7 +69,7 @@ async fn answer(hub: &Hub, codec: Codec, request: Request) -> Result<(), crate::
     let op: CacheOp = match request.decode() {
         Ok(op) => op,
         Err(e) => {
-            let e = CacheError::BadCall(crate::error::chain(&e));
+            let e = CacheError::BadCall(chain(&e));
             return reply_error(codec, request, &e).await;
         }
     };
@@ -119,7 +120,7 @@ async fn answer(hub: &Hub, codec: Codec, request: Request) -> Result<(), crate::
 async fn reply_error(codec: Codec, request: Request, e: &CacheError) -> Result<(), crate::Error> {
     let text = match codec {
         Codec::Binary => e.to_wire().encode(),
-        Codec::NodeJson => crate::error::chain(e),
+        Codec::NodeJson => chain(e),
     };
     request.reply_error(&text).await
 }

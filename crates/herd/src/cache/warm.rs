@@ -7,22 +7,21 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::config::{Progress, WarmProgress};
-use super::hub::Hub;
-use super::source::SourceError;
-use super::store;
+use super::config::{CacheConfig, Progress, WarmProgress};
+use super::source::{Source, SourceError};
+use super::store::{self, Store};
 use crate::backoff::Backoff;
+use crate::report::chain;
 
-/// Loads the configured keys and patterns, in batches, until done.
-pub(super) async fn warm_up(hub: &Hub) {
-    let inner = &hub.inner;
-    let cfg = &inner.config;
+/// Loads the keys and patterns that `cfg` names from `source` into `store`, in batches, until
+/// done.
+pub(super) async fn warm_up(source: &dyn Source, store: &Store, cfg: &CacheConfig) {
     if cfg.warm_keys.is_empty() && cfg.warm_patterns.is_empty() {
         return;
     }
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), true);
     let keys = loop {
-        match warm_keys(hub).await {
+        match warm_keys(source, cfg).await {
             Ok(k) => break k,
             Err(e) => {
                 let wait = backoff.fail();
@@ -43,7 +42,7 @@ pub(super) async fn warm_up(hub: &Hub) {
     }
     for chunk in keys.chunks(cfg.warm_batch.max(1)) {
         let values = loop {
-            match inner.source.load_many(chunk).await {
+            match source.load_many(chunk).await {
                 Ok(v) if v.len() == chunk.len() => break v,
                 Ok(v) => {
                     tracing::error!(
@@ -65,17 +64,16 @@ pub(super) async fn warm_up(hub: &Hub) {
             }
         };
         backoff.reset();
-        inner
-            .store
+        store
             .counters
             .loads
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         for (key, loaded) in chunk.iter().zip(values) {
             progress.bytes += loaded.as_ref().map_or(0, |l| l.value.len() as u64);
             match store::fetched(key, loaded, cfg) {
-                Ok(value) => inner.store.keep_warm(key, value),
+                Ok(value) => store.keep_warm(key, value),
                 Err(e) => {
-                    tracing::warn!(key, error = %crate::error::chain(&e), "warm-up skipped a key");
+                    tracing::warn!(key, error = %chain(&e), "warm-up skipped a key");
                 }
             }
         }
@@ -106,8 +104,7 @@ pub(super) async fn warm_up(hub: &Hub) {
 }
 
 /// The configured keys, then the keys matching the configured patterns, each once.
-async fn warm_keys(hub: &Hub) -> Result<Vec<String>, SourceError> {
-    let cfg = &hub.inner.config;
+async fn warm_keys(source: &dyn Source, cfg: &CacheConfig) -> Result<Vec<String>, SourceError> {
     let mut seen = HashSet::new();
     let mut keys = Vec::new();
     for k in &cfg.warm_keys {
@@ -116,7 +113,7 @@ async fn warm_keys(hub: &Hub) -> Result<Vec<String>, SourceError> {
         }
     }
     for p in &cfg.warm_patterns {
-        for k in hub.inner.source.scan(p).await? {
+        for k in source.scan(p).await? {
             if seen.insert(k.clone()) {
                 keys.push(k);
             }
@@ -133,7 +130,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::cache::{CacheConfig, FileSource};
+    use crate::cache::file::FileSource;
 
     #[tokio::test]
     async fn progress_is_reported_before_after_each_batch_and_at_the_end() {
@@ -148,9 +145,8 @@ mod tests {
             progress: Progress::report(move |p| seen.lock().unwrap().push(p.clone())),
             ..CacheConfig::default()
         };
-        let hub = Hub::new(FileSource::from_map("test", data), config);
-        hub.start();
-        assert!(hub.ready(Duration::from_secs(10)).await);
+        let store = Store::new(&config);
+        warm_up(&FileSource::from_map("test", data), &store, &config).await;
         let reports = reports.lock().unwrap();
         let done: Vec<(u64, u64, bool)> = reports
             .iter()
@@ -167,6 +163,7 @@ mod tests {
             ]
         );
         assert!(reports.iter().all(|p| p.total == 5));
-        assert_eq!(hub.stats().entries, 5);
+        assert_eq!(store.held().entries, 5);
+        assert_eq!(store.counters.loads.load(Ordering::Relaxed), 5);
     }
 }

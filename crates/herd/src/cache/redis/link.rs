@@ -170,7 +170,9 @@ impl Shared {
             let weak = Arc::downgrade(self);
             config = config.set_push_sender(move |push: PushInfo| -> Result<(), ()> {
                 if let Some(shared) = weak.upgrade() {
-                    shared.on_push(generation, push);
+                    if shared.events.on_push(push) {
+                        shared.broken(generation, "the connection closed");
+                    }
                 }
                 Ok(())
             });

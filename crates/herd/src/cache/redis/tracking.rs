@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::link::Shared;
 use crate::cache::source::Invalidation;
 
 /// The invalidation stream: bounded; when the hub falls behind, what does not fit collapses into
@@ -39,11 +38,10 @@ impl Events {
             self.overflow.store(true, Ordering::Release);
         }
     }
-}
 
-impl Shared {
-    /// A push from connection `generation` (called on the connection's own task: must not block).
-    pub(super) fn on_push(&self, generation: u64, push: PushInfo) {
+    /// Takes a push from Redis (on the connection's own task: must not block): an
+    /// invalidation is queued for the hub; whether the push says the connection closed.
+    pub(super) fn on_push(&self, push: PushInfo) -> bool {
         match push.kind {
             PushKind::Invalidate => {
                 let inv = match push.data.into_iter().next() {
@@ -61,10 +59,11 @@ impl Shared {
                     // A nil key list: the whole keyspace was flushed.
                     _ => Invalidation::All,
                 };
-                self.events.send(inv);
+                self.send(inv);
+                false
             }
-            PushKind::Disconnection => self.broken(generation, "the connection closed"),
-            _ => {}
+            PushKind::Disconnection => true,
+            _ => false,
         }
     }
 }
