@@ -106,37 +106,13 @@ async fn order_all(hosts: &mut [Host], order: &Order) -> Result<Vec<Report>> {
             Ok::<_, anyhow::Error>(got)
         });
     }
-    for r in futures_join_all(tasks).await {
+    // Concurrently on this task (no spawning: they borrow the hosts).
+    for r in futures_util::future::join_all(tasks).await {
         reports.extend(r?);
     }
     Ok(reports)
 }
 
-/// Runs futures concurrently on this task (no spawning: they borrow the hosts).
-async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
-}
 
 async fn stop_hosts(hosts: Vec<Host>) {
     for h in hosts {
