@@ -116,7 +116,7 @@ fn a_crashed_worker_is_restarted_and_status_shows_it() {
     herd.stdout_line(|l| l == "[w2] up");
     let s = herd.status_until("one running worker", |s| running(s) == 1);
     let w = &s.status.workers[0];
-    assert_eq!(w.worker, 2);
+    assert_eq!(w.worker, herd::WorkerId(2));
     assert_eq!(w.restarts, 1);
     assert!(w.rss > 0 && w.pss > 0, "{w:?}");
     let pid = u64::from(w.pid);

@@ -113,7 +113,6 @@ async fn order_all(hosts: &mut [Host], order: &Order) -> Result<Vec<Report>> {
     Ok(reports)
 }
 
-
 async fn stop_hosts(hosts: Vec<Host>) {
     for h in hosts {
         h.cluster.disconnect_all().await;

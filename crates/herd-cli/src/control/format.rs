@@ -66,6 +66,13 @@ pub fn format_status(report: &Report) -> String {
     for (slot, why) in &s.failed {
         out.push_str(&format!("slot {slot}: {why}\n"));
     }
+    let internal: u64 = s.workers.iter().map(|w| w.internal_dropped).sum();
+    if internal > 0 {
+        out.push_str(&format!(
+            "{internal} Node internal messages dropped (a `cmd` starting NODE_ that is not herd's: \
+             the program uses Node's cluster or child_process protocol)\n"
+        ));
+    }
     if s.output_dropped > 0 {
         out.push_str(&format!(
             "{} worker output lines or messages dropped (herd's own output was not read fast enough)\n",

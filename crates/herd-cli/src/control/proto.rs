@@ -277,7 +277,7 @@ mod tests {
                 wanted: 2,
                 workers: vec![WorkerStatus {
                     slot: Some(0),
-                    worker: 3,
+                    worker: herd::WorkerId(3),
                     pid: 1234,
                     state: "running".into(),
                     uptime_s: 61.5,

@@ -13,7 +13,7 @@ pub struct WorkerStatus {
     /// Its slot (0-based), if it holds one.
     pub slot: Option<usize>,
     /// The worker's id.
-    pub worker: u64,
+    pub worker: WorkerId,
     /// Its process id.
     pub pid: u32,
     /// `starting`, `running`, `retiring` (being replaced or scaled away), `stopping`.
@@ -86,7 +86,7 @@ pub(crate) fn build(
             let (pid, internal_dropped) = process(*id);
             WorkerStatus {
                 slot: w.slot,
-                worker: id.0,
+                worker: *id,
                 pid,
                 state: state.into(),
                 uptime_s: now.duration_since(w.started).as_secs_f64(),
