@@ -78,8 +78,11 @@ fn exit_codes_follow_the_documented_contract() {
         let out = Command::new(HERD).args(bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
-    // Every worker exits 0 (done, not restarted): exit code 0.
-    let mut herd = Herd::start("done", &["-w", "2", "--", "true"]);
+    // Under --restart on-failure, every worker exits 0 (done, not restarted): exit code 0.
+    let mut herd = Herd::start(
+        "done",
+        &["-w", "2", "--restart", "on-failure", "--", "true"],
+    );
     assert_eq!(herd.wait(), Some(0));
     // With --restart never, a failure ends herd with exit code 1.
     let mut herd = Herd::start(

@@ -18,6 +18,8 @@ pub const HERD_WORKER_SLOT: &str = "HERD_WORKER_SLOT";
 /// How many listening sockets a worker got from [`crate::ClusterBuilder::listener`], at 3, 4, ...
 /// ([`crate::Worker::listeners`] takes them).
 pub const HERD_LISTEN_FDS: &str = "HERD_LISTEN_FDS";
+/// PM2's name for the slot index (0..N-1), which apps read to run a job in one instance only.
+pub const NODE_APP_INSTANCE: &str = "NODE_APP_INSTANCE";
 /// herd's log filter (tracing's `EnvFilter` syntax).
 pub const HERD_LOG: &str = "HERD_LOG";
 /// Node's: the descriptor of the IPC channel a Node child inherits.

@@ -13,7 +13,7 @@
 //! env = { NODE_ENV = "production" }
 //!
 //! [restart]
-//! mode = "on-failure"              # always | on-failure | never
+//! mode = "always"                  # always | on-failure | never
 //! backoff_min = 0.1
 //! backoff_max = 30.0
 //! max_restarts = 5
@@ -145,6 +145,18 @@ mod tests {
     }
 
     #[test]
+    fn pm2_defaults_restart_always_and_ready_message_parses() {
+        let s = from("command = ['x']\n[reload]\nready = 'message'").unwrap();
+        assert_eq!(s.restart_mode, Restart::Always);
+        assert_eq!(s.ready, Readiness::Message);
+        // A port herd does not hold is a fine readiness probe.
+        let s = from(
+            "command = ['x']\nlisten = ['127.0.0.1:8080']\n[reload]\nready = 'port:127.0.0.1:9090'",
+        );
+        assert!(s.is_ok());
+    }
+
+    #[test]
     fn errors_name_the_bad_field() {
         for (text, field) in [
             ("command = ['x']\nwrokers = 2", "wrokers"),
@@ -165,6 +177,14 @@ mod tests {
             ),
             ("command = ['x']\n[cache]\ncolour = 'blue'", "colour"),
             ("command = ['x']\nname = '../etc'", "name"),
+            (
+                "command = ['x']\nlisten = ['127.0.0.1:8080']\n[reload]\nready = 'port:127.0.0.1:8080'",
+                "herd itself listens on",
+            ),
+            (
+                "command = ['x']\nlisten = [':8080']\n[reload]\nready = 'port:127.0.0.1:8080'",
+                "herd itself listens on",
+            ),
             ("workers = 2", "command"),
         ] {
             let e = from(text).unwrap_err();

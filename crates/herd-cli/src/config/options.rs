@@ -59,7 +59,8 @@ pub struct Options {
 #[derive(clap::Args, Deserialize, Default, Debug, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestartOptions {
-    /// Which exits are restarted: always, on-failure (default) or never.
+    /// Which exits are restarted: always (default: a server that exits, even with 0, is not
+    /// serving), on-failure or never.
     #[arg(long = "restart", value_name = "RESTART")]
     pub mode: Option<String>,
     /// Crashes within the window (60 s) before a worker slot gives up (default 5).

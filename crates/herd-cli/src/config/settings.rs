@@ -151,7 +151,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         ));
     }
     let r = o.restart;
-    let restart_mode: Restart = parsed("restart.mode", r.mode, "on-failure")?;
+    let restart_mode: Restart = parsed("restart.mode", r.mode, "always")?;
     let backoff_min = seconds("restart.backoff_min", r.backoff_min.unwrap_or(0.1))?;
     let backoff_max = seconds("restart.backoff_max", r.backoff_max.unwrap_or(30.0))?;
     if backoff_max < backoff_min {
@@ -168,6 +168,18 @@ pub fn settings(o: Options) -> Result<Settings> {
         return Err(bad("reload.batch", "must be at least 1"));
     }
     let ready: Readiness = parsed("reload.ready", rl.ready, "online")?;
+    if let Readiness::Port(addr) = &ready {
+        // herd holds these sockets itself: a connection succeeds before any worker is ready.
+        if !reuseport && listen.iter().any(|l| held_by_herd(l, addr)) {
+            return Err(bad(
+                "reload.ready",
+                format_args!(
+                    "port:{addr} is a socket herd itself listens on, so it would be met at once; \
+                     use notice or message"
+                ),
+            ));
+        }
+    }
     let ready_timeout = seconds("reload.ready_timeout", rl.ready_timeout.unwrap_or(30.0))?;
     let c = o.cache;
     let mut sources = [
@@ -212,4 +224,14 @@ pub fn settings(o: Options) -> Result<Settings> {
         warm,
         max_stale,
     })
+}
+
+/// Whether a connection to `probe` would reach the socket herd binds for `listen`.
+fn held_by_herd(listen: &ListenAddr, probe: &std::net::SocketAddr) -> bool {
+    match listen {
+        ListenAddr::Tcp(a) => {
+            a.port() == probe.port() && (a.ip().is_unspecified() || a.ip() == probe.ip())
+        }
+        _ => false,
+    }
 }

@@ -29,12 +29,21 @@ pub fn format_status(report: &Report) -> String {
         if s.reloading { ", reloading" } else { "" },
         s.reloads,
     ));
-    let row = |cells: [&str; 9]| {
-        let [a, b, c, d, e, f, g, h, i] = cells;
-        format!("{a:<7} {b:>4} {c:>8} {d:<9} {e:>8} {f:>8} {g:>10} {h:>10} {i:>8}\n")
+    let row = |cells: [&str; 10]| {
+        let [a, b, c, d, e, f, g, h, i, j] = cells;
+        format!("{a:<7} {b:>4} {c:>8} {d:<9} {e:>8} {f:>8} {g:>10} {h:>10} {i:>8}  {j}\n")
     };
     out.push_str(&row([
-        "WORKER", "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "PSS", "MSGS",
+        "WORKER",
+        "SLOT",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "RSS",
+        "PSS",
+        "MSGS",
+        "LAST EXIT",
     ]));
     for w in &s.workers {
         out.push_str(&row([
@@ -47,6 +56,7 @@ pub fn format_status(report: &Report) -> String {
             &size(w.rss),
             &size(w.pss),
             &w.messages.to_string(),
+            w.last_exit.as_deref().unwrap_or("-"),
         ]));
     }
     for l in &report.listening {

@@ -286,6 +286,7 @@ mod tests {
                     pss: 5 << 20,
                     messages: 7,
                     internal_dropped: 0,
+                    last_exit: Some("exit code 1".into()),
                 }],
                 restarting: vec![(1, 0.4)],
                 failed: vec![],

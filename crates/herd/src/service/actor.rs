@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::state::{Cmd, Effect, Input, Machine, Reply, Role, Token};
 use super::status::{self, Dropped, Status};
-use super::{Outcome, ServiceConfig, ServiceError, ServiceEvent};
+use super::{Outcome, Readiness, ServiceConfig, ServiceError, ServiceEvent};
 use crate::{Cluster, Event, ForkOptions, Signal, WorkerHandle, WorkerId};
 
 /// Lifecycle events kept for a slow reader before the oldest are dropped.
@@ -215,7 +215,14 @@ impl Actor {
                 }
             }
         }
-        let env = vec![(crate::env::HERD_WORKER_SLOT.into(), slot.to_string().into())];
+        // The slot, under herd's name and PM2's (apps use it to run a job in one instance only).
+        let env = vec![
+            (crate::env::HERD_WORKER_SLOT.into(), slot.to_string().into()),
+            (
+                crate::env::NODE_APP_INSTANCE.into(),
+                slot.to_string().into(),
+            ),
+        ];
         match self.cluster.fork_with(ForkOptions { fds, env }).await {
             Ok(h) => {
                 let worker = h.id();
@@ -236,7 +243,10 @@ impl Actor {
             Event::Online { worker } => Some(Input::Online(*worker)),
             Event::Ready { worker } => Some(Input::Ready(*worker)),
             Event::Listening { worker, .. } => Some(Input::Listening(*worker)),
-            Event::Message { worker, .. } => Some(Input::Message(*worker)),
+            Event::Message { worker, message } => Some(Input::Message {
+                worker: *worker,
+                ready: self.config.readiness == Readiness::Message && is_ready_message(message),
+            }),
             Event::Exit { worker, status } => {
                 self.handles.remove(worker);
                 Some(Input::Exited {
@@ -357,4 +367,10 @@ async fn probe(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether `message` is PM2's readiness message, the string `'ready'` (checked without decoding
+/// anything larger).
+fn is_ready_message(message: &crate::Message) -> bool {
+    message.bytes().len() <= 16 && matches!(message.decode::<String>().as_deref(), Ok("ready"))
 }

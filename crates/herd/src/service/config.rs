@@ -14,6 +14,8 @@ pub enum Readiness {
     /// When it says so: a ready or listening notice (`herd.ready()`, `herd.listening()`,
     /// [`crate::Worker::notify_ready`]).
     Notice,
+    /// When it sends the message `'ready'` (PM2's `process.send('ready')`, its `wait_ready`).
+    Message,
     /// When a TCP connection to this address succeeds (for workers that bind their own port).
     Port(SocketAddr),
     /// This long after it started (for programs that say nothing).
@@ -26,6 +28,7 @@ impl std::str::FromStr for Readiness {
         match s {
             "online" => Ok(Readiness::Online),
             "notice" | "ready" => Ok(Readiness::Notice),
+            "message" => Ok(Readiness::Message),
             _ => {
                 if let Some(a) = s.strip_prefix("port:") {
                     a.parse()
@@ -40,7 +43,7 @@ impl std::str::FromStr for Readiness {
                         .ok_or_else(|| format!("bad seconds in {s:?}"))
                 } else {
                     Err(format!(
-                        "unknown readiness {s:?} (use online, notice, port:HOST:PORT or delay:SECS)"
+                        "unknown readiness {s:?} (use online, notice, message, port:HOST:PORT or delay:SECS)"
                     ))
                 }
             }
@@ -77,7 +80,8 @@ impl std::str::FromStr for Restart {
 /// How crashed workers are restarted.
 #[derive(Clone, Debug)]
 pub struct RestartPolicy {
-    /// Which exits are restarted (default [`Restart::OnFailure`]).
+    /// Which exits are restarted (default [`Restart::Always`], as PM2: a server that exits on its
+    /// own, even with code 0, is not serving).
     pub mode: Restart,
     /// The first restart delay (default 100 ms); it doubles with each crash in the window.
     pub backoff_min: Duration,
@@ -92,7 +96,7 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
-            mode: Restart::OnFailure,
+            mode: Restart::Always,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             max_restarts: 5,

@@ -32,6 +32,9 @@ pub struct WorkerStatus {
     /// drops (Node json codec only).
     #[serde(default)]
     pub internal_dropped: u64,
+    /// How its slot's previous worker ended (`exit code 1`, `signal 9 (KILL)`), if one did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 /// The whole service, as `herd status` shows it.
@@ -98,6 +101,11 @@ pub(crate) fn build(
                 pss: 0,
                 messages: w.messages,
                 internal_dropped,
+                last_exit: w
+                    .slot
+                    .and_then(|s| m.slots.get(s))
+                    .and_then(|s| s.last_exit)
+                    .map(|e| e.to_string()),
             }
         })
         .collect();

@@ -54,6 +54,8 @@ pub(crate) struct Slot {
     crashes: VecDeque<Instant>,
     /// Restarts so far.
     pub(crate) restarts: u32,
+    /// How the slot's last worker ended, if one has.
+    pub(crate) last_exit: Option<ExitStatus>,
 }
 
 impl Slot {
@@ -62,6 +64,7 @@ impl Slot {
             state: SlotState::Starting,
             crashes: VecDeque::new(),
             restarts: 0,
+            last_exit: None,
         }
     }
 }
@@ -125,8 +128,8 @@ pub(crate) enum Input {
     Ready(WorkerId),
     /// The worker sent a listening notice.
     Listening(WorkerId),
-    /// The worker sent a message.
-    Message(WorkerId),
+    /// The worker sent a message; `ready` when it was PM2's `'ready'`.
+    Message { worker: WorkerId, ready: bool },
     /// The worker exited.
     Exited {
         worker: WorkerId,
@@ -311,9 +314,12 @@ impl Machine {
                     self.became_ready(w, &mut fx);
                 }
             }
-            Input::Message(w) => {
-                if let Some(m) = self.members.get_mut(&w) {
+            Input::Message { worker, ready } => {
+                if let Some(m) = self.members.get_mut(&worker) {
                     m.messages += 1;
+                }
+                if ready && self.config.readiness == Readiness::Message {
+                    self.became_ready(worker, &mut fx);
                 }
             }
             Input::Exited { worker, status } => self.exited(now, worker, status, &mut fx),
@@ -463,6 +469,7 @@ impl Machine {
         if self.slots.get(slot).map(|s| &s.state) != Some(&SlotState::Serving(worker)) {
             return;
         }
+        self.slots[slot].last_exit = Some(status);
         let mode = self.config.restart.mode;
         if mode == Restart::Never || (mode == Restart::OnFailure && status.success()) {
             tracing::info!(%worker, slot, %status, "worker exited; not restarted");
