@@ -4,7 +4,9 @@
 //! `herd stop` (Node's disconnect: servers close, connections finish, exit 0).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -12,7 +14,7 @@ use std::time::Instant;
 mod common;
 
 use common::*;
-use herd_test_support::process::free_port;
+use herd_test_support::process::{free_port, TempDir};
 
 fn app(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,9 +52,16 @@ fn node_descendants(pid: u32) -> Vec<u32> {
     found
 }
 
-/// `GET /` until answers came from `n` different workers (by `key` of the JSON body), within
-/// the deadline; the values seen.
-fn answers_from(addr: SocketAddr, key: &str, n: usize) -> BTreeSet<u64> {
+/// The JSON object in an HTTP response's body (Node sends a body without a length chunked:
+/// the JSON is between the chunk sizes).
+fn json_in(body: &str) -> serde_json::Value {
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    serde_json::from_str(json).unwrap()
+}
+
+/// Asks `ask` until answers came from `n` different workers (by `key` of the JSON answer),
+/// within the deadline; the values seen.
+fn distinct(n: usize, key: &str, mut ask: impl FnMut() -> serde_json::Value) -> BTreeSet<u64> {
     let deadline = Instant::now() + DEADLINE;
     let mut seen = BTreeSet::new();
     while seen.len() < n {
@@ -60,14 +69,18 @@ fn answers_from(addr: SocketAddr, key: &str, n: usize) -> BTreeSet<u64> {
             Instant::now() < deadline,
             "answers from {n} workers by {key}; saw {seen:?}"
         );
-        let (code, body) = http_get(addr, "/").unwrap();
-        assert_eq!(code, 200, "{body}");
-        // Node sends a body without a length chunked: the JSON is between the chunk sizes.
-        let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        seen.insert(v[key].as_u64().unwrap());
+        seen.insert(ask()[key].as_u64().unwrap());
     }
     seen
+}
+
+/// `GET /` until answers came from `n` different workers (by `key`).
+fn answers_from(addr: SocketAddr, key: &str, n: usize) -> BTreeSet<u64> {
+    distinct(n, key, || {
+        let (code, body) = http_get(addr, "/").unwrap();
+        assert_eq!(code, 200, "{body}");
+        json_in(&body)
+    })
 }
 
 /// Every line left on `rx` until it closes (herd has exited), within the deadline.
@@ -209,4 +222,100 @@ fn listen_zero_gives_every_worker_the_same_port_across_reloads() {
     let now: BTreeSet<u64> = pids(&s).into_iter().collect();
     assert_eq!(answers_from(addr, "pid", 2), now);
     stop_gracefully(herd, 4);
+}
+
+#[test]
+fn a_unix_socket_server_is_shared_and_its_file_removed_at_the_end() {
+    let dir = TempDir::new("node-unix");
+    let path = dir.0.join("app.sock");
+    let herd = Herd::start(
+        "node-unix-herd",
+        &[
+            "-w",
+            "2",
+            "--env",
+            &format!("SOCKET_PATH={}", path.display()),
+            "--",
+            "node",
+            &app("unix_socket.js"),
+        ],
+    );
+    for _ in 0..2 {
+        herd.stdout_line(|l| l.contains("listening on"));
+    }
+    let served = distinct(2, "pid", || {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        json_in(&text)
+    });
+    let pids: BTreeSet<u64> = pids(&herd.status()).into_iter().collect();
+    assert_eq!(served, pids);
+    stop_gracefully(herd, 2);
+    assert!(!path.exists(), "herd made the socket file and removes it");
+}
+
+#[test]
+fn a_udp_service_shares_one_socket() {
+    let port = free_port();
+    let herd = Herd::start(
+        "node-udp",
+        &[
+            "-w",
+            "2",
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("udp.js"),
+        ],
+    );
+    for _ in 0..2 {
+        let line = herd.stdout_line(|l| l.contains("listening on"));
+        assert!(line.ends_with(&format!("listening on {port}")), "{line}");
+    }
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let served = distinct(2, "pid", || {
+        client.send_to(b"hi", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = client.recv(&mut buf).unwrap();
+        serde_json::from_slice(&buf[..n]).unwrap()
+    });
+    let pids: BTreeSet<u64> = pids(&herd.status()).into_iter().collect();
+    assert_eq!(served, pids);
+    stop_gracefully(herd, 2);
+}
+
+#[test]
+fn a_taken_port_gives_the_worker_nodes_usual_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut herd = Herd::start(
+        "node-port-taken",
+        &[
+            "-w",
+            "1",
+            "--restart",
+            "never",
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("port_taken.js"),
+        ],
+    );
+    let line = herd.stdout_line(|l| l.contains("listen failed"));
+    // As under Node's own primary: the worker's error names the primary's bind.
+    assert!(
+        line.ends_with(&format!("listen failed: EADDRINUSE bind {port}")),
+        "{line}"
+    );
+    assert_eq!(herd.wait(), Some(1), "the worker failed");
 }

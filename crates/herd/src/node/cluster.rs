@@ -131,13 +131,12 @@ impl Query {
 
     /// What the query asks for, or the libuv error Node's primary would answer.
     pub(crate) fn target(&self) -> Result<Target, i64> {
+        // As Node's primary: a descriptor when one is given (dgram says -1 for none).
         if let Some(fd) = self.fd.as_ref().filter(|v| !v.is_null()) {
             let fd = fd.as_i64().ok_or(uv::EINVAL)?;
-            return i32::try_from(fd)
-                .ok()
-                .filter(|fd| *fd >= 0)
-                .map(Target::Fd)
-                .ok_or(uv::EBADF);
+            if fd >= 0 {
+                return i32::try_from(fd).map(Target::Fd).map_err(|_| uv::EBADF);
+            }
         }
         let address = match &self.address {
             None | Some(Value::Null) => None,
@@ -318,7 +317,7 @@ mod tests {
         );
         assert_eq!(q.target(), Ok(Target::Unix("/tmp/a.sock".into())));
         let q = query(
-            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"address":"::","port":53,"addressType":"udp6","flags":1,"seq":5}"#,
+            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"address":"::","port":53,"addressType":"udp6","fd":-1,"flags":1,"seq":5}"#,
         );
         assert_eq!(
             q.target(),
@@ -341,7 +340,9 @@ mod tests {
         ] {
             assert_eq!(query(bad).target(), Err(uv::EINVAL), "{bad}");
         }
-        let q = query(r#"{"cmd":"NODE_CLUSTER","act":"queryServer","fd":-3,"seq":1}"#);
+        let q = query(r#"{"cmd":"NODE_CLUSTER","act":"queryServer","fd":1e12,"seq":1}"#);
+        assert_eq!(q.target(), Err(uv::EINVAL), "not an integer");
+        let q = query(r#"{"cmd":"NODE_CLUSTER","act":"queryServer","fd":99999999999,"seq":1}"#);
         assert_eq!(q.target(), Err(uv::EBADF));
         for broken in [
             "[1,2]",
