@@ -306,6 +306,36 @@ async fn node_cluster_floods_and_garbage_are_contained() {
     cluster.disconnect_all().await;
 }
 
+/// Node workers of herd's are Node cluster workers: one that disconnects by itself (`cluster.worker.disconnect()`) gets herd's acknowledgement,
+/// closes its channel and exits 0.
+#[tokio::test]
+async fn a_node_cluster_worker_disconnects_by_itself() {
+    let (mut cluster, ids) = node_cluster(1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    w.send(&json!({"op": "leave"})).await.unwrap();
+    let mut disconnected = false;
+    loop {
+        match next(&mut cluster).await {
+            Event::Disconnect { worker } => {
+                assert_eq!(worker, ids[0]);
+                disconnected = true;
+            }
+            Event::Exit { worker, status } => {
+                assert_eq!(worker, ids[0]);
+                assert!(disconnected && status.success(), "{status}");
+                break;
+            }
+            Event::Error { error, .. } => panic!("{}", herd::error::chain(&error)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        w.dropped_internal(),
+        0,
+        "herd answered Node's cluster messages"
+    );
+}
+
 #[tokio::test]
 async fn a_node_primary_forks_a_herd_rust_worker() {
     let values = json!(["hi", {"n": 1, "s": "a\nb ✓"}, [1, 2, 3], null, 4.5]);

@@ -377,6 +377,32 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a worker sends, reading it and answering it never panics.
+        #[test]
+        fn anything_parses_or_is_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            fields in proptest::collection::vec(
+                (0usize..8, proptest::prelude::any::<i64>(), ".{0,12}"),
+                0..8,
+            ),
+        ) {
+            let _ = parse(&bytes);
+            let names = ["act", "seq", "address", "port", "addressType", "fd", "index", "flags"];
+            let mut m = serde_json::Map::new();
+            m.insert("cmd".into(), json!("NODE_CLUSTER"));
+            m.insert("act".into(), json!("queryServer"));
+            for (i, (name, n, text)) in fields.into_iter().enumerate() {
+                let v = if i % 2 == 0 { json!(n) } else { json!(text) };
+                m.insert(names[name].into(), v);
+            }
+            if let Ok(FromWorker::Query(q)) = parse(Value::Object(m).to_string().as_bytes()) {
+                let _ = q.target();
+                let _ = error_answer(&q.key(), q.seq, 1, uv::EINVAL);
+            }
+        }
+    }
+
     #[test]
     fn answers_are_what_node_sends() {
         let v: Value = serde_json::from_slice(&handle_answer("k\n:1", 4, 7, false)).unwrap();

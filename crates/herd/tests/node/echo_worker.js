@@ -6,7 +6,8 @@
 // {op: 'garbage'} writes a line that is not JSON straight onto the channel;
 // {op: 'flood', n} sends n queryServer messages of its own for n sockets, counts the answers
 // by errno, then sends {answers: {errno: count}};
-// {op: 'cluster_garbage'} sends a NODE_CLUSTER message without a seq.
+// {op: 'cluster_garbage'} sends a NODE_CLUSTER message without a seq;
+// {op: 'leave'} disconnects by itself, as a cluster worker (cluster.worker.disconnect()).
 'use strict';
 
 const VALUES = [
@@ -54,6 +55,8 @@ process.on('message', (m) => {
         port: 0, addressType: 4, seq: 1000 + i,
       });
     }
+  } else if (m && m.op === 'leave') {
+    require('node:cluster').worker.disconnect();
   } else if (m && m.op === 'cluster_garbage') {
     process.send({ cmd: 'NODE_CLUSTER', act: 'queryServer', seq: 'one' });
   } else if (m && m.op === 'garbage') {
