@@ -179,7 +179,15 @@ fn a_plain_node_server_serves_from_every_worker_on_one_port() {
     let s = herd.status();
     let pids: BTreeSet<u64> = pids(&s).into_iter().collect();
     assert_eq!(served, pids, "both workers serve on the one port");
+    // A request in flight when herd stops is answered: the worker closes its server, finishes
+    // the request, then exits (Node's disconnect), instead of exiting at once.
+    let slow = std::thread::spawn(move || http_get(addr, "/slow"));
+    herd.stdout_line(|l| l.ends_with("slow request started"));
+    let stopping = std::time::Instant::now();
     stop_gracefully(herd, 2);
+    let (code, body) = slow.join().unwrap().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(stopping.elapsed() < DEADLINE);
 }
 
 #[test]
