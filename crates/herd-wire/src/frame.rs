@@ -47,6 +47,11 @@ pub enum Kind {
     /// A call to the primary's cache hub: like a [`Kind::Request`] (same id space, answered by
     /// a [`Kind::Reply`] or [`Kind::ReplyError`]) but served by herd, never shown to user code.
     CacheCall = 7,
+    /// One of Node's own internal messages (`NODE_CLUSTER`, `NODE_HANDLE_ACK`,
+    /// `NODE_HANDLE_NACK`; on the way out also `NODE_HANDLE`), as its whole JSON line without
+    /// the newline: the Node-json codec only, never on the binary wire and never shown to user
+    /// code. The one kind the Node-json codec sends with descriptors (a handle Node takes).
+    Node = 8,
 }
 
 impl Kind {
@@ -60,6 +65,7 @@ impl Kind {
             5 => Kind::ReplyError,
             6 => Kind::Control,
             7 => Kind::CacheCall,
+            // `Kind::Node` (8) exists on the Node-json codec only.
             _ => return None,
         })
     }

@@ -17,9 +17,15 @@
 //! | [`Kind::Control`] | `{"cmd":"NODE_HERD_CTL","data":V}` |
 //! | [`Kind::Hello`] | `{"cmd":"NODE_HERD_HELLO","data":V}` |
 //! | [`Kind::CacheCall`] | `{"cmd":"NODE_HERD_CACHE","id":N,"data":V}` |
+//! | [`Kind::Node`] | Node's own line as it is: `{"cmd":"NODE_CLUSTER",...}` and the like |
 //!
-//! Any other `NODE_*` message (Node's own: handles, cluster) is dropped and counted, never handed
-//! to user code. Every line is validated as JSON before it is accepted.
+//! Node's cluster messages (`NODE_CLUSTER`) and its handle acknowledgements (`NODE_HANDLE_ACK`,
+//! `NODE_HANDLE_NACK`) are handed to the channel's owner as [`Kind::Node`] frames holding the
+//! whole line, for the primary to answer as Node's cluster primary would; user code never sees
+//! them. A [`Kind::Node`] frame is also the one frame this codec sends with descriptors (Node's
+//! `{"cmd":"NODE_HANDLE",...}` with the handle on its first byte). Any other `NODE_*` message
+//! (Node's own) is dropped and counted, never handed to user code. Every line is validated as
+//! JSON before it is accepted.
 
 use std::borrow::Cow;
 
@@ -35,6 +41,8 @@ const REP: &str = "NODE_HERD_REP";
 const CTL: &str = "NODE_HERD_CTL";
 const HELLO: &str = "NODE_HERD_HELLO";
 const CACHE: &str = "NODE_HERD_CACHE";
+/// Node's own internal messages handed on as [`Kind::Node`] frames.
+const NODE_OWN: [&str; 3] = ["NODE_CLUSTER", "NODE_HANDLE_ACK", "NODE_HANDLE_NACK"];
 
 /// Incremental decoder state for one Node-json stream.
 #[derive(Debug, Default)]
@@ -170,6 +178,7 @@ fn classify(line: Bytes) -> Result<Option<Frame>, WireError> {
         CTL => Frame::new(Kind::Control, Format::Json, slice(data()?)),
         HELLO => Frame::new(Kind::Hello, Format::Json, slice(data()?)),
         CACHE => Frame::new(Kind::CacheCall, Format::Json, slice(data()?)).with_id(id()?),
+        own if NODE_OWN.contains(&own) => Frame::new(Kind::Node, Format::Json, line.clone()),
         _ => return Ok(None),
     };
     Ok(Some(frame))
@@ -182,10 +191,13 @@ pub fn encode_around(frame: &Frame, head: &mut BytesMut) -> Result<&'static [u8]
             "the node-json codec carries only json payloads",
         ));
     }
-    if !frame.fds.is_empty() {
+    if !frame.fds.is_empty() && frame.kind != Kind::Node {
         return Err(WireError::Unsupported(
-            "the node-json codec does not carry file descriptors",
+            "the node-json codec carries file descriptors only with Node's own handle messages",
         ));
+    }
+    if frame.kind == Kind::Node && frame.payload.first() != Some(&b'{') {
+        return Err(malformed("a Node internal message is a JSON object"));
     }
     if frame.payload.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(malformed("empty json payload"));
@@ -235,7 +247,7 @@ pub(crate) fn framing_len(kind: Kind, id: u64) -> usize {
 /// request id, and the field holding the payload. `None` for a user message, sent bare.
 fn wrapper(kind: Kind) -> Option<(&'static str, bool, &'static str)> {
     Some(match kind {
-        Kind::Message => return None,
+        Kind::Message | Kind::Node => return None,
         Kind::Request => (REQ, true, "data"),
         Kind::Reply => (REP, true, "data"),
         Kind::ReplyError => (REP, true, "error"),
@@ -311,9 +323,19 @@ mod tests {
 
     #[test]
     fn node_messages_and_herd_envelopes() {
-        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n{\"cmd\":\"NODE_\"}\n";
-        let f = decode_all(input).unwrap();
+        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n{\"cmd\":\"NODE_\"}\n";
+        let mut d = JsonDecoder::default();
+        let mut buf = BytesMut::from(&input[..]);
+        let mut f = Vec::new();
+        while let Some(frame) = d.decode(&mut buf, &Limits::default()).unwrap() {
+            f.push(frame);
+        }
         assert_eq!(f.len(), 6, "{f:?}");
+        assert_eq!(
+            d.ignored(),
+            1,
+            "NODE_HANDLE from a worker is dropped and counted"
+        );
         assert_eq!(
             (f[5].kind, &f[5].payload[..]),
             (Kind::Message, &b"{\"cmd\":\"NODE_\"}"[..])
@@ -335,6 +357,36 @@ mod tests {
             (Kind::ReplyError, &b"\"nope\""[..])
         );
         assert_eq!(f[4].kind, Kind::Message);
+    }
+
+    /// Node's cluster messages and handle acknowledgements reach the owner whole, as
+    /// `Kind::Node`, and are not counted as dropped.
+    #[test]
+    fn node_cluster_lines_are_handed_on() {
+        let input = b"{\"cmd\":\"NODE_CLUSTER\",\"act\":\"online\",\"seq\":0}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
+        let mut d = JsonDecoder::default();
+        let mut buf = BytesMut::from(&input[..]);
+        let mut f = Vec::new();
+        while let Some(frame) = d.decode(&mut buf, &Limits::default()).unwrap() {
+            f.push(frame);
+        }
+        assert_eq!(d.ignored(), 0);
+        assert!(f.iter().all(|f| f.kind == Kind::Node), "{f:?}");
+        assert_eq!(
+            &f[0].payload[..],
+            &b"{\"cmd\":\"NODE_CLUSTER\",\"act\":\"online\",\"seq\":0}"[..]
+        );
+        assert_eq!(&f[1].payload[..], &b"{\"cmd\":\"NODE_HANDLE_ACK\"}"[..]);
+        // Sent as they are, one line each; only objects.
+        let out = Frame::new(
+            Kind::Node,
+            Format::Json,
+            Bytes::from_static(b"{\"cmd\":\"NODE_CLUSTER\",\"ack\":1}"),
+        );
+        assert_eq!(encode(&out), b"{\"cmd\":\"NODE_CLUSTER\",\"ack\":1}\n");
+        let mut head = BytesMut::new();
+        let not_object = Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"[1]"));
+        assert!(encode_around(&not_object, &mut head).is_err());
     }
 
     #[test]

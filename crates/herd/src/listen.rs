@@ -64,22 +64,7 @@ const BACKLOG: i32 = 1024;
 /// `reuseport`). A stale Unix socket file at the path is replaced.
 pub fn bind(addr: &ListenAddr, reuseport: bool) -> std::io::Result<OwnedFd> {
     match addr {
-        ListenAddr::Tcp(a) => {
-            let family = if a.is_ipv4() {
-                AddressFamily::INET
-            } else {
-                AddressFamily::INET6
-            };
-            let fd =
-                rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
-            sockopt::set_socket_reuseaddr(&fd, true)?;
-            if reuseport {
-                sockopt::set_socket_reuseport(&fd, true)?;
-            }
-            rustix::net::bind(&fd, a)?;
-            rustix::net::listen(&fd, BACKLOG)?;
-            Ok(fd)
-        }
+        ListenAddr::Tcp(a) => tcp(*a, reuseport, None),
         ListenAddr::Unix(path) => {
             if reuseport {
                 return Err(std::io::Error::other(
@@ -96,6 +81,31 @@ pub fn bind(addr: &ListenAddr, reuseport: bool) -> std::io::Result<OwnedFd> {
             Ok(l.into())
         }
     }
+}
+
+/// A TCP listener on `addr` as Node's primary makes one for its workers (`SO_REUSEADDR`, IPv6
+/// only if `v6only`, else dual stack).
+pub(crate) fn bind_tcp(addr: SocketAddr, v6only: bool) -> std::io::Result<OwnedFd> {
+    tcp(addr, false, Some(v6only))
+}
+
+fn tcp(a: SocketAddr, reuseport: bool, v6only: Option<bool>) -> std::io::Result<OwnedFd> {
+    let family = if a.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    if reuseport {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
+    if let (Some(only), true) = (v6only, a.is_ipv6()) {
+        sockopt::set_ipv6_v6only(&fd, only)?;
+    }
+    rustix::net::bind(&fd, &a)?;
+    rustix::net::listen(&fd, BACKLOG)?;
+    Ok(fd)
 }
 
 /// The address a listening socket is bound to (the real port when it was asked for port 0).

@@ -112,6 +112,8 @@ fn take_burst(
                     let _ = request.reply_error("a worker serves no cache").await;
                 });
             }
+            // A Node primary's cluster messages: this worker is herd's, not Node's cluster's.
+            Ok(Routed::Node(_)) => tracing::debug!("Node cluster message from the primary ignored"),
             Ok(Routed::Handled) => {}
             Err(e) => {
                 batch.push(Err(e));

@@ -263,6 +263,79 @@ async fn garbage_from_a_node_worker_is_contained() {
     cluster.disconnect_all().await;
 }
 
+/// Node's own cluster messages are untrusted too: a flood of socket queries is answered, within
+/// bounds (the cluster keeps 64 sockets, then EMFILE; handles waiting for their ack are bounded,
+/// then EAGAIN), and a NODE_CLUSTER line that breaks the protocol closes that worker alone.
+#[tokio::test]
+async fn node_cluster_floods_and_garbage_are_contained() {
+    let (mut cluster, ids) = node_cluster(2).await;
+    let flooder = cluster.worker(ids[0]).await.unwrap();
+    flooder
+        .send(&json!({"op": "flood", "n": 100}))
+        .await
+        .unwrap();
+    let answers = message_from(&mut cluster, ids[0]).await;
+    let count = |errno: &str| answers["answers"][errno].as_u64().unwrap_or(0);
+    assert_eq!(count("-24"), 36, "beyond 64 sockets: EMFILE; {answers}");
+    assert_eq!(count("0") + count("-11"), 64, "{answers}");
+    assert!(count("0") >= 1, "{answers}");
+    let liar = cluster.worker(ids[1]).await.unwrap();
+    liar.send(&json!({"op": "cluster_garbage"})).await.unwrap();
+    loop {
+        match next(&mut cluster).await {
+            Event::Error { worker, error } => {
+                assert_eq!(worker, ids[1]);
+                let text = herd::error::chain(&error);
+                assert!(
+                    text.contains("NODE_CLUSTER") && text.contains("seq"),
+                    "{text}"
+                );
+                break;
+            }
+            Event::Message { worker, .. } => panic!("unexpected message from {worker}"),
+            _ => {}
+        }
+    }
+    // The flooder still answers, and stops gracefully.
+    flooder.send(&json!("still there?")).await.unwrap();
+    assert_eq!(
+        message_from(&mut cluster, ids[0]).await["echo"],
+        json!("still there?")
+    );
+    assert!(flooder.disconnect().await.unwrap().success());
+    cluster.disconnect_all().await;
+}
+
+/// Node workers of herd's are Node cluster workers: one that disconnects by itself (`cluster.worker.disconnect()`) gets herd's acknowledgement,
+/// closes its channel and exits 0.
+#[tokio::test]
+async fn a_node_cluster_worker_disconnects_by_itself() {
+    let (mut cluster, ids) = node_cluster(1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    w.send(&json!({"op": "leave"})).await.unwrap();
+    let mut disconnected = false;
+    loop {
+        match next(&mut cluster).await {
+            Event::Disconnect { worker } => {
+                assert_eq!(worker, ids[0]);
+                disconnected = true;
+            }
+            Event::Exit { worker, status } => {
+                assert_eq!(worker, ids[0]);
+                assert!(disconnected && status.success(), "{status}");
+                break;
+            }
+            Event::Error { error, .. } => panic!("{}", herd::error::chain(&error)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        w.dropped_internal(),
+        0,
+        "herd answered Node's cluster messages"
+    );
+}
+
 #[tokio::test]
 async fn a_node_primary_forks_a_herd_rust_worker() {
     let values = json!(["hi", {"n": 1, "s": "a\nb ✓"}, [1, 2, 3], null, 4.5]);

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{self, Frame};
+use crate::frame::{self, Frame, Kind};
 use crate::json;
 use crate::{Codec, Limits, WireError};
 
@@ -48,6 +48,11 @@ impl Outgoing {
     ) -> Result<Outgoing, WireError> {
         frame::validate_outgoing(&frame, limits)?;
         let (head, tail) = match codec {
+            Codec::Binary if frame.kind == Kind::Node => {
+                return Err(WireError::Unsupported(
+                    "Node's internal messages exist on the node-json codec only",
+                ))
+            }
             Codec::Binary => {
                 let mut head = [0u8; frame::HEADER_LEN];
                 frame::encode_header(&frame, &mut &mut head[..]);
@@ -87,7 +92,7 @@ pub(super) fn wire_len(frame: &Frame, codec: Codec) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Format, Kind};
+    use crate::frame::Format;
 
     #[test]
     fn wire_len_is_the_prepared_length() {

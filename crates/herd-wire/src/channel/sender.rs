@@ -172,6 +172,56 @@ mod tests {
         ));
     }
 
+    /// Node's internal messages are json-only; with descriptors they are the one json frame
+    /// that carries any, and the descriptor arrives with the line's first byte.
+    #[tokio::test]
+    async fn node_frames_carry_fds_on_json_only() {
+        let node = || {
+            Frame::new(
+                Kind::Node,
+                Format::Json,
+                Bytes::from_static(b"{\"cmd\":\"NODE_HANDLE\"}"),
+            )
+            .with_fds(vec![OwnedFd::from(tempfile())])
+        };
+        let ((tx, _), _) = pair(Codec::Binary, Limits::default());
+        assert!(matches!(
+            tx.send(node()).await,
+            Err(WireError::Unsupported(_))
+        ));
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let (tx, _rx) = crate::channel(a, Codec::NodeJson, Limits::default()).unwrap();
+        tx.send(node()).await.unwrap();
+        tx.close().unwrap();
+        tx.closed().await;
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = rustix::net::recvmsg(
+            &b,
+            &mut iov,
+            &mut control,
+            rustix::net::RecvFlags::CMSG_CLOEXEC,
+        )
+        .unwrap();
+        let fds: usize = control
+            .drain()
+            .map(|m| match m {
+                rustix::net::RecvAncillaryMessage::ScmRights(it) => it.count(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(fds, 1);
+        assert_eq!(&buf[..msg.bytes], b"{\"cmd\":\"NODE_HANDLE\"}\n");
+    }
+
     /// A frame `try_send` refuses gives its queue space back: the queue holds one frame here,
     /// and it still takes one after many refusals.
     #[tokio::test]

@@ -70,6 +70,8 @@ pub(crate) enum Routed {
     Control(Control),
     /// A call to the cache hub (only a primary serves them).
     Cache(Request),
+    /// One of Node's own internal lines (the json codec: cluster messages, handle acks).
+    Node(Frame),
     Handled,
 }
 
@@ -198,6 +200,25 @@ impl Peer {
         }
     }
 
+    /// Queues a frame without awaiting: at once when the queue has room, else from a task that
+    /// waits at most the send timeout. A frame that cannot be sent (the channel is gone) is
+    /// dropped and logged.
+    pub(crate) fn send_soon(&self, frame: Frame) {
+        let tx = &self.shared.tx;
+        match tx.try_send(frame) {
+            Ok(None) => {}
+            Ok(Some(frame)) => {
+                let (tx, limit) = (tx.clone(), self.shared.send_timeout);
+                tokio::spawn(async move {
+                    if let Err(e) = tx.send_within(frame, limit).await {
+                        tracing::debug!(error = %e, "frame not sent");
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "frame not sent"),
+        }
+    }
+
     /// Queues a frame, waiting for room at most the send timeout.
     pub(crate) async fn send_frame(&self, frame: Frame) -> Result<(), Error> {
         self.shared
@@ -292,6 +313,7 @@ impl Peer {
                 Routed::Handled
             }
             Kind::CacheCall => Routed::Cache(request(frame)),
+            Kind::Node => Routed::Node(frame),
             Kind::Control => {
                 Routed::Control(herd_wire::decode_value(frame.format, &frame.payload)?)
             }

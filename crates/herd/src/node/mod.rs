@@ -1,23 +1,33 @@
 //! Node.js interop, the one home of what herd does differently for Node children: the variables
-//! Node's `child_process` and `cluster` read. The json codec's envelopes (`NODE_HERD_*`) are the
+//! Node's `child_process` and `cluster` read, and herd as the cluster primary Node workers
+//! expect (`cluster`: the protocol's messages; `handles`: the primary's listening sockets;
+//! `session`: one worker's side). The json codec's envelopes (`NODE_HERD_*`) are the
 //! `herd-wire` crate's `json` module; the worker-side client is `js/herd.js`.
+
+pub(crate) mod cluster;
+pub(crate) mod handles;
+pub(crate) mod session;
 
 use herd_wire::Codec;
 use tokio::process::Command;
 
 use crate::env;
+use crate::ids::WorkerId;
 
 /// Sets what a child on `codec` reads about its channel at `channel_fd`: Node's variables for a
-/// json channel (Node then opens its IPC channel there, and `process.send` works); for a binary
-/// channel they are removed, so a herd primary that is itself a Node child does not make its
-/// workers think they are.
-pub(crate) fn child_env(cmd: &mut Command, codec: Codec, channel_fd: i32) {
-    cmd.env_remove(env::NODE_UNIQUE_ID);
+/// json channel (Node then opens its IPC channel there, and `process.send` works), with
+/// `NODE_UNIQUE_ID` = the worker's id, so Node runs it as a cluster worker of herd's
+/// (`cluster.isWorker`, `cluster.worker.id`; its servers ask herd for their sockets). For a
+/// binary channel they are removed, so a herd primary that is itself a Node child does not
+/// make its workers think they are.
+pub(crate) fn child_env(cmd: &mut Command, codec: Codec, channel_fd: i32, worker: WorkerId) {
     if codec == Codec::NodeJson {
         cmd.env(env::NODE_CHANNEL_FD, channel_fd.to_string())
-            .env(env::NODE_CHANNEL_SERIALIZATION_MODE, "json");
+            .env(env::NODE_CHANNEL_SERIALIZATION_MODE, "json")
+            .env(env::NODE_UNIQUE_ID, worker.0.to_string());
     } else {
-        cmd.env_remove(env::NODE_CHANNEL_FD)
+        cmd.env_remove(env::NODE_UNIQUE_ID)
+            .env_remove(env::NODE_CHANNEL_FD)
             .env_remove(env::NODE_CHANNEL_SERIALIZATION_MODE);
     }
 }

@@ -205,6 +205,7 @@ impl ClusterBuilder {
             listeners: self.listeners,
             capture_output: self.capture_output,
             send_timeout: self.send_timeout,
+            node_handles: Arc::default(),
         });
         check_numbers(&cfg, &[])?;
         if let Some(hub) = &cfg.cache {

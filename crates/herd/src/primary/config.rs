@@ -10,6 +10,7 @@ use std::time::Duration;
 use herd_wire::{Codec, Limits};
 
 use crate::cache::Hub;
+use crate::node::handles::Handles;
 use crate::{sys, Error};
 
 /// What every fork needs, fixed when the cluster starts.
@@ -30,6 +31,9 @@ pub(super) struct Config {
     pub(super) listeners: Vec<Arc<OwnedFd>>,
     pub(super) capture_output: bool,
     pub(super) send_timeout: Duration,
+    /// The listening sockets herd made for Node workers (Node's shared handles), kept for the
+    /// cluster's life.
+    pub(super) node_handles: Arc<Handles>,
 }
 
 /// Checks that the descriptor numbers workers get are in range and distinct.

@@ -28,7 +28,8 @@ pub(super) struct WorkerShared {
     pub(super) cmds: mpsc::Sender<WorkerCmd>,
     pub(super) exit: watch::Receiver<Option<ExitStatus>>,
     pub(super) grace: Duration,
-    /// Node's own internal messages (`NODE_*` other than herd's) the worker sent, dropped.
+    /// Node's own internal messages (`NODE_*` other than herd's and the cluster messages herd
+    /// answers) the worker sent, dropped.
     pub(super) dropped_internal: AtomicU64,
 }
 
@@ -79,14 +80,18 @@ impl WorkerHandle {
         &self.inner.peer
     }
 
-    /// Node's own internal messages (a `cmd` starting `NODE_` that is not herd's) the worker sent
-    /// so far, which herd drops (Node json codec only).
+    /// Node's own internal messages the worker sent so far that herd drops (a `cmd` starting
+    /// `NODE_` that is neither herd's nor one of Node's cluster messages, which herd answers as
+    /// Node's primary; Node json codec only).
     pub fn dropped_internal(&self) -> u64 {
         self.inner.dropped_internal.load(Ordering::Relaxed)
     }
 
     /// Closes the worker's channel after everything already queued to it; the worker reads
-    /// end-of-stream, finishes and exits. After the grace period it is killed. Returns how it
+    /// end-of-stream, finishes and exits. A Node cluster worker (json codec, it has spoken
+    /// Node's cluster protocol) is asked instead as Node's primary asks it
+    /// (`{"cmd":"NODE_CLUSTER","act":"disconnect"}`): it closes its servers, lets its open
+    /// connections finish, then closes the channel itself. After the grace period it is killed. Returns how it
     /// ended ([`Error::Timeout`] only if the kernel did not reap it within 10 s after that).
     pub async fn disconnect(&self) -> Result<ExitStatus, Error> {
         let _ = self.inner.cmds.send(WorkerCmd::Disconnect).await;

@@ -101,20 +101,23 @@ pub(super) async fn fork(
     } else {
         cmd.env(env::HERD_LISTEN_FDS, cfg.listeners.len().to_string());
     }
-    node::child_env(&mut cmd, cfg.codec, cfg.channel_fd);
+    node::child_env(&mut cmd, cfg.codec, cfg.channel_fd, id);
     if cfg.capture_output {
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     }
+    // What the worker inherits besides its channel, by number: a Node worker's
+    // `listen({fd})` asks herd for the same socket (Node's cluster protocol).
+    let mut inherited: Vec<(i32, Arc<OwnedFd>)> = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, fd)| (sys::CHANNEL_FD + i as i32, fd.clone()))
+        .collect();
+    inherited.extend(cfg.inherit.iter().map(|(fd, at)| (*at, fd.clone())));
+    inherited.extend(opts.fds.into_iter().map(|(fd, at)| (at, Arc::new(fd))));
     let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
-    fds.extend(
-        cfg.listeners
-            .iter()
-            .enumerate()
-            .map(|(i, fd)| (&**fd, sys::CHANNEL_FD + i as i32)),
-    );
-    fds.extend(cfg.inherit.iter().map(|(fd, at)| (&**fd, *at)));
-    fds.extend(opts.fds.iter().map(|(fd, at)| (fd, *at)));
+    fds.extend(inherited.iter().map(|(at, fd)| (&**fd, *at)));
     sys::prepare_child(&mut cmd, &fds);
     let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
     let output = cfg.capture_output.then(|| {
@@ -149,6 +152,8 @@ pub(super) async fn fork(
         grace: cfg.grace,
         dropped_internal: AtomicU64::new(0),
     });
+    let node = (cfg.codec == Codec::NodeJson)
+        .then(|| node::session::Session::new(cfg.node_handles.clone(), inherited));
     let sup = Supervisor::new(
         shared.clone(),
         child,
@@ -158,6 +163,7 @@ pub(super) async fn fork(
         exit_tx,
         cfg.clone(),
         output,
+        node,
     );
     Ok((WorkerHandle { inner: shared }, sup))
 }

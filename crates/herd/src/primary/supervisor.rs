@@ -32,6 +32,7 @@ use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::Routed;
 use crate::ipc::{handshake, Incoming, Peer, Request};
+use crate::node::session::Session;
 use crate::Error;
 
 /// How long a worker's channel is drained after the worker exited, for its last messages.
@@ -74,6 +75,8 @@ pub(super) struct Supervisor {
     /// Captured output lines, until both pipes close (or `output_until` passes after exit).
     output: Option<mpsc::Receiver<(OutputStream, String)>>,
     output_until: Option<Instant>,
+    /// A Node worker's side of Node's cluster protocol (json codec only).
+    node: Option<Session>,
 }
 
 impl Supervisor {
@@ -87,6 +90,7 @@ impl Supervisor {
         exit: watch::Sender<Option<ExitStatus>>,
         cfg: Arc<Config>,
         output: Option<mpsc::Receiver<(OutputStream, String)>>,
+        node: Option<Session>,
     ) -> Supervisor {
         Supervisor {
             id: shared.id,
@@ -108,6 +112,7 @@ impl Supervisor {
             drain_until: None,
             output,
             output_until: None,
+            node,
         }
     }
 
@@ -172,7 +177,13 @@ impl Supervisor {
                     self.output_until = Some(Instant::now() + output::OUTPUT_AFTER_EXIT);
                 }
                 Step::Cmd(Some(WorkerCmd::Disconnect)) => {
-                    self.close_channel();
+                    // A Node cluster worker is asked, as Node's primary asks it: it closes its
+                    // servers, finishes its connections, then closes the channel itself.
+                    let asked =
+                        self.open && self.node.as_mut().is_some_and(|n| n.disconnect(&self.peer));
+                    if !asked {
+                        self.close_channel();
+                    }
                     self.arm_kill();
                 }
                 Step::Cmd(Some(WorkerCmd::Kill(sig))) => {
@@ -265,8 +276,24 @@ impl Supervisor {
                 tracing::debug!(worker = %id, "unknown control notice ignored");
             }
             Ok(Routed::Cache(request)) => self.cache_call(request),
+            Ok(Routed::Node(frame)) => self.node_line(&frame.payload),
             Ok(Routed::Handled) => {}
             Err(e) => self.lost_channel(Some(e)),
+        }
+    }
+
+    /// One of Node's internal lines: answered by the worker's cluster session.
+    fn node_line(&mut self, line: &[u8]) {
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        match node.on_line(line, &self.peer) {
+            Ok(Some(address)) => self.emit(Event::Listening {
+                worker: self.id,
+                address,
+            }),
+            Ok(None) => {}
+            Err(e) => self.lost_channel(Some(Error::Protocol(e.to_string()))),
         }
     }
 

@@ -3,7 +3,11 @@
 // {op: 'values'} sends VALUES (made here, by Node) one by one as {value}, then {done: true};
 // {op: 'internal'} sends some of Node's internal messages, then {after: 'internal'};
 // {op: 'node_prefix'} sends {cmd: 'NODE_'} (not internal for Node: too short), then a marker;
-// {op: 'garbage'} writes a line that is not JSON straight onto the channel.
+// {op: 'garbage'} writes a line that is not JSON straight onto the channel;
+// {op: 'flood', n} sends n queryServer messages of its own for n sockets, counts the answers
+// by errno, then sends {answers: {errno: count}};
+// {op: 'cluster_garbage'} sends a NODE_CLUSTER message without a seq;
+// {op: 'leave'} disconnects by itself, as a cluster worker (cluster.worker.disconnect()).
 'use strict';
 
 const VALUES = [
@@ -37,6 +41,24 @@ process.on('message', (m) => {
   } else if (m && m.op === 'node_prefix') {
     process.send({ cmd: 'NODE_' });
     process.send({ after: 'node_prefix' });
+  } else if (m && m.op === 'flood') {
+    const counts = {};
+    let answered = 0;
+    process.on('internalMessage', (msg) => {
+      if (msg.cmd !== 'NODE_CLUSTER' || msg.errno === undefined || msg.ack < 1000) return;
+      counts[msg.errno] = (counts[msg.errno] || 0) + 1;
+      if (++answered === m.n) process.send({ answers: counts });
+    });
+    for (let i = 0; i < m.n; i++) {
+      process.send({
+        cmd: 'NODE_CLUSTER', act: 'queryServer', index: i, data: null, address: '127.0.0.1',
+        port: 0, addressType: 4, seq: 1000 + i,
+      });
+    }
+  } else if (m && m.op === 'leave') {
+    require('node:cluster').worker.disconnect();
+  } else if (m && m.op === 'cluster_garbage') {
+    process.send({ cmd: 'NODE_CLUSTER', act: 'queryServer', seq: 'one' });
   } else if (m && m.op === 'garbage') {
     // Node removes NODE_CHANNEL_FD from the environment once it has opened the channel.
     require('node:fs').writeSync(process.channel.fd, 'this is not json\n');

@@ -1,0 +1,192 @@
+//! One Node cluster worker as its primary (herd) sees it: answers its `queryServer`s with shared
+//! handles from the cluster's table (or the descriptors it inherited, for `listen({fd})`), one
+//! handle in flight at a time (Node's rule: the next waits for `NODE_HANDLE_ACK`, in a bounded
+//! queue), turns its `listening` into herd's address, and asks it to disconnect. Never awaits
+//! the worker: every answer is queued at once, or by a task with the send deadline.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use herd_wire::{Format, Frame, Kind};
+use rustix::net::{sockopt, SocketType};
+use serde_json::Value;
+
+use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
+use super::handles::{Handles, Lent, MAX_KEYS};
+use crate::ipc::Peer;
+use crate::listen;
+
+/// Handles that may wait for the worker's acknowledgement of the one in flight; a query beyond
+/// is answered `EAGAIN`.
+pub(crate) const MAX_WAITING: usize = 16;
+
+/// One Node worker's side of the cluster protocol.
+pub(crate) struct Session {
+    table: Arc<Handles>,
+    /// What the worker inherited from herd, by descriptor number (for `listen({fd})`).
+    inherited: Vec<(i32, Arc<OwnedFd>)>,
+    /// It has spoken Node's cluster protocol (it is a cluster worker).
+    cluster: bool,
+    /// Our own `seq`, counted per worker.
+    seq: u64,
+    /// A handle was sent and its `NODE_HANDLE_ACK` has not come.
+    in_flight: bool,
+    waiting: VecDeque<Frame>,
+    /// Where each query was served (key without the port → `HOST:PORT`), for `listening`.
+    served: VecDeque<(String, String)>,
+    /// A disconnect was asked for (by us or by the worker).
+    disconnecting: bool,
+}
+
+impl Session {
+    pub(crate) fn new(table: Arc<Handles>, inherited: Vec<(i32, Arc<OwnedFd>)>) -> Session {
+        Session {
+            table,
+            inherited,
+            cluster: false,
+            seq: 0,
+            in_flight: false,
+            waiting: VecDeque::new(),
+            served: VecDeque::new(),
+            disconnecting: false,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Handles one of Node's internal lines; returns the address of a server that now listens.
+    /// A line that breaks Node's protocol is an error (the caller closes the channel).
+    pub(crate) fn on_line(
+        &mut self,
+        line: &[u8],
+        peer: &Peer,
+    ) -> Result<Option<String>, ClusterError> {
+        let msg = cluster::parse(line)?;
+        self.cluster = true;
+        match msg {
+            FromWorker::Online | FromWorker::Close | FromWorker::Other => {}
+            FromWorker::Query(q) => self.answer(&q, peer),
+            FromWorker::Listening(q) => return Ok(Some(self.listening(&q))),
+            FromWorker::ExitedAfterDisconnect { seq } => {
+                self.disconnecting = true;
+                let seq_ours = self.next_seq();
+                send(peer, cluster::ack(seq, seq_ours));
+            }
+            FromWorker::HandleAck | FromWorker::HandleNack => {
+                if matches!(msg, FromWorker::HandleNack) {
+                    tracing::warn!(
+                        "a Node worker lost a listening socket on the way (NODE_HANDLE_NACK)"
+                    );
+                }
+                self.in_flight = false;
+                if let Some(frame) = self.waiting.pop_front() {
+                    self.in_flight = true;
+                    send_frame(peer, frame);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Asks a cluster worker to disconnect (it closes its servers, finishes its connections and
+    /// closes the channel). False when that is not the way: not a cluster worker, or asked
+    /// already (the caller then closes the channel).
+    pub(crate) fn disconnect(&mut self, peer: &Peer) -> bool {
+        if !self.cluster || self.disconnecting {
+            tracing::debug!(cluster = self.cluster, "Node worker: closing its channel");
+            return false;
+        }
+        tracing::debug!("Node cluster worker: asking it to disconnect");
+        self.disconnecting = true;
+        let seq = self.next_seq();
+        send(peer, cluster::disconnect(seq));
+        true
+    }
+
+    fn answer(&mut self, q: &Query, peer: &Peer) {
+        let key = q.key();
+        let lent = match q.target() {
+            Ok(Target::Fd(n)) => self.inherited(n),
+            Ok(target) => self.table.get_or_bind(&key, &target),
+            Err(errno) => Err(errno),
+        };
+        let seq = self.next_seq();
+        let lent = match lent {
+            Ok(lent) => lent,
+            Err(errno) => {
+                send(peer, cluster::error_answer(&key, q.seq, seq, errno));
+                return;
+            }
+        };
+        let portless = q.portless_key();
+        if !self.served.iter().any(|(k, _)| *k == portless) {
+            if self.served.len() >= MAX_KEYS {
+                self.served.pop_front();
+            }
+            self.served.push_back((portless, lent.local.clone()));
+        }
+        let line = cluster::handle_answer(&key, q.seq, seq, lent.udp);
+        let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![lent.fd]);
+        if !self.in_flight {
+            self.in_flight = true;
+            send_frame(peer, frame);
+        } else if self.waiting.len() < MAX_WAITING {
+            self.waiting.push_back(frame);
+        } else {
+            tracing::warn!(
+                key,
+                "a Node worker asked for too many sockets at once; refused with EAGAIN"
+            );
+            send(peer, cluster::error_answer(&key, q.seq, seq, uv::EAGAIN));
+        }
+    }
+
+    /// The socket the worker inherited at `n`, if it is one.
+    fn inherited(&self, n: i32) -> Result<Lent, i64> {
+        let (_, fd) = self
+            .inherited
+            .iter()
+            .find(|(at, _)| *at == n)
+            .ok_or(uv::EBADF)?;
+        let udp = match sockopt::socket_type(&**fd) {
+            Ok(SocketType::STREAM) => false,
+            Ok(SocketType::DGRAM) => true,
+            // Node aborts on a descriptor that is not a socket: never send one.
+            _ => return Err(uv::ENOTSOCK),
+        };
+        // The worker shares the socket's file description: non-blocking, as libuv expects.
+        rustix::io::ioctl_fionbio(&**fd, true).map_err(|_| uv::ENOTSOCK)?;
+        Ok(Lent {
+            fd: fd.try_clone().map_err(|_| uv::EMFILE)?,
+            local: listen::local_addr(&**fd).map_or_else(|_| format!("fd:{n}"), |a| a.to_string()),
+            udp,
+        })
+    }
+
+    /// `HOST:PORT` of a server that listens: where herd bound it, else what the worker says.
+    fn listening(&self, q: &Query) -> String {
+        let portless = q.portless_key();
+        if let Some((_, local)) = self.served.iter().find(|(k, _)| *k == portless) {
+            return local.clone();
+        }
+        let host = match &q.address {
+            Some(Value::String(s)) if s.contains(':') => format!("[{s}]"),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => "0.0.0.0".into(),
+        };
+        let port = q.port.as_ref().and_then(Value::as_i64).unwrap_or(0);
+        format!("{host}:{port}")
+    }
+}
+
+fn send(peer: &Peer, line: bytes::Bytes) {
+    send_frame(peer, Frame::new(Kind::Node, Format::Json, line));
+}
+
+fn send_frame(peer: &Peer, frame: Frame) {
+    peer.send_soon(frame);
+}
