@@ -191,6 +191,36 @@ fn a_plain_node_server_serves_from_every_worker_on_one_port() {
 }
 
 #[test]
+fn a_plain_server_asking_for_a_listen_address_gets_herds_socket() {
+    // `--listen` makes herd bind the port itself (for programs that take LISTEN_FDS); a Node
+    // server that simply listens on that port is handed herd's socket, not EADDRINUSE.
+    let port = free_port();
+    let herd = Herd::start(
+        "node-plain-listen",
+        &[
+            "-w",
+            "2",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("plain.js"),
+        ],
+    );
+    for _ in 0..2 {
+        let line = herd.stdout_line(|l| l.contains("listening on"));
+        assert!(line.ends_with(&format!("listening on {port}")), "{line}");
+    }
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let served: BTreeSet<u64> = answers_from(addr, "pid", 2);
+    let pids: BTreeSet<u64> = pids(&herd.status()).into_iter().collect();
+    assert_eq!(served, pids, "both workers serve on herd's socket");
+    stop_gracefully(herd, 2);
+}
+
+#[test]
 fn listen_zero_gives_every_worker_the_same_port_across_reloads() {
     // Readiness by notice: a reloaded worker is ready once Node says it listens.
     let herd = Herd::start(
