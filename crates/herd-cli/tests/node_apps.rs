@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Instant;
 
 mod common;
@@ -81,39 +80,6 @@ fn answers_from(addr: SocketAddr, key: &str, n: usize) -> BTreeSet<u64> {
         assert_eq!(code, 200, "{body}");
         json_in(&body)
     })
-}
-
-/// Every line left on `rx` until it closes (herd has exited), within the deadline.
-fn rest(rx: &mpsc::Receiver<String>) -> Vec<String> {
-    let mut lines = Vec::new();
-    while let Ok(line) = rx.recv_timeout(DEADLINE) {
-        lines.push(line);
-    }
-    lines
-}
-
-/// `herd stop`, and checks it was graceful: herd exits 0, every worker exited 0 (retired with
-/// exit code 0), nothing was killed.
-fn stop_gracefully(mut herd: Herd, workers: usize) {
-    let out = herd.ctl(&["stop"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(herd.wait(), Some(0));
-    let log = rest(&herd.err);
-    let killed: Vec<_> = log.iter().filter(|l| l.contains("SIGKILL")).collect();
-    assert!(killed.is_empty(), "{killed:?}");
-    let retired: Vec<_> = log
-        .iter()
-        .filter(|l| l.contains("worker retired"))
-        .collect();
-    assert_eq!(retired.len(), workers, "{log:?}");
-    assert!(
-        retired.iter().all(|l| l.contains("exit code 0")),
-        "{retired:?}"
-    );
 }
 
 #[test]

@@ -27,6 +27,14 @@ pub struct Options {
     /// Seconds a worker has to exit after a stop before it is killed (default 5).
     #[arg(long)]
     pub grace: Option<f64>,
+    /// The signal a stopped worker gets once its channel is closed (a Node cluster worker: once
+    /// its servers are done), so its own shutdown handlers run: `SIGTERM` (default), `SIGINT`,
+    /// `SIGHUP`, `SIGQUIT`, `SIGUSR1`, `SIGUSR2` (with or without `SIG`).
+    #[arg(long)]
+    pub kill_signal: Option<String>,
+    /// Stop workers with PM2's `'shutdown'` message instead of a signal.
+    #[arg(long)]
+    pub shutdown_message: Option<bool>,
     /// Channel codec: `json` (Node's format, any language; default) or `binary` (herd's Rust
     /// workers).
     #[arg(long)]

@@ -32,6 +32,8 @@ pub struct Settings {
     pub listen: Vec<ListenAddr>,
     pub reuseport: bool,
     pub grace: Duration,
+    /// How a stopped worker is told to stop after its channel is closed.
+    pub stop: StopBy,
     pub codec: Codec,
     pub name: String,
     pub control: PathBuf,
@@ -110,6 +112,17 @@ pub fn settings(o: Options) -> Result<Settings> {
         return Err(bad("reuseport", "works with TCP addresses only"));
     }
     let grace = seconds("grace", o.grace.unwrap_or(5.0))?;
+    let stop = if o.shutdown_message.unwrap_or(false) {
+        StopBy::Message
+    } else {
+        let text = o.kill_signal.unwrap_or_else(|| "SIGTERM".into());
+        StopBy::Signal(signal(&text).ok_or_else(|| {
+            bad(
+                "kill_signal",
+                format_args!("unknown signal {text:?} (use SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)"),
+            )
+        })?)
+    };
     let codec_text = o.codec.unwrap_or_else(|| "json".into());
     let codec = Codec::parse(&codec_text).ok_or_else(|| {
         bad(
@@ -207,6 +220,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         listen,
         reuseport,
         grace,
+        stop,
         codec,
         name,
         control,
@@ -234,4 +248,28 @@ fn held_by_herd(listen: &ListenAddr, probe: &std::net::SocketAddr) -> bool {
         }
         _ => false,
     }
+}
+
+/// How a stopped worker is told to stop, after its channel is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopBy {
+    /// A signal to its process group.
+    Signal(rustix::process::Signal),
+    /// PM2's `'shutdown'` message (sent first, then the channel is closed).
+    Message,
+}
+
+/// A stop signal by name, `SIGTERM` or `TERM`.
+fn signal(name: &str) -> Option<rustix::process::Signal> {
+    use rustix::process::Signal;
+    let name = name.trim().to_ascii_uppercase();
+    Some(match name.strip_prefix("SIG").unwrap_or(&name) {
+        "TERM" => Signal::TERM,
+        "INT" => Signal::INT,
+        "HUP" => Signal::HUP,
+        "QUIT" => Signal::QUIT,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        _ => return None,
+    })
 }

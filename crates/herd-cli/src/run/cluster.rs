@@ -5,7 +5,7 @@ use herd::cache::{CacheConfig, FileSource, Hub, RedisSource};
 use herd::{Cluster, ClusterBuilder};
 
 use super::listen::{self, Sockets};
-use crate::config::{CacheSource, Settings};
+use crate::config::{CacheSource, Settings, StopBy};
 use crate::exit::{Context, Result};
 
 /// The cache hub the settings ask for, if any.
@@ -44,6 +44,10 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
         .codec(s.codec)
         .grace(s.grace)
         .capture_output(true);
+    builder = match s.stop {
+        StopBy::Signal(sig) => builder.stop_signal(sig),
+        StopBy::Message => builder.shutdown_message("shutdown"),
+    };
     builder = listen::program(builder, s, sockets)?;
     for (k, v) in &s.env {
         builder = builder.env(k, v);

@@ -263,3 +263,42 @@ impl Load {
         )
     }
 }
+
+/// Every line left on `rx` until it closes (herd has exited), within the deadline.
+pub fn rest(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(DEADLINE) {
+        lines.push(line);
+    }
+    lines
+}
+
+/// `herd stop`, and checks it was graceful: herd exits 0, every worker exited 0 (retired with
+/// exit code 0), nothing was killed.
+pub fn stop_gracefully(herd: Herd, workers: usize) {
+    let out = herd.ctl(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop_gracefully_after(herd, workers);
+}
+
+/// After a `herd stop`: herd exits 0, every worker exited 0 (retired with exit code 0), nothing
+/// was killed.
+pub fn stop_gracefully_after(mut herd: Herd, workers: usize) {
+    assert_eq!(herd.wait(), Some(0));
+    let log = rest(&herd.err);
+    let killed: Vec<_> = log.iter().filter(|l| l.contains("SIGKILL")).collect();
+    assert!(killed.is_empty(), "{killed:?}");
+    let retired: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("worker retired"))
+        .collect();
+    assert_eq!(retired.len(), workers, "{log:?}");
+    assert!(
+        retired.iter().all(|l| l.contains("exit code 0")),
+        "{retired:?}"
+    );
+}

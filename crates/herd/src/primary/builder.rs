@@ -10,7 +10,7 @@ use herd_wire::{Codec, Limits};
 use rustix::process::Signal;
 use tokio::sync::mpsc;
 
-use super::config::{check_numbers, first_free_fd, Config};
+use super::config::{check_numbers, first_free_fd, Config, Stop};
 use super::dispatcher::dispatcher;
 use super::{join_here, Cluster};
 use crate::cache::Hub;
@@ -38,6 +38,7 @@ pub struct ClusterBuilder {
     listeners: Vec<Arc<OwnedFd>>,
     capture_output: bool,
     send_timeout: Duration,
+    stop: Stop,
 }
 
 impl Default for ClusterBuilder {
@@ -58,6 +59,7 @@ impl Default for ClusterBuilder {
             inherit: Vec::new(),
             listeners: Vec::new(),
             capture_output: false,
+            stop: Stop::EndOfStream,
             send_timeout: SEND_TIMEOUT,
         }
     }
@@ -171,6 +173,24 @@ impl ClusterBuilder {
         self
     }
 
+    /// Stopping a worker ([`crate::WorkerHandle::disconnect`]) also sends `signal` to its process
+    /// group once its channel is closed — at once for a program that does not speak Node's
+    /// cluster protocol; for a Node cluster worker, after it closed its servers, finished its
+    /// connections and closed the channel, if it is still alive then (a timer or a pool keeps
+    /// it) — so its own shutdown handlers run. The grace period still ends with `SIGKILL`.
+    /// Default: none (herd's own workers exit at end-of-stream). `herd run` uses `SIGTERM`.
+    pub fn stop_signal(mut self, signal: rustix::process::Signal) -> Self {
+        self.stop = Stop::Signal(signal);
+        self
+    }
+
+    /// Stopping a worker first sends it this message (PM2's `'shutdown'`, for programs that
+    /// listen for it instead of a signal), then disconnects it as usual.
+    pub fn shutdown_message(mut self, value: impl Into<serde_json::Value>) -> Self {
+        self.stop = Stop::Message(value.into());
+        self
+    }
+
     /// Capacity of the event queue; when full, workers' channels are not read (backpressure).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
@@ -211,6 +231,7 @@ impl ClusterBuilder {
             capture_output: self.capture_output,
             send_timeout: self.send_timeout,
             node_handles,
+            stop: self.stop,
         });
         check_numbers(&cfg, &[])?;
         if let Some(hub) = &cfg.cache {

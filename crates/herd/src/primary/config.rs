@@ -34,6 +34,9 @@ pub(super) struct Config {
     /// The listening sockets herd made for Node workers (Node's shared handles), kept for the
     /// cluster's life.
     pub(super) node_handles: Arc<Handles>,
+    /// How a disconnected worker is told to stop once its channel is closed
+    /// ([`crate::ClusterBuilder::stop_signal`], [`crate::ClusterBuilder::shutdown_message`]).
+    pub(super) stop: Stop,
 }
 
 /// Checks that the descriptor numbers workers get are in range and distinct.
@@ -67,4 +70,18 @@ pub(super) fn first_free_fd(listeners: usize, taken: impl Iterator<Item = i32>) 
     (sys::CHANNEL_FD + listeners as i32..)
         .find(|n| !taken.contains(n))
         .unwrap_or(sys::CHANNEL_FD)
+}
+
+/// The second step of stopping a worker, after its channel is closed (or, for a Node cluster
+/// worker, after it closed it itself once its servers were done): a worker still alive then is
+/// told to stop by a signal or a message, and is killed when the grace period ends.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Stop {
+    /// Nothing more: the worker reads end-of-stream and exits by itself (herd's own workers).
+    #[default]
+    EndOfStream,
+    /// This signal to its process group (`SIGTERM`, as systemd, Docker and Kubernetes send).
+    Signal(rustix::process::Signal),
+    /// This message on the channel, before it is closed (PM2's `'shutdown'`).
+    Message(serde_json::Value),
 }

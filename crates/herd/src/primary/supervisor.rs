@@ -17,13 +17,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_wire::{Codec, Receiver};
+use herd_wire::{Codec, Frame, Kind, Receiver};
 use rustix::process::{Pid, Signal};
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::config::Config;
+use super::config::{Config, Stop};
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
 use super::output;
@@ -35,6 +35,10 @@ use crate::ipc::{handshake, Incoming, Peer, Request};
 use crate::node::session::Session;
 use crate::Error;
 
+/// How long a worker that closed its channel after a stop request may take to exit by itself
+/// before it gets the stop signal.
+const STOP_LINGER: Duration = Duration::from_secs(1);
+
 /// How long a worker's channel is drained after the worker exited, for its last messages.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
@@ -45,6 +49,7 @@ enum Step {
     Cmd(Option<WorkerCmd>),
     Frame(Result<Option<herd_wire::Frame>, herd_wire::WireError>),
     KillNow,
+    StopSignalNow,
     DrainOver,
     NoHandshake,
     Output(Option<(OutputStream, String)>),
@@ -71,12 +76,17 @@ pub(super) struct Supervisor {
     open: bool,
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
+    /// When a worker that closed its channel after a stop request gets the stop signal if it
+    /// still lives.
+    stop_signal_at: Option<Instant>,
     drain_until: Option<Instant>,
     /// Captured output lines, until both pipes close (or `output_until` passes after exit).
     output: Option<mpsc::Receiver<(OutputStream, String)>>,
     output_until: Option<Instant>,
     /// A Node worker's side of Node's cluster protocol (json codec only).
     node: Option<Session>,
+    /// It was asked to stop (a disconnect).
+    stopping: bool,
 }
 
 impl Supervisor {
@@ -109,10 +119,12 @@ impl Supervisor {
             open: true,
             exited: None,
             kill_at: None,
+            stop_signal_at: None,
             drain_until: None,
             output,
             output_until: None,
             node,
+            stopping: false,
         }
     }
 
@@ -157,6 +169,7 @@ impl Supervisor {
                 cmd = self.cmds.recv(), if cmds_open => Step::Cmd(cmd),
                 frame = self.rx.recv(), if self.open && self.outbox.is_empty() => Step::Frame(frame),
                 _ = tokio::time::sleep_until(self.kill_at.unwrap_or(far)), if self.kill_at.is_some() && self.exited.is_none() => Step::KillNow,
+                _ = tokio::time::sleep_until(self.stop_signal_at.unwrap_or(far)), if self.stop_signal_at.is_some() && self.exited.is_none() => Step::StopSignalNow,
                 _ = tokio::time::sleep_until(self.drain_until.unwrap_or(far)), if self.drain_until.is_some() && self.open => Step::DrainOver,
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.online && self.open => Step::NoHandshake,
                 line = output::recv_output(&mut self.output), if self.output.is_some() && self.outbox.is_empty() => Step::Output(line),
@@ -177,12 +190,22 @@ impl Supervisor {
                     self.output_until = Some(Instant::now() + output::OUTPUT_AFTER_EXIT);
                 }
                 Step::Cmd(Some(WorkerCmd::Disconnect)) => {
+                    self.stopping = true;
+                    if let (Stop::Message(value), true) = (&self.cfg.stop, self.open) {
+                        if let Ok((format, bytes)) = herd_wire::encode_value(self.cfg.codec, value)
+                        {
+                            self.peer
+                                .send_soon(Frame::new(Kind::Message, format, bytes));
+                        }
+                    }
                     // A Node cluster worker is asked, as Node's primary asks it: it closes its
-                    // servers, finishes its connections, then closes the channel itself.
+                    // servers, finishes its connections, then closes the channel itself (and is
+                    // signalled if still alive then: see `lost_channel`).
                     let asked =
                         self.open && self.node.as_mut().is_some_and(|n| n.disconnect(&self.peer));
                     if !asked {
                         self.close_channel();
+                        self.stop_signal();
                     }
                     self.arm_kill();
                 }
@@ -199,6 +222,10 @@ impl Supervisor {
                 }
                 Step::Frame(Ok(None)) => self.lost_channel(None),
                 Step::Frame(Err(e)) => self.lost_channel(Some(e.into())),
+                Step::StopSignalNow => {
+                    self.stop_signal_at = None;
+                    self.stop_signal();
+                }
                 Step::KillNow => {
                     tracing::warn!(worker = %id, "worker did not exit within its grace period: SIGKILL");
                     self.signal(Signal::KILL);
@@ -332,7 +359,21 @@ impl Supervisor {
         }
         // Either way nothing more can be said to the worker: sends fail from now on.
         self.close_channel();
+        if self.stopping && self.exited.is_none() {
+            // A worker asked to stop closed its channel (its servers are done). It normally exits
+            // a moment later; one that lives on (a timer or a pool keeps it) gets the signal.
+            let linger = (self.cfg.grace / 4).min(STOP_LINGER);
+            self.stop_signal_at = Some(Instant::now() + linger);
+        }
         self.emit(Event::Disconnect { worker: self.id });
+    }
+
+    /// The stop signal, if the cluster has one, to a worker asked to stop.
+    fn stop_signal(&self) {
+        if let Stop::Signal(sig) = self.cfg.stop {
+            tracing::debug!(worker = %self.id, signal = ?sig, "stop signal");
+            self.signal(sig);
+        }
     }
 
     /// Closes our side after what is queued: the worker reads end-of-stream.
