@@ -187,6 +187,38 @@ fn a_plain_server_asking_for_a_listen_address_gets_herds_socket() {
 }
 
 #[test]
+fn by_default_a_reload_waits_until_the_new_worker_listens_where_the_old_one_did() {
+    let port = free_port();
+    let herd = Herd::start(
+        "node-slow-listen",
+        &[
+            "-w",
+            "1",
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("slow_listen.js"),
+        ],
+    );
+    herd.stdout_line(|l| l.contains("listening on"));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let before = get_pid(addr).unwrap();
+    let t = Instant::now();
+    assert!(herd.ctl(&["reload"]).status.success());
+    assert!(
+        t.elapsed().as_millis() >= 600,
+        "the reload waited for the new worker to listen: {:?}",
+        t.elapsed()
+    );
+    // The one socket never stopped listening; the new worker answers now.
+    let after = get_pid(addr).unwrap();
+    assert_ne!(before, after);
+    // Two retirements, both exit 0: the reload's old worker, then the stop's.
+    stop_gracefully(herd, 2);
+}
+
+#[test]
 fn listen_zero_gives_every_worker_the_same_port_across_reloads() {
     // Readiness by notice: a reloaded worker is ready once Node says it listens.
     let herd = Herd::start(

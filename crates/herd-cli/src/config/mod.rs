@@ -21,7 +21,7 @@
 //!
 //! [reload]
 //! batch = 1
-//! ready = "notice"                 # online | notice | port:HOST:PORT | delay:SECS
+//! ready = "notice"                 # listening | online | notice | message | port:HOST:PORT | delay:SECS
 //! ready_timeout = 30.0
 //!
 //! [cache]

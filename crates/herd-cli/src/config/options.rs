@@ -92,8 +92,10 @@ pub struct ReloadOptions {
     /// Workers replaced at once in a rolling reload (default 1).
     #[arg(long = "reload-batch", value_name = "RELOAD_BATCH")]
     pub batch: Option<usize>,
-    /// When a new worker is ready: online (default), notice (it calls herd.ready() or
-    /// herd.listening()), port:HOST:PORT (a connection succeeds) or delay:SECS.
+    /// When a new worker is ready: listening (default: it listens on every address its slot's
+    /// worker listened on, or it is online if that one never listened), online, notice (it calls
+    /// herd.ready() or herd.listening(), or Node says it listens), message (PM2's
+    /// process.send('ready')), port:HOST:PORT (a connection succeeds) or delay:SECS.
     #[arg(long)]
     pub ready: Option<String>,
     /// Seconds a new worker has to become ready (default 30).

@@ -180,7 +180,7 @@ pub fn settings(o: Options) -> Result<Settings> {
     if reload_batch == 0 {
         return Err(bad("reload.batch", "must be at least 1"));
     }
-    let ready: Readiness = parsed("reload.ready", rl.ready, "online")?;
+    let ready: Readiness = parsed("reload.ready", rl.ready, "listening")?;
     if let Readiness::Port(addr) = &ready {
         // herd holds these sockets itself: a connection succeeds before any worker is ready.
         if !reuseport && listen.iter().any(|l| held_by_herd(l, addr)) {

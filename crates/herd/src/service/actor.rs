@@ -242,7 +242,10 @@ impl Actor {
         let input = match &ev {
             Event::Online { worker } => Some(Input::Online(*worker)),
             Event::Ready { worker } => Some(Input::Ready(*worker)),
-            Event::Listening { worker, .. } => Some(Input::Listening(*worker)),
+            Event::Listening { worker, address } => Some(Input::Listening {
+                worker: *worker,
+                address: address.clone(),
+            }),
             Event::Message { worker, message } => Some(Input::Message {
                 worker: *worker,
                 ready: self.config.readiness == Readiness::Message && is_ready_message(message),

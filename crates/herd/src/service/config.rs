@@ -11,6 +11,10 @@ use std::time::Duration;
 pub enum Readiness {
     /// As soon as its channel is up.
     Online,
+    /// Once it listens (Node's cluster `listening`, or a listening notice) on every address its
+    /// slot's previous workers listened on; at once when online if they never listened. The
+    /// default: right for servers, whatever they are.
+    Listening,
     /// When it says so: a ready or listening notice (`herd.ready()`, `herd.listening()`,
     /// [`crate::Worker::notify_ready`]).
     Notice,
@@ -27,6 +31,7 @@ impl std::str::FromStr for Readiness {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "online" => Ok(Readiness::Online),
+            "listening" | "auto" => Ok(Readiness::Listening),
             "notice" | "ready" => Ok(Readiness::Notice),
             "message" => Ok(Readiness::Message),
             _ => {
@@ -43,7 +48,7 @@ impl std::str::FromStr for Readiness {
                         .ok_or_else(|| format!("bad seconds in {s:?}"))
                 } else {
                     Err(format!(
-                        "unknown readiness {s:?} (use online, notice, message, port:HOST:PORT or delay:SECS)"
+                        "unknown readiness {s:?} (use listening, online, notice, message, port:HOST:PORT or delay:SECS)"
                     ))
                 }
             }
@@ -135,7 +140,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             restart: RestartPolicy::default(),
-            readiness: Readiness::Online,
+            readiness: Readiness::Listening,
             ready_timeout: Duration::from_secs(30),
             reload_batch: 1,
             reuseport: Vec::new(),

@@ -10,7 +10,7 @@
 
 mod reload;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use tokio::time::Instant;
@@ -56,6 +56,9 @@ pub(crate) struct Slot {
     pub(crate) restarts: u32,
     /// How the slot's last worker ended, if one has.
     pub(crate) last_exit: Option<ExitStatus>,
+    /// The addresses the slot's workers listen on (a new worker is ready once it listens on all
+    /// of them: [`Readiness::Listening`]).
+    pub(crate) listens: BTreeSet<String>,
 }
 
 impl Slot {
@@ -65,6 +68,7 @@ impl Slot {
             crashes: VecDeque::new(),
             restarts: 0,
             last_exit: None,
+            listens: BTreeSet::new(),
         }
     }
 }
@@ -89,7 +93,12 @@ pub(crate) struct Member {
     pub(crate) messages: u64,
     /// Readiness by delay: ready at this time.
     ready_at: Option<Instant>,
+    /// The addresses it said it listens on (at most [`MAX_LISTENS`]).
+    listening: BTreeSet<String>,
 }
+
+/// Addresses remembered per worker and per slot; more are not counted.
+const MAX_LISTENS: usize = 64;
 
 /// A command from the [`super::ServiceHandle`] that changes state.
 #[derive(Debug)]
@@ -126,8 +135,8 @@ pub(crate) enum Input {
     Online(WorkerId),
     /// The worker sent a ready notice.
     Ready(WorkerId),
-    /// The worker sent a listening notice.
-    Listening(WorkerId),
+    /// The worker said it listens on an address.
+    Listening { worker: WorkerId, address: String },
     /// The worker sent a message; `ready` when it was PM2's `'ready'`.
     Message { worker: WorkerId, ready: bool },
     /// The worker exited.
@@ -300,15 +309,24 @@ impl Machine {
                 }
             }
             Input::Online(w) => {
-                if self.config.readiness == Readiness::Online {
+                // By listening: a slot whose workers never listened has nothing to wait for.
+                let nothing_to_wait_for = self.config.readiness == Readiness::Listening
+                    && self
+                        .members
+                        .get(&w)
+                        .and_then(|m| m.slot)
+                        .and_then(|s| self.slots.get(s))
+                        .is_some_and(|s| s.listens.is_empty());
+                if self.config.readiness == Readiness::Online || nothing_to_wait_for {
                     self.became_ready(w, &mut fx);
                 }
             }
-            Input::Ready(w) | Input::Listening(w) => {
+            Input::Ready(w) => {
                 if self.config.readiness == Readiness::Notice {
                     self.became_ready(w, &mut fx);
                 }
             }
+            Input::Listening { worker, address } => self.listening(worker, address, &mut fx),
             Input::Probed(w) => {
                 if matches!(self.config.readiness, Readiness::Port(_)) {
                     self.became_ready(w, &mut fx);
@@ -352,6 +370,7 @@ impl Machine {
             started: now,
             messages: 0,
             ready_at: None,
+            listening: BTreeSet::new(),
         };
         if let Some((fast, _)) = self.stopping {
             member.role = Role::Retiring;

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Effect, Machine, Reload, Reply, Role, Slot, SlotState, Token};
+use super::{Effect, Machine, Reload, Reply, Role, Slot, SlotState, Token, MAX_LISTENS};
+use crate::service::Readiness;
 use crate::service::{ServiceError, ServiceEvent};
 use crate::WorkerId;
 
@@ -20,6 +21,7 @@ impl Machine {
         m.role = Role::Active;
         m.ready_at = None;
         let slot = m.slot.unwrap_or(0);
+        let listening = m.listening.clone();
         if let Some(r) = &mut self.reload {
             if r.batch.remove(&slot).is_some() {
                 r.replaced += 1;
@@ -33,6 +35,8 @@ impl Machine {
             if matches!(s.state, SlotState::Failed(_)) {
                 s.crashes.clear();
             }
+            // It listens where the slot's workers listened (or the slot never listened).
+            s.listens.extend(listening);
             // A pending restart (its old worker crashed during the reload) is no longer needed.
             let old = std::mem::replace(&mut s.state, SlotState::Serving(worker));
             fx.push(Effect::Emit(ServiceEvent::Serving { slot, worker }));
@@ -41,6 +45,35 @@ impl Machine {
             }
         }
         self.advance_reload(fx);
+    }
+
+    /// `worker` says it listens on `address`: remembered for it (and for its slot, if it serves
+    /// one); a candidate listening on every address its slot's workers listened on is ready
+    /// ([`Readiness::Listening`]), and any listening counts under [`Readiness::Notice`].
+    pub(super) fn listening(&mut self, worker: WorkerId, address: String, fx: &mut Vec<Effect>) {
+        let Some(m) = self.members.get_mut(&worker) else {
+            return;
+        };
+        if m.listening.len() < MAX_LISTENS {
+            m.listening.insert(address.clone());
+        }
+        let slot = m.slot.and_then(|s| self.slots.get_mut(s));
+        match (m.role, slot) {
+            (Role::Active, Some(s)) if s.listens.len() < MAX_LISTENS => {
+                s.listens.insert(address);
+            }
+            (Role::Candidate, Some(s)) => {
+                let ready = match self.config.readiness {
+                    Readiness::Notice => true,
+                    Readiness::Listening => s.listens.is_subset(&m.listening),
+                    _ => false,
+                };
+                if ready {
+                    self.became_ready(worker, fx);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The reload stops: its candidates are killed, the old workers keep serving, its callers

@@ -302,7 +302,11 @@ fn readiness_by_pm2s_ready_message() {
     h.forks_succeed(fx);
     // Online, notices and other messages do not count; `process.send('ready')` does.
     assert!(h.step(Input::Online(w(2))).is_empty());
-    assert!(h.step(Input::Listening(w(2))).is_empty());
+    let listening = Input::Listening {
+        worker: w(2),
+        address: "127.0.0.1:80".into(),
+    };
+    assert!(h.step(listening).is_empty());
     let other = Input::Message {
         worker: w(2),
         ready: false,
@@ -313,5 +317,38 @@ fn readiness_by_pm2s_ready_message() {
         ready: true,
     });
     assert_eq!(disconnects(&fx), [w(1)]);
+    assert!(matches!(reload_reply(&fx, t), Some(Ok(1))));
+}
+
+#[test]
+fn by_default_a_candidate_is_ready_once_it_listens_where_its_slot_listened() {
+    let mut cfg = config(1);
+    cfg.readiness = Readiness::Listening;
+    assert_eq!(ServiceConfig::default().readiness, Readiness::Listening);
+    let mut h = Harness::start(cfg);
+    let listening = |worker: u64, address: &str| Input::Listening {
+        worker: w(worker),
+        address: address.into(),
+    };
+    // The serving worker listens on two addresses.
+    assert!(h.step(listening(1, "0.0.0.0:80")).is_empty());
+    assert!(h.step(listening(1, "unix:/run/app.sock")).is_empty());
+    let (t, fx) = h.cmd(Cmd::Reload);
+    h.forks_succeed(fx);
+    assert!(
+        h.step(Input::Online(w(2))).is_empty(),
+        "online is not enough"
+    );
+    assert!(h.step(listening(2, "0.0.0.0:80")).is_empty(), "one of two");
+    let fx = h.step(listening(2, "unix:/run/app.sock"));
+    assert_eq!(disconnects(&fx), [w(1)]);
+    assert!(matches!(reload_reply(&fx, t), Some(Ok(1))));
+    // A slot whose workers never listened: ready when online.
+    let mut cfg = config(1);
+    cfg.readiness = Readiness::Listening;
+    let mut h = Harness::start(cfg);
+    let (t, fx) = h.cmd(Cmd::Reload);
+    h.forks_succeed(fx);
+    let fx = h.step(Input::Online(w(2)));
     assert!(matches!(reload_reply(&fx, t), Some(Ok(1))));
 }
