@@ -115,7 +115,22 @@ pub struct Call {
 /// Serves control connections, handing each request to `calls`, until the socket is dropped
 /// (or no one takes calls any more).
 pub async fn serve(sock: ControlSocket, calls: mpsc::Sender<Call>) {
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let bounds = Bounds {
+        connections: MAX_CONNECTIONS,
+        idle: IDLE_TIME,
+    };
+    serve_within(sock, calls, bounds).await
+}
+
+/// How many connections are served at once, and how long each has for its request line.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    connections: usize,
+    idle: Duration,
+}
+
+async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bounds) {
+    let places = Arc::new(Semaphore::new(bounds.connections));
     let mut delay = ACCEPT_BACKOFF_MIN;
     loop {
         // Wait for a free place before accepting: beyond the cap, clients wait in the backlog.
@@ -141,7 +156,7 @@ pub async fn serve(sock: ControlSocket, calls: mpsc::Sender<Call>) {
         }
         let calls = calls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, calls).await {
+            if let Err(e) = connection(stream, calls, bounds.idle).await {
                 tracing::debug!(error = %crate::exit::report(&e), "control connection");
             }
             drop(place);
@@ -149,7 +164,7 @@ pub async fn serve(sock: ControlSocket, calls: mpsc::Sender<Call>) {
     }
 }
 
-async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, idle: Duration) -> Result<()> {
     let cred =
         rustix::net::sockopt::socket_peercred(&stream).or_fail(|| "peer credentials".into())?;
     let me = rustix::process::geteuid();
@@ -164,7 +179,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()>
     } else {
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(MAX_REQUEST));
-        tokio::time::timeout(IDLE_TIME, reader.read_line(&mut line))
+        tokio::time::timeout(idle, reader.read_line(&mut line))
             .await
             .or_fail(|| "no request in time".into())?
             .or_fail(|| "cannot read the request".into())?;
@@ -192,4 +207,64 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()>
         std::future::pending::<()>().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Reads one line from `c`, waiting at most `limit`: `None` if none came in time, `Some("")`
+    /// if the server closed the connection.
+    async fn line_within(c: &mut UnixStream, limit: Duration) -> Option<String> {
+        let mut line = String::new();
+        let mut reader = BufReader::new(c);
+        match tokio::time::timeout(limit, reader.read_line(&mut line)).await {
+            Ok(r) => {
+                r.unwrap();
+                Some(line)
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_capped_and_idle_ones_closed() {
+        let dir = herd_test_support::process::TempDir::new("control-bounds");
+        let path = dir.path().join("control.sock");
+        let sock = bind(&path).await.unwrap();
+        let (calls, _keep) = mpsc::channel(1);
+        let bounds = Bounds {
+            connections: 2,
+            idle: Duration::from_millis(300),
+        };
+        tokio::spawn(serve_within(sock, calls, bounds));
+        // Two idle connections take both places.
+        let mut idle = vec![
+            UnixStream::connect(&path).await.unwrap(),
+            UnixStream::connect(&path).await.unwrap(),
+        ];
+        let start = Instant::now();
+        // A third waits in the backlog: its request is not read while both places are taken.
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        third.write_all(b"not json\n").await.unwrap();
+        assert_eq!(
+            line_within(&mut third, Duration::from_millis(150)).await,
+            None
+        );
+        // The idle ones are closed at their deadline; then the third is served.
+        for c in &mut idle {
+            let got = line_within(c, Duration::from_secs(10)).await;
+            assert_eq!(got.as_deref(), Some(""), "closed without an answer");
+        }
+        let answer = line_within(&mut third, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(answer.contains("bad request"), "{answer}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }
