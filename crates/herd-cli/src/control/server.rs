@@ -145,7 +145,12 @@ async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bo
             Err(e) => {
                 // EMFILE and the like stay until something is closed: retrying at once would
                 // spin. The pending connection stays in the backlog meanwhile.
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot accept a control connection");
+                let retry_in_ms = delay.as_millis() as u64;
+                if delay == ACCEPT_BACKOFF_MIN {
+                    tracing::warn!(error = %e, retry_in_ms, "cannot accept a control connection");
+                } else {
+                    tracing::debug!(error = %e, retry_in_ms, "cannot accept a control connection");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
