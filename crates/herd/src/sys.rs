@@ -17,10 +17,26 @@ use rustix::process::Signal;
 
 /// The descriptor number at which a worker finds its channel (the same as Node's default).
 pub const CHANNEL_FD: RawFd = 3;
-/// Descriptors are parked at or above this number while being moved to their final numbers.
-const PARK_AT: RawFd = 256;
-/// Descriptor numbers given to workers must be below this (they are parked above it).
-pub const MAX_CHILD_FD: RawFd = PARK_AT;
+
+/// The soft limit on open descriptors (`ulimit -n`, `RLIMIT_NOFILE`): every descriptor number
+/// of this process, and of a child before it raises its own, is below it. Unlimited or beyond
+/// `RawFd` reads as `RawFd::MAX`.
+pub fn fd_limit() -> RawFd {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map_or(RawFd::MAX, |n| RawFd::try_from(n).unwrap_or(RawFd::MAX))
+}
+
+/// Where a child parks `moves` (source, target) before moving them to their targets: just
+/// above every target and every source, so that parking one can clobber nothing and moving one
+/// can clobber no parked one. `None` when the parked copies cannot fit below `limit`.
+fn park_base(moves: &[(RawFd, RawFd)], limit: RawFd) -> Option<RawFd> {
+    let highest = moves.iter().map(|(src, to)| *src.max(to)).max()?;
+    let base = highest.checked_add(1)?;
+    let end = base.checked_add(RawFd::try_from(moves.len()).ok()?)?;
+    (end <= limit).then_some(base)
+}
 
 /// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -39,10 +55,16 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Everything else above stderr is made close-on-exec in the child first, so the child inherits
 /// nothing else: not even a descriptor this process itself inherited without close-on-exec from
 /// whoever started it (std, tokio and herd open their own close-on-exec).
+///
+/// The descriptors are parked just above the highest target and source number, below the soft
+/// open-file limit (read here, before fork), so a low `ulimit -n` works; if this process's own
+/// descriptors leave no room there, the spawn fails with `EMFILE`, a shortage to retry.
 pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)]) {
     let parent = rustix::process::getpid();
-    // Allocated before fork: the closure below must not allocate.
+    // Allocated and computed before fork: the closure below must not allocate.
     let mut moves: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, to)| (f.as_raw_fd(), *to)).collect();
+    let limit = fd_limit();
+    let park_at = park_base(&moves, limit);
     let closure = move || -> io::Result<()> {
         rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
         if rustix::process::getppid() != Some(parent) {
@@ -51,12 +73,23 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)
         }
         // Whatever this process inherited without close-on-exec stays behind at exec. The
         // targets are made afresh by dup2 below, which clears the flag on them alone.
-        cloexec_from(3)?;
-        // First park every source above the targets, so moving one cannot clobber another.
+        cloexec_from(3, limit)?;
+        // The layout's targets were checked against the limit (`check_numbers`); what does
+        // not fit now is this process's own descriptors running high: a shortage (EMFILE),
+        // retried by the caller like any other.
+        let park_at = match park_at {
+            Some(at) => at,
+            None if moves.is_empty() => return Ok(()),
+            None => return Err(io::Error::from_raw_os_error(libc::EMFILE)),
+        };
+        // First park every source above the targets and the sources, so moving one cannot
+        // clobber another.
         for (src, _) in moves.iter_mut() {
             // SAFETY: `src` is an open descriptor owned by the parent's `OwnedFd`, which outlives
             // the spawn; in the child we only duplicate it. The duplicate is close-on-exec.
-            let parked = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, PARK_AT) };
+            // `park_at` is below the soft limit (checked before fork), so this fails only with
+            // EMFILE when the numbers from it up are taken.
+            let parked = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, park_at) };
             if parked < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -73,16 +106,18 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)
         Ok(())
     };
     // SAFETY: the closure runs in the child after fork and before exec. It only makes
-    // async-signal-safe system calls (prctl, getppid, fcntl, dup2), takes no locks and does not
-    // allocate: `moves` was allocated before fork and is only written in place.
+    // async-signal-safe system calls (prctl, getppid, close_range, fcntl, dup2), takes no locks
+    // and does not allocate: `moves`, `limit` and `park_at` were made before fork; `moves` is
+    // only written in place.
     unsafe {
         cmd.pre_exec(closure);
     }
 }
 
 /// Marks every descriptor from `first` up close-on-exec. Called between fork and exec: one
-/// `close_range` system call, or (kernels before 5.11) `fcntl` over the descriptor table.
-fn cloexec_from(first: RawFd) -> io::Result<()> {
+/// `close_range` system call, or (kernels before 5.11) `fcntl` over the descriptor table up to
+/// `limit` (the soft limit, read before fork).
+fn cloexec_from(first: RawFd, limit: RawFd) -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing and touches no memory; it
     // sets a flag on the descriptors of this (child) process.
     let r = unsafe {
@@ -96,17 +131,7 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
     if r == 0 {
         return Ok(());
     }
-    // SAFETY: getrlimit writes the limit into the local struct it is given.
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur.min(65_536) as RawFd
-    } else {
-        4096
-    };
-    for fd in first..max {
+    for fd in first..limit.min(65_536) {
         // SAFETY: F_GETFD/F_SETFD on a number that is not open fail with EBADF; on an open one
         // they only set its close-on-exec flag.
         unsafe {
@@ -258,5 +283,23 @@ mod memfd_tests {
         let plain = rustix::fs::memfd_create("plain", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::io::write(&plain, b"abc").unwrap();
         assert!(map_sealed(&plain, 3).is_err());
+    }
+}
+
+#[cfg(test)]
+mod park_tests {
+    use super::park_base;
+
+    #[test]
+    fn descriptors_park_just_above_every_source_and_target_below_the_limit() {
+        // Channel from 7 to 3, a listener from 5 to 4: parked from 8, two of them.
+        assert_eq!(park_base(&[(7, 3), (5, 4)], 64), Some(8));
+        // A target above its source.
+        assert_eq!(park_base(&[(4, 20)], 64), Some(21));
+        // The last parked copy must be below the limit.
+        assert_eq!(park_base(&[(7, 3), (5, 4)], 10), Some(8));
+        assert_eq!(park_base(&[(7, 3), (5, 4)], 9), None);
+        assert_eq!(park_base(&[], 64), None);
+        assert_eq!(park_base(&[(i32::MAX, 3)], i32::MAX), None, "no overflow");
     }
 }

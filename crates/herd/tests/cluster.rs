@@ -484,12 +484,22 @@ async fn descriptor_numbers_for_workers_are_checked() {
             .workers(0)
             .channel_fd(4)
             .inherit_fd(fd(), 4),
+        // Beyond any open-file limit (numbers must leave room to park them all above).
         Cluster::builder()
             .workers(0)
             .channel_fd(4)
-            .inherit_fd(fd(), 9999),
+            .inherit_fd(fd(), i32::MAX - 1),
     ] {
         assert!(b.start().await.is_err());
+    }
+    // Above 255 is fine when the open-file limit has room (the limit, not 256, is the bound).
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if limit.is_none_or(|n| n > 400) {
+        let b = Cluster::builder()
+            .workers(0)
+            .channel_fd(4)
+            .inherit_fd(fd(), 300);
+        b.start().await.unwrap().shutdown().await;
     }
 }
 

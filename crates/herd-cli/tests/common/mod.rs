@@ -34,12 +34,18 @@ pub struct Herd {
 
 impl Herd {
     pub fn start(name: &str, args: &[&str]) -> Herd {
+        Herd::start_after(name, ":", args)
+    }
+
+    /// Like [`Herd::start`], with the shell running `prelude` first (`ulimit -n 64`, say).
+    pub fn start_after(name: &str, prelude: &str, args: &[&str]) -> Herd {
         let dir = TempDir::new(name);
         let control = dir.0.join("control.sock");
         // Started through a shell that leaves descriptor 7 open without close-on-exec, as a
         // careless parent might: herd must not hand it on to its workers.
+        let script = format!("{prelude}; exec 7</dev/null; exec \"$0\" \"$@\"");
         let mut child = Command::new("sh")
-            .args(["-c", "exec 7</dev/null; exec \"$0\" \"$@\"", HERD])
+            .args(["-c", &script, HERD])
             .arg("run")
             .arg("--control")
             .arg(&control)

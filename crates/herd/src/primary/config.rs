@@ -39,26 +39,43 @@ pub(super) struct Config {
     pub(super) stop: Stop,
 }
 
-/// Checks that the descriptor numbers workers get are in range and distinct.
+/// Checks that the descriptor numbers workers get are in range and distinct, and that they fit
+/// under this process's open-file limit (see [`check_layout`]).
 pub(super) fn check_numbers(cfg: &Config, extra: &[(OwnedFd, i32)]) -> Result<(), Error> {
     let mut numbers: Vec<i32> = cfg.inherit.iter().map(|(_, at)| *at).collect();
     numbers.extend((0..cfg.listeners.len()).map(|i| sys::CHANNEL_FD + i as i32));
     numbers.extend(extra.iter().map(|(_, at)| *at));
     numbers.push(cfg.channel_fd);
+    check_layout(numbers, sys::fd_limit())
+        .map_err(|why| Error::Spawn(std::io::Error::new(std::io::ErrorKind::InvalidInput, why)))
+}
+
+/// Checks the descriptor numbers a worker gets against `limit` (the soft `RLIMIT_NOFILE`): each
+/// from 3 up, distinct, and low enough that the child can park a copy of every one just above
+/// the highest before moving them into place (`sys::prepare_child`).
+fn check_layout(mut numbers: Vec<i32>, limit: i32) -> Result<(), String> {
     numbers.sort_unstable();
-    if let Some(bad) = numbers
-        .iter()
-        .find(|n| !(3..sys::MAX_CHILD_FD).contains(*n))
-    {
-        return Err(Error::Spawn(std::io::Error::other(format!(
-            "descriptor number {bad} for workers is outside 3..{}",
-            sys::MAX_CHILD_FD
-        ))));
+    if let Some(bad) = numbers.iter().find(|n| **n < 3) {
+        return Err(format!(
+            "descriptor number {bad} for workers is below 3 (0, 1 and 2 are stdio)"
+        ));
     }
     if numbers.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Error::Spawn(std::io::Error::other(
-            "two descriptors for workers share one number",
-        )));
+        return Err("two descriptors for workers share one number".into());
+    }
+    let (Some(&highest), n) = (numbers.last(), numbers.len() as i64) else {
+        return Ok(());
+    };
+    // The highest number, then a parked copy of each descriptor above it.
+    let needed = i64::from(highest) + 1 + n;
+    if needed > i64::from(limit) {
+        return Err(format!(
+            "descriptor number {highest} for workers does not fit under the open-file limit \
+             {limit}: starting a worker moves its {n} descriptors through the numbers above it, \
+             which needs a limit of at least {needed}; raise it (`ulimit -n {want}`) or use lower \
+             numbers",
+            want = needed.max(1024)
+        ));
     }
     Ok(())
 }
@@ -84,4 +101,25 @@ pub(crate) enum Stop {
     Signal(rustix::process::Signal),
     /// This message on the channel, before it is closed (PM2's `'shutdown'`).
     Message(serde_json::Value),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_layout;
+
+    #[test]
+    fn the_layout_follows_the_open_file_limit() {
+        // The channel at 3 and two listeners: fits under a limit of 64, and just under 7.
+        assert_eq!(check_layout(vec![3, 4, 5], 64), Ok(()));
+        assert_eq!(check_layout(vec![3, 4, 5], 9), Ok(()));
+        // Above 255 is fine when the limit allows it (it was refused whatever the limit).
+        assert_eq!(check_layout(vec![3, 300], 1024), Ok(()));
+        let e = check_layout(vec![3, 4, 5], 8).unwrap_err();
+        assert!(e.contains("ulimit -n") && e.contains("limit 8"), "{e}");
+        assert_eq!(check_layout(vec![3, 60], 64), Ok(()));
+        let e = check_layout(vec![3, 62], 64).unwrap_err();
+        assert!(e.contains("number 62") && e.contains("at least 65"), "{e}");
+        assert!(check_layout(vec![2], 64).unwrap_err().contains("below 3"));
+        assert!(check_layout(vec![3, 3], 64).unwrap_err().contains("share"));
+    }
 }

@@ -211,7 +211,13 @@ impl Actor {
                 Err(e) => {
                     tracing::error!(slot, %addr, error = %e, "cannot bind a SO_REUSEPORT socket");
                     let why = format!("cannot bind {addr}: {e}");
-                    return Input::StartFailed { slot, role, why };
+                    let retry = is_shortage(&e);
+                    return Input::StartFailed {
+                        slot,
+                        role,
+                        why,
+                        retry,
+                    };
                 }
             }
         }
@@ -233,7 +239,13 @@ impl Actor {
             Err(e) => {
                 let why = crate::error::chain(&e);
                 tracing::error!(slot, error = %why, "cannot start a worker");
-                Input::StartFailed { slot, role, why }
+                let retry = is_shortage(&e);
+                Input::StartFailed {
+                    slot,
+                    role,
+                    why,
+                    retry,
+                }
             }
         }
     }
@@ -372,8 +384,51 @@ async fn probe(
     }
 }
 
+/// Whether `error` (or an error under it) is a shortage of resources: descriptors (`EMFILE`,
+/// `ENFILE`), processes or memory (`EAGAIN`, `ENOMEM`). A start that fails so is retried and
+/// never counted as the program crashing; anything else (`ENOENT`, `EACCES` on exec) is the
+/// program's fault.
+fn is_shortage(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let code = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        if matches!(
+            code,
+            Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Whether `message` is PM2's readiness message, the string `'ready'` (checked without decoding
 /// anything larger).
 fn is_ready_message(message: &crate::Message) -> bool {
     message.bytes().len() <= 16 && matches!(message.decode::<String>().as_deref(), Ok("ready"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_shortage;
+    use crate::Error;
+    use std::io;
+
+    #[test]
+    fn shortages_are_told_from_the_program_s_faults() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::EAGAIN, libc::ENOMEM] {
+            let e = Error::Spawn(io::Error::from_raw_os_error(code));
+            assert!(is_shortage(&e), "{code}");
+            assert!(is_shortage(&io::Error::from_raw_os_error(code)));
+        }
+        for code in [libc::ENOENT, libc::EACCES, libc::ENOEXEC, libc::EINVAL] {
+            assert!(!is_shortage(&Error::Spawn(io::Error::from_raw_os_error(
+                code
+            ))));
+        }
+        assert!(!is_shortage(&Error::Spawn(io::Error::other("no layout"))));
+    }
 }

@@ -12,6 +12,7 @@ mod reload;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -19,6 +20,11 @@ use super::config::{Readiness, Restart, ServiceConfig};
 use super::{Outcome, ServiceError, ServiceEvent};
 use crate::backoff::Backoff;
 use crate::{ExitStatus, WorkerId};
+
+/// The first delay before retrying a start that failed for want of resources.
+pub(crate) const START_RETRY_MIN: Duration = Duration::from_millis(10);
+/// The longest delay between such retries: a slot is served again soon after resources are.
+pub(crate) const START_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Names a waiting caller; the actor keeps the reply channel.
 pub(crate) type Token = u64;
@@ -52,8 +58,10 @@ pub(crate) struct Slot {
     pub(crate) state: SlotState,
     /// Crash times within the window.
     crashes: VecDeque<Instant>,
-    /// Restarts so far.
+    /// Restarts so far (a start retried after a shortage is not one more).
     pub(crate) restarts: u32,
+    /// Starts that failed in a row for want of resources (retried, never a crash).
+    start_failures: u32,
     /// How the slot's last worker ended, if one has.
     pub(crate) last_exit: Option<ExitStatus>,
     /// The addresses the slot's workers listen on (a new worker is ready once it listens on all
@@ -67,6 +75,7 @@ impl Slot {
             state: SlotState::Starting,
             crashes: VecDeque::new(),
             restarts: 0,
+            start_failures: 0,
             last_exit: None,
             listens: BTreeSet::new(),
         }
@@ -125,11 +134,14 @@ pub(crate) enum Input {
         role: Role,
         worker: WorkerId,
     },
-    /// The fork for `slot` failed.
+    /// The fork for `slot` failed. `retry` when for want of resources (descriptors, memory,
+    /// processes: not the program's fault), which is retried with a backoff and never counts
+    /// as a crash; otherwise (no such program, say) it is a crash like any other.
     StartFailed {
         slot: usize,
         role: Role,
         why: String,
+        retry: bool,
     },
     /// The worker's channel is up.
     Online(WorkerId),
@@ -287,7 +299,12 @@ impl Machine {
         }
         match input {
             Input::Started { slot, role, worker } => self.started(now, slot, role, worker, &mut fx),
-            Input::StartFailed { slot, role, why } => {
+            Input::StartFailed {
+                slot,
+                role,
+                why,
+                retry,
+            } => {
                 self.forking = self.forking.saturating_sub(1);
                 match role {
                     Role::Candidate => {
@@ -301,7 +318,11 @@ impl Machine {
                         }
                     }
                     _ => {
-                        if self.slots.get(slot).map(|s| &s.state) == Some(&SlotState::Starting) {
+                        let starting =
+                            self.slots.get(slot).map(|s| &s.state) == Some(&SlotState::Starting);
+                        if starting && retry {
+                            self.start_later(now, slot, why, &mut fx);
+                        } else if starting {
                             let why = format!("cannot start: {why}");
                             self.crashed(now, slot, None, None, why, &mut fx);
                         }
@@ -417,6 +438,7 @@ impl Machine {
                 }
                 if let Some(s) = s {
                     s.state = SlotState::Serving(worker);
+                    s.start_failures = 0;
                 }
                 self.members.insert(worker, member);
                 fx.push(Effect::Emit(ServiceEvent::Serving { slot, worker }));
@@ -440,6 +462,7 @@ impl Machine {
         }
         let policy = &self.config.restart;
         let s = &mut self.slots[slot];
+        s.start_failures = 0;
         s.crashes.push_back(now);
         while s
             .crashes
@@ -466,6 +489,28 @@ impl Machine {
             slot,
             worker,
             status,
+            delay,
+        }));
+    }
+
+    /// Slot `slot` could not start a worker for want of resources: try again after a backoff
+    /// of its own (from the policy's first delay, at least [`START_RETRY_MIN`], doubling up to
+    /// [`START_RETRY_MAX`]), with no crash counted.
+    fn start_later(&mut self, now: Instant, slot: usize, why: String, fx: &mut Vec<Effect>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let policy = &self.config.restart;
+        let min = policy.backoff_min.max(START_RETRY_MIN);
+        let s = &mut self.slots[slot];
+        s.start_failures = s.start_failures.saturating_add(1);
+        let delay = Backoff::new(min, START_RETRY_MAX.max(min), false).delay_for(s.start_failures);
+        tracing::warn!(slot, %why, retry_in_ms = delay.as_millis() as u64, failures = s.start_failures, "cannot start a worker for want of resources; retrying (not a crash)");
+        s.state = SlotState::Restarting { at: now + delay };
+        fx.push(Effect::Emit(ServiceEvent::Restarting {
+            slot,
+            worker: None,
+            status: None,
             delay,
         }));
     }
@@ -537,7 +582,9 @@ impl Machine {
         for slot in 0..self.slots.len() {
             let s = &mut self.slots[slot];
             if matches!(s.state, SlotState::Restarting { at } if at <= now) {
-                s.restarts += 1;
+                if s.start_failures == 0 {
+                    s.restarts += 1;
+                }
                 s.state = SlotState::Starting;
                 self.fork(slot, Role::Active, fx);
             }

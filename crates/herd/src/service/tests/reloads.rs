@@ -232,6 +232,7 @@ fn a_candidate_that_cannot_start_stops_the_reload() {
         slot: 0,
         role: Role::Candidate,
         why: "cannot bind".into(),
+        retry: false,
     });
     assert!(matches!(
         reload_reply(&fx, t),

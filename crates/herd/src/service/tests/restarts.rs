@@ -1,4 +1,5 @@
-//! Restarts: backoff, crash loops, exit codes under each restart mode, failed forks.
+//! Restarts: backoff, crash loops, exit codes under each restart mode, failed starts (the
+//! program's fault: a crash; a shortage of resources: retried, never a crash).
 
 use super::*;
 
@@ -89,19 +90,35 @@ fn nothing_is_restarted_under_never() {
     assert_eq!(finish(&fx), Some(Outcome::Exited(false)));
 }
 
+/// A start that fails through the program's fault (`retry: false`: no such program, say).
+fn program_fault(slot: usize) -> Input {
+    Input::StartFailed {
+        slot,
+        role: Role::Active,
+        why: "no such program".into(),
+        retry: false,
+    }
+}
+
+/// A start that fails for want of resources (`retry: true`: EMFILE, say).
+fn shortage(slot: usize) -> Input {
+    Input::StartFailed {
+        slot,
+        role: Role::Active,
+        why: "Too many open files (os error 24)".into(),
+        retry: true,
+    }
+}
+
 #[test]
-fn a_failed_fork_counts_as_a_crash() {
+fn a_start_failed_through_the_program_s_fault_counts_as_a_crash() {
     let mut h = Harness::start(config(1));
     assert_eq!(restart_delay(&h.exit(1, CODE_1)), Some(ms(100)));
     let mut delay = ms(100);
     for want in [200, 400] {
         let fx = h.advance(delay);
         assert_eq!(forks(&fx), [(0, Role::Active)]);
-        let fx = h.step(Input::StartFailed {
-            slot: 0,
-            role: Role::Active,
-            why: "no such program".into(),
-        });
+        let fx = h.step(program_fault(0));
         assert!(fx.iter().any(|e| matches!(
             e,
             Effect::Emit(ServiceEvent::Restarting {
@@ -114,15 +131,68 @@ fn a_failed_fork_counts_as_a_crash() {
         assert_eq!(delay, ms(want));
     }
     h.advance(delay);
-    let fx = h.step(Input::StartFailed {
-        slot: 0,
-        role: Role::Active,
-        why: "no such program".into(),
-    });
+    let fx = h.step(program_fault(0));
     match finish(&fx) {
         Some(Outcome::CrashLoop(why)) => assert!(why.contains("no such program"), "{why}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_start_failed_for_want_of_resources_is_retried_with_backoff_and_never_a_crash() {
+    let mut cfg = config(2);
+    cfg.restart.backoff_min = ms(0); // retries still wait: never a tight loop
+    let mut h = Harness::start(cfg);
+    assert_eq!(restart_delay(&h.exit(1, CODE_1)), Some(ms(0)));
+    let fx = h.advance(ms(0));
+    assert_eq!(forks(&fx), [(0, Role::Active)]);
+    // Far more shortages than max_restarts (3): each retried, from 10 ms doubling to 1 s.
+    let mut delays = Vec::new();
+    for _ in 0..12 {
+        let fx = h.step(shortage(0));
+        assert_eq!(finish(&fx), None);
+        assert!(!fx
+            .iter()
+            .any(|e| matches!(e, Effect::Emit(ServiceEvent::CrashLoop { .. }))));
+        let delay = restart_delay(&fx).expect("a retry");
+        assert_eq!(h.m.next_deadline(), Some(h.now + delay));
+        assert!(forks(&h.advance(delay - ms(1))).is_empty(), "not early");
+        let fx = h.advance(ms(1));
+        assert_eq!(forks(&fx), [(0, Role::Active)], "retried");
+        delays.push(delay);
+    }
+    let want: Vec<_> = [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000, 1000]
+        .into_iter()
+        .map(ms)
+        .collect();
+    assert_eq!(delays, want);
+    assert!(!matches!(h.m.slots[0].state, SlotState::Failed(_)));
+    // Resources are back: the slot is served, with one restart (the crash), not thirteen.
+    let fx = h.step(Input::Started {
+        slot: 0,
+        role: Role::Active,
+        worker: w(3),
+    });
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Emit(ServiceEvent::Serving { slot: 0, .. }))));
+    assert_eq!(h.serving(), [(0, w(3)), (1, w(2))]);
+    assert_eq!(h.m.slots[0].restarts, 1);
+    // The backoff starts over after a success.
+    assert_eq!(restart_delay(&h.exit(3, CODE_1)), Some(ms(0)));
+    h.advance(ms(0));
+    assert_eq!(restart_delay(&h.step(shortage(0))), Some(ms(10)));
+}
+
+#[test]
+fn a_program_fault_after_shortages_still_counts_as_a_crash() {
+    let mut h = Harness::start(config(1));
+    h.exit(1, CODE_1);
+    h.advance(ms(100));
+    assert_eq!(restart_delay(&h.step(shortage(0))), Some(ms(100)));
+    h.advance(ms(100));
+    // Two crashes now (the exit and this one): backoff 200 ms.
+    assert_eq!(restart_delay(&h.step(program_fault(0))), Some(ms(200)));
 }
 
 #[test]
