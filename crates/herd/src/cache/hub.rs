@@ -49,6 +49,17 @@ pub struct HubStats {
     pub invalidations: u64,
     /// Entries held (including known-absent keys).
     pub entries: u64,
+    /// Bytes charged to [`CacheConfig::max_bytes`]: every entry's key, value and
+    /// [`ENTRY_OVERHEAD`](super::ENTRY_OVERHEAD).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Known-absent keys held (each lives at most [`CacheConfig::miss_ttl`]).
+    #[serde(default)]
+    pub misses_cached: u64,
+    /// Entries evicted to stay within [`CacheConfig::max_bytes`] and
+    /// [`CacheConfig::max_entries`].
+    #[serde(default)]
+    pub evictions: u64,
     /// Bytes held in sealed memfds (one copy for the whole host).
     pub shared_bytes: u64,
     /// Values held in sealed memfds.
@@ -193,6 +204,9 @@ impl Hub {
             errors: c.errors.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
             entries: held.entries,
+            bytes: held.bytes,
+            misses_cached: held.misses_cached,
+            evictions: c.evictions.load(Ordering::Relaxed),
             shared_bytes: held.shared_bytes,
             shared_values: held.shared_values,
             inline_bytes: held.inline_bytes,

@@ -39,3 +39,4 @@ pub use redis::{RedisConfig, RedisSource};
 pub(crate) use replica::LocalView;
 pub use replica::{Cache, CacheStats};
 pub use source::{BoxFuture, Invalidation, Loaded, Source, SourceError};
+pub use store::ENTRY_OVERHEAD;
