@@ -38,5 +38,6 @@ pub use hub::{Hub, HubStats};
 pub use redis::{RedisConfig, RedisSource};
 pub(crate) use replica::LocalView;
 pub use replica::{Cache, CacheStats};
+pub use replica::{LOCAL_MAX_BYTES, LOCAL_MAX_ENTRIES};
 pub use source::{BoxFuture, Invalidation, Loaded, Source, SourceError};
 pub use store::ENTRY_OVERHEAD;
