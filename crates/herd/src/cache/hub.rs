@@ -11,6 +11,10 @@
 //!   pushed to every worker, numbered so a worker never keeps a value read before an
 //!   invalidation it has already seen. While the source's tracking is down, nothing is fresh:
 //!   every lookup tries the source, and workers keep no local copies.
+//! - **Bounds.** Every entry, known-absent keys included, is charged its key, its value and
+//!   [`ENTRY_OVERHEAD`](super::ENTRY_OVERHEAD) against [`CacheConfig::max_bytes`] and counts
+//!   against [`CacheConfig::max_entries`]; beyond either, known-absent keys are evicted first,
+//!   then the least recently used values. A known-absent key lives [`CacheConfig::miss_ttl`].
 //! - **Outages.** When the source fails, a value cached within [`CacheConfig::max_stale`] is
 //!   served, marked stale; only keys never loaded (or too old) fail.
 //! - **Warm-up.** [`Hub::start`] loads configured keys and patterns (see [`super::warm`]);

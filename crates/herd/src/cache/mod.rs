@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `config` | [`CacheConfig`], [`Progress`], [`WarmProgress`] |
 //! | `error` | [`CacheError`], and how its kind crosses the channel |
-//! | `store` | the hub's entries, byte accounting, in-flight loads, invalidation numbers |
+//! | `store` | the hub's entries, byte accounting and eviction, in-flight loads, invalidation numbers |
 //! | `hub` | the [`Hub`] handle: lookups, loads, writes, stats, invalidations |
 //! | `warm` | warm-up: batches, retries, progress |
 //! | `serve` | the worker-facing side: a worker's calls, their replies, pushes to it |
