@@ -37,6 +37,10 @@
 //   herd.cache.delete(key)             deletes it everywhere; a Promise of whether it existed.
 //   herd.cache.ready({ timeout })      resolves once the primary's warm-up is done.
 //   herd.cache.stats()                 this process's counters and the primary's hub's.
+//   The local copies are bounded: at most HERD_CACHE_LOCAL_ENTRIES entries (env, default 10000)
+//   and about HERD_CACHE_LOCAL_BYTES bytes (env, default 64 MiB; keys and values as UTF-16 or
+//   Buffer bytes plus 64 per entry), the least recently used evicted first. A key known not to
+//   exist is remembered no longer than the primary says (its miss TTL), and never over 5 s.
 //   All take { timeout } (ms, default 30000) and reject with err.code 'HERD_REMOTE' (the
 //   primary's error, e.g. Redis down and the key never loaded), 'HERD_TIMEOUT' or 'HERD_CLOSED'.
 //   The primary pushes invalidations (NODE_HERD_CTL cache_invalidate / cache_clear, numbered),
@@ -58,6 +62,14 @@
 
 const INSTANCE = Symbol.for('herd.js/instance');
 const DEFAULT_TIMEOUT_MS = 30000;
+// Bounds of the local copies of the cache (see above).
+const ENTRY_OVERHEAD = 64;
+const MAX_MISS_TTL_MS = 5000;
+
+function envLimit(name, fallback) {
+  const n = Number(process.env[name]);
+  return Number.isSafeInteger(n) && n > 0 ? n : fallback;
+}
 
 function herdError(message, code) {
   const err = new Error(message);
@@ -183,20 +195,51 @@ function connect(target) {
     });
   }
 
-  // The local view of the host-shared cache: key -> { value, expires } (value null: known absent).
+  // The local view of the host-shared cache: key -> { value, expires, size } (value null: known
+  // absent). A Map iterates in insertion order: a hit re-inserts its key, so the first key is
+  // the least recently used, evicted first when over either bound.
   const local = new Map();
+  const maxEntries = envLimit('HERD_CACHE_LOCAL_ENTRIES', 10000);
+  const maxBytes = envLimit('HERD_CACHE_LOCAL_BYTES', 64 << 20);
+  let localBytes = 0;
+  let evictions = 0;
   let seenSeq = 0; // the highest invalidation number applied
   const inflight = new Map(); // key -> Promise of the primary's answer
   const counters = { local_hits: 0, local_misses: 0 };
+
+  function forget(key) {
+    const e = local.get(key);
+    if (e === undefined) return;
+    local.delete(key);
+    localBytes -= e.size;
+  }
+
+  function forgetAll() {
+    local.clear();
+    localBytes = 0;
+  }
+
+  function remember(key, value, expires) {
+    forget(key);
+    const len = value === null ? 0 : Buffer.isBuffer(value) ? value.length : value.length * 2;
+    const size = key.length * 2 + len + ENTRY_OVERHEAD;
+    if (size > maxBytes) return;
+    local.set(key, { value, expires, size });
+    localBytes += size;
+    while (local.size > maxEntries || localBytes > maxBytes) {
+      forget(local.keys().next().value);
+      evictions += 1;
+    }
+  }
 
   function applyControl(data) {
     if (!data || typeof data !== 'object') return;
     const seq = Number.isSafeInteger(data.seq) ? data.seq : 0;
     if (data.type === 'cache_invalidate' && Array.isArray(data.keys)) {
-      for (const k of data.keys) local.delete(String(k));
+      for (const k of data.keys) forget(String(k));
       seenSeq = Math.max(seenSeq, seq);
     } else if (data.type === 'cache_clear') {
-      local.clear();
+      forgetAll();
       seenSeq = Math.max(seenSeq, seq);
     }
   }
@@ -212,9 +255,12 @@ function connect(target) {
     const e = local.get(key);
     if (!e) return undefined;
     if (e.expires !== null && e.expires <= Date.now()) {
-      local.delete(key);
+      forget(key);
       return undefined;
     }
+    // Most recently used: to the end of the order.
+    local.delete(key);
+    local.set(key, e);
     return e.value;
   }
 
@@ -243,9 +289,10 @@ function connect(target) {
             const value = decodeValue(reply, false);
             // Kept only if no invalidation newer than the value has been applied meanwhile.
             if (reply && reply.local === true && Number(reply.seq) >= seenSeq) {
-              const ttl = Number(reply.ttl_ms);
-              const expires = reply.ttl_ms == null || !Number.isFinite(ttl) ? null : Date.now() + ttl;
-              local.set(key, { value, expires });
+              let ttl = Number(reply.ttl_ms);
+              if (reply.ttl_ms == null || !Number.isFinite(ttl)) ttl = null;
+              if (value === null) ttl = Math.min(ttl ?? MAX_MISS_TTL_MS, MAX_MISS_TTL_MS);
+              remember(key, value, ttl === null ? null : Date.now() + ttl);
             }
             return value;
           },
@@ -281,13 +328,13 @@ function connect(target) {
         if (!(Number.isSafeInteger(ttl) && ttl > 0)) throw new RangeError('herd.js: ttl is a positive number of ms');
         data.ttl_ms = ttl;
       }
-      local.delete(key);
+      forget(key);
       return cacheCall(data, timeout);
     },
 
     async delete(key, { timeout } = {}) {
       asKey(key);
-      local.delete(key);
+      forget(key);
       return cacheCall({ op: 'delete', key }, timeout);
     },
 
@@ -302,7 +349,15 @@ function connect(target) {
 
     async stats({ timeout } = {}) {
       const hub = await cacheCall({ op: 'stats' }, timeout);
-      return { ...counters, local_entries: local.size, hub };
+      return {
+        ...counters,
+        local_entries: local.size,
+        local_bytes: localBytes,
+        local_evictions: evictions,
+        local_max_entries: maxEntries,
+        local_max_bytes: maxBytes,
+        hub,
+      };
     },
   };
 

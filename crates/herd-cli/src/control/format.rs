@@ -91,9 +91,13 @@ pub fn format_status(report: &Report) -> String {
     }
     if let Some(c) = &report.cache {
         out.push_str(&format!(
-            "cache: {} entries, {} hits, {} misses, {} loads ({} coalesced), {} in {} shared memfds, \
-             {} source calls, {} invalidations, {} served stale, tracking {}, warm {}\n",
+            "cache: {} entries ({} of them misses) in {}, {} evicted, {} hits, {} misses, {} loads \
+             ({} coalesced), {} in {} shared memfds, {} source calls, {} invalidations, \
+             {} served stale, tracking {}, warm {}\n",
             c.entries,
+            c.misses_cached,
+            size(c.bytes),
+            c.evictions,
             c.hits,
             c.misses,
             c.loads,

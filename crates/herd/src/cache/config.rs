@@ -11,9 +11,18 @@ pub struct CacheConfig {
     pub share_above: usize,
     /// Largest value the hub accepts from its source (default 1 GiB); larger ones are errors.
     pub max_value: usize,
-    /// Most bytes the hub keeps (default 8 GiB). A value that does not fit is served but not
-    /// kept.
+    /// Most bytes the hub keeps (default 8 GiB), counting every entry's key, value and a fixed
+    /// per-entry overhead ([`ENTRY_OVERHEAD`](super::ENTRY_OVERHEAD)), known-absent keys
+    /// included. Beyond it, entries are evicted: known-absent keys first, then the least
+    /// recently used. A value larger than the whole budget is served but not kept.
     pub max_bytes: usize,
+    /// Most entries the hub keeps, known-absent keys included (default 100,000); evicted as for
+    /// `max_bytes`. It bounds the hub's bookkeeping whatever the keys: at the default, about
+    /// 30 MB for keys of 100 bytes.
+    pub max_entries: usize,
+    /// How long a key the source said does not exist is remembered, by the hub and by workers
+    /// (default 5 s); the next lookup after that asks the source again.
+    pub miss_ttl: Duration,
     /// How long after it was last confirmed by the source a value may still be served while the
     /// source is unreachable (default 5 minutes).
     pub max_stale: Duration,
@@ -35,6 +44,8 @@ impl Default for CacheConfig {
             share_above: 64 * 1024,
             max_value: 1 << 30,
             max_bytes: 8 << 30,
+            max_entries: 100_000,
+            miss_ttl: Duration::from_secs(5),
             max_stale: Duration::from_secs(300),
             load_timeout: Duration::from_secs(30),
             warm_keys: Vec::new(),

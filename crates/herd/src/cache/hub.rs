@@ -11,6 +11,10 @@
 //!   pushed to every worker, numbered so a worker never keeps a value read before an
 //!   invalidation it has already seen. While the source's tracking is down, nothing is fresh:
 //!   every lookup tries the source, and workers keep no local copies.
+//! - **Bounds.** Every entry, known-absent keys included, is charged its key, its value and
+//!   [`ENTRY_OVERHEAD`](super::ENTRY_OVERHEAD) against [`CacheConfig::max_bytes`] and counts
+//!   against [`CacheConfig::max_entries`]; beyond either, known-absent keys are evicted first,
+//!   then the least recently used values. A known-absent key lives [`CacheConfig::miss_ttl`].
 //! - **Outages.** When the source fails, a value cached within [`CacheConfig::max_stale`] is
 //!   served, marked stale; only keys never loaded (or too old) fail.
 //! - **Warm-up.** [`Hub::start`] loads configured keys and patterns (see [`super::warm`]);
@@ -49,6 +53,17 @@ pub struct HubStats {
     pub invalidations: u64,
     /// Entries held (including known-absent keys).
     pub entries: u64,
+    /// Bytes charged to [`CacheConfig::max_bytes`]: every entry's key, value and
+    /// [`ENTRY_OVERHEAD`](super::ENTRY_OVERHEAD).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Known-absent keys held (each lives at most [`CacheConfig::miss_ttl`]).
+    #[serde(default)]
+    pub misses_cached: u64,
+    /// Entries evicted to stay within [`CacheConfig::max_bytes`] and
+    /// [`CacheConfig::max_entries`].
+    #[serde(default)]
+    pub evictions: u64,
     /// Bytes held in sealed memfds (one copy for the whole host).
     pub shared_bytes: u64,
     /// Values held in sealed memfds.
@@ -193,6 +208,9 @@ impl Hub {
             errors: c.errors.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
             entries: held.entries,
+            bytes: held.bytes,
+            misses_cached: held.misses_cached,
+            evictions: c.evictions.load(Ordering::Relaxed),
             shared_bytes: held.shared_bytes,
             shared_values: held.shared_values,
             inline_bytes: held.inline_bytes,

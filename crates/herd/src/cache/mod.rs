@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `config` | [`CacheConfig`], [`Progress`], [`WarmProgress`] |
 //! | `error` | [`CacheError`], and how its kind crosses the channel |
-//! | `store` | the hub's entries, byte accounting, in-flight loads, invalidation numbers |
+//! | `store` | the hub's entries, byte accounting and eviction, in-flight loads, invalidation numbers |
 //! | `hub` | the [`Hub`] handle: lookups, loads, writes, stats, invalidations |
 //! | `warm` | warm-up: batches, retries, progress |
 //! | `serve` | the worker-facing side: a worker's calls, their replies, pushes to it |
@@ -38,4 +38,6 @@ pub use hub::{Hub, HubStats};
 pub use redis::{RedisConfig, RedisSource};
 pub(crate) use replica::LocalView;
 pub use replica::{Cache, CacheStats};
+pub use replica::{LOCAL_MAX_BYTES, LOCAL_MAX_ENTRIES};
 pub use source::{BoxFuture, Invalidation, Loaded, Source, SourceError};
+pub use store::ENTRY_OVERHEAD;

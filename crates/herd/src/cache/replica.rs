@@ -5,9 +5,16 @@
 //! as sealed memfds and are mapped read-only, so every worker reads the same physical pages.
 //! The hub pushes invalidations; the reader task applies them to the view as they arrive. A
 //! value read before an invalidation the replica has already applied is returned but not kept.
+//!
+//! The view is bounded: at most [`LOCAL_MAX_ENTRIES`] entries and [`LOCAL_MAX_BYTES`] bytes
+//! (key, private value bytes and [`ENTRY_OVERHEAD`] each; a mapped shared value's pages are the
+//! host's, bounded by the hub). Beyond either, entries are evicted by the CLOCK approximation of
+//! least recently used: a lookup only sets a flag under the shared lock, and eviction walks the
+//! insertion queue, giving a used value one more round and dropping misses and expired entries
+//! at once. Known-absent keys are kept no longer than the hub's miss TTL it sends with them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,64 +24,193 @@ use serde::{Deserialize, Serialize};
 use super::error::CacheError;
 use super::hub::HubStats;
 use super::proto::{self, CacheOp, GetReply, WireError, WireValue};
+use super::store::ENTRY_OVERHEAD;
 use crate::{sys, Peer};
 
+/// Most entries a worker's local view keeps.
+pub const LOCAL_MAX_ENTRIES: usize = 100_000;
+/// Most bytes a worker's local view keeps (keys, private values, [`ENTRY_OVERHEAD`] each).
+pub const LOCAL_MAX_BYTES: usize = 256 << 20;
+
 /// A worker's local view, shared by its [`Cache`] handles and its channel reader.
-#[derive(Default)]
 pub(crate) struct LocalView {
-    entries: RwLock<HashMap<String, LocalEntry>>,
+    entries: RwLock<Local>,
     /// The highest invalidation number applied.
     seq: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     mapped_bytes: AtomicU64,
+    evictions: AtomicU64,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Default for LocalView {
+    fn default() -> Self {
+        LocalView::bounded(LOCAL_MAX_ENTRIES, LOCAL_MAX_BYTES)
+    }
+}
+
+/// The entries, and the queue eviction walks.
+#[derive(Default)]
+struct Local {
+    map: HashMap<Arc<str>, LocalEntry>,
+    /// Keys in insertion order with the generation inserted; entries since replaced or removed
+    /// are skipped (and compacted away when they pile up).
+    queue: VecDeque<(Arc<str>, u64)>,
+    generation: u64,
+    bytes: usize,
 }
 
 struct LocalEntry {
     value: Option<Bytes>,
     expires: Option<Instant>,
+    generation: u64,
+    charge: usize,
+    /// Looked up since eviction last passed it.
+    used: AtomicBool,
+}
+
+impl LocalEntry {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|t| t <= now)
+    }
+}
+
+impl Local {
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.map.remove(key) {
+            self.bytes -= e.charge;
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: &str,
+        value: Option<Bytes>,
+        expires: Option<Instant>,
+        private: usize,
+    ) {
+        self.remove(key);
+        self.generation += 1;
+        let key: Arc<str> = Arc::from(key);
+        let charge = key
+            .len()
+            .saturating_add(private)
+            .saturating_add(ENTRY_OVERHEAD);
+        self.bytes += charge;
+        self.queue.push_back((key.clone(), self.generation));
+        self.map.insert(
+            key,
+            LocalEntry {
+                value,
+                expires,
+                generation: self.generation,
+                charge,
+                used: AtomicBool::new(false),
+            },
+        );
+    }
+
+    /// Evicts until within both bounds; how many.
+    fn evict(&mut self, max_entries: usize, max_bytes: usize) -> u64 {
+        let now = Instant::now();
+        let mut evicted = 0;
+        while self.map.len() > max_entries || self.bytes > max_bytes {
+            let Some((key, generation)) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(e) = self.map.get(&key) else {
+                continue;
+            };
+            if e.generation != generation {
+                continue;
+            }
+            if e.value.is_some() && !e.expired(now) && e.used.swap(false, Ordering::Relaxed) {
+                self.queue.push_back((key, generation));
+                continue;
+            }
+            self.remove(&key);
+            evicted += 1;
+        }
+        if self.queue.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.queue
+                .retain(|(k, g)| map.get(k).is_some_and(|e| e.generation == *g));
+        }
+        evicted
+    }
 }
 
 impl LocalView {
+    /// A view of at most `max_entries` entries and `max_bytes` bytes.
+    pub(crate) fn bounded(max_entries: usize, max_bytes: usize) -> LocalView {
+        LocalView {
+            entries: RwLock::default(),
+            seq: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            mapped_bytes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            max_entries,
+            max_bytes,
+        }
+    }
+
     /// Applies the hub's invalidation of `keys`.
     pub(crate) fn invalidate(&self, keys: &[String], seq: u64) {
-        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
         for k in keys {
-            map.remove(k);
+            local.remove(k);
         }
         self.seq.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// Drops everything (the hub's clear).
     pub(crate) fn clear(&self, seq: u64) {
-        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        map.clear();
+        let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        *local = Local::default();
         self.seq.fetch_max(seq, Ordering::AcqRel);
     }
 
     fn lookup(&self, key: &str) -> Option<Option<Bytes>> {
-        let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        let e = map.get(key)?;
-        if e.expires.is_some_and(|t| t <= Instant::now()) {
+        let local = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let e = local.map.get(key)?;
+        if e.expired(Instant::now()) {
             return None;
         }
+        e.used.store(true, Ordering::Relaxed);
         Some(e.value.clone())
     }
 
-    fn keep(&self, key: &str, value: Option<Bytes>, ttl: Option<Duration>, seq: u64) {
-        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+    /// Keeps a value read at invalidation number `seq`; `private`: the bytes it holds of this
+    /// process's own memory (0 for a mapped shared value).
+    fn keep(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        private: usize,
+        ttl: Option<Duration>,
+        seq: u64,
+    ) {
+        let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
         // Checked under the lock that invalidations take: an invalidation newer than the value
         // has either been applied (and is seen here) or will be applied after this insert.
         if seq < self.seq.load(Ordering::Acquire) {
             return;
         }
-        map.insert(
-            key.to_string(),
-            LocalEntry {
-                value,
-                expires: ttl.map(|t| Instant::now() + t),
-            },
-        );
+        let expires = ttl.map(|t| Instant::now() + t);
+        local.insert(key, value, expires, private);
+        let evicted = local.evict(self.max_entries, self.max_bytes);
+        if evicted > 0 {
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries and bytes held.
+    fn held(&self) -> (u64, u64) {
+        let local = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        (local.map.len() as u64, local.bytes as u64)
     }
 }
 
@@ -85,8 +221,12 @@ pub struct CacheStats {
     pub local_hits: u64,
     /// Lookups that asked the hub.
     pub local_misses: u64,
-    /// Keys in the local view.
+    /// Keys in the local view (at most [`LOCAL_MAX_ENTRIES`]).
     pub local_entries: u64,
+    /// Bytes charged to the local view (at most [`LOCAL_MAX_BYTES`]).
+    pub local_bytes: u64,
+    /// Entries the local view evicted to stay within its bounds.
+    pub local_evictions: u64,
     /// Bytes this worker mapped from shared memfds (shared with every other worker).
     pub mapped_bytes: u64,
     /// The hub's counters.
@@ -136,8 +276,13 @@ impl Cache {
             Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::BadReply)?)
         };
         if reply.local {
+            // A mapped shared value's pages are the host's (the hub bounds them).
+            let private = match (&value, reply.shared_len) {
+                (Some(v), None) => v.len(),
+                _ => 0,
+            };
             let ttl = reply.ttl_ms.map(Duration::from_millis);
-            self.view.keep(key, value.clone(), ttl, reply.seq);
+            self.view.keep(key, value.clone(), private, ttl, reply.seq);
         }
         Ok(value)
     }
@@ -199,16 +344,13 @@ impl Cache {
     pub async fn stats(&self) -> Result<CacheStats, CacheError> {
         let msg = self.call(&CacheOp::Stats).await?;
         let hub: HubStats = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
-        let local_entries = self
-            .view
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len() as u64;
+        let (local_entries, local_bytes) = self.view.held();
         Ok(CacheStats {
             local_hits: self.view.hits.load(Ordering::Relaxed),
             local_misses: self.view.misses.load(Ordering::Relaxed),
             local_entries,
+            local_bytes,
+            local_evictions: self.view.evictions.load(Ordering::Relaxed),
             mapped_bytes: self.view.mapped_bytes.load(Ordering::Relaxed),
             hub,
         })
@@ -232,5 +374,63 @@ impl Cache {
             }),
             Err(e) => Err(CacheError::Channel(Box::new(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep(view: &LocalView, key: &str, value: Option<&'static str>) {
+        let value = value.map(|v| Bytes::from_static(v.as_bytes()));
+        let len = value.as_ref().map_or(0, Bytes::len);
+        view.keep(key, value, len, None, 0);
+    }
+
+    #[test]
+    fn the_view_is_bounded_in_entries_and_evicts_misses_and_unused_values() {
+        let view = LocalView::bounded(3, 1 << 20);
+        keep(&view, "gone", None);
+        keep(&view, "a", Some("1"));
+        keep(&view, "b", Some("2"));
+        assert_eq!(view.lookup("gone"), Some(None));
+        assert_eq!(view.lookup("a"), Some(Some(Bytes::from_static(b"1"))));
+        keep(&view, "c", Some("3")); // a miss gets no second round, used or not
+        assert_eq!(view.lookup("gone"), None);
+        keep(&view, "d", Some("4")); // "a" was used: "b" goes
+        assert_eq!(view.lookup("b"), None);
+        assert!(view.lookup("a").is_some() && view.lookup("c").is_some());
+        assert_eq!(view.held().0, 3);
+        for i in 0..10_000 {
+            keep(
+                &view,
+                &format!("k{i}"),
+                if i % 2 == 0 { None } else { Some("v") },
+            );
+            assert!(view.held().0 <= 3);
+        }
+        let local = view.entries.read().unwrap();
+        assert!(local.queue.len() <= 2 * local.map.len() + 1024);
+        assert_eq!(view.evictions.load(Ordering::Relaxed), 10_002);
+    }
+
+    #[test]
+    fn the_view_is_bounded_in_bytes_and_a_stale_value_is_not_kept() {
+        let one = 1 + 5 + ENTRY_OVERHEAD;
+        let view = LocalView::bounded(100, 2 * one);
+        keep(&view, "a", Some("12345"));
+        keep(&view, "b", Some("12345"));
+        keep(&view, "c", Some("12345"));
+        assert_eq!(view.held(), (2, 2 * one as u64));
+        view.invalidate(&["b".into()], 5);
+        assert_eq!(view.held(), (1, one as u64));
+        view.keep("b", Some(Bytes::from_static(b"old")), 3, None, 4);
+        assert_eq!(
+            view.lookup("b"),
+            None,
+            "read before an applied invalidation"
+        );
+        view.clear(6);
+        assert_eq!(view.held(), (0, 0));
     }
 }

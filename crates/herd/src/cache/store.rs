@@ -3,8 +3,15 @@
 //!
 //! Everything here sits behind one mutex and never waits while holding it. The store decides
 //! what is fresh, what may be served stale, and what is kept; loading is the hub's business.
+//!
+//! **Bounds.** Every entry, a known-absent key included, is charged its key, its value and
+//! [`ENTRY_OVERHEAD`] against [`CacheConfig::max_bytes`], and counts against
+//! [`CacheConfig::max_entries`]. When either is exceeded, known-absent keys go first (oldest
+//! first), then values, least recently used first: two recency orders (`BTreeMap`s from a
+//! use tick to the key, the key shared with the map by `Arc<str>`), so a lookup, an insert and
+//! an eviction are O(log n). A known-absent key lives at most [`CacheConfig::miss_ttl`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,6 +103,12 @@ pub(super) fn check_len(key: &str, len: usize, max: usize) -> Result<(), CacheEr
     Ok(())
 }
 
+/// What one entry costs beyond its key and value bytes, as charged to
+/// [`CacheConfig::max_bytes`]: an estimate of the hub's bookkeeping (the map's slot and control
+/// byte at its load factor, the shared key's reference count, the recency order's node share,
+/// allocator rounding).
+pub const ENTRY_OVERHEAD: usize = 256;
+
 struct Entry {
     /// `None`: the key is known not to exist.
     value: Option<Value>,
@@ -103,6 +116,16 @@ struct Entry {
     /// When the source last confirmed it.
     verified: Instant,
     epoch: u64,
+    /// Bytes charged for it: key, value, [`ENTRY_OVERHEAD`].
+    charge: usize,
+    /// Its place in its recency order.
+    tick: u64,
+}
+
+impl Entry {
+    fn is_miss(&self) -> bool {
+        self.value.is_none()
+    }
 }
 
 /// What a lookup found.
@@ -134,7 +157,13 @@ pub(super) enum Lookup {
 }
 
 struct State {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Arc<str>, Entry>,
+    /// Known-absent keys by last use, oldest first: evicted first.
+    misses: BTreeMap<u64, Arc<str>>,
+    /// Keys with values by last use, oldest first.
+    values: BTreeMap<u64, Arc<str>>,
+    /// The next use tick.
+    tick: u64,
     inflight: HashMap<String, watch::Receiver<Option<LoadResult>>>,
     /// In-flight keys invalidated during their load: their result is served but not kept.
     dirty: HashSet<String>,
@@ -143,7 +172,72 @@ struct State {
     /// Bumped when everything may have changed: older entries must be confirmed again.
     epoch: u64,
     tracking: bool,
+    /// Charged for every entry: keys, values, overhead.
     bytes: usize,
+}
+
+impl State {
+    fn order(&mut self, miss: bool) -> &mut BTreeMap<u64, Arc<str>> {
+        if miss {
+            &mut self.misses
+        } else {
+            &mut self.values
+        }
+    }
+
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// Marks `key` used now.
+    fn touch(&mut self, key: &str) {
+        let tick = self.next_tick();
+        let Some((k, e)) = self.entries.get_key_value(key) else {
+            return;
+        };
+        let (k, miss, old) = (k.clone(), e.is_miss(), e.tick);
+        self.order(miss).remove(&old);
+        self.order(miss).insert(tick, k);
+        if let Some(e) = self.entries.get_mut(key) {
+            e.tick = tick;
+        }
+    }
+
+    /// Removes `key`'s entry, uncharged and out of its order.
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        self.bytes -= e.charge;
+        self.order(e.is_miss()).remove(&e.tick);
+        Some(e)
+    }
+
+    /// Inserts an entry (replacing any for its key), charged and at the newest end of its order.
+    fn insert(&mut self, key: &str, mut entry: Entry) {
+        self.remove(key);
+        entry.tick = self.next_tick();
+        let key: Arc<str> = Arc::from(key);
+        self.bytes += entry.charge;
+        self.order(entry.is_miss()).insert(entry.tick, key.clone());
+        self.entries.insert(key, entry);
+    }
+
+    /// Evicts until within both bounds: misses first, then least recently used values; how many.
+    fn evict(&mut self, max_bytes: usize, max_entries: usize) -> u64 {
+        let mut evicted = 0;
+        while self.bytes > max_bytes || self.entries.len() > max_entries {
+            let oldest = match self.misses.first_key_value() {
+                Some((_, k)) => k.clone(),
+                None => match self.values.first_key_value() {
+                    Some((_, k)) => k.clone(),
+                    None => break,
+                },
+            };
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        evicted
+    }
 }
 
 /// The hub's counters that are not derived from the entries.
@@ -156,11 +250,14 @@ pub(super) struct Counters {
     pub(super) stale_served: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) invalidations: AtomicU64,
+    pub(super) evictions: AtomicU64,
 }
 
 /// What the entries hold, for the hub's stats.
 pub(super) struct Held {
     pub(super) entries: u64,
+    pub(super) bytes: u64,
+    pub(super) misses_cached: u64,
     pub(super) shared_bytes: u64,
     pub(super) shared_values: u64,
     pub(super) inline_bytes: u64,
@@ -172,7 +269,9 @@ pub(super) struct Store {
     state: Mutex<State>,
     pub(super) counters: Counters,
     max_bytes: usize,
+    max_entries: usize,
     max_stale: Duration,
+    miss_ttl: Duration,
 }
 
 impl Store {
@@ -180,6 +279,9 @@ impl Store {
         Store {
             state: Mutex::new(State {
                 entries: HashMap::new(),
+                misses: BTreeMap::new(),
+                values: BTreeMap::new(),
+                tick: 0,
                 inflight: HashMap::new(),
                 dirty: HashSet::new(),
                 seq: 0,
@@ -189,7 +291,9 @@ impl Store {
             }),
             counters: Counters::default(),
             max_bytes: config.max_bytes,
+            max_entries: config.max_entries,
             max_stale: config.max_stale,
+            miss_ttl: config.miss_ttl,
         }
     }
 
@@ -211,7 +315,9 @@ impl Store {
         if let Some(e) = st.entries.get(key) {
             if st.tracking && e.epoch == st.epoch && !matches!(e.expires, Some(t) if t <= now) {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Hit(found(&st, e, now, false));
+                let f = found(&st, e, now, false);
+                st.touch(key);
+                return Lookup::Hit(f);
             }
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -270,33 +376,35 @@ impl Store {
         let now = Instant::now();
         let (value, ttl) = match value {
             Some((v, ttl)) => (Some(v), ttl),
-            None => (None, None),
+            // A known-absent key is kept a short while only (or less, if the source says so).
+            None => (None, Some(self.miss_ttl)),
         };
+        let len = value.as_ref().map_or(0, Value::len);
         let entry = Entry {
             value,
             expires: ttl.map(|t| now + t),
             verified: now,
             epoch: st.epoch,
+            charge: charge(key.len(), len),
+            tick: 0,
         };
         let dirty = st.dirty.remove(key);
         let f = found(st, &entry, now, false);
-        let len = entry.value.as_ref().map_or(0, Value::len);
-        let old = st
-            .entries
-            .get(key)
-            .and_then(|e| e.value.as_ref())
-            .map_or(0, Value::len);
-        let fits = st.bytes - old + len <= self.max_bytes;
         if dirty {
             // Changed while loading: this value may already be old. Serve it to the callers
             // that asked before the change, keep nothing, and let no worker keep it.
             return Found { local: false, ..f };
         }
-        if fits {
-            st.bytes = st.bytes - old + len;
-            st.entries.insert(key.to_string(), entry);
-        } else {
-            tracing::warn!(key, len, "cache is full: value served but not kept");
+        if entry.charge > self.max_bytes {
+            tracing::warn!(key, len, "value larger than the cache: served but not kept");
+            return f;
+        }
+        st.insert(key, entry);
+        let evicted = st.evict(self.max_bytes, self.max_entries);
+        if evicted > 0 {
+            self.counters
+                .evictions
+                .fetch_add(evicted, Ordering::Relaxed);
         }
         f
     }
@@ -306,9 +414,7 @@ impl Store {
         let seq = {
             let mut st = self.lock();
             for k in keys {
-                if let Some(e) = st.entries.remove(k) {
-                    st.bytes -= e.value.as_ref().map_or(0, Value::len);
-                }
+                st.remove(k);
                 if st.inflight.contains_key(k) {
                     st.dirty.insert(k.clone());
                 }
@@ -341,6 +447,8 @@ impl Store {
         let st = self.lock();
         let mut h = Held {
             entries: st.entries.len() as u64,
+            bytes: st.bytes as u64,
+            misses_cached: st.misses.len() as u64,
             shared_bytes: 0,
             shared_values: 0,
             inline_bytes: 0,
@@ -360,6 +468,13 @@ impl Store {
     }
 }
 
+/// What an entry of a key of `key_len` bytes and a value of `value_len` bytes is charged.
+pub(super) fn charge(key_len: usize, value_len: usize) -> usize {
+    key_len
+        .saturating_add(value_len)
+        .saturating_add(ENTRY_OVERHEAD)
+}
+
 fn found(st: &State, e: &Entry, now: Instant, stale: bool) -> Found {
     Found {
         value: e.value.clone(),
@@ -367,5 +482,102 @@ fn found(st: &State, e: &Entry, now: Instant, stale: bool) -> Found {
         seq: st.seq,
         local: st.tracking && !stale,
         stale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_bytes: usize, max_entries: usize) -> Store {
+        Store::new(&CacheConfig {
+            max_bytes,
+            max_entries,
+            miss_ttl: Duration::from_millis(50),
+            ..CacheConfig::default()
+        })
+    }
+
+    fn value(len: usize) -> Fetched {
+        Some((Value::Inline(Bytes::from(vec![b'v'; len])), None))
+    }
+
+    fn held(s: &Store, key: &str) -> bool {
+        s.lock().entries.contains_key(key)
+    }
+
+    /// Looks `key` up; a hit, or the load it starts ended with nothing kept.
+    fn hit(s: &Store, key: &str) -> bool {
+        match s.lookup(key) {
+            Lookup::Hit(_) => true,
+            Lookup::Load(tx, _) => {
+                s.finish(key, tx, Err(Arc::new(CacheError::Hub("test".into()))));
+                false
+            }
+            Lookup::Wait(_) => false,
+        }
+    }
+
+    #[test]
+    fn every_entry_is_charged_its_key_value_and_overhead() {
+        let s = store(1 << 20, 100);
+        s.keep("abc", value(10));
+        s.keep("absent", None);
+        let h = s.held();
+        assert_eq!(h.entries, 2);
+        assert_eq!(h.misses_cached, 1);
+        assert_eq!(h.bytes, (3 + 10 + 6 + 2 * ENTRY_OVERHEAD) as u64);
+        s.keep("abc", value(20));
+        assert_eq!(s.held().bytes, (3 + 20 + 6 + 2 * ENTRY_OVERHEAD) as u64);
+        s.invalidate(&["abc".into(), "absent".into()]);
+        let h = s.held();
+        assert_eq!((h.entries, h.bytes, h.misses_cached), (0, 0, 0));
+    }
+
+    #[test]
+    fn misses_are_evicted_first_then_the_least_recently_used() {
+        let s = store(1 << 20, 3);
+        s.keep("a", value(1));
+        s.keep("b", value(1));
+        s.keep("gone", None);
+        assert!(hit(&s, "a")); // "b" is now the least recently used value
+        s.keep("c", value(1));
+        assert!(!held(&s, "gone"), "the miss goes first");
+        s.keep("d", value(1));
+        assert!(!held(&s, "b"), "then the least recently used");
+        assert!(held(&s, "a") && held(&s, "c") && held(&s, "d"));
+        // A miss never pushes a value out: with no room, it is the miss that goes.
+        s.keep("absent", None);
+        assert!(!held(&s, "absent"));
+        assert_eq!(s.counters.evictions.load(Ordering::Relaxed), 3);
+
+        // The byte budget evicts the same way.
+        let one = charge(1, 100);
+        let s = store(2 * one, 100);
+        s.keep("x", value(100));
+        s.keep("y", value(100));
+        assert!(hit(&s, "x"));
+        s.keep("z", value(100));
+        assert!(held(&s, "x") && !held(&s, "y") && held(&s, "z"));
+        assert_eq!(s.held().bytes, 2 * one as u64);
+        // Larger than the whole budget: served, not kept, nothing evicted.
+        let f = s.keep("huge", value(3 * one));
+        assert!(f.value.is_some() && !held(&s, "huge") && held(&s, "z"));
+    }
+
+    #[test]
+    fn a_miss_expires_after_miss_ttl_and_tells_workers_so() {
+        let s = store(1 << 20, 100);
+        let f = s.keep("absent", None);
+        assert!(f.ttl.is_some_and(|t| t <= Duration::from_millis(50)));
+        assert!(hit(&s, "absent"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while hit(&s, "absent") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the miss never expired"
+            );
+            std::thread::yield_now();
+        }
     }
 }
