@@ -1,19 +1,17 @@
-// herd's demo server: a plain Node HTTP server, run by `herd run` as N workers on one shared port.
-//
-// It listens on the socket herd passes as descriptor 3 (systemd's LISTEN_FDS convention), or on
-// $PORT when run alone. GET /          -> {pid, worker}
+// herd's demo server: a plain Node HTTP server, written as it would be without herd. `herd run
+// -- node server.js` runs it as N workers on one port: herd is their cluster primary, so every
+// worker's listen($PORT) gets the one socket herd holds.
+//                GET /          -> {pid, worker}
 //                GET /cache/KEY     -> the KEY's value from herd's host-shared cache, with whether
 //                                      this process already held it
 //                GET /stats         -> this process's and the primary's cache counters
-// It tells herd it is ready once it listens (herd run --ready notice), and on disconnect (a stop
-// or a rolling reload) it stops accepting, finishes the requests it has, and exits.
 'use strict';
 
 const http = require('node:http');
 const path = require('node:path');
 const herd = require(path.join(__dirname, '..', '..', 'js', 'herd.js'));
 
-const worker = process.env.HERD_WORKER_ID || '-';
+const worker = process.env.NODE_APP_INSTANCE || '-';
 
 function reply(res, status, body) {
   const text = JSON.stringify(body);
@@ -40,14 +38,4 @@ const server = http.createServer(async (req, res) => {
 });
 server.keepAliveTimeout = 1000;
 
-const listenFds = Number(process.env.LISTEN_FDS || 0);
-const target = listenFds > 0 ? { fd: 3 } : { port: Number(process.env.PORT || 8080), host: '127.0.0.1' };
-server.listen(target, () => {
-  if (typeof process.send === 'function') herd.listening(listenFds > 0 ? 'fd:3' : server.address());
-});
-
-process.on('disconnect', () => {
-  // Stop accepting; idle keep-alive connections are closed, busy ones finish.
-  server.close(() => process.exit(0));
-  server.closeIdleConnections();
-});
+server.listen(Number(process.env.PORT || 8080), '127.0.0.1');

@@ -48,7 +48,7 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Value)> {
     Ok((code, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-fn write_files(dir: &Path) -> std::io::Result<PathBuf> {
+fn write_files(dir: &Path, port: u16) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("examples/demo"))?;
     std::fs::create_dir_all(dir.join("js"))?;
     std::fs::write(dir.join("examples/demo/server.js"), SERVER)?;
@@ -58,7 +58,7 @@ fn write_files(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::write(
         &config,
         format!(
-            "command = [\"node\", {server:?}]\nlisten = [\"127.0.0.1:0\"]\n\n[reload]\nready = \"notice\"\nready_timeout = 10.0\n\n[cache]\nsnapshot = {snap:?}\nwarm = [\"*\"]\n",
+            "command = [\"node\", {server:?}]\nenv = {{ PORT = \"{port}\" }}\n\n[cache]\nsnapshot = {snap:?}\nwarm = [\"*\"]\n",
             server = dir.join("examples/demo/server.js").display().to_string(),
             snap = dir.join("examples/demo/cache.json").display().to_string(),
         ),
@@ -80,8 +80,14 @@ async fn demo(dir: &Path) -> Result<Exit> {
             "the demo's workers are Node programs: install node (https://nodejs.org) and retry",
         ));
     }
+    // A free port for the server's own listen($PORT).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .or_fail(|| "cannot find a free port".into())?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config =
-        write_files(dir).or_fail(|| format!("cannot write the demo to {}", dir.display()))?;
+        write_files(dir, port).or_fail(|| format!("cannot write the demo to {}", dir.display()))?;
     let control = dir.join("control.sock");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(SNAPSHOT)
@@ -106,25 +112,14 @@ async fn demo(dir: &Path) -> Result<Exit> {
         .or_fail(|| "cannot start herd run".into())?;
     let stderr = herd.stderr.take().expect("herd run's stderr is piped");
     let mut stderr = BufReader::new(stderr).lines();
-    let addr: SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
-            .await
-            .or_fail(|| "herd run did not start in time".into())?
-            .or_fail(|| "cannot read herd run's output".into())?
-            .ok_or_else(|| Error::failure("herd run ended before it listened"))?;
-        if let Some(a) = line.strip_prefix("herd: listening on ") {
-            break a
-                .parse()
-                .or_fail(|| format!("herd run listens on {a:?}?"))?;
-        }
-        eprintln!("{line}");
-    };
     tokio::spawn(async move {
         while let Ok(Some(line)) = stderr.next_line().await {
             eprintln!("  herd: {line}");
         }
     });
-    println!("1. herd run listens on {addr}, shared by every worker (LISTEN_FDS)");
+    println!(
+        "1. `herd run -- node server.js`: the unmodified server's listen({port}) in every worker gets the one socket herd holds (herd is their cluster primary)"
+    );
     let long = Duration::from_secs(60);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -138,6 +133,13 @@ async fn demo(dir: &Path) -> Result<Exit> {
             return Err(Error::failure("the workers did not start in time"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The port exists once the first worker's listen reached herd (the others share it).
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(Error::failure("the workers did not listen in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Every worker asked for every key: through the shared port, many connections at once.
