@@ -436,11 +436,8 @@ mod tests {
     /// a line that only mentions NODE_HANDLE elsewhere claims nothing.
     #[test]
     fn node_handle_lines_claim_one_descriptor() {
-        let memfd = || {
-            std::os::fd::OwnedFd::from(
-                rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap(),
-            )
-        };
+        let memfd =
+            || rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         let input = b"{\"x\":\"NODE_HANDLE\"}\n{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"hi\":1}}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
         let mut d = JsonDecoder::default();
         let mut buf = BytesMut::from(&input[..]);
