@@ -583,3 +583,25 @@ async fn handles_sent_back_to_back_all_arrive() {
     }
     cluster.disconnect_all().await;
 }
+
+/// A Node primary's `child.send(msg, socket)` to a herd Rust worker: the worker acknowledges
+/// each handle (Node sends the second only then) and gets `msg`.
+#[tokio::test]
+async fn a_node_primary_sends_sockets_to_a_herd_rust_worker() {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script("fork_herd_handles.js"))
+            .arg(test_worker())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["got"], json!([{"n": 1}, {"n": 2}]));
+}

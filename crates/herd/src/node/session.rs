@@ -226,6 +226,31 @@ impl Session {
     }
 }
 
+/// A Node primary's internal line to a herd worker (the json codec; the worker is herd's, not
+/// Node's cluster's): a handle (`subprocess.send(msg, handle)`) is acknowledged and its `msg`
+/// returned as a json [`Kind::Message`] frame holding the descriptor; an acknowledgement of
+/// ours lets our next handle go; anything else is ignored. A `NODE_HANDLE` that cannot be
+/// opened is an error.
+pub(crate) fn from_node_primary(frame: Frame, peer: &Peer) -> Result<Option<Frame>, ClusterError> {
+    if !frame.fds.is_empty() {
+        let opened = envelope::open(&frame.payload, frame.fds.len())?;
+        send(peer, Bytes::from_static(envelope::ACK));
+        if opened.internal {
+            return Ok(None);
+        }
+        return Ok(Some(
+            Frame::new(Kind::Message, Format::Json, opened.msg).with_fds(frame.fds),
+        ));
+    }
+    match cluster::parse(&frame.payload) {
+        Ok(FromWorker::HandleAck | FromWorker::HandleNack) => {
+            peer.handle_acked();
+        }
+        _ => tracing::debug!("Node cluster message from the primary ignored"),
+    }
+    Ok(None)
+}
+
 fn send(peer: &Peer, line: Bytes) {
     peer.send_soon(Frame::new(Kind::Node, Format::Json, line));
 }
