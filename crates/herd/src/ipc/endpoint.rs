@@ -240,7 +240,14 @@ impl Peer {
         let (tx, rx) = oneshot::channel();
         let limit = self.shared.send_timeout;
         match self.shared.gate.admit(frame, server, Some(tx)) {
-            Admit::Now(frame) => self.send_frame(frame).await,
+            Admit::Now(frame) => {
+                let sent = self.send_frame(frame).await;
+                if sent.is_err() {
+                    // Never sent, so never acknowledged: the next one may go.
+                    self.handle_acked();
+                }
+                sent
+            }
             Admit::Queued => match tokio::time::timeout(limit, rx).await {
                 Ok(Ok(())) => {
                     self.shared.sent.fetch_add(1, Ordering::Relaxed);
