@@ -447,6 +447,31 @@ async fn a_listening_socket_sent_to_a_node_worker_serves_http() {
             assert!(answer.contains("from node"), "{op}: {answer}");
         }
     }
+    // A listening Unix socket too (Node asks its primary by the worker's descriptor number),
+    // used as it arrives: a re-listen would leave two listeners in the worker (see README).
+    let dir = std::env::temp_dir().join(format!("herd-node-handles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("http.sock");
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    w.send_with_fds(&json!({"op": "serve_direct"}), vec![OwnedFd::from(l)])
+        .await
+        .unwrap();
+    message_from(&mut cluster, ids[0]).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        out
+    })
+    .await
+    .unwrap();
+    assert!(answer.contains("from node"), "unix: {answer}");
     cluster.disconnect_all().await;
 }
 

@@ -393,6 +393,21 @@ mod tests {
         );
     }
 
+    /// node v20's query for `server.listen(handle)` in a cluster worker (what its `net.Server`
+    /// handle conversion does with a TCP socket it received).
+    #[test]
+    fn listen_on_a_handle_is_recognised() {
+        let q = query(
+            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":-1,"addressType":-1,"seq":2}"#,
+        );
+        assert!(q.is_listen_on_handle());
+        assert_eq!(q.target(), Err(uv::EINVAL), "nothing says which socket");
+        let q = query(
+            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"address":"/tmp/a.sock","port":-1,"addressType":-1,"seq":4}"#,
+        );
+        assert!(!q.is_listen_on_handle());
+    }
+
     proptest::proptest! {
         /// Whatever a worker sends, reading it and answering it never panics.
         #[test]

@@ -18,11 +18,12 @@ const keepAlive = setInterval(() => {}, 1 << 30);
 process.on('message', (m, handle) => {
   if (m && m.op === 'serve' && handle instanceof net.Server) {
     const srv = http.createServer((req, res) => res.end(`hello from node ${process.pid}`));
-    srv.listen(handle, () => process.send({ serving: srv.address().port }));
+    // A Unix socket received by descriptor has no address in Node (null).
+    srv.listen(handle, () => process.send({ serving: (srv.address() || {}).port || null }));
   } else if (m && m.op === 'serve_direct' && handle instanceof net.Server) {
     const srv = http.createServer((req, res) => res.end(`direct from node ${process.pid}`));
     handle.on('connection', (socket) => srv.emit('connection', socket));
-    process.send({ serving: handle.address().port });
+    process.send({ serving: (handle.address() || {}).port || null });
   } else if (m && m.op === 'write' && handle instanceof net.Socket) {
     handle.end(m.text, () => process.send({ wrote: m.text }));
   } else if (m && m.op === 'udp' && handle && typeof handle.send === 'function') {
