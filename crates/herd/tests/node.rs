@@ -630,3 +630,31 @@ async fn a_node_primary_sends_sockets_to_a_herd_rust_worker() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["got"], json!([{"n": 1}, {"n": 2}]));
 }
+
+/// A `NODE_HANDLE` line that comes without its descriptor breaks the protocol: that worker's
+/// channel is closed, the other worker goes on.
+#[tokio::test]
+async fn a_node_handle_without_its_descriptor_is_contained() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 2).await;
+    let liar = cluster.worker(ids[0]).await.unwrap();
+    liar.send(&json!({"op": "fake_handle"})).await.unwrap();
+    loop {
+        match next(&mut cluster).await {
+            Event::Error { worker, error } => {
+                assert_eq!(worker, ids[0]);
+                let text = herd::error::chain(&error);
+                assert!(text.contains("file descriptors"), "{text}");
+                break;
+            }
+            Event::Message { worker, .. } => panic!("unexpected message from {worker}"),
+            _ => {}
+        }
+    }
+    let other = cluster.worker(ids[1]).await.unwrap();
+    other.send(&json!("still there?")).await.unwrap();
+    assert_eq!(
+        message_from(&mut cluster, ids[1]).await,
+        json!({"echo": "still there?", "handle": "none"})
+    );
+    cluster.disconnect_all().await;
+}

@@ -7,6 +7,7 @@
 // {op: 'udp', text, port} + a dgram.Socket: sends text to 127.0.0.1:port from it;
 // {op: 'accept'}: listens on 127.0.0.1:0 and sends {listening: port}; the first connection it
 //   accepts goes to the primary with process.send({hi: 1}, socket);
+// {op: 'fake_handle'}: writes a NODE_HANDLE line without a handle straight onto the channel;
 // anything else: {echo: msg, handle: typeof handle} (so a message without a handle shows).
 'use strict';
 
@@ -33,6 +34,9 @@ process.on('message', (m, handle) => {
       process.send({ hi: 1 }, socket, (err) => { if (err) process.send({ sendError: String(err) }); });
     });
     server.listen(0, '127.0.0.1', () => process.send({ listening: server.address().port }));
+  } else if (m && m.op === 'fake_handle') {
+    const line = '{"cmd":"NODE_HANDLE","type":"net.Socket","msg":{"no":"fd"}}\n';
+    require('node:fs').writeSync(process.channel.fd, line);
   } else {
     process.send({ echo: m, handle: handle === undefined ? 'none' : handle.constructor.name });
   }
