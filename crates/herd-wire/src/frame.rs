@@ -187,7 +187,7 @@ impl FdQueue {
         self.fds.is_empty()
     }
 
-    fn take(&mut self, n: usize) -> Vec<OwnedFd> {
+    pub(crate) fn take(&mut self, n: usize) -> Vec<OwnedFd> {
         if n == 0 {
             return Vec::new();
         }

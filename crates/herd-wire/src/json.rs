@@ -22,10 +22,12 @@
 //! Node's cluster messages (`NODE_CLUSTER`) and its handle acknowledgements (`NODE_HANDLE_ACK`,
 //! `NODE_HANDLE_NACK`) are handed to the channel's owner as [`Kind::Node`] frames holding the
 //! whole line, for the primary to answer as Node's cluster primary would; user code never sees
-//! them. A [`Kind::Node`] frame is also the one frame this codec sends with descriptors (Node's
-//! `{"cmd":"NODE_HANDLE",...}` with the handle on its first byte). Any other `NODE_*` message
-//! (Node's own) is dropped and counted, never handed to user code. Every line is validated as
-//! JSON before it is accepted.
+//! them. A [`Kind::Node`] frame is also the one frame this codec carries descriptors with:
+//! Node's `{"cmd":"NODE_HANDLE","type":...,"msg":...}`, whose one handle travels in
+//! `SCM_RIGHTS` on the line's first byte. A received `NODE_HANDLE` line claims the next
+//! received descriptor ([`JsonDecoder::decode_with_fds`]); one that finds none is an error.
+//! Any other `NODE_*` message (Node's own) is dropped and counted, never handed to user code.
+//! Every line is validated as JSON before it is accepted.
 
 use std::borrow::Cow;
 
@@ -33,7 +35,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::frame::{Format, Frame, Kind};
+use crate::frame::{FdQueue, Format, Frame, Kind};
 use crate::{Limits, WireError};
 
 const REQ: &str = "NODE_HERD_REQ";
@@ -43,6 +45,8 @@ const HELLO: &str = "NODE_HERD_HELLO";
 const CACHE: &str = "NODE_HERD_CACHE";
 /// Node's own internal messages handed on as [`Kind::Node`] frames.
 const NODE_OWN: [&str; 3] = ["NODE_CLUSTER", "NODE_HANDLE_ACK", "NODE_HANDLE_NACK"];
+/// Node's wrapper around a message that carries a handle (one descriptor).
+const NODE_HANDLE: &str = "NODE_HANDLE";
 
 /// Incremental decoder state for one Node-json stream.
 #[derive(Debug, Default)]
@@ -84,9 +88,25 @@ impl JsonDecoder {
     ///
     /// A line longer than `limits.max_frame_len` is an error as soon as that many bytes have
     /// arrived without a newline, so a peer cannot make us buffer without bound.
+    ///
+    /// Without a source of descriptors, a `NODE_HANDLE` line is an error (see
+    /// [`JsonDecoder::decode_with_fds`]).
     pub fn decode(
         &mut self,
         buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Option<Frame>, WireError> {
+        self.decode_with_fds(buf, &mut FdQueue::default(), limits)
+    }
+
+    /// As [`JsonDecoder::decode`], with the descriptors received so far: a `NODE_HANDLE` line
+    /// becomes a [`Kind::Node`] frame holding the next one (the kernel delivers a descriptor
+    /// with the first byte of the `sendmsg` that carried it, so it is here by the time its line
+    /// is; none is [`WireError::MissingFds`]).
+    pub fn decode_with_fds(
+        &mut self,
+        buf: &mut BytesMut,
+        fds: &mut FdQueue,
         limits: &Limits,
     ) -> Result<Option<Frame>, WireError> {
         loop {
@@ -111,6 +131,15 @@ impl JsonDecoder {
             let mut line = buf.split_to(pos + 1);
             line.truncate(pos);
             match classify(line.freeze())? {
+                Some(frame) if frame.kind == Kind::Node && is_handle(&frame.payload) => {
+                    if fds.is_empty() {
+                        return Err(WireError::MissingFds {
+                            claimed: 1,
+                            received: 0,
+                        });
+                    }
+                    return Ok(Some(frame.with_fds(fds.take(1))));
+                }
                 Some(frame) => return Ok(Some(frame)),
                 None => self.ignored += 1,
             }
@@ -178,10 +207,24 @@ fn classify(line: Bytes) -> Result<Option<Frame>, WireError> {
         CTL => Frame::new(Kind::Control, Format::Json, slice(data()?)),
         HELLO => Frame::new(Kind::Hello, Format::Json, slice(data()?)),
         CACHE => Frame::new(Kind::CacheCall, Format::Json, slice(data()?)).with_id(id()?),
-        own if NODE_OWN.contains(&own) => Frame::new(Kind::Node, Format::Json, line.clone()),
+        own if NODE_OWN.contains(&own) || own == NODE_HANDLE => {
+            Frame::new(Kind::Node, Format::Json, line.clone())
+        }
         _ => return Ok(None),
     };
     Ok(Some(frame))
+}
+
+/// Whether a [`Kind::Node`] line (a JSON object whose `cmd` is one of Node's) is a
+/// `NODE_HANDLE`: the only one that starts with these bytes, as `JSON.stringify` writes it and
+/// [`classify`] accepted it.
+fn is_handle(line: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Cmd<'a> {
+        #[serde(borrow)]
+        cmd: Cow<'a, str>,
+    }
+    serde_json::from_slice::<Cmd<'_>>(line).is_ok_and(|c| c.cmd == NODE_HANDLE)
 }
 
 /// Writes what goes before `frame`'s payload into `head` and returns what goes after it.
@@ -323,7 +366,7 @@ mod tests {
 
     #[test]
     fn node_messages_and_herd_envelopes() {
-        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n{\"cmd\":\"NODE_\"}\n";
+        let input = b"\"hi worker\"\n{\"a\":1}\n{\"cmd\":\"NODE_SOMETHING\",\"type\":\"net.Native\"}\n{\"cmd\":\"NODE_HERD_REQ\",\"id\":7,\"data\":[1,2]}\n{\"cmd\":\"NODE_HERD_REP\",\"id\":7,\"error\":\"nope\"}\n{\"cmd\":5}\n{\"cmd\":\"NODE_\"}\n";
         let mut d = JsonDecoder::default();
         let mut buf = BytesMut::from(&input[..]);
         let mut f = Vec::new();
@@ -334,7 +377,7 @@ mod tests {
         assert_eq!(
             d.ignored(),
             1,
-            "NODE_HANDLE from a worker is dropped and counted"
+            "Node's other internal lines are dropped and counted"
         );
         assert_eq!(
             (f[5].kind, &f[5].payload[..]),
@@ -387,6 +430,37 @@ mod tests {
         let mut head = BytesMut::new();
         let not_object = Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"[1]"));
         assert!(encode_around(&not_object, &mut head).is_err());
+    }
+
+    /// Node's `NODE_HANDLE` claims the next received descriptor; without one it is an error, and
+    /// a line that only mentions NODE_HANDLE elsewhere claims nothing.
+    #[test]
+    fn node_handle_lines_claim_one_descriptor() {
+        let memfd =
+            || rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let input = b"{\"x\":\"NODE_HANDLE\"}\n{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"hi\":1}}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
+        let mut d = JsonDecoder::default();
+        let mut buf = BytesMut::from(&input[..]);
+        let mut fds = FdQueue::default();
+        fds.extend([memfd(), memfd()]).unwrap();
+        let mut f = Vec::new();
+        while let Some(frame) = d
+            .decode_with_fds(&mut buf, &mut fds, &Limits::default())
+            .unwrap()
+        {
+            f.push(frame);
+        }
+        assert_eq!(f.len(), 3);
+        assert_eq!((f[0].kind, f[0].fds.len()), (Kind::Message, 0));
+        assert_eq!((f[1].kind, f[1].fds.len()), (Kind::Node, 1));
+        assert_eq!((f[2].kind, f[2].fds.len()), (Kind::Node, 0));
+        assert_eq!(fds.len(), 1, "one descriptor per NODE_HANDLE");
+        // Without its descriptor: an error, not a wait.
+        let mut buf = BytesMut::from(&b"{\"cmd\":\"NODE_HANDLE\",\"msg\":1}\n"[..]);
+        assert!(matches!(
+            d.decode(&mut buf, &Limits::default()),
+            Err(WireError::MissingFds { claimed: 1, .. })
+        ));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum Error {
     /// A system call failed.
     #[error("i/o error")]
     Io(#[from] std::io::Error),
+    /// A descriptor cannot go to a Node worker (nothing was sent).
+    #[error("cannot send this descriptor to a Node worker")]
+    NodeHandle(#[from] crate::node::envelope::NodeHandleError),
     /// A cache operation failed.
     #[error("cache")]
     Cache(#[from] CacheError),

@@ -16,7 +16,7 @@ use crate::cache::{Cache, LocalView};
 use crate::ids::WorkerId;
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::{Routed, SEND_TIMEOUT};
-use crate::ipc::{handshake, peer_methods, Incoming, Peer};
+use crate::ipc::{handshake, peer_methods, Incoming, Message, Peer};
 use crate::{env, sys, Error};
 
 /// Options for [`Worker::connect_with`].
@@ -112,8 +112,16 @@ fn take_burst(
                     let _ = request.reply_error("a worker serves no cache").await;
                 });
             }
-            // A Node primary's cluster messages: this worker is herd's, not Node's cluster's.
-            Ok(Routed::Node(_)) => tracing::debug!("Node cluster message from the primary ignored"),
+            // A Node primary's handles and acknowledgements; its cluster messages are ignored
+            // (this worker is herd's, not Node's cluster's).
+            Ok(Routed::Node(frame)) => match crate::node::session::from_node_primary(frame, ep) {
+                Ok(Some(f)) => batch.push(Ok(Incoming::Message(Message::from_frame(f)))),
+                Ok(None) => {}
+                Err(e) => {
+                    batch.push(Err(Error::Protocol(e.to_string())));
+                    return true;
+                }
+            },
             Ok(Routed::Handled) => {}
             Err(e) => {
                 batch.push(Err(e));

@@ -3,10 +3,11 @@
 //! `child_process.fork` runs a herd Rust worker. Node's internal `NODE_*` messages never reach
 //! user code; garbage from a Node worker is contained to that worker.
 
+use std::os::fd::OwnedFd;
 use std::process::Command;
 use std::time::Duration;
 
-use herd::{Cluster, Codec, Event, WorkerId};
+use herd::{Cluster, Codec, Event, NodeHandleError, WorkerId};
 use herd_test_support::events::next;
 use herd_test_support::test_worker;
 use serde_json::{json, Value};
@@ -376,4 +377,284 @@ async fn a_node_primary_forks_a_herd_rust_worker() {
     );
     // child.disconnect(): the herd worker sees end-of-stream and exits 0.
     assert_eq!(report["code"], json!(0), "{report}");
+}
+
+// Descriptors over the json channel, both ways, as Node passes handles (`NODE_HANDLE`).
+
+/// The next message from `from`, whole (with its descriptors).
+async fn whole_message_from(cluster: &mut Cluster, from: WorkerId) -> herd::Message {
+    loop {
+        match next(cluster).await {
+            Event::Message { worker, message } if worker == from => return message,
+            Event::Error { worker, error } if worker == from => {
+                panic!("worker {worker}: {}", herd::error::chain(&error))
+            }
+            Event::Exit { worker, status } if worker == from => panic!("worker exited: {status}"),
+            _ => {}
+        }
+    }
+}
+
+/// `GET /` on 127.0.0.1:`port`, the whole answer (blocking, with deadlines).
+async fn http_get(port: u16) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// A connected pair over 127.0.0.1: (the client end, the accepted end as herd would hold it).
+fn tcp_pair() -> (std::net::TcpStream, OwnedFd) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (client, OwnedFd::from(l.accept().unwrap().0))
+}
+
+fn read_all(mut s: std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_listening_socket_sent_to_a_node_worker_serves_http() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    for op in ["serve", "serve_direct"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        w.send_with_fds(&json!({"op": op}), vec![OwnedFd::from(l)])
+            .await
+            .unwrap();
+        let m = message_from(&mut cluster, ids[0]).await;
+        assert_eq!(m["serving"], json!(port), "{op}: {m}");
+        // Every connection is answered (none lost to a second listener in the worker).
+        for _ in 0..6 {
+            let answer = http_get(port).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{op}: {answer}");
+            assert!(answer.contains("from node"), "{op}: {answer}");
+        }
+    }
+    // A listening Unix socket too (Node asks its primary by the worker's descriptor number),
+    // used as it arrives: a re-listen would leave two listeners in the worker (see README).
+    let dir = std::env::temp_dir().join(format!("herd-node-handles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("http.sock");
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    w.send_with_fds(&json!({"op": "serve_direct"}), vec![OwnedFd::from(l)])
+        .await
+        .unwrap();
+    message_from(&mut cluster, ids[0]).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        out
+    })
+    .await
+    .unwrap();
+    assert!(answer.contains("from node"), "unix: {answer}");
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test]
+async fn an_accepted_connection_sent_to_a_node_worker_is_a_net_socket() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    let (client, conn) = tcp_pair();
+    w.send_with_fds(
+        &json!({"op": "write", "text": "written by node"}),
+        vec![conn],
+    )
+    .await
+    .unwrap();
+    let m = message_from(&mut cluster, ids[0]).await;
+    assert_eq!(m, json!({"wrote": "written by node"}));
+    let got = tokio::task::spawn_blocking(move || read_all(client))
+        .await
+        .unwrap();
+    assert_eq!(got, "written by node");
+    // A UDP socket arrives as a dgram.Socket.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    target
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let to = target.local_addr().unwrap().port();
+    w.send_with_fds(
+        &json!({"op": "udp", "text": "datagram", "port": to}),
+        vec![OwnedFd::from(udp)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        message_from(&mut cluster, ids[0]).await,
+        json!({"udp": "datagram"})
+    );
+    let mut buf = [0u8; 64];
+    let n = target.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"datagram");
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test]
+async fn a_node_worker_sends_a_connection_to_the_primary() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    w.send(&json!({"op": "accept"})).await.unwrap();
+    let port = message_from(&mut cluster, ids[0]).await["listening"]
+        .as_u64()
+        .unwrap() as u16;
+    // Twice: the second handle only leaves Node once herd acknowledged the first.
+    for round in 0..2 {
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut m = whole_message_from(&mut cluster, ids[0]).await;
+        assert_eq!(
+            m.json().unwrap(),
+            json!({"hi": 1}),
+            "the envelope is not shown"
+        );
+        let fds = m.take_fds();
+        assert_eq!(fds.len(), 1);
+        let mut conn = std::net::TcpStream::from(fds.into_iter().next().unwrap());
+        conn.set_nonblocking(false).unwrap();
+        std::io::Write::write_all(&mut conn, format!("herd writes {round}").as_bytes()).unwrap();
+        drop(conn);
+        let got = tokio::task::spawn_blocking(move || read_all(client))
+            .await
+            .unwrap();
+        assert_eq!(got, format!("herd writes {round}"));
+    }
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test]
+async fn descriptors_node_cannot_take_are_refused_and_the_worker_lives() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    let memfd = rustix::fs::memfd_create("herd-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = OwnedFd::from(std::fs::File::open(script("handle_worker.js")).unwrap());
+    let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+    for fd in [memfd, file, pipe_r] {
+        match w.send_with_fds(&json!({"op": "write"}), vec![fd]).await {
+            Err(herd::Error::NodeHandle(NodeHandleError::NotASocket(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_c1, a) = tcp_pair();
+    let (_c2, b) = tcp_pair();
+    let e = w.send_with_fds(&json!({}), vec![a, b]).await.unwrap_err();
+    assert!(
+        matches!(e, herd::Error::NodeHandle(NodeHandleError::Count(2))),
+        "{e:?}"
+    );
+    assert!(
+        herd::error::chain(&e).contains("exactly one"),
+        "{}",
+        herd::error::chain(&e)
+    );
+    // Nothing was written: the worker is alive and answers.
+    w.send(&json!("still there?")).await.unwrap();
+    let m = message_from(&mut cluster, ids[0]).await;
+    assert_eq!(m, json!({"echo": "still there?", "handle": "none"}));
+    cluster.disconnect_all().await;
+}
+
+#[tokio::test]
+async fn handles_sent_back_to_back_all_arrive() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 1).await;
+    let w = cluster.worker(ids[0]).await.unwrap();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (client, conn) = tcp_pair();
+        // Each send returns once its handle is on its way: after the worker acknowledged the
+        // one before.
+        w.send_with_fds(&json!({"op": "write", "text": format!("n{i}")}), vec![conn])
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    let mut wrote = Vec::new();
+    for _ in 0..3 {
+        wrote.push(message_from(&mut cluster, ids[0]).await["wrote"].clone());
+    }
+    assert_eq!(wrote, [json!("n0"), json!("n1"), json!("n2")]);
+    for (i, client) in clients.into_iter().enumerate() {
+        let got = tokio::task::spawn_blocking(move || read_all(client))
+            .await
+            .unwrap();
+        assert_eq!(got, format!("n{i}"));
+    }
+    cluster.disconnect_all().await;
+}
+
+/// A Node primary's `child.send(msg, socket)` to a herd Rust worker: the worker acknowledges
+/// each handle (Node sends the second only then) and gets `msg`.
+#[tokio::test]
+async fn a_node_primary_sends_sockets_to_a_herd_rust_worker() {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script("fork_herd_handles.js"))
+            .arg(test_worker())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["got"], json!([{"n": 1}, {"n": 2}]));
+}
+
+/// A `NODE_HANDLE` line that comes without its descriptor breaks the protocol: that worker's
+/// channel is closed, the other worker goes on.
+#[tokio::test]
+async fn a_node_handle_without_its_descriptor_is_contained() {
+    let (mut cluster, ids) = node_cluster_of("handle_worker.js", 2).await;
+    let liar = cluster.worker(ids[0]).await.unwrap();
+    liar.send(&json!({"op": "fake_handle"})).await.unwrap();
+    loop {
+        match next(&mut cluster).await {
+            Event::Error { worker, error } => {
+                assert_eq!(worker, ids[0]);
+                let text = herd::error::chain(&error);
+                assert!(text.contains("file descriptors"), "{text}");
+                break;
+            }
+            Event::Message { worker, .. } => panic!("unexpected message from {worker}"),
+            _ => {}
+        }
+    }
+    let other = cluster.worker(ids[1]).await.unwrap();
+    other.send(&json!("still there?")).await.unwrap();
+    assert_eq!(
+        message_from(&mut cluster, ids[1]).await,
+        json!({"echo": "still there?", "handle": "none"})
+    );
+    cluster.disconnect_all().await;
 }

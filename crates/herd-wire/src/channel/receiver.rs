@@ -1,5 +1,6 @@
-//! The receiving half: [`Receiver`] reads the socket (with `recvmsg` where descriptors may come,
-//! collecting them into a bounded queue), and decodes frames with the channel's codec.
+//! The receiving half: [`Receiver`] reads the socket (with `recvmsg` where descriptors may come:
+//! between binary frames, anywhere on a Node json channel), collecting them into a bounded
+//! queue, and decodes frames with the channel's codec.
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -96,7 +97,9 @@ impl Receiver {
         let limits = &self.shared.limits;
         match self.shared.codec {
             Codec::Binary => frame::decode(&mut self.buf, &mut self.fds, limits),
-            Codec::NodeJson => self.json.decode(&mut self.buf, limits),
+            Codec::NodeJson => self
+                .json
+                .decode_with_fds(&mut self.buf, &mut self.fds, limits),
         }
     }
 
@@ -121,12 +124,9 @@ impl Receiver {
                 }
                 self.recv_with_fds(sock).await
             }
-            Codec::NodeJson => {
-                let chunk = self.buf.len().clamp(READ_CHUNK, 16 * 1024 * 1024);
-                self.buf.reserve(chunk);
-                let limited = (&mut self.buf).limit(chunk);
-                read_buf(sock, limited).await
-            }
+            // Node sends a handle (`NODE_HANDLE`) on the first byte of its line, anywhere in
+            // the stream: every read may carry one.
+            Codec::NodeJson => self.recv_with_fds(sock).await,
         }
     }
 

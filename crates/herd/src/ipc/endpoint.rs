@@ -18,7 +18,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::control::Control;
+use super::gate::{Admit, Gate};
 use super::message::{Incoming, Message, Request};
+use crate::node::envelope::{self, HandleType, NodeHandleError};
 use crate::Error;
 
 /// How long a send waits for room in the queue of a peer that does not read its channel.
@@ -45,6 +47,8 @@ struct Shared {
     send_timeout: Duration,
     /// Messages and requests sent.
     sent: AtomicU64,
+    /// One handle in flight (Node json channels).
+    gate: Gate,
 }
 
 /// The other end of a channel: a [`crate::WorkerHandle`] to a worker, a [`crate::Worker`] to
@@ -85,6 +89,7 @@ impl Peer {
                 max_pending: MAX_PENDING_REQUESTS,
                 send_timeout,
                 sent: AtomicU64::new(0),
+                gate: Gate::default(),
             }),
             request_timeout,
         }
@@ -112,7 +117,17 @@ impl Peer {
     }
 
     /// Sends a value with descriptors (a listener, a stream, a file: anything as `OwnedFd`).
-    /// They arrive close-on-exec; the binary codec only.
+    /// They arrive close-on-exec.
+    ///
+    /// To a Node worker (the json codec) this is Node's `process.send(msg, handle)`: exactly one
+    /// descriptor, a TCP, Unix stream or UDP socket, which the worker's
+    /// `process.on('message', (msg, handle) => ...)` gets as a `net.Server` (a listening
+    /// socket), a `net.Socket` or a `dgram.Socket`. Anything else (a file, a memfd, a pipe) is
+    /// refused before anything is written ([`NodeHandleError`]): Node would abort on it. The
+    /// socket is made non-blocking (libuv expects it; the file description is shared). As
+    /// Node does, the next handle waits for the worker's acknowledgement of the previous one
+    /// (at most 16 wait, and each at most the send timeout: [`Error::Timeout`], after which it
+    /// is dropped unsent unless it was already on its way).
     pub async fn send_with_fds<T: Serialize + ?Sized>(
         &self,
         value: &T,
@@ -185,6 +200,9 @@ impl Peer {
         value: &T,
         fds: Vec<OwnedFd>,
     ) -> Result<(), Error> {
+        if self.codec() == Codec::NodeJson && !fds.is_empty() && kind == Kind::Message {
+            return self.send_node_handle(value, fds).await;
+        }
         let (format, payload) = herd_wire::encode_to_send(self.codec(), value)?;
         let mut frame = Frame::new(kind, format, payload);
         if !fds.is_empty() {
@@ -198,6 +216,72 @@ impl Peer {
             // Boxed: the wait is rare, and a small future keeps the common path cheap.
             Some(frame) => Box::pin(self.send_frame(frame)).await,
         }
+    }
+
+    /// Node's `process.send(msg, handle)`: the `NODE_HANDLE` envelope, through the gate.
+    async fn send_node_handle<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Error> {
+        let [fd] =
+            <[OwnedFd; 1]>::try_from(fds).map_err(|fds| NodeHandleError::Count(fds.len()))?;
+        let ty = HandleType::of(&fd)?;
+        // libuv takes a received socket as it is, and shares its file description with the
+        // sender: blocking, one `accept` or `write` would hold the worker's event loop.
+        rustix::io::ioctl_fionbio(&fd, true).map_err(std::io::Error::from)?;
+        let server = match ty {
+            HandleType::Server => Some(fd.try_clone()?),
+            _ => None,
+        };
+        let (_, payload) = herd_wire::encode_to_send(Codec::NodeJson, value)?;
+        let line = envelope::wrap(&payload, ty);
+        let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![fd]);
+        let (tx, rx) = oneshot::channel();
+        let limit = self.shared.send_timeout;
+        match self.shared.gate.admit(frame, server, Some(tx)) {
+            Admit::Now(frame) => {
+                let sent = self.send_frame(frame).await;
+                if sent.is_err() {
+                    // Never sent, so never acknowledged: the next one may go.
+                    self.handle_acked();
+                }
+                sent
+            }
+            Admit::Queued => match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(())) => {
+                    self.shared.sent.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(Err(_)) => Err(Error::ChannelClosed),
+                Err(_) => Err(Error::Timeout(limit)),
+            },
+            Admit::Full(_) => Err(NodeHandleError::Busy(super::gate::MAX_WAITING).into()),
+            Admit::Closed => Err(Error::ChannelClosed),
+        }
+    }
+
+    /// Queues one of herd's own handle-carrying frames (Node's cluster answers) behind the
+    /// handle in flight; the frame comes back when too many wait.
+    pub(crate) fn send_handle_soon(&self, frame: Frame) -> Result<(), Frame> {
+        match self.shared.gate.admit(frame, None, None) {
+            Admit::Now(frame) => {
+                self.send_soon(frame);
+                Ok(())
+            }
+            Admit::Queued | Admit::Closed => Ok(()),
+            Admit::Full(frame) => Err(frame),
+        }
+    }
+
+    /// The Node worker acknowledged the handle in flight (`NODE_HANDLE_ACK`): the next one goes.
+    /// Returns the listening socket just acknowledged, if it was one.
+    pub(crate) fn handle_acked(&self) -> Option<OwnedFd> {
+        let (acked, next) = self.shared.gate.acked();
+        if let Some(frame) = next {
+            self.send_soon(frame);
+        }
+        acked
     }
 
     /// Queues a frame without awaiting: at once when the queue has room, else from a task that
@@ -295,6 +379,7 @@ impl Peer {
             p.closed = true;
             p.waiters.clear();
         }
+        self.shared.gate.close();
     }
 
     /// Turns a received frame into what user code sees. Replies go to their waiters; control

@@ -5,6 +5,7 @@
 
 pub(crate) mod control;
 pub(crate) mod endpoint;
+pub(crate) mod gate;
 pub(crate) mod handshake;
 pub(crate) mod message;
 

@@ -37,6 +37,9 @@ pub(crate) enum ClusterError {
     /// A field is missing or of the wrong type.
     #[error("NODE_CLUSTER message: {0}")]
     Field(&'static str),
+    /// A `NODE_HANDLE` the worker sent cannot be opened.
+    #[error(transparent)]
+    Handle(#[from] super::envelope::EnvelopeError),
 }
 
 /// What a Node worker asks its primary, one `Kind::Node` line.
@@ -69,6 +72,8 @@ pub(crate) struct Query {
     /// The worker's `seq`, which the answer acknowledges.
     pub(crate) seq: u64,
     /// The fields Node builds its key from, as JSON values (`None` when absent: `undefined`).
+    /// (`address` null, `port` and `addressType` -1: a `listen(handle)`, see
+    /// [`Query::is_listen_on_handle`].)
     pub(crate) address: Option<Value>,
     pub(crate) port: Option<Value>,
     pub(crate) address_type: Option<Value>,
@@ -127,6 +132,17 @@ impl Query {
             js_string(&self.fd),
             js_string(&self.index)
         )
+    }
+
+    /// A worker's `server.listen(handle)` on a TCP handle it holds (as Node's `net.Server`
+    /// conversion does with a socket it received): Node still asks the primary, with nothing
+    /// that says which socket (`address` null, `port` -1, `addressType` -1, no `fd`).
+    pub(crate) fn is_listen_on_handle(&self) -> bool {
+        let minus_one = |v: &Option<Value>| v.as_ref().and_then(Value::as_i64) == Some(-1);
+        matches!(self.address, None | Some(Value::Null))
+            && minus_one(&self.port)
+            && minus_one(&self.address_type)
+            && matches!(self.fd, None | Some(Value::Null))
     }
 
     /// What the query asks for, or the libuv error Node's primary would answer.
@@ -375,6 +391,21 @@ mod tests {
             parse(br#"{"cmd":"NODE_HANDLE_ACK"}"#).unwrap(),
             FromWorker::HandleAck
         );
+    }
+
+    /// node v20's query for `server.listen(handle)` in a cluster worker (what its `net.Server`
+    /// handle conversion does with a TCP socket it received).
+    #[test]
+    fn listen_on_a_handle_is_recognised() {
+        let q = query(
+            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":-1,"addressType":-1,"seq":2}"#,
+        );
+        assert!(q.is_listen_on_handle());
+        assert_eq!(q.target(), Err(uv::EINVAL), "nothing says which socket");
+        let q = query(
+            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"address":"/tmp/a.sock","port":-1,"addressType":-1,"seq":4}"#,
+        );
+        assert!(!q.is_listen_on_handle());
     }
 
     proptest::proptest! {

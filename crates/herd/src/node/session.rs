@@ -1,25 +1,35 @@
 //! One Node cluster worker as its primary (herd) sees it: answers its `queryServer`s with shared
 //! handles from the cluster's table (or the descriptors it inherited, for `listen({fd})`), one
-//! handle in flight at a time (Node's rule: the next waits for `NODE_HANDLE_ACK`, in a bounded
-//! queue), turns its `listening` into herd's address, and asks it to disconnect. Never awaits
-//! the worker: every answer is queued at once, or by a task with the send deadline.
+//! handle in flight at a time (Node's rule: the next waits for `NODE_HANDLE_ACK`, in the
+//! channel's bounded gate, `ipc::gate`), turns its `listening` into herd's address, opens the
+//! handles it sends (`NODE_HANDLE`: acknowledged, and handed on as a message with its
+//! descriptor), and asks it to disconnect. Never awaits the worker: every answer is queued at
+//! once, or by a task with the send deadline.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use herd_wire::{Format, Frame, Kind};
 use rustix::net::{sockopt, SocketType};
 use serde_json::Value;
 
 use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
+use super::envelope;
 use super::handles::{Handles, Lent, MAX_KEYS};
 use crate::ipc::Peer;
 use crate::listen;
 
-/// Handles that may wait for the worker's acknowledgement of the one in flight; a query beyond
-/// is answered `EAGAIN`.
-pub(crate) const MAX_WAITING: usize = 16;
+/// What a Node internal line means for the worker's events.
+#[derive(Debug)]
+pub(crate) enum NodeEvent {
+    /// A server of the worker's listens at this address.
+    Listening(String),
+    /// A message the worker sent with a handle (`process.send(msg, handle)`): `msg` as a
+    /// json [`Kind::Message`] frame holding the descriptor.
+    Message(Frame),
+}
 
 /// One Node worker's side of the cluster protocol.
 pub(crate) struct Session {
@@ -30,9 +40,9 @@ pub(crate) struct Session {
     cluster: bool,
     /// Our own `seq`, counted per worker.
     seq: u64,
-    /// A handle was sent and its `NODE_HANDLE_ACK` has not come.
-    in_flight: bool,
-    waiting: VecDeque<Frame>,
+    /// The last listening socket sent to the worker (`send_with_fds`) and acknowledged: what
+    /// its `listen(handle)` queries are answered with.
+    lent_server: Option<OwnedFd>,
     /// Where each query was served (key without the port → `HOST:PORT`), for `listening`.
     served: VecDeque<(String, String)>,
     /// A disconnect was asked for (by us or by the worker).
@@ -46,8 +56,7 @@ impl Session {
             inherited,
             cluster: false,
             seq: 0,
-            in_flight: false,
-            waiting: VecDeque::new(),
+            lent_server: None,
             served: VecDeque::new(),
             disconnecting: false,
         }
@@ -58,19 +67,22 @@ impl Session {
         self.seq
     }
 
-    /// Handles one of Node's internal lines; returns the address of a server that now listens.
-    /// A line that breaks Node's protocol is an error (the caller closes the channel).
-    pub(crate) fn on_line(
+    /// Handles one of Node's internal lines (a [`Kind::Node`] frame). A line that breaks
+    /// Node's protocol is an error (the caller closes the channel).
+    pub(crate) fn on_frame(
         &mut self,
-        line: &[u8],
+        frame: Frame,
         peer: &Peer,
-    ) -> Result<Option<String>, ClusterError> {
-        let msg = cluster::parse(line)?;
+    ) -> Result<Option<NodeEvent>, ClusterError> {
+        if !frame.fds.is_empty() {
+            return self.handle_from_worker(frame, peer);
+        }
+        let msg = cluster::parse(&frame.payload)?;
         self.cluster = true;
         match msg {
             FromWorker::Online | FromWorker::Close | FromWorker::Other => {}
             FromWorker::Query(q) => self.answer(&q, peer),
-            FromWorker::Listening(q) => return Ok(Some(self.listening(&q))),
+            FromWorker::Listening(q) => return Ok(Some(NodeEvent::Listening(self.listening(&q)))),
             FromWorker::ExitedAfterDisconnect { seq } => {
                 self.disconnecting = true;
                 let seq_ours = self.next_seq();
@@ -78,18 +90,35 @@ impl Session {
             }
             FromWorker::HandleAck | FromWorker::HandleNack => {
                 if matches!(msg, FromWorker::HandleNack) {
-                    tracing::warn!(
-                        "a Node worker lost a listening socket on the way (NODE_HANDLE_NACK)"
-                    );
+                    tracing::warn!("a Node worker lost a handle on the way (NODE_HANDLE_NACK)");
                 }
-                self.in_flight = false;
-                if let Some(frame) = self.waiting.pop_front() {
-                    self.in_flight = true;
-                    send_frame(peer, frame);
+                if let Some(server) = peer.handle_acked() {
+                    self.lent_server = Some(server);
                 }
             }
         }
         Ok(None)
+    }
+
+    /// `process.send(msg, handle)` from the worker: acknowledged at once (the worker's next
+    /// handle waits for it), and `msg` handed on with the descriptor. A `msg` of Node's own
+    /// (`NODE_*`) is not for user code: its descriptor is closed.
+    fn handle_from_worker(
+        &mut self,
+        frame: Frame,
+        peer: &Peer,
+    ) -> Result<Option<NodeEvent>, ClusterError> {
+        let opened = envelope::open(&frame.payload, frame.fds.len())?;
+        send(peer, Bytes::from_static(envelope::ACK));
+        if opened.internal {
+            tracing::debug!(
+                ty = opened.ty,
+                "Node internal message with a handle dropped"
+            );
+            return Ok(None);
+        }
+        let message = Frame::new(Kind::Message, Format::Json, opened.msg).with_fds(frame.fds);
+        Ok(Some(NodeEvent::Message(message)))
     }
 
     /// Asks a cluster worker to disconnect (it closes its servers, finishes its connections and
@@ -110,7 +139,16 @@ impl Session {
     fn answer(&mut self, q: &Query, peer: &Peer) {
         let key = q.key();
         let lent = match q.target() {
-            Ok(Target::Fd(n)) => self.inherited(n),
+            // `listen(handle)` on a socket herd sent: it is that one (a Unix socket's asks by
+            // the worker's own descriptor number).
+            _ if q.is_listen_on_handle() && self.lent_server.is_some() => self.lent_server(),
+            Ok(Target::Fd(n)) => self.inherited(n).or_else(|e| {
+                if self.lent_server.is_some() {
+                    self.lent_server()
+                } else {
+                    Err(e)
+                }
+            }),
             Ok(target) => self.table.get_or_bind(&key, &target),
             Err(errno) => Err(errno),
         };
@@ -131,18 +169,23 @@ impl Session {
         }
         let line = cluster::handle_answer(&key, q.seq, seq, lent.udp);
         let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![lent.fd]);
-        if !self.in_flight {
-            self.in_flight = true;
-            send_frame(peer, frame);
-        } else if self.waiting.len() < MAX_WAITING {
-            self.waiting.push_back(frame);
-        } else {
+        if peer.send_handle_soon(frame).is_err() {
             tracing::warn!(
                 key,
                 "a Node worker asked for too many sockets at once; refused with EAGAIN"
             );
             send(peer, cluster::error_answer(&key, q.seq, seq, uv::EAGAIN));
         }
+    }
+
+    /// A copy of the listening socket last sent to the worker.
+    fn lent_server(&self) -> Result<Lent, i64> {
+        let fd = self.lent_server.as_ref().ok_or(uv::EBADF)?;
+        Ok(Lent {
+            fd: fd.try_clone().map_err(|_| uv::EMFILE)?,
+            local: listen::local_addr(fd).map_or_else(|_| "sent socket".into(), |a| a.to_string()),
+            udp: false,
+        })
     }
 
     /// The socket the worker inherited at `n`, if it is one.
@@ -183,10 +226,31 @@ impl Session {
     }
 }
 
-fn send(peer: &Peer, line: bytes::Bytes) {
-    send_frame(peer, Frame::new(Kind::Node, Format::Json, line));
+/// A Node primary's internal line to a herd worker (the json codec; the worker is herd's, not
+/// Node's cluster's): a handle (`subprocess.send(msg, handle)`) is acknowledged and its `msg`
+/// returned as a json [`Kind::Message`] frame holding the descriptor; an acknowledgement of
+/// ours lets our next handle go; anything else is ignored. A `NODE_HANDLE` that cannot be
+/// opened is an error.
+pub(crate) fn from_node_primary(frame: Frame, peer: &Peer) -> Result<Option<Frame>, ClusterError> {
+    if !frame.fds.is_empty() {
+        let opened = envelope::open(&frame.payload, frame.fds.len())?;
+        send(peer, Bytes::from_static(envelope::ACK));
+        if opened.internal {
+            return Ok(None);
+        }
+        return Ok(Some(
+            Frame::new(Kind::Message, Format::Json, opened.msg).with_fds(frame.fds),
+        ));
+    }
+    match cluster::parse(&frame.payload) {
+        Ok(FromWorker::HandleAck | FromWorker::HandleNack) => {
+            peer.handle_acked();
+        }
+        _ => tracing::debug!("Node cluster message from the primary ignored"),
+    }
+    Ok(None)
 }
 
-fn send_frame(peer: &Peer, frame: Frame) {
-    peer.send_soon(frame);
+fn send(peer: &Peer, line: Bytes) {
+    peer.send_soon(Frame::new(Kind::Node, Format::Json, line));
 }

@@ -31,8 +31,8 @@ use crate::cache::serve::CacheCalls;
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::Routed;
-use crate::ipc::{handshake, Incoming, Peer, Request};
-use crate::node::session::Session;
+use crate::ipc::{handshake, Incoming, Message, Peer, Request};
+use crate::node::session::{NodeEvent, Session};
 use crate::Error;
 
 /// How long a worker that closed its channel after a stop request may take to exit by itself
@@ -303,21 +303,25 @@ impl Supervisor {
                 tracing::debug!(worker = %id, "unknown control notice ignored");
             }
             Ok(Routed::Cache(request)) => self.cache_call(request),
-            Ok(Routed::Node(frame)) => self.node_line(&frame.payload),
+            Ok(Routed::Node(frame)) => self.node_line(frame),
             Ok(Routed::Handled) => {}
             Err(e) => self.lost_channel(Some(e)),
         }
     }
 
     /// One of Node's internal lines: answered by the worker's cluster session.
-    fn node_line(&mut self, line: &[u8]) {
+    fn node_line(&mut self, frame: herd_wire::Frame) {
         let Some(node) = self.node.as_mut() else {
             return;
         };
-        match node.on_line(line, &self.peer) {
-            Ok(Some(address)) => self.emit(Event::Listening {
+        match node.on_frame(frame, &self.peer) {
+            Ok(Some(NodeEvent::Listening(address))) => self.emit(Event::Listening {
                 worker: self.id,
                 address,
+            }),
+            Ok(Some(NodeEvent::Message(frame))) => self.emit(Event::Message {
+                worker: self.id,
+                message: Message::from_frame(frame),
             }),
             Ok(None) => {}
             Err(e) => self.lost_channel(Some(Error::Protocol(e.to_string()))),
