@@ -37,12 +37,15 @@ fn served_by(addr: std::net::SocketAddr, n: usize) {
 #[test]
 fn workers_start_and_serve_under_ulimit_n_64() {
     let server = demo_server();
+    let (listen, port) = demo_port();
     let mut herd = Herd::start_after(
         "ulimit64",
         "ulimit -n 64",
         &[
             "--listen",
-            "127.0.0.1:0",
+            &listen,
+            "--env",
+            &port,
             "-w",
             "2",
             "--",
@@ -62,12 +65,15 @@ fn workers_start_and_serve_under_ulimit_n_64() {
 #[test]
 fn descriptor_exhaustion_neither_spins_nor_loses_a_slot() {
     let server = demo_server();
+    let (listen, port) = demo_port();
     let herd = Herd::start_after(
         "exhaust",
         "ulimit -n 64",
         &[
             "--listen",
-            "127.0.0.1:0",
+            &listen,
+            "--env",
+            &port,
             "-w",
             "2",
             "--max-restarts",

@@ -19,6 +19,13 @@ use herd_test_support::process::{lines, TempDir};
 pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// `--listen` and `--env PORT=` for the demo server on one free port: herd binds it, and the
+/// server's own `listen(PORT)` is handed herd's socket.
+pub fn demo_port() -> (String, String) {
+    let port = herd_test_support::process::free_port();
+    (format!("127.0.0.1:{port}"), format!("PORT={port}"))
+}
+
 pub fn demo_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo/server.js")
 }
@@ -70,7 +77,8 @@ impl Herd {
     /// [`Herd::listening`]), with `args` before the command.
     pub fn serve_demo(name: &str, args: &[&str]) -> Herd {
         let server = demo_server();
-        let mut all = vec!["--listen", "127.0.0.1:0"];
+        let (listen, port) = demo_port();
+        let mut all = vec!["--listen", &listen, "--env", &port];
         all.extend(args);
         all.extend(["--", "node", server.to_str().unwrap()]);
         Herd::start(name, &all)

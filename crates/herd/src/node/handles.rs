@@ -81,20 +81,7 @@ impl Handles {
     /// The held socket a query for `target` means, if any: the same port (or path), and the
     /// same address, or either one unspecified.
     fn held_for(&self, target: &Target) -> Option<Entry> {
-        let (fd, addr) =
-            self.held
-                .iter()
-                .map(|(a, fd)| (fd, a))
-                .find(|(_, a)| match (target, a) {
-                    (Target::Tcp { ip, port, .. }, ListenAddr::Tcp(have)) => {
-                        *port != 0
-                            && have.port() == *port
-                            && (ip.is_none_or(|ip| ip.is_unspecified() || ip == have.ip())
-                                || have.ip().is_unspecified())
-                    }
-                    (Target::Unix(path), ListenAddr::Unix(have)) => path == have,
-                    _ => false,
-                })?;
+        let (addr, fd) = self.held.iter().find(|(a, _)| means(target, a))?;
         let fd = fd.try_clone().ok()?;
         // A shared socket must be non-blocking (see `bind`).
         rustix::io::ioctl_fionbio(&fd, true).ok()?;
@@ -152,6 +139,21 @@ impl Drop for Handles {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+/// Whether a query for `target` means a socket listening at `have`: the same port (or path),
+/// and the same address, or either one unspecified. Port 0 means a new port, never a held one.
+pub(crate) fn means(target: &Target, have: &ListenAddr) -> bool {
+    match (target, have) {
+        (Target::Tcp { ip, port, .. }, ListenAddr::Tcp(have)) => {
+            *port != 0
+                && have.port() == *port
+                && (ip.is_none_or(|ip| ip.is_unspecified() || ip == have.ip())
+                    || have.ip().is_unspecified())
+        }
+        (Target::Unix(path), ListenAddr::Unix(have)) => path == have,
+        _ => false,
     }
 }
 

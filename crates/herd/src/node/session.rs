@@ -149,7 +149,11 @@ impl Session {
                     Err(e)
                 }
             }),
-            Ok(target) => self.table.get_or_bind(&key, &target),
+            // A socket of its own at that address (`--reuseport`), else the cluster's.
+            Ok(target) => match self.inherited_at(&target) {
+                Some(n) => self.inherited(n),
+                None => self.table.get_or_bind(&key, &target),
+            },
             Err(errno) => Err(errno),
         };
         let seq = self.next_seq();
@@ -185,6 +189,14 @@ impl Session {
             fd: fd.try_clone().map_err(|_| uv::EMFILE)?,
             local: listen::local_addr(fd).map_or_else(|_| "sent socket".into(), |a| a.to_string()),
             udp: false,
+        })
+    }
+
+    /// The number of a socket the worker inherited that listens where `target` asks.
+    fn inherited_at(&self, target: &Target) -> Option<i32> {
+        self.inherited.iter().find_map(|(n, fd)| {
+            let have = listen::local_addr(&**fd).ok()?;
+            super::handles::means(target, &have).then_some(*n)
         })
     }
 
