@@ -122,6 +122,85 @@ fn node_docs_cluster_example_runs_as_herds_workers() {
 }
 
 #[test]
+fn a_reforking_cluster_app_is_restarted_and_reloaded_by_herd() {
+    let port = free_port();
+    let herd = Herd::start(
+        "node-refork",
+        &[
+            "-w",
+            "2",
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("cluster_refork.js"),
+        ],
+    );
+    for _ in 0..2 {
+        herd.stdout_line(|l| l.ends_with("listening"));
+    }
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(answers_from(addr, "worker", 2), BTreeSet::from([1, 2]));
+    // A worker dies: herd restarts its slot (the app's own re-fork code never runs: herd is
+    // the primary), and there are never more than 2 node processes.
+    let _ = http_get(addr, "/crash");
+    let s = herd.status_until("a restart", |s| {
+        running(s) == 2 && s.status.workers.iter().any(|w| w.restarts == 1)
+    });
+    assert_eq!(node_descendants(herd.pid()).len(), 2);
+    let before: BTreeSet<u64> = pids(&s).into_iter().collect();
+    // A reload replaces every worker, each once the new one listens.
+    assert!(herd.ctl(&["reload"]).status.success());
+    let after: BTreeSet<u64> = pids(&herd.status()).into_iter().collect();
+    assert!(before.is_disjoint(&after), "{before:?} then {after:?}");
+    assert_eq!(answers_from(addr, "pid", 2), after);
+    stop_gracefully(herd, 4);
+}
+
+#[test]
+fn an_app_with_two_ports_serves_both_from_every_worker() {
+    let (port, admin) = (free_port(), free_port());
+    let herd = Herd::start(
+        "node-two-ports",
+        &[
+            "-w",
+            "2",
+            "--env",
+            &format!("PORT={port}"),
+            "--env",
+            &format!("ADMIN_PORT={admin}"),
+            "--",
+            "node",
+            &app("two_ports.js"),
+        ],
+    );
+    for _ in 0..4 {
+        herd.stdout_line(|l| l.ends_with(" listening"));
+    }
+    let pids: BTreeSet<u64> = pids(&herd.status()).into_iter().collect();
+    for p in [port, admin] {
+        let addr: SocketAddr = ([127, 0, 0, 1], p).into();
+        assert_eq!(answers_from(addr, "pid", 2), pids, "port {p}");
+    }
+    assert!(herd.ctl(&["reload"]).status.success());
+    let after: BTreeSet<u64> = pids_of(&herd);
+    assert!(pids.is_disjoint(&after));
+    for p in [port, admin] {
+        let addr: SocketAddr = ([127, 0, 0, 1], p).into();
+        assert_eq!(
+            answers_from(addr, "pid", 2),
+            after,
+            "port {p} after the reload"
+        );
+    }
+    stop_gracefully(herd, 4);
+}
+
+fn pids_of(herd: &Herd) -> BTreeSet<u64> {
+    pids(&herd.status()).into_iter().collect()
+}
+
+#[test]
 fn a_plain_node_server_serves_from_every_worker_on_one_port() {
     let port = free_port();
     let herd = Herd::start(
