@@ -82,6 +82,21 @@ fn answers_from(addr: SocketAddr, key: &str, n: usize) -> BTreeSet<u64> {
     })
 }
 
+/// `herd run -w 2` of the app `script` with `PORT=port`, once both workers said they listen on
+/// that port.
+fn serve_on(port: u16, name: &str, script: &str) -> Herd {
+    let env = format!("PORT={port}");
+    let herd = Herd::start(
+        name,
+        &["-w", "2", "--env", &env, "--", "node", &app(script)],
+    );
+    for _ in 0..2 {
+        let line = herd.stdout_line(|l| l.contains("listening on"));
+        assert!(line.ends_with(&format!("listening on {port}")), "{line}");
+    }
+    herd
+}
+
 #[test]
 fn node_docs_cluster_example_runs_as_herds_workers() {
     let port = free_port();
@@ -203,22 +218,7 @@ fn pids_of(herd: &Herd) -> BTreeSet<u64> {
 #[test]
 fn a_plain_node_server_serves_from_every_worker_on_one_port() {
     let port = free_port();
-    let herd = Herd::start(
-        "node-plain",
-        &[
-            "-w",
-            "2",
-            "--env",
-            &format!("PORT={port}"),
-            "--",
-            "node",
-            &app("plain.js"),
-        ],
-    );
-    for _ in 0..2 {
-        let line = herd.stdout_line(|l| l.contains("listening on"));
-        assert!(line.ends_with(&format!("listening on {port}")), "{line}");
-    }
+    let herd = serve_on(port, "node-plain", "plain.js");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let served: BTreeSet<u64> = answers_from(addr, "pid", 2);
     let s = herd.status();
@@ -377,22 +377,7 @@ fn a_unix_socket_server_is_shared_and_its_file_removed_at_the_end() {
 #[test]
 fn a_udp_service_shares_one_socket() {
     let port = free_port();
-    let herd = Herd::start(
-        "node-udp",
-        &[
-            "-w",
-            "2",
-            "--env",
-            &format!("PORT={port}"),
-            "--",
-            "node",
-            &app("udp.js"),
-        ],
-    );
-    for _ in 0..2 {
-        let line = herd.stdout_line(|l| l.contains("listening on"));
-        assert!(line.ends_with(&format!("listening on {port}")), "{line}");
-    }
+    let herd = serve_on(port, "node-udp", "udp.js");
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))

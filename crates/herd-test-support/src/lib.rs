@@ -1,7 +1,7 @@
 //! What herd's tests and benchmarks share (`publish = false`; never a dependency of the library).
 //!
 //! - [`test_worker`]: the path of the `herd-test-worker` binary (this crate's `[[bin]]`), built
-//!   (or brought up to date) on first use.
+//!   (or brought up to date) on first use; [`echo_cluster`], a cluster of them.
 //! - [`redis_server::RedisServer`]: a private `redis-server` on a free port (never 127.0.0.1:6379).
 //! - [`cache`]: clusters of test workers (or Node workers) sharing a cache hub.
 //! - [`events`]: a cluster's next event, or the next matching one, within a deadline.
@@ -16,4 +16,4 @@ pub mod process;
 pub mod redis_server;
 mod worker;
 
-pub use worker::test_worker;
+pub use worker::{echo_cluster, test_worker};

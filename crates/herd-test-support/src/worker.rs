@@ -92,3 +92,13 @@ fn build(cargo: &Path) -> PathBuf {
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| panic!("cargo built no {BIN} executable:\n{stderr}"))
 }
+
+/// A cluster of `n` test workers in `echo` mode (see the binary's docs), with a 2 s grace period.
+pub fn echo_cluster(n: usize) -> herd::ClusterBuilder {
+    herd::Cluster::builder()
+        .workers(n)
+        .program(test_worker())
+        .args(Vec::<String>::new())
+        .env("HERD_TEST_MODE", "echo")
+        .grace(std::time::Duration::from_secs(2))
+}

@@ -15,12 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 fn builder(n: usize) -> ClusterBuilder {
-    Cluster::builder()
-        .workers(n)
-        .program(test_worker())
-        .args(Vec::<String>::new())
-        .env("HERD_TEST_MODE", "echo")
-        .grace(Duration::from_secs(2))
+    herd_test_support::echo_cluster(n)
 }
 
 async fn all_online(cluster: &mut Cluster, n: usize) {

@@ -8,16 +8,10 @@ use herd::{Cluster, ClusterBuilder, Error, Event, WorkerId};
 use serde_json::{json, Value};
 
 use herd_test_support::process::pid_alive as alive;
-use herd_test_support::test_worker;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn builder(n: usize) -> ClusterBuilder {
-    Cluster::builder()
-        .workers(n)
-        .program(test_worker())
-        .args(Vec::<String>::new())
-        .env("HERD_TEST_MODE", "echo")
-        .grace(Duration::from_secs(2))
+    herd_test_support::echo_cluster(n)
 }
 
 async fn next(cluster: &mut Cluster) -> Option<Event> {
