@@ -39,6 +39,7 @@ pub struct ClusterBuilder {
     capture_output: bool,
     send_timeout: Duration,
     stop: Stop,
+    subreaper: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -61,6 +62,7 @@ impl Default for ClusterBuilder {
             capture_output: false,
             stop: Stop::EndOfStream,
             send_timeout: SEND_TIMEOUT,
+            subreaper: false,
         }
     }
 }
@@ -197,6 +199,20 @@ impl ClusterBuilder {
         self
     }
 
+    /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`) when the cluster starts,
+    /// and reaps what it adopts (default: off). Processes a worker started and left behind
+    /// then re-parent to this process instead of pid 1, so the `SIGKILL` each worker's process
+    /// group gets once the worker has exited reaches them and they are reaped here.
+    ///
+    /// This changes the whole process, for good: the reaper reaps every zombie child that herd
+    /// did not fork and that is not in this process's own process group. Turn it on only if
+    /// nothing else in the process waits for children of its own that run in a process group
+    /// of their own. `herd run` turns it on.
+    pub fn subreaper(mut self, on: bool) -> Self {
+        self.subreaper = on;
+        self
+    }
+
     /// Starts the dispatcher and forks the workers. Must be called inside a tokio runtime.
     ///
     /// If a fork fails, the workers already forked are killed (and reaped) before the error is
@@ -234,6 +250,9 @@ impl ClusterBuilder {
             stop: self.stop,
         });
         check_numbers(&cfg, &[])?;
+        if self.subreaper {
+            super::reaper::enable().map_err(Error::Spawn)?;
+        }
         if let Some(hub) = &cfg.cache {
             hub.start();
         }
