@@ -40,6 +40,7 @@ pub struct ClusterBuilder {
     send_timeout: Duration,
     stop: Stop,
     subreaper: bool,
+    cgroup: Option<PathBuf>,
 }
 
 impl Default for ClusterBuilder {
@@ -63,6 +64,7 @@ impl Default for ClusterBuilder {
             stop: Stop::EndOfStream,
             send_timeout: SEND_TIMEOUT,
             subreaper: false,
+            cgroup: None,
         }
     }
 }
@@ -213,6 +215,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Puts every worker, before it runs, into the cgroup v2 directory `dir` (which must exist
+    /// and be writable); what a worker starts is then in it too, wherever it moves in the
+    /// process tree, so `cgroup.kill` reaches it all. herd does not kill the cgroup itself: that
+    /// is for whoever outlives this process (`herd run` starts a watchdog for it).
+    pub fn cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
+
     /// Starts the dispatcher and forks the workers. Must be called inside a tokio runtime.
     ///
     /// If a fork fails, the workers already forked are killed (and reaped) before the error is
@@ -229,6 +240,21 @@ impl ClusterBuilder {
         let held = self.listeners.iter().cloned();
         let held = held.chain(self.inherit.iter().map(|(fd, _)| fd.clone()));
         let node_handles = Arc::new(Handles::holding(held));
+        let cgroup_procs = match &self.cgroup {
+            Some(dir) => {
+                let procs = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))
+                    .map_err(|e| {
+                        Error::Spawn(std::io::Error::new(
+                            e.kind(),
+                            format!("cgroup {}: {e}", dir.display()),
+                        ))
+                    })?;
+                Some(Arc::new(OwnedFd::from(procs)))
+            }
+            None => None,
+        };
         let cfg = Arc::new(Config {
             program,
             args,
@@ -248,6 +274,7 @@ impl ClusterBuilder {
             send_timeout: self.send_timeout,
             node_handles,
             stop: self.stop,
+            cgroup_procs,
         });
         check_numbers(&cfg, &[])?;
         if self.subreaper {

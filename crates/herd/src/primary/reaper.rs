@@ -25,6 +25,10 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// How often a reaping pass runs besides on `SIGCHLD` (signals coalesce; a pass is cheap).
 const PASS_EVERY: Duration = Duration::from_secs(2);
 
+/// The least time between two passes: a pass reads all of /proc, and a storm of `SIGCHLD`
+/// (workers restarting in a loop) is answered by one pass per period, not one per signal.
+const PASS_AT_MOST_EVERY: Duration = Duration::from_millis(200);
+
 /// The spawner's lock over the registry of herd's own children.
 pub(super) struct Own(MutexGuard<'static, Option<HashSet<u32>>>);
 
@@ -94,6 +98,9 @@ pub(crate) fn enable() -> std::io::Result<()> {
             if reaped > 0 {
                 tracing::debug!(reaped, "reaped processes left behind by workers");
             }
+            // Rate limit (signals that come meanwhile are kept by the stream, and answered by
+            // the next pass).
+            tokio::time::sleep(PASS_AT_MOST_EVERY).await;
         }
     });
     Ok(())

@@ -126,7 +126,7 @@ pub(super) async fn fork(
     inherited.extend(opts.fds.into_iter().map(|(fd, at)| (at, Arc::new(fd))));
     let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
     fds.extend(inherited.iter().map(|(at, fd)| (&**fd, *at)));
-    sys::prepare_child(&mut cmd, &fds);
+    sys::prepare_child(&mut cmd, &fds, cfg.cgroup_procs.as_deref());
     let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
     let output = cfg.capture_output.then(|| {
         let (tx, rx) = mpsc::channel(256);
