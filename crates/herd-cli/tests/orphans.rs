@@ -114,11 +114,15 @@ impl Drop for Marked {
 }
 
 fn start(name: &str, marked: &Marked, flags: &[&str]) -> Herd {
+    start_after(name, ":", marked, flags)
+}
+
+fn start_after(name: &str, prelude: &str, marked: &Marked, flags: &[&str]) -> Herd {
     let command = marked.command();
     let mut args: Vec<&str> = flags.to_vec();
     args.push("--");
     args.extend(command.iter().map(String::as_str));
-    Herd::start(name, &args)
+    Herd::start_after(name, prelude, &args)
 }
 
 fn sigkill(pid: u32) {
@@ -184,8 +188,17 @@ fn in_herds_cgroup(pid: u32, herd: u32) -> bool {
 
 #[test]
 fn a_sigkill_of_herd_kills_its_workers_and_where_it_has_a_cgroup_what_they_left() {
+    sigkill_herd(":");
+}
+
+#[test]
+fn without_a_cgroup_a_sigkill_of_herd_still_kills_its_workers() {
+    sigkill_herd("export HERD_CGROUP=off");
+}
+
+fn sigkill_herd(prelude: &str) {
     let marked = Marked::new();
-    let mut herd = start("orphan-kill9", &marked, &["-w", "2"]);
+    let mut herd = start_after("orphan-kill9", prelude, &marked, &["-w", "2"]);
     let (_, left) = marked.running(2);
     let covered = left.iter().all(|p| in_herds_cgroup(*p, herd.pid()));
     herd.signal(Signal::KILL);

@@ -6,7 +6,7 @@
 //! every process in it, whatever it did (a new session, a double fork), then removes it.
 //!
 //! Where no cgroup can be made (not writable, cgroup v1 only, a kernel without `cgroup.kill`),
-//! herd runs without one: workers still die with herd (`PR_SET_PDEATHSIG`), what they started
+//! or `HERD_CGROUP=off` is in its environment, herd runs without one: workers still die with herd (`PR_SET_PDEATHSIG`), what they started
 //! does not (see docs/reliability.md).
 
 use std::path::{Path, PathBuf};
@@ -66,6 +66,9 @@ pub fn start() -> Option<Watchdog> {
 }
 
 fn try_start() -> Result<Watchdog, String> {
+    if std::env::var_os("HERD_CGROUP").is_some_and(|v| v == "off") {
+        return Err("HERD_CGROUP=off".into());
+    }
     let parent = own_cgroup().ok_or("no cgroup v2 mounted")?;
     let dir = parent.join(format!("herd-{}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
