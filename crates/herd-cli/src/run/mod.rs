@@ -2,7 +2,7 @@
 //! runs until they stop; see the binary's docs for what it does. The steps are one file each:
 //! the listening sockets ([`listen`]), the cluster and its cache (`cluster`), the supervision
 //! (`service`, the one user of `herd::service`), the printing of worker output (`output`) and
-//! the workers' cgroup with its watchdog, for a kill -9 of herd ([`watchdog`]).
+//! the workers' cgroup with its watchdog, for a kill -9 of herd (`watchdog`).
 
 use std::sync::Arc;
 
