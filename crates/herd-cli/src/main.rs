@@ -91,8 +91,10 @@ const LIMIT: Duration = Duration::from_secs(3600);
 
 fn main() {
     let mut argv = std::env::args_os();
-    if argv.nth(1).is_some_and(|a| a == run::LISTEN_EXEC) {
-        run::listen_exec(argv.skip(1).collect());
+    match argv.nth(1) {
+        Some(a) if a == run::LISTEN_EXEC => run::listen_exec(argv.skip(1).collect()),
+        Some(a) if a == run::WATCHDOG => run::watchdog(argv.collect()),
+        _ => {}
     }
     let (cli, matches) = match parse() {
         Ok(parsed) => parsed,

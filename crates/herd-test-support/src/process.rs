@@ -91,17 +91,37 @@ pub fn pid_alive(pid: u64) -> bool {
     state(pid).is_some_and(|s| s != 'Z')
 }
 
-/// The children of `pid` (all its threads'), and how many of them are zombies.
+/// The children of `pid`, and how many of them are zombies, from every process's parent in
+/// /proc (kernels without `CONFIG_PROC_CHILDREN` have no `task/*/children`). `herd run`'s
+/// watchdog (`herd __watchdog`, a child of herd's for its whole life) is not counted.
 pub fn children(pid: u32) -> (usize, usize) {
-    let mut all = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            all.extend(text.split_whitespace().map(String::from));
+    let mut kids = 0;
+    let mut zombies = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next());
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) != Some(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"__watchdog".as_slice()) {
+            continue;
+        }
+        kids += 1;
+        if state == Some('Z') {
+            zombies += 1;
         }
     }
-    let zombies = all.iter().filter(|c| state(c) == Some('Z')).count();
-    (all.len(), zombies)
+    (kids, zombies)
 }
 
 /// The descriptors `pid` holds: the fewest seen over a few samples (a process starting or

@@ -59,13 +59,29 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The descriptors are parked just above the highest target and source number, below the soft
 /// open-file limit (read here, before fork), so a low `ulimit -n` works; if this process's own
 /// descriptors leave no room there, the spawn fails with `EMFILE`, a shortage to retry.
-pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)]) {
+///
+/// With `cgroup_procs` (a cgroup v2 directory's `cgroup.procs`, open for writing), the child
+/// moves itself into that cgroup first, so that it and everything it starts are in it.
+pub fn prepare_child(
+    cmd: &mut tokio::process::Command,
+    fds: &[(&OwnedFd, RawFd)],
+    cgroup_procs: Option<&OwnedFd>,
+) {
+    let cgroup_procs = cgroup_procs.map(|fd| fd.as_raw_fd());
     let parent = rustix::process::getpid();
     // Allocated and computed before fork: the closure below must not allocate.
     let mut moves: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, to)| (f.as_raw_fd(), *to)).collect();
     let limit = fd_limit();
     let park_at = park_base(&moves, limit);
     let closure = move || -> io::Result<()> {
+        if let Some(procs) = cgroup_procs {
+            // SAFETY: `procs` is open, owned by the parent's `OwnedFd`, which outlives the
+            // spawn; writing "0" to a cgroup.procs file moves the writing process (this child)
+            // into that cgroup. No memory is touched but the static two bytes.
+            if unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
         if rustix::process::getppid() != Some(parent) {
             // The primary died before we got here: PDEATHSIG will never fire.
@@ -106,7 +122,7 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, fds: &[(&OwnedFd, RawFd)
         Ok(())
     };
     // SAFETY: the closure runs in the child after fork and before exec. It only makes
-    // async-signal-safe system calls (prctl, getppid, close_range, fcntl, dup2), takes no locks
+    // async-signal-safe system calls (write, prctl, getppid, close_range, fcntl, dup2), takes no locks
     // and does not allocate: `moves`, `limit` and `park_at` were made before fork; `moves` is
     // only written in place.
     unsafe {

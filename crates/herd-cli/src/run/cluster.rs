@@ -43,7 +43,10 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
     let mut builder = Cluster::builder()
         .codec(s.codec)
         .grace(s.grace)
-        .capture_output(true);
+        .capture_output(true)
+        // What a worker leaves behind re-parents to herd, is killed with the worker's process
+        // group once it exits, and is reaped here.
+        .subreaper(true);
     builder = match s.stop {
         StopBy::Signal(sig) => builder.stop_signal(sig),
         StopBy::Message => builder.shutdown_message("shutdown"),

@@ -1,7 +1,8 @@
 //! `herd run`: starts N copies of a program as supervised workers with the settings given, and
 //! runs until they stop; see the binary's docs for what it does. The steps are one file each:
 //! the listening sockets ([`listen`]), the cluster and its cache (`cluster`), the supervision
-//! (`service`, the one user of `herd::service`) and the printing of worker output (`output`).
+//! (`service`, the one user of `herd::service`), the printing of worker output (`output`) and
+//! the workers' cgroup with its watchdog, for a kill -9 of herd (`watchdog`).
 
 use std::sync::Arc;
 
@@ -16,8 +17,10 @@ mod cluster;
 pub mod listen;
 mod output;
 mod service;
+pub mod watchdog;
 
 pub use listen::{listen_exec, LISTEN_EXEC};
+pub use watchdog::{watchdog, WATCHDOG};
 
 /// Runs the herd `s` describes until it ends; its exit code.
 pub async fn run(s: Settings) -> Result<Exit> {
@@ -30,7 +33,12 @@ pub async fn run(s: Settings) -> Result<Exit> {
     let sockets = listen::bind(&s)?;
     let listening: Arc<[_]> = sockets.listening.clone().into();
     let reuseport = sockets.reuseport.clone();
-    let (builder, hub) = cluster::builder(&s, sockets)?;
+    let (mut builder, hub) = cluster::builder(&s, sockets)?;
+    // Held until herd returns: the watchdog kills the cgroup once herd is gone.
+    let watchdog = watchdog::start();
+    if let Some(w) = &watchdog {
+        builder = builder.cgroup(w.dir());
+    }
     let control = server::bind(&s.control).await?;
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
     let (calls_tx, calls) = mpsc::channel(16);
@@ -38,5 +46,6 @@ pub async fn run(s: Settings) -> Result<Exit> {
     let extras = service::Extras { hub, listening };
     let exit = service::supervise(builder, &s, reuseport, extras, calls).await;
     let _ = std::fs::remove_file(&s.control);
+    drop(watchdog);
     exit
 }

@@ -39,6 +39,8 @@ pub struct ClusterBuilder {
     capture_output: bool,
     send_timeout: Duration,
     stop: Stop,
+    subreaper: bool,
+    cgroup: Option<PathBuf>,
 }
 
 impl Default for ClusterBuilder {
@@ -61,6 +63,8 @@ impl Default for ClusterBuilder {
             capture_output: false,
             stop: Stop::EndOfStream,
             send_timeout: SEND_TIMEOUT,
+            subreaper: false,
+            cgroup: None,
         }
     }
 }
@@ -197,6 +201,29 @@ impl ClusterBuilder {
         self
     }
 
+    /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`) when the cluster starts,
+    /// and reaps what it adopts (default: off). Processes a worker started and left behind
+    /// then re-parent to this process instead of pid 1, so the `SIGKILL` each worker's process
+    /// group gets once the worker has exited reaches them and they are reaped here.
+    ///
+    /// This changes the whole process, for good: the reaper reaps every zombie child that herd
+    /// did not fork and that is not in this process's own process group. Turn it on only if
+    /// nothing else in the process waits for children of its own that run in a process group
+    /// of their own. `herd run` turns it on.
+    pub fn subreaper(mut self, on: bool) -> Self {
+        self.subreaper = on;
+        self
+    }
+
+    /// Puts every worker, before it runs, into the cgroup v2 directory `dir` (which must exist
+    /// and be writable); what a worker starts is then in it too, wherever it moves in the
+    /// process tree, so `cgroup.kill` reaches it all. herd does not kill the cgroup itself: that
+    /// is for whoever outlives this process (`herd run` starts a watchdog for it).
+    pub fn cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
+
     /// Starts the dispatcher and forks the workers. Must be called inside a tokio runtime.
     ///
     /// If a fork fails, the workers already forked are killed (and reaped) before the error is
@@ -213,6 +240,21 @@ impl ClusterBuilder {
         let held = self.listeners.iter().cloned();
         let held = held.chain(self.inherit.iter().map(|(fd, _)| fd.clone()));
         let node_handles = Arc::new(Handles::holding(held));
+        let cgroup_procs = match &self.cgroup {
+            Some(dir) => {
+                let procs = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))
+                    .map_err(|e| {
+                        Error::Spawn(std::io::Error::new(
+                            e.kind(),
+                            format!("cgroup {}: {e}", dir.display()),
+                        ))
+                    })?;
+                Some(Arc::new(OwnedFd::from(procs)))
+            }
+            None => None,
+        };
         let cfg = Arc::new(Config {
             program,
             args,
@@ -232,8 +274,12 @@ impl ClusterBuilder {
             send_timeout: self.send_timeout,
             node_handles,
             stop: self.stop,
+            cgroup_procs,
         });
         check_numbers(&cfg, &[])?;
+        if self.subreaper {
+            super::reaper::enable().map_err(Error::Spawn)?;
+        }
         if let Some(hub) = &cfg.cache {
             hub.start();
         }

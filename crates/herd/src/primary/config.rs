@@ -37,6 +37,9 @@ pub(super) struct Config {
     /// How a disconnected worker is told to stop once its channel is closed
     /// ([`crate::ClusterBuilder::stop_signal`], [`crate::ClusterBuilder::shutdown_message`]).
     pub(super) stop: Stop,
+    /// The `cgroup.procs` of the cgroup every worker moves itself into before it runs
+    /// ([`crate::ClusterBuilder::cgroup`]).
+    pub(super) cgroup_procs: Option<Arc<OwnedFd>>,
 }
 
 /// Checks that the descriptor numbers workers get are in range and distinct, and that they fit

@@ -15,7 +15,9 @@
 //!   the dispatcher; `output`: captured stdout and stderr.
 //!
 //! Each worker runs in its own process group; stopping it is a signal, a grace period, then
-//! `SIGKILL` to the group.
+//! `SIGKILL` to the group, and once the worker has exited, for whatever reason, `SIGKILL` to
+//! what is left of its group. `reaper`: herd as a child subreaper (opt-in), reaping what
+//! workers leave behind.
 
 pub(crate) mod builder;
 pub(crate) mod config;
@@ -23,6 +25,7 @@ pub(crate) mod dispatcher;
 pub(crate) mod event;
 pub(crate) mod handle;
 pub(crate) mod output;
+pub(crate) mod reaper;
 pub(crate) mod spawn;
 pub(crate) mod supervisor;
 

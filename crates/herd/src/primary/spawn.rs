@@ -15,6 +15,7 @@ use super::config::Config;
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerHandle, WorkerShared};
 use super::output::read_lines;
+use super::reaper;
 use super::supervisor::Supervisor;
 use crate::cache::serve::forward_pushes;
 use crate::ids::WorkerId;
@@ -40,7 +41,14 @@ fn spawner() -> &'static Mutex<std::sync::mpsc::Sender<SpawnJob>> {
             .spawn(move || {
                 for mut job in rx {
                     let _guard = job.runtime.enter();
-                    let _ = job.reply.send(job.cmd.spawn());
+                    // Registered before any reaping pass can see it exit (see `reaper`).
+                    let mut own = reaper::own();
+                    let child = job.cmd.spawn();
+                    if let Some(pid) = child.as_ref().ok().and_then(|c| c.id()) {
+                        own.insert(pid);
+                    }
+                    drop(own);
+                    let _ = job.reply.send(child);
                 }
             })
             .expect("cannot start the herd-spawner thread");
@@ -118,7 +126,7 @@ pub(super) async fn fork(
     inherited.extend(opts.fds.into_iter().map(|(fd, at)| (at, Arc::new(fd))));
     let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
     fds.extend(inherited.iter().map(|(at, fd)| (&**fd, *at)));
-    sys::prepare_child(&mut cmd, &fds);
+    sys::prepare_child(&mut cmd, &fds, cfg.cgroup_procs.as_deref());
     let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
     let output = cfg.capture_output.then(|| {
         let (tx, rx) = mpsc::channel(256);
@@ -132,6 +140,7 @@ pub(super) async fn fork(
     });
     drop(theirs);
     let pid = child.id().unwrap_or(0);
+    let registered = reaper::Registered(pid);
     let (tx, rx) = herd_wire::channel(ours, cfg.codec, cfg.limits)?;
     let peer = Peer::new(tx, cfg.send_timeout, cfg.request_timeout);
     if cfg.codec == Codec::Binary {
@@ -165,5 +174,6 @@ pub(super) async fn fork(
         output,
         node,
     );
+    registered.keep();
     Ok((WorkerHandle { inner: shared }, sup))
 }

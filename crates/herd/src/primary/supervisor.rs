@@ -27,6 +27,7 @@ use super::config::{Config, Stop};
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
 use super::output;
+use super::reaper;
 use crate::cache::serve::CacheCalls;
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::control::Control;
@@ -184,6 +185,7 @@ impl Supervisor {
                     });
                     tracing::debug!(worker = %id, %status, "worker exited");
                     self.exited = Some(status);
+                    self.kill_group_after_exit();
                     if self.open {
                         self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                     }
@@ -388,6 +390,26 @@ impl Supervisor {
     fn arm_kill(&mut self) {
         if self.exited.is_none() && self.kill_at.is_none() {
             self.kill_at = Some(Instant::now() + self.cfg.grace);
+        }
+    }
+
+    /// Once the worker has been reaped: `SIGKILL` to what is left of its process group (its
+    /// id is the worker's pid), whatever the worker started and left behind. A group's id is
+    /// not reused while any member lives, so this reaches only them; when nobody is left the
+    /// answer is `ESRCH`.
+    fn kill_group_after_exit(&self) {
+        reaper::release(self.pid);
+        let Some(pid) = Pid::from_raw(self.pid as i32) else {
+            return;
+        };
+        match rustix::process::kill_process_group(pid, Signal::KILL) {
+            Ok(()) => {
+                tracing::debug!(worker = %self.id, "killed what the worker left in its process group")
+            }
+            Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => {
+                tracing::debug!(worker = %self.id, error = %e, "cannot kill the worker's process group")
+            }
         }
     }
 
