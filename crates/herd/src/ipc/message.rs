@@ -1,6 +1,7 @@
 //! What user code receives: a [`Message`], a [`Request`] to answer, and [`Incoming`], either of
-//! the two. A request answers itself with an error when dropped unanswered, and every answer is
-//! sent with the same deadline as any other send.
+//! the two. A request answers itself with an error when dropped unanswered (at once, or not at
+//! all when the requester's queue is full), and every awaited answer is sent with the same
+//! deadline as any other send; [`Request::try_reply_error`] never waits.
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -137,6 +138,19 @@ impl Request {
         let frame = error_frame(tx.codec(), self.id, text)?;
         Ok(tx.send_within(frame, self.send_timeout).await?)
     }
+
+    /// Answers with an error text if the requester's queue has room now, without waiting:
+    /// `true` once queued. A requester whose queue is full is not reading, so the answer is
+    /// dropped (its call fails at its own deadline); nothing is kept for it.
+    pub fn try_reply_error(mut self, text: &str) -> bool {
+        let Some(tx) = self.replier.take() else {
+            return false;
+        };
+        let Ok(frame) = error_frame(tx.codec(), self.id, text) else {
+            return false;
+        };
+        matches!(tx.try_send(frame), Ok(None))
+    }
 }
 
 impl Drop for Request {
@@ -146,15 +160,9 @@ impl Drop for Request {
             else {
                 return;
             };
-            // Queued at once when there is room; otherwise a task waits, with the deadline.
-            if let Ok(Some(frame)) = tx.try_send(frame) {
-                let limit = self.send_timeout;
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        let _ = tx.send_within(frame, limit).await;
-                    });
-                }
-            }
+            // Queued at once when there is room. A full queue means the requester is not
+            // reading: the answer is dropped rather than kept (no task, nothing waits for it).
+            let _ = tx.try_send(frame);
         }
     }
 }
