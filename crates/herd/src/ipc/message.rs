@@ -180,3 +180,48 @@ pub enum Incoming {
     /// A request awaiting a reply.
     Request(Request),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use herd_wire::Limits;
+
+    use super::*;
+
+    /// A request whose requester never reads: its side of the channel has a full send queue
+    /// (a current-thread runtime's writer cannot drain it while the test does not yield).
+    fn unread_request(id: u64) -> (Request, Sender, herd_wire::Receiver) {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        let (tx, rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
+        let filler = || Frame::new(Kind::Message, Format::Json, Bytes::from_static(b"1"));
+        let mut queued = 0;
+        while tx.try_send(filler()).unwrap().is_none() {
+            queued += 1;
+            assert!(queued <= 4, "the queue holds at most 4 frames");
+        }
+        let message = Message::from_frame(filler());
+        let request = Request::new(message, id, tx.clone(), Duration::from_secs(30));
+        (request, tx, rx)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_to_a_requester_that_does_not_read_is_dropped_at_once() {
+        let (request, _tx, _rx) = unread_request(1);
+        assert!(!request.try_reply_error("no"));
+        let (request, _tx, _rx) = unread_request(2);
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let tasks = alive();
+        // Dropped unanswered with a full queue: no task waits to answer it.
+        drop(request);
+        assert_eq!(alive(), tasks);
+    }
+}
