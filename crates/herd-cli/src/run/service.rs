@@ -126,8 +126,9 @@ async fn print(printer: &mut Printer, ev: ServiceEvent) {
         }
         ServiceEvent::Worker(Event::Request { worker, request }) => {
             let why = format!("worker {worker}: herd run answers no requests");
-            // Queued at once or dropped after the send deadline: never awaited here.
-            tokio::spawn(async move { request.reply_error(&why).await });
+            // Queued at once, or dropped when the worker's queue is full (it is not reading):
+            // never awaited here, and no task per request.
+            request.try_reply_error(&why);
         }
         _ => {}
     }

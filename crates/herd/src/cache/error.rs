@@ -41,7 +41,8 @@ pub enum CacheError {
     /// The primary serves no cache (its cluster was built without a hub).
     #[error("this primary serves no cache")]
     NoHub,
-    /// This worker has too many cache calls in flight at the hub.
+    /// This worker has too many cache calls in flight at the hub (from older primaries: this
+    /// one stops reading a worker's channel instead, until a call is answered).
     #[error("too many cache calls in flight (limit {0})")]
     Busy(usize),
     /// The hub could not read the call (a bad value encoding, say).

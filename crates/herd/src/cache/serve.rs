@@ -1,5 +1,5 @@
 //! The worker-facing side of the hub, run by the primary: a worker's cache call (bounded per
-//! worker by [`CacheCalls`]), its answer in the worker's codec (values inline, as Node text, or
+//! worker by [`CacheCalls`], past which the worker's channel is not read), its answer in the worker's codec (values inline, as Node text, or
 //! as a sealed memfd; errors as a [`WireError`] or, for Node, their text), and the forwarding of
 //! the hub's invalidations to each worker. The hub and its store know no codec: this does.
 
@@ -18,13 +18,15 @@ use crate::ipc::Request;
 use crate::report::chain;
 use crate::{Codec, Peer, WorkerId};
 
-/// Cache calls one worker may have in flight at the hub; more are refused with an error reply.
+/// Cache calls one worker may have in flight at the hub, refusals included. Past it the
+/// worker's channel is not read until one is answered (backpressure).
 const MAX_CACHE_CALLS: usize = 1024;
 
 /// The longest a worker's `ready` call is held by the hub.
 const MAX_READY_WAIT: Duration = Duration::from_secs(600);
 
-/// One worker's cache calls in flight (at most [`MAX_CACHE_CALLS`]).
+/// One worker's cache calls in flight (at most [`MAX_CACHE_CALLS`]): each holds a permit from
+/// when it is read until its reply is queued or fails (the reply's send deadline bounds that).
 pub(crate) struct CacheCalls(Arc<Semaphore>);
 
 impl Default for CacheCalls {
@@ -34,31 +36,37 @@ impl Default for CacheCalls {
 }
 
 impl CacheCalls {
-    /// Serves one call from `worker` on `hub` (in its own task: the reply goes back on the
-    /// worker's channel), or refuses it: no hub, or too many calls in flight.
-    pub(crate) fn serve(
+    /// A permit for one more call, if one is free now.
+    pub(crate) fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits for a permit (cancel-safe: dropping the future gives up its place). `None` only
+    /// if the semaphore were closed, which it never is.
+    pub(crate) fn permit(
         &self,
+    ) -> impl std::future::Future<Output = Option<OwnedSemaphorePermit>> + 'static {
+        let sem = self.0.clone();
+        async move { sem.acquire_owned().await.ok() }
+    }
+
+    /// Serves one call from `worker` on `hub`, or refuses it when there is no hub, in its own
+    /// task that holds `permit` until the reply is queued or its deadline passes.
+    pub(crate) fn serve(
         hub: Option<&Hub>,
         worker: WorkerId,
         codec: Codec,
         request: Request,
+        permit: OwnedSemaphorePermit,
     ) {
-        let refuse = |request: Request, e: CacheError| {
-            tokio::spawn(async move {
-                let _ = reply_error(codec, request, &e).await;
-            });
-        };
-        let Some(hub) = hub else {
-            return refuse(request, CacheError::NoHub);
-        };
-        let permit = match self.0.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => return refuse(request, CacheError::Busy(MAX_CACHE_CALLS)),
-        };
-        let hub = hub.clone();
+        let hub = hub.cloned();
         tokio::spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
-            if let Err(e) = answer(&hub, codec, request).await {
+            let sent = match hub {
+                Some(hub) => answer(&hub, codec, request).await,
+                None => reply_error(codec, request, &CacheError::NoHub).await,
+            };
+            if let Err(e) = sent {
                 tracing::debug!(%worker, error = %chain(&e), "cache reply not sent");
             }
         });

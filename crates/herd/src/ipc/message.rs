@@ -1,6 +1,7 @@
 //! What user code receives: a [`Message`], a [`Request`] to answer, and [`Incoming`], either of
-//! the two. A request answers itself with an error when dropped unanswered, and every answer is
-//! sent with the same deadline as any other send.
+//! the two. A request answers itself with an error when dropped unanswered (at once, or not at
+//! all when the requester's queue is full), and every awaited answer is sent with the same
+//! deadline as any other send; [`Request::try_reply_error`] never waits.
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -137,6 +138,19 @@ impl Request {
         let frame = error_frame(tx.codec(), self.id, text)?;
         Ok(tx.send_within(frame, self.send_timeout).await?)
     }
+
+    /// Answers with an error text if the requester's queue has room now, without waiting:
+    /// `true` once queued. A requester whose queue is full is not reading, so the answer is
+    /// dropped (its call fails at its own deadline); nothing is kept for it.
+    pub fn try_reply_error(mut self, text: &str) -> bool {
+        let Some(tx) = self.replier.take() else {
+            return false;
+        };
+        let Ok(frame) = error_frame(tx.codec(), self.id, text) else {
+            return false;
+        };
+        matches!(tx.try_send(frame), Ok(None))
+    }
 }
 
 impl Drop for Request {
@@ -146,15 +160,9 @@ impl Drop for Request {
             else {
                 return;
             };
-            // Queued at once when there is room; otherwise a task waits, with the deadline.
-            if let Ok(Some(frame)) = tx.try_send(frame) {
-                let limit = self.send_timeout;
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        let _ = tx.send_within(frame, limit).await;
-                    });
-                }
-            }
+            // Queued at once when there is room. A full queue means the requester is not
+            // reading: the answer is dropped rather than kept (no task, nothing waits for it).
+            let _ = tx.try_send(frame);
         }
     }
 }
@@ -171,4 +179,49 @@ pub enum Incoming {
     Message(Message),
     /// A request awaiting a reply.
     Request(Request),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use herd_wire::Limits;
+
+    use super::*;
+
+    /// A request whose requester never reads: its side of the channel has a full send queue
+    /// (a current-thread runtime's writer cannot drain it while the test does not yield).
+    fn unread_request(id: u64) -> (Request, Sender, herd_wire::Receiver) {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        let (tx, rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
+        let filler = || Frame::new(Kind::Message, Format::Json, Bytes::from_static(b"1"));
+        let mut queued = 0;
+        while tx.try_send(filler()).unwrap().is_none() {
+            queued += 1;
+            assert!(queued <= 4, "the queue holds at most 4 frames");
+        }
+        let message = Message::from_frame(filler());
+        let request = Request::new(message, id, tx.clone(), Duration::from_secs(30));
+        (request, tx, rx)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_to_a_requester_that_does_not_read_is_dropped_at_once() {
+        let (request, _tx, _rx) = unread_request(1);
+        assert!(!request.try_reply_error("no"));
+        let (request, _tx, _rx) = unread_request(2);
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let tasks = alive();
+        // Dropped unanswered with a full queue: no task waits to answer it.
+        drop(request);
+        assert_eq!(alive(), tasks);
+    }
 }

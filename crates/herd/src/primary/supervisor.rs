@@ -6,7 +6,9 @@
 //!
 //! **Backpressure**: events go into one bounded queue shared by all workers. When it is full the
 //! supervisor parks the event in a local outbox and stops reading the worker's channel until
-//! there is room; lifecycle handling (exit, kill, deadlines) goes on meanwhile.
+//! there is room; lifecycle handling (exit, kill, deadlines) goes on meanwhile. Likewise a cache
+//! call needs one of the worker's [`CacheCalls`] permits: when none is free the call is parked
+//! and the channel is not read until one is.
 //!
 //! **Containment**: a decode error, a failed handshake or a protocol violation becomes
 //! [`Event::Error`]; the channel is closed both ways, pending requests fail at once, and the
@@ -20,7 +22,7 @@ use std::time::Duration;
 use herd_wire::{Codec, Frame, Kind, Receiver};
 use rustix::process::{Pid, Signal};
 use tokio::process::Child;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::config::{Config, Stop};
@@ -54,6 +56,7 @@ enum Step {
     DrainOver,
     NoHandshake,
     Output(Option<(OutputStream, String)>),
+    CachePermit(Option<OwnedSemaphorePermit>),
 }
 
 /// One worker's state machine.
@@ -74,6 +77,8 @@ pub(super) struct Supervisor {
     online: bool,
     /// Bounds this worker's cache calls in flight.
     cache_calls: CacheCalls,
+    /// A cache call waiting for a permit; while it waits, the channel is not read.
+    parked_call: Option<Request>,
     open: bool,
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
@@ -117,6 +122,7 @@ impl Supervisor {
             cfg,
             outbox: VecDeque::new(),
             cache_calls: CacheCalls::default(),
+            parked_call: None,
             open: true,
             exited: None,
             kill_at: None,
@@ -168,7 +174,8 @@ impl Supervisor {
                 },
                 status = self.child.wait(), if self.exited.is_none() => Step::Exited(status),
                 cmd = self.cmds.recv(), if cmds_open => Step::Cmd(cmd),
-                frame = self.rx.recv(), if self.open && self.outbox.is_empty() => Step::Frame(frame),
+                permit = self.cache_calls.permit(), if self.open && self.parked_call.is_some() => Step::CachePermit(permit),
+                frame = self.rx.recv(), if self.open && self.outbox.is_empty() && self.parked_call.is_none() => Step::Frame(frame),
                 _ = tokio::time::sleep_until(self.kill_at.unwrap_or(far)), if self.kill_at.is_some() && self.exited.is_none() => Step::KillNow,
                 _ = tokio::time::sleep_until(self.stop_signal_at.unwrap_or(far)), if self.stop_signal_at.is_some() && self.exited.is_none() => Step::StopSignalNow,
                 _ = tokio::time::sleep_until(self.drain_until.unwrap_or(far)), if self.drain_until.is_some() && self.open => Step::DrainOver,
@@ -221,6 +228,11 @@ impl Supervisor {
                     self.shared
                         .dropped_internal
                         .store(self.rx.ignored_internal(), Ordering::Relaxed);
+                }
+                Step::CachePermit(permit) => {
+                    if let (Some(request), Some(permit)) = (self.parked_call.take(), permit) {
+                        self.serve_cache_call(request, permit);
+                    }
                 }
                 Step::Frame(Ok(None)) => self.lost_channel(None),
                 Step::Frame(Err(e)) => self.lost_channel(Some(e.into())),
@@ -330,10 +342,17 @@ impl Supervisor {
         }
     }
 
-    fn cache_call(&self, request: Request) {
+    /// A cache call: served at once if a permit is free, else parked (backpressure).
+    fn cache_call(&mut self, request: Request) {
+        match self.cache_calls.try_permit() {
+            Some(permit) => self.serve_cache_call(request, permit),
+            None => self.parked_call = Some(request),
+        }
+    }
+
+    fn serve_cache_call(&self, request: Request, permit: OwnedSemaphorePermit) {
         let hub = self.cfg.cache.as_ref();
-        self.cache_calls
-            .serve(hub, self.id, self.cfg.codec, request);
+        CacheCalls::serve(hub, self.id, self.cfg.codec, request, permit);
     }
 
     fn handshake(&self, frame: herd_wire::Frame) -> Result<(), Error> {
