@@ -23,9 +23,18 @@ const MAX_GROWTH_KB: u64 = 64 * 1024;
 /// `marks/flooding` before and `marks/written` after (files, not output lines: herd drops
 /// output lines when its event reader falls behind, as it may during a flood).
 fn flooder(cmd: &str, data: &str, count: u64, marks: &Path) -> String {
+    flooder_of(
+        &format!(r#"{{"cmd":"{cmd}","id":&,"data":{data}}}"#),
+        count,
+        marks,
+    )
+}
+
+/// Like [`flooder`], with any line: `&` in `line` stands for the line's number.
+fn flooder_of(line: &str, count: u64, marks: &Path) -> String {
     let marks = marks.display();
     format!(
-        r#"if [ "$HERD_WORKER_SLOT" = 0 ]; then : > {marks}/flooding; seq 1 {count} | sed 's/.*/{{"cmd":"{cmd}","id":&,"data":{data}}}/' >&$NODE_CHANNEL_FD; : > {marks}/written; fi; exec sleep 600"#
+        r#"if [ "$HERD_WORKER_SLOT" = 0 ]; then : > {marks}/flooding; seq 1 {count} | sed 's/.*/{line}/' >&$NODE_CHANNEL_FD; : > {marks}/written; fi; exec sleep 600"#
     )
 }
 
@@ -188,4 +197,25 @@ fn a_cache_call_flood_from_a_worker_that_never_reads_is_bounded() {
 #[test]
 fn a_cache_call_flood_without_a_cache_is_bounded() {
     cache_flood("cache-flood-nohub", &[], 5_000_000, 10);
+}
+
+#[test]
+fn a_flood_of_node_cluster_messages_that_need_answers_is_bounded() {
+    // Each `exitedAfterDisconnect` asks for an acknowledgement; the worker never reads them.
+    let marks = TempDir::new("node-flood-marks");
+    let line = r#"{"cmd":"NODE_CLUSTER","act":"exitedAfterDisconnect","seq":&}"#;
+    let script = flooder_of(line, 200_000, marks.path());
+    let herd = Herd::start(
+        "node-flood",
+        &["-w", "2", "--grace", "1", "--", "sh", "-c", &script],
+    );
+    herd.status_until("two workers running", |s| running(s) == 2);
+    wait_file(&marks.path().join("flooding"));
+    let before = rss_kb(herd.pid());
+    wait_file(&marks.path().join("written"));
+    quick_status(&herd, "after the flood");
+    let grown = rss_kb(herd.pid()).saturating_sub(before);
+    eprintln!("200,000 NODE_CLUSTER messages to answer: herd RSS +{grown} kB");
+    assert!(grown < MAX_GROWTH_KB, "herd grew {grown} kB");
+    stop(herd);
 }

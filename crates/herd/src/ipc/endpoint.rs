@@ -49,7 +49,15 @@ struct Shared {
     sent: AtomicU64,
     /// One handle in flight (Node json channels).
     gate: Gate,
+    /// Frames waiting in tasks for room in the queue ([`Peer::send_soon`]), at most
+    /// [`MAX_WAITING_SOON`].
+    waiting_soon: std::sync::atomic::AtomicUsize,
 }
+
+/// Frames [`Peer::send_soon`] lets wait for room in a full queue; past that the peer is not
+/// reading, and more are dropped (and logged) rather than held: a peer that floods herd with
+/// messages it must answer, and never reads the answers, cannot grow the primary.
+pub(crate) const MAX_WAITING_SOON: usize = 256;
 
 /// The other end of a channel: a [`crate::WorkerHandle`] to a worker, a [`crate::Worker`] to
 /// its primary. Sending looks the same in both directions. Cheap to clone; clones share one queue.
@@ -90,6 +98,7 @@ impl Peer {
                 send_timeout,
                 sent: AtomicU64::new(0),
                 gate: Gate::default(),
+                waiting_soon: std::sync::atomic::AtomicUsize::new(0),
             }),
             request_timeout,
         }
@@ -285,18 +294,29 @@ impl Peer {
     }
 
     /// Queues a frame without awaiting: at once when the queue has room, else from a task that
-    /// waits at most the send timeout. A frame that cannot be sent (the channel is gone) is
-    /// dropped and logged.
+    /// waits at most the send timeout (at most [`MAX_WAITING_SOON`] such tasks per peer; past
+    /// that the frame is dropped). A frame that cannot be sent (the channel is gone) is dropped
+    /// and logged.
     pub(crate) fn send_soon(&self, frame: Frame) {
         let tx = &self.shared.tx;
         match tx.try_send(frame) {
             Ok(None) => {}
             Ok(Some(frame)) => {
-                let (tx, limit) = (tx.clone(), self.shared.send_timeout);
+                let waiting = self.shared.waiting_soon.fetch_add(1, Ordering::AcqRel);
+                if waiting >= MAX_WAITING_SOON {
+                    self.shared.waiting_soon.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(
+                        "the peer is not reading its channel: an answer to it was dropped \
+                         ({MAX_WAITING_SOON} already wait for room)"
+                    );
+                    return;
+                }
+                let (shared, limit) = (self.shared.clone(), self.shared.send_timeout);
                 tokio::spawn(async move {
-                    if let Err(e) = tx.send_within(frame, limit).await {
+                    if let Err(e) = shared.tx.send_within(frame, limit).await {
                         tracing::debug!(error = %e, "frame not sent");
                     }
+                    shared.waiting_soon.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             Err(e) => tracing::debug!(error = %e, "frame not sent"),
