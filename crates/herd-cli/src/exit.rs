@@ -107,14 +107,7 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
 
 /// The error and its causes, `: `-separated (`cannot listen on X: address in use`).
 pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+    herd::error::chain(e)
 }
 
 #[cfg(test)]
