@@ -41,10 +41,6 @@ struct Entry {
 pub(crate) struct Handles {
     entries: Mutex<HashMap<String, Entry>>,
     max: usize,
-    /// Sockets the cluster already listens on (`ClusterBuilder::listener`, `inherit_fd`: `herd
-    /// run --listen`), with where they listen: a query for one of these addresses gets that
-    /// socket instead of a bind that would fail with `EADDRINUSE`.
-    held: Vec<(ListenAddr, std::sync::Arc<OwnedFd>)>,
 }
 
 impl Default for Handles {
@@ -63,34 +59,7 @@ impl Handles {
         Handles {
             entries: Mutex::new(HashMap::new()),
             max,
-            held: Vec::new(),
         }
-    }
-
-    /// A table that hands out `held` (sockets the cluster already listens on) when a query asks
-    /// for their address. Sockets whose address cannot be read are left out.
-    pub(crate) fn holding(held: impl IntoIterator<Item = std::sync::Arc<OwnedFd>>) -> Handles {
-        let mut h = Handles::default();
-        h.held = held
-            .into_iter()
-            .filter_map(|fd| Some((listen::local_addr(&*fd).ok()?, fd)))
-            .collect();
-        h
-    }
-
-    /// The held socket a query for `target` means, if any: the same port (or path), and the
-    /// same address, or either one unspecified.
-    fn held_for(&self, target: &Target) -> Option<Entry> {
-        let (addr, fd) = self.held.iter().find(|(a, _)| means(target, a))?;
-        let fd = fd.try_clone().ok()?;
-        // A shared socket must be non-blocking (see `bind`).
-        rustix::io::ioctl_fionbio(&fd, true).ok()?;
-        Some(Entry {
-            fd,
-            local: addr.to_string(),
-            udp: false,
-            path: None,
-        })
     }
 
     /// How many sockets the table holds.
@@ -113,13 +82,10 @@ impl Handles {
                 );
                 return Err(uv::EMFILE);
             }
-            let entry = match self.held_for(target) {
-                Some(held) => held,
-                None => bind(target).map_err(|e| {
-                    tracing::debug!(key, error = %e, "bind for a Node worker failed");
-                    errno(&e)
-                })?,
-            };
+            let entry = bind(target).map_err(|e| {
+                tracing::debug!(key, error = %e, "bind for a Node worker failed");
+                errno(&e)
+            })?;
             tracing::info!(key, local = %entry.local, "listening for Node workers");
             entries.insert(key.to_string(), entry);
         }

@@ -149,7 +149,9 @@ impl Session {
                     Err(e)
                 }
             }),
-            // A socket of its own at that address (`--reuseport`), else the cluster's.
+            // A socket it inherited at that address (the cluster's listeners, `herd run
+            // --listen`, or its own `--reuseport` one): a bind would be `EADDRINUSE`. Else the
+            // cluster's table binds one.
             Ok(target) => match self.inherited_at(&target) {
                 Some(n) => self.inherited(n),
                 None => self.table.get_or_bind(&key, &target),

@@ -15,7 +15,6 @@ use super::dispatcher::dispatcher;
 use super::{join_here, Cluster};
 use crate::cache::Hub;
 use crate::ipc::endpoint::SEND_TIMEOUT;
-use crate::node::handles::Handles;
 use crate::Error;
 
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
@@ -236,10 +235,6 @@ impl ClusterBuilder {
         let args = self
             .args
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
-        // A Node worker asking for the address of a socket the cluster holds gets that socket.
-        let held = self.listeners.iter().cloned();
-        let held = held.chain(self.inherit.iter().map(|(fd, _)| fd.clone()));
-        let node_handles = Arc::new(Handles::holding(held));
         let cgroup_procs = match &self.cgroup {
             Some(dir) => {
                 let procs = std::fs::OpenOptions::new()
@@ -272,7 +267,7 @@ impl ClusterBuilder {
             listeners: self.listeners,
             capture_output: self.capture_output,
             send_timeout: self.send_timeout,
-            node_handles,
+            node_handles: Arc::default(),
             stop: self.stop,
             cgroup_procs,
         });
