@@ -83,6 +83,7 @@ pub use herd_wire::WireError;
 pub use herd_wire::{Codec, Format, Limits};
 pub use ids::{ExitStatus, WorkerId};
 pub use ipc::{Incoming, Message, Peer, Request};
+pub use node::balance::Balance;
 pub use node::envelope::NodeHandleError;
 pub use primary::spawn::ForkOptions;
 pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};

@@ -319,3 +319,16 @@ mod park_tests {
         assert_eq!(park_base(&[(i32::MAX, 3)], i32::MAX), None, "no overflow");
     }
 }
+
+/// Registers an owned descriptor with tokio's reactor for `interest` (the accept task's
+/// listening socket, a held connection waiting for its next request).
+pub(crate) fn watch(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor that it alone closes, and its
+    // `as_raw_fd` never changes: it stays open and the same file description until the
+    // `AsyncFd` is dropped or gives it back with `into_inner`, as `register` requires.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(io::Error::from)
+}

@@ -21,7 +21,13 @@ pub struct Options {
     /// as descriptor 3, 4, ... (LISTEN_FDS). Repeatable.
     #[arg(short, long = "listen", value_name = "ADDR")]
     pub listen: Vec<String>,
-    /// Give each worker a socket of its own on the --listen addresses (SO_REUSEPORT).
+    /// How connections reach Node workers' servers: `rr` (default: herd accepts and hands each
+    /// to the next worker, as Node's own primary does), `shared` (every worker accepts on the
+    /// same socket) or `reuseport` (a socket per worker on the --listen addresses).
+    #[arg(long, value_name = "rr|shared|reuseport")]
+    pub balance: Option<String>,
+    /// Same as `--balance reuseport`: each worker gets a socket of its own on the --listen
+    /// addresses (SO_REUSEPORT).
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub reuseport: Option<bool>,
     /// Seconds a worker has to exit after a stop before it is killed (default 5).

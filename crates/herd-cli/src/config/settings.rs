@@ -31,6 +31,9 @@ pub struct Settings {
     pub workers: usize,
     pub listen: Vec<ListenAddr>,
     pub reuseport: bool,
+    /// How Node workers' connections are spread (`--balance`; reuseport is `Shared` with a
+    /// socket per worker).
+    pub balance: herd::Balance,
     pub grace: Duration,
     /// How a stopped worker is told to stop after its channel is closed.
     pub stop: StopBy,
@@ -104,7 +107,25 @@ pub fn settings(o: Options) -> Result<Settings> {
         .iter()
         .map(|a| a.parse::<ListenAddr>().map_err(|e| bad("listen", e)))
         .collect::<Result<Vec<_>>>()?;
-    let reuseport = o.reuseport.unwrap_or(false);
+    let (balance, reuseport) = match (o.balance.as_deref(), o.reuseport) {
+        (None, None | Some(false)) | (Some("rr"), None | Some(false)) => {
+            (herd::Balance::RoundRobin, false)
+        }
+        (Some("shared"), None | Some(false)) => (herd::Balance::Shared, false),
+        (Some("reuseport"), _) | (None, Some(true)) => (herd::Balance::Shared, true),
+        (Some("rr" | "shared"), Some(true)) => {
+            return Err(bad(
+                "reuseport",
+                "is --balance reuseport, which contradicts the --balance given",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(bad(
+                "balance",
+                format_args!("unknown mode {other:?} (use rr, shared or reuseport)"),
+            ))
+        }
+    };
     if reuseport && listen.is_empty() {
         return Err(bad("reuseport", "needs at least one listen address"));
     }
@@ -219,6 +240,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         workers,
         listen,
         reuseport,
+        balance,
         grace,
         stop,
         codec,

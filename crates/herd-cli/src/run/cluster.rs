@@ -44,6 +44,7 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
         .codec(s.codec)
         .grace(s.grace)
         .capture_output(true)
+        .balance(s.balance)
         // What a worker leaves behind re-parents to herd, is killed with the worker's process
         // group once it exits, and is reaped here.
         .subreaper(true);

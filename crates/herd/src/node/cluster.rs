@@ -51,8 +51,19 @@ pub(crate) enum FromWorker {
     Query(Query),
     /// `act:"listening"`: the server listens (`port` is the real port).
     Listening(Query),
-    /// `act:"close"`: a server closed its handle.
-    Close,
+    /// `act:"close"`: a server closed its handle (`key`: Node's key for it).
+    Close {
+        /// The key of the handle closed, when the line names one.
+        key: Option<String>,
+    },
+    /// The answer to a `newconn`: `ack` is our seq, `accepted` false when the worker refused
+    /// the connection (its server is closed, or at `maxConnections`).
+    Accepted {
+        /// The seq of the `newconn` answered.
+        ack: u64,
+        /// The worker took the connection.
+        accepted: bool,
+    },
     /// `act:"exitedAfterDisconnect"`: the worker disconnects by itself and waits for the ack.
     ExitedAfterDisconnect {
         /// The seq to acknowledge.
@@ -222,7 +233,17 @@ pub(crate) fn parse(line: &[u8]) -> Result<FromWorker, ClusterError> {
             .ok_or(ClusterError::Field("seq is not an unsigned integer"))
     };
     let act = match m.get("act") {
-        None => return Ok(FromWorker::Other),
+        None => {
+            return Ok(
+                match (m.get("ack").and_then(Value::as_u64), m.get("accepted")) {
+                    (Some(ack), Some(Value::Bool(accepted))) => FromWorker::Accepted {
+                        ack,
+                        accepted: *accepted,
+                    },
+                    _ => FromWorker::Other,
+                },
+            )
+        }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ClusterError::Field("act is not a string")),
     };
@@ -241,7 +262,9 @@ pub(crate) fn parse(line: &[u8]) -> Result<FromWorker, ClusterError> {
         "online" => FromWorker::Online,
         "queryServer" => FromWorker::Query(query(&mut m)?),
         "listening" => FromWorker::Listening(query(&mut m)?),
-        "close" => FromWorker::Close,
+        "close" => FromWorker::Close {
+            key: m.get("key").and_then(Value::as_str).map(str::to_string),
+        },
         "exitedAfterDisconnect" => FromWorker::ExitedAfterDisconnect { seq: seq(&m)? },
         _ => FromWorker::Other,
     })
@@ -262,6 +285,33 @@ pub(crate) fn handle_answer(key: &str, ack: u64, seq: u64, udp: bool) -> Bytes {
         "type": kind,
         "msg": {"cmd": "NODE_CLUSTER", "errno": 0, "key": key, "ack": ack, "data": null, "seq": seq},
     }))
+}
+
+/// The answer to a query that herd serves by round-robin (Node's `RoundRobinHandle`): no
+/// handle; the worker's server believes it listens, and `sockname` is what its `address()`
+/// says (`None` for a Unix socket, as Node sends).
+pub(crate) fn round_robin_answer(key: &str, ack: u64, seq: u64, sockname: Option<Value>) -> Bytes {
+    let mut msg = json!({"cmd": "NODE_CLUSTER", "errno": 0, "key": key, "ack": ack, "data": null, "seq": seq});
+    if let Some(sockname) = sockname {
+        msg["sockname"] = sockname;
+    }
+    line(&msg)
+}
+
+/// A connection for the worker's round-robin server `key`, Node's `newconn`: the connection's
+/// descriptor goes with the line's first byte; the worker answers `{ack: seq, accepted}`.
+pub(crate) fn newconn(key: &str, seq: u64) -> Bytes {
+    line(&json!({
+        "cmd": "NODE_HANDLE",
+        "type": "net.Native",
+        "msg": {"cmd": "NODE_CLUSTER", "act": "newconn", "key": key, "seq": seq},
+    }))
+}
+
+/// What Node's `getsockname` gives for a TCP address (`sockname` in a round-robin answer).
+pub(crate) fn sockname(addr: std::net::SocketAddr) -> Value {
+    let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+    json!({"address": addr.ip().to_string(), "family": family, "port": addr.port()})
 }
 
 /// The answer to a query that failed: a libuv error code and no handle.
@@ -391,6 +441,19 @@ mod tests {
             parse(br#"{"cmd":"NODE_HANDLE_ACK"}"#).unwrap(),
             FromWorker::HandleAck
         );
+        assert_eq!(
+            parse(br#"{"cmd":"NODE_CLUSTER","ack":3,"accepted":false,"seq":9}"#).unwrap(),
+            FromWorker::Accepted {
+                ack: 3,
+                accepted: false
+            }
+        );
+        assert_eq!(
+            parse(br#"{"cmd":"NODE_CLUSTER","act":"close","key":"k:1","seq":4}"#).unwrap(),
+            FromWorker::Close {
+                key: Some("k:1".into())
+            }
+        );
     }
 
     /// node v20's query for `server.listen(handle)` in a cluster worker (what its `net.Server`
@@ -448,6 +511,19 @@ mod tests {
         assert_eq!(
             v,
             json!({"cmd":"NODE_CLUSTER","errno":-98,"key":"k","ack":1,"data":null,"seq":2})
+        );
+        let v: Value = serde_json::from_slice(&newconn("k", 8)).unwrap();
+        assert_eq!(
+            v,
+            json!({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"k","seq":8}})
+        );
+        let addr = "127.0.0.1:80".parse().unwrap();
+        let v: Value =
+            serde_json::from_slice(&round_robin_answer("k", 1, 2, Some(sockname(addr)))).unwrap();
+        assert_eq!(
+            v,
+            json!({"cmd":"NODE_CLUSTER","errno":0,"key":"k","ack":1,"data":null,"seq":2,
+                   "sockname":{"address":"127.0.0.1","family":"IPv4","port":80}})
         );
         let v: Value = serde_json::from_slice(&disconnect(5)).unwrap();
         assert_eq!(v, json!({"cmd":"NODE_CLUSTER","act":"disconnect","seq":5}));

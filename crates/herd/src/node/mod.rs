@@ -1,13 +1,16 @@
 //! Node.js interop, the one home of what herd does differently for Node children: the variables
 //! Node's `child_process` and `cluster` read, and herd as the cluster primary Node workers
 //! expect (`cluster`: the protocol's messages; `handles`: the primary's listening sockets;
-//! `session`: one worker's side; `envelope`: Node's `NODE_HANDLE` around a message that
-//! carries a descriptor, both ways). The json codec's envelopes (`NODE_HERD_*`) are the
+//! `session`: one worker's side; `balance`: connections handed out by round-robin; `rescue`:
+//! a retiring worker's connections kept alive; `envelope`: Node's `NODE_HANDLE` around a
+//! message that carries a descriptor, both ways). The json codec's envelopes (`NODE_HERD_*`) are the
 //! `herd-wire` crate's `json` module; the worker-side client is `js/herd.js`.
 
+pub(crate) mod balance;
 pub(crate) mod cluster;
 pub(crate) mod envelope;
 pub(crate) mod handles;
+pub(crate) mod rescue;
 pub(crate) mod session;
 
 use herd_wire::Codec;

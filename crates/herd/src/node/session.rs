@@ -9,17 +9,50 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use herd_wire::{Format, Frame, Kind};
 use rustix::net::{sockopt, SocketType};
 use serde_json::Value;
+use tokio::sync::watch;
 
+use super::balance::{Balance, Balancer};
 use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
 use super::envelope;
 use super::handles::{Handles, Lent, MAX_KEYS};
+use super::rescue;
+use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::Peer;
-use crate::listen;
+use crate::listen::{self, ListenAddr};
+
+/// How long a retiring worker has to answer for the connections sent to it before it is asked
+/// to disconnect anyway.
+const ANSWER_LIMIT: Duration = Duration::from_secs(1);
+
+/// The cluster's side of every Node worker's session: its sockets and its balancer.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) table: Arc<Handles>,
+    pub(crate) balancer: Arc<Balancer>,
+}
+
+impl Shared {
+    pub(crate) fn new(balance: Balance) -> Shared {
+        Shared {
+            table: Arc::default(),
+            balancer: Arc::new(Balancer::new(balance)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("node::Shared")
+            .field("balance", &self.balancer.mode())
+            .finish_non_exhaustive()
+    }
+}
 
 /// What a Node internal line means for the worker's events.
 #[derive(Debug)]
@@ -34,6 +67,10 @@ pub(crate) enum NodeEvent {
 /// One Node worker's side of the cluster protocol.
 pub(crate) struct Session {
     table: Arc<Handles>,
+    balancer: Arc<Balancer>,
+    worker: WorkerId,
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
     /// What the worker inherited from herd, by descriptor number (for `listen({fd})`).
     inherited: Vec<(i32, Arc<OwnedFd>)>,
     /// It has spoken Node's cluster protocol (it is a cluster worker).
@@ -50,9 +87,19 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(table: Arc<Handles>, inherited: Vec<(i32, Arc<OwnedFd>)>) -> Session {
+    pub(crate) fn new(
+        shared: &Shared,
+        worker: WorkerId,
+        pid: u32,
+        exit: watch::Receiver<Option<ExitStatus>>,
+        inherited: Vec<(i32, Arc<OwnedFd>)>,
+    ) -> Session {
         Session {
-            table,
+            table: shared.table.clone(),
+            balancer: shared.balancer.clone(),
+            worker,
+            pid,
+            exit,
             inherited,
             cluster: false,
             seq: 0,
@@ -80,7 +127,15 @@ impl Session {
         let msg = cluster::parse(&frame.payload)?;
         self.cluster = true;
         match msg {
-            FromWorker::Online | FromWorker::Close | FromWorker::Other => {}
+            FromWorker::Online | FromWorker::Other => {}
+            FromWorker::Close { key } => {
+                if let Some(key) = key {
+                    self.balancer.close_key(self.worker, &key);
+                }
+            }
+            FromWorker::Accepted { ack, accepted } => {
+                self.balancer.answered(self.worker, ack, accepted)
+            }
             FromWorker::Query(q) => self.answer(&q, peer),
             FromWorker::Listening(q) => return Ok(Some(NodeEvent::Listening(self.listening(&q)))),
             FromWorker::ExitedAfterDisconnect { seq } => {
@@ -132,8 +187,29 @@ impl Session {
         tracing::debug!("Node cluster worker: asking it to disconnect");
         self.disconnecting = true;
         let seq = self.next_seq();
-        send(peer, cluster::disconnect(seq));
+        let line = cluster::disconnect(seq);
+        // No new connection goes to it; those sent are answered for first, and its
+        // connections on the cluster's sockets are held (`rescue`) before it closes its servers.
+        let keys = self.balancer.retire(self.worker);
+        if keys.is_empty() {
+            send(peer, line);
+            return true;
+        }
+        let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
+        let (exit, peer) = (self.exit.clone(), peer.clone());
+        tokio::spawn(async move {
+            balancer.answered_all(worker, ANSWER_LIMIT).await;
+            let held = rescue::grab(pid, &keys);
+            send(&peer, line);
+            rescue::watch(balancer, worker, pid, held, exit).await;
+        });
         true
+    }
+
+    /// The worker's channel is gone: it leaves the balancer, and connections it had not
+    /// answered for go to the other workers.
+    pub(crate) fn channel_lost(&self) {
+        self.balancer.gone(self.worker);
     }
 
     fn answer(&mut self, q: &Query, peer: &Peer) {
@@ -172,6 +248,25 @@ impl Session {
                 self.served.pop_front();
             }
             self.served.push_back((portless, lent.local.clone()));
+        }
+        // A stream socket herd holds: the balancer knows the worker listens on it (for
+        // round-robin, and for a retiring worker's connections).
+        if !lent.udp && !q.is_listen_on_handle() {
+            if let Err(errno) = self.balancer.join(&key, &lent.fd, self.worker, peer) {
+                send(peer, cluster::error_answer(&key, q.seq, seq, errno));
+                return;
+            }
+            if self.balancer.mode() == Balance::RoundRobin {
+                let sockname = match listen::local_addr(&lent.fd) {
+                    Ok(ListenAddr::Tcp(addr)) => Some(cluster::sockname(addr)),
+                    _ => None,
+                };
+                send(
+                    peer,
+                    cluster::round_robin_answer(&key, q.seq, seq, sockname),
+                );
+                return;
+            }
         }
         let line = cluster::handle_answer(&key, q.seq, seq, lent.udp);
         let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![lent.fd]);
@@ -237,6 +332,12 @@ impl Session {
         };
         let port = q.port.as_ref().and_then(Value::as_i64).unwrap_or(0);
         format!("{host}:{port}")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.balancer.gone(self.worker);
     }
 }
 

@@ -15,6 +15,7 @@ use super::dispatcher::dispatcher;
 use super::{join_here, Cluster};
 use crate::cache::Hub;
 use crate::ipc::endpoint::SEND_TIMEOUT;
+use crate::node::{self, balance::Balance};
 use crate::Error;
 
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
@@ -40,6 +41,7 @@ pub struct ClusterBuilder {
     stop: Stop,
     subreaper: bool,
     cgroup: Option<PathBuf>,
+    balance: Balance,
 }
 
 impl Default for ClusterBuilder {
@@ -64,6 +66,7 @@ impl Default for ClusterBuilder {
             send_timeout: SEND_TIMEOUT,
             subreaper: false,
             cgroup: None,
+            balance: Balance::default(),
         }
     }
 }
@@ -223,6 +226,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How connections to Node workers' servers are spread (default: [`Balance::RoundRobin`],
+    /// herd accepting and handing each to the next worker, as Node's own primary does on
+    /// Linux). Applies to the sockets Node cluster workers ask herd for (`server.listen`).
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
     /// Starts the dispatcher and forks the workers. Must be called inside a tokio runtime.
     ///
     /// If a fork fails, the workers already forked are killed (and reaped) before the error is
@@ -267,7 +278,7 @@ impl ClusterBuilder {
             listeners: self.listeners,
             capture_output: self.capture_output,
             send_timeout: self.send_timeout,
-            node_handles: Arc::default(),
+            node: node::session::Shared::new(self.balance),
             stop: self.stop,
             cgroup_procs,
         });

@@ -10,7 +10,7 @@ use std::time::Duration;
 use herd_wire::{Codec, Limits};
 
 use crate::cache::Hub;
-use crate::node::handles::Handles;
+use crate::node::session::Shared;
 use crate::{sys, Error};
 
 /// What every fork needs, fixed when the cluster starts.
@@ -31,9 +31,9 @@ pub(super) struct Config {
     pub(super) listeners: Vec<Arc<OwnedFd>>,
     pub(super) capture_output: bool,
     pub(super) send_timeout: Duration,
-    /// The listening sockets herd made for Node workers (Node's shared handles), kept for the
-    /// cluster's life.
-    pub(super) node_handles: Arc<Handles>,
+    /// The listening sockets herd made for Node workers, kept for the cluster's life, and the
+    /// balancer handing out their connections.
+    pub(super) node: Shared,
     /// How a disconnected worker is told to stop once its channel is closed
     /// ([`crate::ClusterBuilder::stop_signal`], [`crate::ClusterBuilder::shutdown_message`]).
     pub(super) stop: Stop,

@@ -25,7 +25,7 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// How often a reaping pass runs besides on `SIGCHLD` (signals coalesce; a pass is cheap).
 const PASS_EVERY: Duration = Duration::from_secs(2);
 
-/// The least time between two passes: a pass reads all of /proc, and a storm of `SIGCHLD`
+/// The least time between two passes: a pass reads a file per child, and a storm of `SIGCHLD`
 /// (workers restarting in a loop) is answered by one pass per period, not one per signal.
 const PASS_AT_MOST_EVERY: Duration = Duration::from_millis(200);
 
@@ -106,24 +106,33 @@ pub(crate) fn enable() -> std::io::Result<()> {
     Ok(())
 }
 
+/// This process's children, from each of its threads' `children` list (a child is listed
+/// under the thread that forked it, an adopted one under the thread it was given to): a pass
+/// costs a read per thread and per child, not a read of every process on the host.
+fn children() -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            text.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    found
+}
+
 /// One reaping pass: reaps every zombie child that is neither herd's own worker nor in this
 /// process's group; how many.
 pub(crate) fn reap_adopted() -> usize {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let my_group = rustix::process::getpgrp().as_raw_nonzero().get();
+    let kids = children();
     let guard = own();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let mut reaped = 0;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in kids {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };

@@ -157,12 +157,12 @@ pub(super) async fn fork(
         pid,
         peer: peer.clone(),
         cmds: cmd_tx,
-        exit: exit_rx,
+        exit: exit_rx.clone(),
         grace: cfg.grace,
         dropped_internal: AtomicU64::new(0),
     });
     let node = (cfg.codec == Codec::NodeJson)
-        .then(|| node::session::Session::new(cfg.node_handles.clone(), inherited));
+        .then(|| node::session::Session::new(&cfg.node, id, pid, exit_rx, inherited));
     let sup = Supervisor::new(
         shared.clone(),
         child,

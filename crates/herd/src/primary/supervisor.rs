@@ -372,6 +372,9 @@ impl Supervisor {
         self.open = false;
         self.drain_until = None;
         self.peer.fail_all();
+        if let Some(node) = &self.node {
+            node.channel_lost();
+        }
         if let Some(error) = error {
             tracing::warn!(worker = %self.id, error = %crate::error::chain(&error), "closing the worker's channel");
             self.emit(Event::Error {

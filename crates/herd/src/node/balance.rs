@@ -1,0 +1,475 @@
+//! Connections for Node workers' servers, handed out by the primary (Node's
+//! `RoundRobinHandle`, in Rust): one pool per Node key (`address:port:addressType:fd:index`)
+//! with the workers whose servers listen on it. In round-robin mode a task per pool accepts on
+//! the cluster's socket and sends each connection to the next worker that can take it, as
+//! Node's `newconn` (the descriptor on the line); the worker answers `accepted`, and a refusal
+//! (its server closed, or at `maxConnections`) sends the connection to another worker. A worker
+//! has at most [`WINDOW`] connections unanswered; when none has room, herd stops accepting and
+//! connections wait in the kernel's backlog, not in herd. In either mode the pools also say
+//! where a retiring worker's connections can go (`node::rescue`).
+//!
+//! Never awaits a worker: every send is queued at once (the channel's handle gate, one in
+//! flight), and herd keeps its copy of a connection until the worker's answer, so a worker
+//! that dies or refuses loses nothing that is still herd's to give.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herd_wire::{Format, Frame, Kind};
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+use super::cluster::{self, uv};
+use super::handles::MAX_KEYS;
+use crate::ids::WorkerId;
+use crate::ipc::Peer;
+use crate::listen::{self, ListenAddr};
+
+/// How the primary spreads connections over Node workers that listen on the same address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Balance {
+    /// herd accepts each connection and hands it to the next worker that can take it (Node's
+    /// `SCHED_RR`, its default on Linux): even spread, and reloads that fail no request.
+    #[default]
+    RoundRobin,
+    /// Every worker gets the listening socket and accepts by itself (Node's `SCHED_NONE`): no
+    /// primary on the path, the kernel decides who gets each connection.
+    Shared,
+}
+
+/// Connections a worker may have been sent and not yet answered.
+pub(crate) const WINDOW: usize = 4;
+
+/// Connections accepted that no worker can take yet (all of them gone a moment), per pool.
+const MAX_WAITING: usize = 256;
+
+/// Connections accepted per wake-up of a pool's accept task.
+const ACCEPT_BATCH: usize = 64;
+
+/// How long accepting pauses after an error such as `EMFILE`.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A connection herd holds until a worker takes it.
+struct Conn {
+    fd: OwnedFd,
+    /// Workers that refused it (or died with it): not asked again.
+    tried: Vec<WorkerId>,
+}
+
+struct Member {
+    worker: WorkerId,
+    peer: Peer,
+    /// Our `newconn` seq, per worker.
+    seq: u64,
+    /// Sent, not yet answered, by seq.
+    in_flight: HashMap<u64, Conn>,
+    /// Its server listens: not closed, not retiring.
+    open: bool,
+}
+
+impl Member {
+    fn has_room(&self) -> bool {
+        self.open && self.in_flight.len() < WINDOW
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    members: Vec<Member>,
+    next: usize,
+    /// Accepted connections no worker could take yet.
+    waiting: VecDeque<Conn>,
+}
+
+/// The workers listening on one key.
+struct Pool {
+    key: String,
+    /// Where the pool's socket listens (what a retiring worker's connections are matched to).
+    local: Option<ListenAddr>,
+    state: Mutex<PoolState>,
+    /// A worker got room, or joined.
+    room: Notify,
+    closed: AtomicBool,
+    /// Wakes the accept task when the pool closes.
+    shut: Notify,
+}
+
+/// The cluster's pools.
+pub(crate) struct Balancer {
+    mode: Balance,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Told whenever a connection in flight is answered or given back.
+    answers: Notify,
+}
+
+impl Balancer {
+    pub(crate) fn new(mode: Balance) -> Balancer {
+        Balancer {
+            mode,
+            pools: Mutex::new(HashMap::new()),
+            answers: Notify::new(),
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Balance {
+        self.mode
+    }
+
+    /// `worker` listens on `key`, whose socket is `listener`. In round-robin mode the first
+    /// worker on a key starts the pool's accept task (on a copy of `listener`). Fails with a
+    /// libuv code: too many keys, or a socket tokio cannot watch.
+    pub(crate) fn join(
+        &self,
+        key: &str,
+        listener: &OwnedFd,
+        worker: WorkerId,
+        peer: &Peer,
+    ) -> Result<(), i64> {
+        let pool = {
+            let mut pools = self.pools.lock().map_err(|_| uv::EAGAIN)?;
+            match pools.get(key) {
+                Some(pool) => pool.clone(),
+                None => {
+                    if pools.len() >= MAX_KEYS {
+                        return Err(uv::EMFILE);
+                    }
+                    let pool = Arc::new(Pool {
+                        key: key.to_string(),
+                        local: listen::local_addr(listener).ok(),
+                        state: Mutex::default(),
+                        room: Notify::new(),
+                        closed: AtomicBool::new(false),
+                        shut: Notify::new(),
+                    });
+                    if self.mode == Balance::RoundRobin {
+                        let copy = listener.try_clone().map_err(|_| uv::EMFILE)?;
+                        let fd = crate::sys::watch(copy, tokio::io::Interest::READABLE)
+                            .map_err(|_| uv::EINVAL)?;
+                        tokio::spawn(accept_loop(pool.clone(), fd));
+                    }
+                    pools.insert(key.to_string(), pool.clone());
+                    pool
+                }
+            }
+        };
+        let mut st = pool.state.lock().map_err(|_| uv::EAGAIN)?;
+        match st.members.iter_mut().find(|m| m.worker == worker) {
+            Some(m) => m.open = true,
+            None => st.members.push(Member {
+                worker,
+                peer: peer.clone(),
+                seq: 0,
+                in_flight: HashMap::new(),
+                open: true,
+            }),
+        }
+        pool.drain_waiting(&mut st);
+        drop(st);
+        pool.room.notify_waiters();
+        Ok(())
+    }
+
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The worker answered our `newconn` `seq`: a connection taken is the worker's alone now; a
+    /// refused one goes to another worker.
+    pub(crate) fn answered(&self, worker: WorkerId, seq: u64, accepted: bool) {
+        for pool in self.pools() {
+            let Ok(mut st) = pool.state.lock() else {
+                continue;
+            };
+            let Some(m) = st.members.iter_mut().find(|m| m.worker == worker) else {
+                continue;
+            };
+            let Some(mut conn) = m.in_flight.remove(&seq) else {
+                continue;
+            };
+            if !accepted {
+                tracing::debug!(worker = %worker, key = pool.key, "a Node worker refused a connection; handing it to another");
+                conn.tried.push(worker);
+                pool.place_or_queue(&mut st, conn);
+            }
+            pool.drain_waiting(&mut st);
+            drop(st);
+            pool.room.notify_waiters();
+            self.answers.notify_waiters();
+            return;
+        }
+        tracing::debug!(worker = %worker, seq, "answer to no connection of ours ignored");
+    }
+
+    /// The worker's server on `key` closed: it gets no more connections there (those in flight
+    /// come back refused).
+    pub(crate) fn close_key(&self, worker: WorkerId, key: &str) {
+        let pool = self.pools.lock().ok().and_then(|p| p.get(key).cloned());
+        if let Some(pool) = pool {
+            if let Ok(mut st) = pool.state.lock() {
+                if let Some(m) = st.members.iter_mut().find(|m| m.worker == worker) {
+                    m.open = false;
+                }
+            }
+        }
+    }
+
+    /// The worker is retiring: no new connection goes to it. The keys it listens on and where
+    /// their sockets listen (for `node::rescue`).
+    pub(crate) fn retire(&self, worker: WorkerId) -> Vec<(String, ListenAddr)> {
+        let mut keys = Vec::new();
+        for pool in self.pools() {
+            let Ok(mut st) = pool.state.lock() else {
+                continue;
+            };
+            if let Some(m) = st.members.iter_mut().find(|m| m.worker == worker) {
+                m.open = false;
+                if let Some(local) = &pool.local {
+                    keys.push((pool.key.clone(), local.clone()));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Connections sent to `worker` and not answered yet.
+    pub(crate) fn in_flight(&self, worker: WorkerId) -> usize {
+        self.pools()
+            .iter()
+            .filter_map(|p| {
+                let st = p.state.lock().ok()?;
+                let m = st.members.iter().find(|m| m.worker == worker)?;
+                Some(m.in_flight.len())
+            })
+            .sum()
+    }
+
+    /// Waits until every connection sent to `worker` is answered, or `limit` passes.
+    pub(crate) async fn answered_all(&self, worker: WorkerId, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.answers.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight(worker) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::debug!(worker = %worker, "a retiring Node worker did not answer for its connections in time");
+                return;
+            }
+        }
+    }
+
+    /// The worker is gone (its channel closed): it leaves every pool, and the connections it
+    /// had not answered for go to the others.
+    pub(crate) fn gone(&self, worker: WorkerId) {
+        for pool in self.pools() {
+            let Ok(mut st) = pool.state.lock() else {
+                continue;
+            };
+            let Some(at) = st.members.iter().position(|m| m.worker == worker) else {
+                continue;
+            };
+            let m = st.members.remove(at);
+            if st.next > at {
+                st.next -= 1;
+            }
+            for (_, mut conn) in m.in_flight {
+                conn.tried.push(worker);
+                pool.place_or_queue(&mut st, conn);
+            }
+            drop(st);
+            pool.room.notify_waiters();
+        }
+        self.answers.notify_waiters();
+    }
+
+    /// A connection `from` let go of while it still had a client (`node::rescue`): to
+    /// another worker listening on `key`.
+    pub(crate) fn rehome(&self, key: &str, fd: OwnedFd, from: WorkerId) {
+        let pool = self.pools.lock().ok().and_then(|p| p.get(key).cloned());
+        let Some(pool) = pool else {
+            return;
+        };
+        let Ok(mut st) = pool.state.lock() else {
+            return;
+        };
+        let conn = Conn {
+            fd,
+            tried: vec![from],
+        };
+        pool.place_or_queue(&mut st, conn);
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        for pool in self.pools() {
+            pool.closed.store(true, Ordering::Release);
+            pool.shut.notify_waiters();
+            pool.room.notify_waiters();
+        }
+    }
+}
+
+impl Pool {
+    /// Sends `conn` to the next worker with room that has not refused it; hands it back when
+    /// none can take it now.
+    fn place(&self, st: &mut PoolState, conn: Conn) -> Option<Conn> {
+        let n = st.members.len();
+        for i in 0..n {
+            let at = (st.next + i) % n;
+            let m = &mut st.members[at];
+            if !m.has_room() || conn.tried.contains(&m.worker) {
+                continue;
+            }
+            let Ok(copy) = conn.fd.try_clone() else {
+                tracing::warn!("cannot duplicate a connection for a Node worker: closed");
+                return None;
+            };
+            let seq = m.seq + 1;
+            let line = cluster::newconn(&self.key, seq);
+            let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![copy]);
+            if m.peer.send_handle_soon(frame).is_err() {
+                continue;
+            }
+            m.seq = seq;
+            m.in_flight.insert(seq, conn);
+            st.next = at + 1;
+            return None;
+        }
+        Some(conn)
+    }
+
+    /// [`Pool::place`], else the connection waits for room, unless every listening worker has
+    /// refused it (then it is closed, as a server at `maxConnections` closes it) or too many
+    /// wait already.
+    fn place_or_queue(&self, st: &mut PoolState, conn: Conn) {
+        let Some(conn) = self.place(st, conn) else {
+            return;
+        };
+        let someone = st
+            .members
+            .iter()
+            .any(|m| m.open && !conn.tried.contains(&m.worker));
+        let nobody_listens = !st.members.iter().any(|m| m.open);
+        if (someone || nobody_listens) && st.waiting.len() < MAX_WAITING {
+            st.waiting.push_back(conn);
+        } else {
+            tracing::debug!(
+                key = self.key,
+                "no Node worker takes this connection: closed"
+            );
+        }
+    }
+
+    /// Connections that waited go to workers with room, in order.
+    fn drain_waiting(&self, st: &mut PoolState) {
+        for _ in 0..st.waiting.len() {
+            let Some(conn) = st.waiting.pop_front() else {
+                break;
+            };
+            if let Some(conn) = self.place(st, conn) {
+                let someone = st
+                    .members
+                    .iter()
+                    .any(|m| m.open && !conn.tried.contains(&m.worker));
+                let nobody_listens = !st.members.iter().any(|m| m.open);
+                if someone || nobody_listens {
+                    st.waiting.push_back(conn);
+                }
+            }
+        }
+    }
+
+    /// Whether to accept now: a worker has room and nothing waits.
+    fn can_accept(&self) -> bool {
+        self.state
+            .lock()
+            .map(|st| st.waiting.is_empty() && st.members.iter().any(Member::has_room))
+            .unwrap_or(false)
+    }
+
+    /// A connection just accepted; whether more can be taken now.
+    fn dispatch(&self, fd: OwnedFd) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        self.place_or_queue(
+            &mut st,
+            Conn {
+                fd,
+                tried: Vec::new(),
+            },
+        );
+        st.waiting.is_empty() && st.members.iter().any(Member::has_room)
+    }
+}
+
+/// A round-robin pool's accept task: accepts while a worker has room, in batches, and ends
+/// when the cluster's pools close.
+async fn accept_loop(pool: Arc<Pool>, listener: AsyncFd<OwnedFd>) {
+    loop {
+        // Wait for room (connections meanwhile wait in the kernel's backlog).
+        loop {
+            let room = pool.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if pool.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if pool.can_accept() {
+                break;
+            }
+            room.await;
+        }
+        let shut = pool.shut.notified();
+        tokio::pin!(shut);
+        shut.as_mut().enable();
+        if pool.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut ready = tokio::select! {
+            r = listener.readable() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key = pool.key, error = %e, "cannot watch a listening socket; round-robin stops on it");
+                    return;
+                }
+            },
+            _ = &mut shut => return,
+        };
+        for _ in 0..ACCEPT_BATCH {
+            match rustix::net::accept_with(
+                listener.get_ref().as_fd(),
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
+                Ok(conn) => {
+                    if !pool.dispatch(conn) {
+                        break;
+                    }
+                }
+                Err(Errno::AGAIN) => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(Errno::CONNABORTED | Errno::INTR | Errno::PROTO) => {}
+                Err(e) => {
+                    tracing::warn!(key = pool.key, error = %e, "accept failed; pausing");
+                    drop(ready);
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    break;
+                }
+            }
+        }
+    }
+}
