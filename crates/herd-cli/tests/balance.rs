@@ -1,0 +1,662 @@
+//! How herd spreads connections among ordinary Node servers, and what clients see while workers
+//! come and go. The servers are unmodified (`http.createServer().listen(PORT)`, no cluster or
+//! shutdown code), the clients are real concurrent TCP clients, and every response is checked.
+//!
+//! With one shared listening socket (Node's shared handles), a worker told to disconnect runs
+//! `server.close()`, which since Node 19 destroys the server's idle keep-alive connections,
+//! including ones whose next request has arrived but is not read yet: keep-alive clients see
+//! resets during reloads. Whichever worker wakes first accepts, so the load is uneven, and a
+//! worker at its `maxConnections` accepts a connection only to close it. With `--balance rr`
+//! herd accepts the connections itself and hands each to the next worker with Node's `newconn`
+//! message: a retiring worker gets no new connection once it is to be told to disconnect, and a
+//! connection a worker refuses (`accepted: false`) or never took goes to another worker.
+//!
+//! The clients read with a timeout ([`IO_TIMEOUT`]), every wait has a deadline, and the load
+//! runs only as long as the reloads, scale changes or kills it accompanies.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::*;
+use herd_test_support::process::free_port;
+
+/// How herd balances connections in these tests.
+const BALANCE: &[&str] = &["--balance", "rr"];
+
+/// How long a client waits to connect, to send, and for each read of a response.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Concurrent clients.
+const CLIENTS: usize = 4;
+
+/// Rolling reloads in the reload tests.
+const RELOADS: usize = 10;
+
+/// The most bytes of response headers a client reads.
+const MAX_HEAD: usize = 16 << 10;
+
+fn app(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/balance_apps")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `herd run -w N` of the app `script` balanced by [`BALANCE`], once every worker said it
+/// listens and the status shows them running; the address to reach them at.
+fn serve(name: &str, script: &str, workers: usize) -> (Herd, SocketAddr) {
+    let port = free_port();
+    let env = format!("PORT={port}");
+    let n = workers.to_string();
+    let mut args = vec!["-w", &n];
+    args.extend(BALANCE);
+    let script = app(script);
+    args.extend(["--env", &env, "--", "node", &script]);
+    let herd = Herd::start(name, &args);
+    let deadline = Instant::now() + DEADLINE;
+    let mut listening = 0;
+    while listening < workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match herd.out.recv_timeout(left) {
+            Ok(line) if line.contains("listening on") => {
+                assert!(line.ends_with(&format!("listening on {port}")), "{line}");
+                listening += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // herd exited (its output ends soon) or is silent (what it said so far).
+                let said: Vec<String> = match e {
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => rest(&herd.err),
+                    std::sync::mpsc::RecvTimeoutError::Timeout => herd.err.try_iter().collect(),
+                };
+                panic!("{listening} of {workers} workers listening ({e}); herd said: {said:?}")
+            }
+        }
+    }
+    herd.status_until("every worker running", |s| running(s) == workers);
+    (herd, ([127, 0, 0, 1], port).into())
+}
+
+/// One HTTP response as a client reads it.
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+    /// The server said `Connection: close` (or spoke HTTP/1.0): it closes after this response.
+    close: bool,
+}
+
+/// Reads one line of a response's head (at most [`MAX_HEAD`] bytes), or says why not.
+fn head_line(r: &mut BufReader<TcpStream>, line: &mut String, what: &str) -> Result<(), String> {
+    line.clear();
+    r.by_ref()
+        .take(MAX_HEAD as u64)
+        .read_line(line)
+        .map_err(|e| format!("reading the {what}: {e}"))?;
+    if !line.ends_with('\n') {
+        return Err(format!("connection ended in the {what} ({line:?})"));
+    }
+    Ok(())
+}
+
+/// Reads `n` more bytes onto `body`, or says why not.
+fn body_bytes(r: &mut BufReader<TcpStream>, n: usize, body: &mut Vec<u8>) -> Result<(), String> {
+    if body.len() + n > 1 << 20 {
+        return Err("body too long".into());
+    }
+    let start = body.len();
+    body.resize(start + n, 0);
+    r.read_exact(&mut body[start..])
+        .map_err(|e| format!("reading the body ({n} bytes): {e}"))
+}
+
+/// Reads one whole response (status line, headers, and a body by `Content-Length` or chunked),
+/// or says what was wrong: a reset, a timeout, an end before the response was complete.
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<Response, String> {
+    let mut line = String::new();
+    head_line(r, &mut line, "status line")?;
+    let status_line = line.trim_end().to_string();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let status: u16 = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
+    let mut close = version == "HTTP/1.0";
+    let (mut length, mut chunked, mut head) = (None, false, 0);
+    loop {
+        head_line(r, &mut line, "headers")?;
+        head += line.len();
+        if head > MAX_HEAD {
+            return Err("headers too long".into());
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            return Err(format!("bad header {header:?}"));
+        };
+        let value = value.trim().to_ascii_lowercase();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let n = value.parse::<usize>();
+                length = Some(n.map_err(|_| format!("bad Content-Length {value:?}"))?);
+            }
+            "transfer-encoding" => chunked = value.contains("chunked"),
+            "connection" => close |= value.contains("close"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            head_line(r, &mut line, "chunk size")?;
+            let size = line.trim_end().split(';').next().unwrap_or("");
+            let size =
+                usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size {line:?}"))?;
+            body_bytes(r, size, &mut body)?;
+            head_line(r, &mut line, "chunk end")?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let n = length.ok_or("a response with neither Content-Length nor chunks")?;
+        body_bytes(r, n, &mut body)?;
+    }
+    Ok(Response {
+        status,
+        body,
+        close,
+    })
+}
+
+/// The pid in a 200 response's `{"pid": ...}` body, or what was wrong with it.
+fn pid_of(resp: &Response) -> Result<u64, String> {
+    let text = String::from_utf8_lossy(&resp.body);
+    if resp.status != 200 {
+        return Err(format!("HTTP {}: {text}", resp.status));
+    }
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["pid"].as_u64())
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("not a whole answer: {text:?}"))
+}
+
+/// A TCP connection with [`IO_TIMEOUT`] for connecting, sending and reading.
+fn connect(addr: SocketAddr) -> Result<BufReader<TcpStream>, String> {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    Ok(BufReader::new(s))
+}
+
+/// `GET path` on a new connection (`Connection: close`): the pid that answered, or why the
+/// request failed (connect error, reset, timeout, short or non-200 response).
+fn get_once(addr: SocketAddr, path: &str) -> Result<u64, String> {
+    let mut conn = connect(addr)?;
+    write!(
+        conn.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("sending: {e}"))?;
+    pid_of(&read_response(&mut conn)?)
+}
+
+/// Whether the server has closed an idle connection (an end of stream, a reset, or anything
+/// unasked for waiting to be read): the client must not send on it.
+fn closed_while_idle(conn: &BufReader<TcpStream>) -> bool {
+    if !conn.buffer().is_empty() {
+        return true;
+    }
+    let s = conn.get_ref();
+    s.set_nonblocking(true).unwrap();
+    let mut byte = [0u8];
+    let closed = !matches!(s.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// A keep-alive HTTP/1.1 client: one connection, requests one after another on it. If the
+/// server closed it cleanly after a complete response and before the next request (it said
+/// `Connection: close`, or the connection is found closed before sending), the client opens a
+/// new one, as any HTTP client does, and that is no failure. A reset, an end or a timeout after
+/// the request was sent is.
+struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+    /// Connections opened after the server closed the last one cleanly.
+    reconnects: u64,
+}
+
+impl KeepAlive {
+    fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            conn: None,
+            reconnects: 0,
+        }
+    }
+
+    fn get(&mut self) -> Result<u64, String> {
+        if self.conn.as_ref().is_some_and(closed_while_idle) {
+            self.conn = None;
+            self.reconnects += 1;
+        }
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(connect(self.addr)?),
+        };
+        let answer = conn
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .map_err(|e| format!("sending: {e}"))
+            .and_then(|()| read_response(conn));
+        match answer {
+            Ok(resp) => {
+                if resp.close {
+                    self.conn = None;
+                    self.reconnects += 1;
+                }
+                pid_of(&resp)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(format!("after sending: {e}"))
+            }
+        }
+    }
+}
+
+/// What the clients saw: requests that succeeded and failed, answers by pid, and the first
+/// failures' reasons.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    by_pid: Mutex<BTreeMap<u64, u64>>,
+    reasons: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    /// Counts one request's outcome; whether it succeeded.
+    fn record(&self, outcome: Result<u64, String>) -> bool {
+        match outcome {
+            Ok(pid) => {
+                *self.by_pid.lock().unwrap().entry(pid).or_default() += 1;
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(why) => {
+                let mut reasons = self.reasons.lock().unwrap();
+                if reasons.len() < 20 {
+                    reasons.push(why);
+                }
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn by_pid(&self) -> BTreeMap<u64, u64> {
+        self.by_pid.lock().unwrap().clone()
+    }
+
+    fn reasons(&self) -> Vec<String> {
+        self.reasons.lock().unwrap().clone()
+    }
+}
+
+/// [`CLIENTS`] threads, each making one request after another on a new connection.
+fn new_connection_load(addr: SocketAddr, tally: &Arc<Tally>) -> Load {
+    let tally = tally.clone();
+    Load::start(CLIENTS, move |_, _| tally.record(get_once(addr, "/")))
+}
+
+/// Waits until `ok()` passes `at_least`, within the deadline.
+fn until_ok(tally: &Tally, at_least: u64, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while tally.ok() < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} requests succeeded, {} failed ({:?}), never {at_least}",
+            tally.ok(),
+            tally.failed(),
+            tally.reasons()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `herd reload`, which answers once the reload is done; then every worker is running.
+fn reload(herd: &Herd, workers: usize) {
+    let out = herd.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "herd reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    herd.status_until("the reload's workers running", |s| {
+        running(s) == workers && !s.status.reloading
+    });
+}
+
+/// `herd scale N`, then waits until exactly N workers are listed, all running.
+fn scale(herd: &Herd, n: usize) {
+    let out = herd.ctl(&["scale", &n.to_string()]);
+    assert!(
+        out.status.success(),
+        "herd scale {n}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    herd.status_until(&format!("{n} workers running"), |s| {
+        running(s) == n && workers(s) == n
+    });
+}
+
+/// Stops herd gracefully (no client is connected any more): it exits 0.
+fn stop(mut herd: Herd) {
+    let out = herd.ctl(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(herd.wait(), Some(0));
+}
+
+/// A reload or a scale change.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Reload,
+    Scale(usize),
+}
+
+/// 4 clients opening a new connection per request never see one fail while herd reloads its
+/// workers 10 times and changes their number 5 times (2 -> 3 -> 2 -> 4 -> 2 -> 3), each change
+/// awaited; requests succeed during every reload and after every change. herd must hand no
+/// connection to a worker that is about to disconnect, and re-hand any a retiring or exiting
+/// worker never took.
+#[test]
+fn reloads_and_scaling_fail_no_request_with_new_connections() {
+    let started = Instant::now();
+    let (herd, addr) = serve("balance-reload-new", "server.js", 2);
+    let tally = Arc::new(Tally::default());
+    let load = new_connection_load(addr, &tally);
+    until_ok(&tally, 20, "before the first reload");
+    // Five times: a reload, a scale change, a reload.
+    let sizes = [3, 2, 4, 2, 3];
+    let plan: Vec<Change> = sizes
+        .iter()
+        .flat_map(|&n| [Change::Reload, Change::Scale(n), Change::Reload])
+        .collect();
+    let mut workers = 2;
+    for (i, &change) in plan.iter().enumerate() {
+        let before = tally.ok();
+        match change {
+            Change::Reload => reload(&herd, workers),
+            Change::Scale(n) => {
+                scale(&herd, n);
+                workers = n;
+            }
+        }
+        if matches!(change, Change::Reload) {
+            assert!(
+                tally.ok() > before,
+                "no request succeeded during reload {i} ({} failed: {:?})",
+                tally.failed(),
+                tally.reasons()
+            );
+        }
+        until_ok(
+            &tally,
+            tally.ok() + 2 * CLIENTS as u64,
+            &format!("after {change:?}"),
+        );
+    }
+    let (_, _) = load.stop();
+    let (ok, failed) = (tally.ok(), tally.failed());
+    eprintln!(
+        "new connections, {RELOADS} reloads and {} scale changes (balance {BALANCE:?}): \
+         {ok} ok, {failed} failed in {:?}; first failures: {:?}",
+        sizes.len(),
+        started.elapsed(),
+        tally.reasons()
+    );
+    assert_eq!(
+        plan.iter().filter(|c| matches!(c, Change::Reload)).count(),
+        RELOADS
+    );
+    assert_eq!(failed, 0, "failed requests: {:?}", tally.reasons());
+    assert!(ok > 500, "only {ok} requests succeeded");
+    stop(herd);
+}
+
+/// 4 keep-alive clients (requests one after another on one connection each; two of them never
+/// pause between requests, two pause 1-5 ms every 10th request) never see a request fail while
+/// herd reloads its workers 10 times. A server closing the connection cleanly between two
+/// requests is ordinary HTTP (the client opens a new one); a reset, an end or a timeout after a
+/// request was sent is a failure. With the shared socket, reloads fail requests: the retiring
+/// worker's `server.close()` destroys idle keep-alive connections, including ones whose next
+/// request it has not read yet.
+#[test]
+fn reloads_fail_no_request_with_keep_alive_clients() {
+    let started = Instant::now();
+    let (herd, addr) = serve("balance-reload-keepalive", "server.js", 2);
+    let tally = Arc::new(Tally::default());
+    let clients: Arc<Vec<Mutex<KeepAlive>>> = Arc::new(
+        (0..CLIENTS)
+            .map(|_| Mutex::new(KeepAlive::new(addr)))
+            .collect(),
+    );
+    let load = {
+        let (tally, clients) = (tally.clone(), clients.clone());
+        Load::start(CLIENTS, move |c, round| {
+            // Clients 0 and 1 never pause; 2 and 3 pause 1 to 5 ms every 10th request.
+            if c >= 2 && round % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(1 + (round / 10) % 5));
+            }
+            tally.record(clients[c].lock().unwrap().get())
+        })
+    };
+    until_ok(&tally, 20, "before the first reload");
+    for i in 0..RELOADS {
+        let before = tally.ok();
+        reload(&herd, 2);
+        assert!(
+            tally.ok() > before,
+            "no request succeeded during reload {i} ({} failed: {:?})",
+            tally.failed(),
+            tally.reasons()
+        );
+        until_ok(&tally, tally.ok() + 2 * CLIENTS as u64, "after a reload");
+    }
+    let (_, _) = load.stop();
+    let reconnects: u64 = clients.iter().map(|c| c.lock().unwrap().reconnects).sum();
+    // Close the clients' connections before stopping: a graceful stop waits for them.
+    clients.iter().for_each(|c| c.lock().unwrap().conn = None);
+    let (ok, failed) = (tally.ok(), tally.failed());
+    eprintln!(
+        "keep-alive, {RELOADS} reloads (balance {BALANCE:?}): {ok} ok, {failed} failed, \
+         {reconnects} clean reconnects in {:?}; first failures: {:?}",
+        started.elapsed(),
+        tally.reasons()
+    );
+    assert_eq!(failed, 0, "failed requests: {:?}", tally.reasons());
+    assert!(ok > 500, "only {ok} requests succeeded");
+    stop(herd);
+}
+
+/// 400 requests on new connections from 4 threads to 2 workers: each worker answers about half
+/// (the busier at most 55%), where a shared socket lets whichever worker wakes first take most.
+#[test]
+fn round_robin_spreads_connections_evenly() {
+    const REQUESTS: usize = 400;
+    let (herd, addr) = serve("balance-even", "server.js", 2);
+    let tally = Tally::default();
+    std::thread::scope(|scope| {
+        for _ in 0..CLIENTS {
+            scope.spawn(|| {
+                for _ in 0..REQUESTS / CLIENTS {
+                    tally.record(get_once(addr, "/"));
+                }
+            });
+        }
+    });
+    let by_pid = tally.by_pid();
+    let busiest = by_pid.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "{REQUESTS} requests to 2 workers (balance {BALANCE:?}): {by_pid:?}, {} failed {:?}",
+        tally.failed(),
+        tally.reasons()
+    );
+    assert_eq!(tally.failed(), 0, "{:?}", tally.reasons());
+    assert_eq!(by_pid.len(), 2, "answers by pid: {by_pid:?}");
+    assert!(
+        busiest * 100 <= REQUESTS as u64 * 55,
+        "the busier worker answered {busiest} of {REQUESTS}: {by_pid:?}"
+    );
+    stop(herd);
+}
+
+/// Two workers that each take one connection at a time (`server.maxConnections = 1`): while
+/// one is busy with a slow request (1 s), requests on new connections one after another all
+/// succeed, answered by the other worker: the busy worker refuses what herd hands it (Node's
+/// `accepted: false`) and herd hands it to the other. On a shared socket the busy worker
+/// accepts connections and Node closes them at once.
+#[test]
+fn a_full_worker_hands_connections_to_another() {
+    const ROUNDS: usize = 2;
+    let (herd, addr) = serve("balance-full", "one_at_a_time.js", 2);
+    let tally = Tally::default();
+    let mut wrong_worker = Vec::new();
+    for round in 0..ROUNDS {
+        let slow_done = AtomicBool::new(false);
+        let (slow, fast) = std::thread::scope(|scope| {
+            let slow = scope.spawn(|| {
+                let answer = get_once(addr, "/slow");
+                let at = Instant::now();
+                slow_done.store(true, Ordering::Relaxed);
+                (answer, at)
+            });
+            // The slow request holds a worker's one connection from here on.
+            herd.stdout_line(|l| l.contains("slow request started"));
+            let deadline = Instant::now() + DEADLINE;
+            let mut fast = Vec::new();
+            while !slow_done.load(Ordering::Relaxed) {
+                assert!(Instant::now() < deadline, "the slow request never ended");
+                fast.push((get_once(addr, "/"), Instant::now()));
+            }
+            (slow.join().unwrap(), fast)
+        });
+        let (slow_answer, slow_at) = slow;
+        let slow_pid = slow_answer.unwrap_or_else(|e| panic!("the slow request: {e}"));
+        for (answer, at) in fast.iter() {
+            // Answers well before the slow one ended came while its worker was full.
+            if let Ok(pid) = answer {
+                if *pid == slow_pid && *at + Duration::from_millis(100) < slow_at {
+                    wrong_worker.push(round);
+                }
+            }
+        }
+        eprintln!(
+            "round {round}: slow request on {slow_pid}; {} requests meanwhile, {} failed",
+            fast.len(),
+            fast.iter().filter(|(a, _)| a.is_err()).count()
+        );
+        assert!(
+            fast.len() >= 10,
+            "only {} requests during the slow one",
+            fast.len()
+        );
+        for (answer, _) in fast {
+            tally.record(answer);
+        }
+    }
+    eprintln!(
+        "a full worker (balance {BALANCE:?}): {} ok, {} failed, by pid {:?}; first failures: {:?}",
+        tally.ok(),
+        tally.failed(),
+        tally.by_pid(),
+        tally.reasons()
+    );
+    assert_eq!(tally.failed(), 0, "failed requests: {:?}", tally.reasons());
+    assert!(
+        wrong_worker.is_empty(),
+        "the full worker answered new connections in rounds {wrong_worker:?}"
+    );
+    stop(herd);
+}
+
+/// A worker killed with SIGKILL under load (4 clients, a new connection per request): requests
+/// keep succeeding, at most the 4 the worker was in the middle of fail (connections herd had
+/// handed it but it had not taken go to the other worker), and the worker herd starts in its
+/// place serves again.
+#[test]
+fn connections_queued_for_a_killed_worker_go_to_another() {
+    let (herd, addr) = serve("balance-kill", "server.js", 2);
+    let tally = Arc::new(Tally::default());
+    let load = new_connection_load(addr, &tally);
+    until_ok(&tally, 50, "before the kill");
+    let before = herd.status();
+    let victim = *tally.by_pid().keys().next().unwrap();
+    assert!(pids(&before).contains(&victim), "{victim} is not a worker");
+    let ok_at_kill = tally.ok();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let after = herd.status_until("a new worker in the killed one's place", |s| {
+        running(s) == 2 && !pids(s).contains(&victim)
+    });
+    let new = *pids(&after)
+        .iter()
+        .find(|p| !pids(&before).contains(p))
+        .expect("a new worker");
+    let deadline = Instant::now() + DEADLINE;
+    while tally.by_pid().get(&new).copied().unwrap_or(0) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the new worker {new} never served: {:?}",
+            tally.by_pid()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    until_ok(&tally, tally.ok() + 2 * CLIENTS as u64, "after the restart");
+    let (_, _) = load.stop();
+    let (ok, failed) = (tally.ok(), tally.failed());
+    eprintln!(
+        "kill -9 under load (balance {BALANCE:?}): {ok} ok ({} after the kill), {failed} failed, \
+         by pid {:?}; failures: {:?}",
+        ok - ok_at_kill,
+        tally.by_pid(),
+        tally.reasons()
+    );
+    assert!(
+        failed <= CLIENTS as u64,
+        "{failed} requests failed: {:?}",
+        tally.reasons()
+    );
+    stop(herd);
+}
