@@ -23,6 +23,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::cluster::{self, uv};
 use super::handles::MAX_KEYS;
@@ -52,14 +53,33 @@ const MAX_WAITING: usize = 256;
 /// Connections accepted per wake-up of a pool's accept task.
 const ACCEPT_BATCH: usize = 64;
 
+/// How long a connection every worker refused (all at `maxConnections`) is offered again,
+/// every [`RETRY_EVERY`], before herd closes it.
+const REFUSED_FOR: Duration = Duration::from_secs(1);
+
+/// How often a connection every worker refused is offered again.
+const RETRY_EVERY: Duration = Duration::from_millis(10);
+
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A connection herd holds until a worker takes it.
 struct Conn {
     fd: OwnedFd,
-    /// Workers that refused it (or died with it): not asked again.
+    /// Workers that refused it (or died with it): not asked again in this round.
     tried: Vec<WorkerId>,
+    /// When every worker first refused it.
+    refused_since: Option<Instant>,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd, tried: Vec<WorkerId>) -> Conn {
+        Conn {
+            fd,
+            tried,
+            refused_since: None,
+        }
+    }
 }
 
 struct Member {
@@ -303,11 +323,7 @@ impl Balancer {
         let Ok(mut st) = pool.state.lock() else {
             return;
         };
-        let conn = Conn {
-            fd,
-            tried: vec![from],
-        };
-        pool.place_or_queue(&mut st, conn);
+        pool.place_or_queue(&mut st, Conn::new(fd, vec![from]));
     }
 }
 
@@ -350,11 +366,12 @@ impl Pool {
         Some(conn)
     }
 
-    /// [`Pool::place`], else the connection waits for room, unless every listening worker has
-    /// refused it (then it is closed, as a server at `maxConnections` closes it) or too many
-    /// wait already.
-    fn place_or_queue(&self, st: &mut PoolState, conn: Conn) {
-        let Some(conn) = self.place(st, conn) else {
+    /// [`Pool::place`], else the connection waits for room. One that every listening worker
+    /// refused (all at `maxConnections`; Node's primary would keep offering it) is offered
+    /// again every [`RETRY_EVERY`] for [`REFUSED_FOR`], then closed, as a lone server at
+    /// `maxConnections` closes it; so is one past [`MAX_WAITING`].
+    fn place_or_queue(self: &Arc<Self>, st: &mut PoolState, conn: Conn) {
+        let Some(mut conn) = self.place(st, conn) else {
             return;
         };
         let someone = st
@@ -362,31 +379,42 @@ impl Pool {
             .iter()
             .any(|m| m.open && !conn.tried.contains(&m.worker));
         let nobody_listens = !st.members.iter().any(|m| m.open);
-        if (someone || nobody_listens) && st.waiting.len() < MAX_WAITING {
+        if !someone && !nobody_listens {
+            let since = *conn.refused_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= REFUSED_FOR {
+                tracing::debug!(
+                    key = self.key,
+                    "every Node worker refused this connection: closed"
+                );
+                return;
+            }
+            conn.tried.clear();
+            let pool = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY_EVERY).await;
+                if let Ok(mut st) = pool.state.lock() {
+                    pool.drain_waiting(&mut st);
+                }
+            });
+        }
+        if st.waiting.len() < MAX_WAITING {
             st.waiting.push_back(conn);
         } else {
             tracing::debug!(
                 key = self.key,
-                "no Node worker takes this connection: closed"
+                "too many connections wait for a Node worker: closed"
             );
         }
     }
 
     /// Connections that waited go to workers with room, in order.
-    fn drain_waiting(&self, st: &mut PoolState) {
+    fn drain_waiting(self: &Arc<Self>, st: &mut PoolState) {
         for _ in 0..st.waiting.len() {
             let Some(conn) = st.waiting.pop_front() else {
                 break;
             };
             if let Some(conn) = self.place(st, conn) {
-                let someone = st
-                    .members
-                    .iter()
-                    .any(|m| m.open && !conn.tried.contains(&m.worker));
-                let nobody_listens = !st.members.iter().any(|m| m.open);
-                if someone || nobody_listens {
-                    st.waiting.push_back(conn);
-                }
+                st.waiting.push_back(conn);
             }
         }
     }
@@ -400,17 +428,11 @@ impl Pool {
     }
 
     /// A connection just accepted; whether more can be taken now.
-    fn dispatch(&self, fd: OwnedFd) -> bool {
+    fn dispatch(self: &Arc<Self>, fd: OwnedFd) -> bool {
         let Ok(mut st) = self.state.lock() else {
             return false;
         };
-        self.place_or_queue(
-            &mut st,
-            Conn {
-                fd,
-                tried: Vec::new(),
-            },
-        );
+        self.place_or_queue(&mut st, Conn::new(fd, Vec::new()));
         st.waiting.is_empty() && st.members.iter().any(Member::has_room)
     }
 }
