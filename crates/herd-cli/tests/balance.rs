@@ -54,13 +54,18 @@ fn app(name: &str) -> String {
 /// `herd run -w N` of the app `script` balanced by [`BALANCE`], once every worker said it
 /// listens and the status shows them running; the address to reach them at.
 fn serve(name: &str, script: &str, workers: usize) -> (Herd, SocketAddr) {
+    serve_with("node", name, script, workers)
+}
+
+/// [`serve`] with the Node executable `node`.
+fn serve_with(node: &str, name: &str, script: &str, workers: usize) -> (Herd, SocketAddr) {
     let port = free_port();
     let env = format!("PORT={port}");
     let n = workers.to_string();
     let mut args = vec!["-w", &n];
     args.extend(BALANCE);
     let script = app(script);
-    args.extend(["--env", &env, "--", "node", &script]);
+    args.extend(["--env", &env, "--", node, &script]);
     let herd = Herd::start(name, &args);
     let deadline = Instant::now() + DEADLINE;
     let mut listening = 0;
@@ -461,8 +466,54 @@ fn reloads_and_scaling_fail_no_request_with_new_connections() {
 /// request it has not read yet.
 #[test]
 fn reloads_fail_no_request_with_keep_alive_clients() {
+    keep_alive_reloads("node");
+}
+
+/// Node's `server.close()` differs by version (18 leaves idle keep-alive connections open until
+/// their timeout; 19 and later destroy them at once): the reload tests, keep-alive and new
+/// connections, with every Node named in `HERD_TEST_NODES` (paths to `node` executables,
+/// separated by `:`; `.ci/run` installs 18 and 22 from the npm registry and names them). Without
+/// it, only the machine's `node` is tested (by the other tests), and this says so.
+#[test]
+fn reloads_fail_no_request_on_other_node_versions() {
+    let nodes = std::env::var("HERD_TEST_NODES").unwrap_or_default();
+    let nodes: Vec<&str> = nodes.split(':').filter(|n| !n.is_empty()).collect();
+    if nodes.is_empty() {
+        eprintln!("HERD_TEST_NODES is not set: no other Node version tested");
+        return;
+    }
+    for node in nodes {
+        let version = std::process::Command::new(node)
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("HERD_TEST_NODES names {node}, which does not run: {e}"));
+        eprintln!("Node {}", String::from_utf8_lossy(&version.stdout).trim());
+        keep_alive_reloads(node);
+        new_connection_reloads(node);
+    }
+}
+
+/// 10 reloads under 4 new-connection clients with the Node executable `node`: none fails.
+fn new_connection_reloads(node: &str) {
+    let (herd, addr) = serve_with(node, "balance-reload-new-versions", "server.js", 2);
+    let tally = Arc::new(Tally::default());
+    let load = new_connection_load(addr, &tally);
+    until_ok(&tally, 20, "before the first reload");
+    for _ in 0..RELOADS {
+        reload(&herd, 2);
+        until_ok(&tally, tally.ok() + 2 * CLIENTS as u64, "after a reload");
+    }
+    let (_, _) = load.stop();
+    let (ok, failed) = (tally.ok(), tally.failed());
+    eprintln!("{node}: new connections, {RELOADS} reloads: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "{node}: failed requests: {:?}", tally.reasons());
+    stop(herd);
+}
+
+/// The keep-alive reload test with the Node executable `node`.
+fn keep_alive_reloads(node: &str) {
     let started = Instant::now();
-    let (herd, addr) = serve("balance-reload-keepalive", "server.js", 2);
+    let (herd, addr) = serve_with(node, "balance-reload-keepalive", "server.js", 2);
     let tally = Arc::new(Tally::default());
     let clients: Arc<Vec<Mutex<KeepAlive>>> = Arc::new(
         (0..CLIENTS)
@@ -497,7 +548,7 @@ fn reloads_fail_no_request_with_keep_alive_clients() {
     clients.iter().for_each(|c| c.lock().unwrap().conn = None);
     let (ok, failed) = (tally.ok(), tally.failed());
     eprintln!(
-        "keep-alive, {RELOADS} reloads (balance {BALANCE:?}): {ok} ok, {failed} failed, \
+        "{node}: keep-alive, {RELOADS} reloads (balance {BALANCE:?}): {ok} ok, {failed} failed, \
          {reconnects} clean reconnects in {:?}; first failures: {:?}",
         started.elapsed(),
         tally.reasons()
