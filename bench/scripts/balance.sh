@@ -86,7 +86,8 @@ else
   HERD_MODES=${HERD_MODES:-shared reuseport}
   HERD_DEFAULT=${HERD_DEFAULT:-shared}
 fi
-log "herd: $HERD ($("$HERD" --version 2>&1)); --balance ${HERD_BALANCE:+supported}${HERD_BALANCE:-not supported (old spelling, no rr)}; modes: $HERD_MODES; default: $HERD_DEFAULT"
+if [ -n "$HERD_BALANCE" ]; then spelling="--balance MODE"; else spelling="no --balance: the old spelling, no rr"; fi
+log "herd: $HERD ($("$HERD" --version 2>&1)); $spelling; modes: $HERD_MODES; default: $HERD_DEFAULT"
 
 # The `herd run` flags of a balancing mode on port $2.
 herd_mode_args() {
@@ -109,6 +110,10 @@ CONTENDERS="node-rr node-none"
 for m in $HERD_MODES; do CONTENDERS="$CONTENDERS herd-$m"; done
 if command -v pm2 >/dev/null; then CONTENDERS="$CONTENDERS pm2"; else log "PM2 is not installed: skipped"; fi
 BENCHED="$CONTENDERS single"
+if [ -n "${ONLY:-}" ]; then # a subset, e.g. ONLY="node-rr herd-shared"
+  keep() { local c out=""; for c in $1; do case " $ONLY " in *" $c "*) out="$out $c" ;; esac; done; echo $out; }
+  CONTENDERS=$(keep "$CONTENDERS"); BENCHED=$(keep "$BENCHED")
+fi
 
 # A free TCP port below the ephemeral range, with no socket of any state on it.
 free_port() {
@@ -205,6 +210,7 @@ bench_one() {
   ready "$port" "$(want_workers "$name")" "$PID"; rc=$?
   if [ $rc = 2 ]; then
     log "round $round $name: did not start; its output:"; cat "$CLOG" >>"$BENCH_LOG"
+    record bench "$round" "$name" start_failed 1
     stop "$name" "$PID"; return
   fi
   [ $rc = 1 ] && log "round $round $name: only some workers answered within 20 s; measuring anyway"
@@ -253,6 +259,7 @@ reload_one() {
   ready "$port" "$WORKERS" "$PID"
   if [ $? = 2 ]; then
     log "reload $round $name $mode: did not start; its output:"; cat "$CLOG" >>"$BENCH_LOG"
+    record reload "$round" "$name" start_failed 1
     stop "$name" "$PID"; return
   fi
   out=$TMP/wrk-reload.out
@@ -295,9 +302,10 @@ cp "$RESULTS" "$BENCH_LOG.tsv"
 log "took $(($(date +%s) - T0)) s; raw figures: $BENCH_LOG, $BENCH_LOG.tsv"
 
 # --- the table -----------------------------------------------------------------------------------
-python3 - "$RESULTS" "$CONTENDERS" "$HERD_DEFAULT" "$HERD_BALANCE" "$WORKERS" "$CONNS" "$DURATION" "$RUNS" "$RUNS_RELOAD" "$RELOADS" "$(nproc)" <<'EOF'
+case " $BENCHED " in *" single "*) SINGLE=1 ;; *) SINGLE=0 ;; esac
+python3 - "$RESULTS" "$CONTENDERS" "$HERD_DEFAULT" "$HERD_BALANCE" "$WORKERS" "$CONNS" "$DURATION" "$RUNS" "$RUNS_RELOAD" "$RELOADS" "$(nproc)" "$SINGLE" <<'EOF'
 import sys, statistics, collections
-path, contenders, default, balance, workers, conns, duration, runs, runs_reload, reloads, cores = sys.argv[1:]
+path, contenders, default, balance, workers, conns, duration, runs, runs_reload, reloads, cores, benched_single = sys.argv[1:]
 contenders = contenders.split()
 data = collections.defaultdict(dict)  # (kind, contender, metric) -> {round: value}
 for line in open(path):
@@ -353,12 +361,15 @@ print('| contender | keep-alive req/s | × Node RR | new connection per request 
       '| busier worker (new conn; keep-alive) | primary CPU, cores (new conn) '
       f'| failed in {reloads} reloads, keep-alive (of requests) | failed in {reloads} reloads, Connection: close (of requests) |')
 print('|' + '---|' * 9)
-rows = contenders + (['herd-rr'] if 'herd-rr' not in contenders else []) + ['single']
+rows = contenders + (['herd-rr'] if not balance else []) + (['single'] if benched_single == '1' else [])
 for name in rows:
-    if name == 'herd-rr' and name not in contenders:
+    if name == 'herd-rr' and not balance:
         print(f'| herd `--balance rr` | skipped: this herd has no `--balance` | | | | | | | |')
         continue
     ka, cl = vals('bench', name, 'ka_rps'), vals('bench', name, 'close_rps')
+    if not ka and not cl and (vals('bench', name, 'start_failed') or vals('reload', name, 'start_failed')):
+        print(f'| {label.get(name, name)} | did not start (its output is in the log) | | | | | | | |')
+        continue
     share = f"{fmt(vals('bench', name, 'close_share'), 1, '%')}; {fmt(vals('bench', name, 'ka_share'), 1, '%')}"
     if name == 'single':
         print(f'| {label[name]} | {fmt(ka)} | {fmt(ratios(name, "ka_rps"), 2)} | {fmt(cl)} | {fmt(ratios(name, "close_rps"), 2)} | (one process) | | | |')
@@ -377,7 +388,7 @@ def verdict(ok):
     return 'n/a (not measured)' if ok is None else ('met' if ok else 'NOT met')
 r = med(ratios(h, 'close_rps'))
 print(f'- (a) {hl}, new connection per request >= 1.5x Node RR req/s: '
-      f'{verdict(None if r is None else r >= 1.5)} ({"n/a" if r is None else f"{r:.2f}x"})')
+      f'{verdict(None if r is None else r >= 1.5)}{"" if r is None else f" ({r:.2f}x)"}')
 best = [(med(vals('bench', n, 'ka_rps')), n) for n in ('node-rr', 'node-none') if vals('bench', n, 'ka_rps')]
 hk = med(vals('bench', h, 'ka_rps'))
 if best and hk is not None:
@@ -388,9 +399,9 @@ else:
     print(f'- (b) {hl}, keep-alive within 5% of the best Node mode: n/a (not measured)')
 s = med(vals('bench', h, 'close_share'))
 print(f'- (c) {hl}, busier worker\'s share <= 55% with {workers} workers (new connection per request): '
-      f'{verdict(None if s is None else s <= 55)} ({"n/a" if s is None else f"{s:.1f}%"}'
-      f'{"" if workers == "2" else "; the target is for 2 workers"})')
+      f'{verdict(None if s is None else s <= 55)}{"" if s is None else f" ({s:.1f}%)"}'
+      f'{"" if workers == "2" else " (the target is for 2 workers)"}')
 f = vals('reload', h, 'ka_fail') + vals('reload', h, 'close_fail')
 print(f'- (d) {hl}, 0 failed requests during reloads (every run, keep-alive and Connection: close): '
-      f'{verdict(None if not f else max(f) == 0)} ({"n/a" if not f else f"worst run {max(f):.0f}"})')
+      f'{verdict(None if not f else max(f) == 0)}{"" if not f else f" (worst run {max(f):.0f})"}')
 EOF
