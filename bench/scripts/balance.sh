@@ -156,9 +156,12 @@ stop() {
     return
   fi
   kill -TERM -- "-$pid" 2>/dev/null
-  for i in $(seq 1 50); do kill -0 -- "-$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null
-  sleep 0.2
+  for i in $(seq 1 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 -- "-$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null; sleep 0.2; fi
+  # Gone: forget the group, so that the exit trap never signals a recycled id.
+  local g kept=()
+  for g in "${GROUPS_STARTED[@]}"; do [ "$g" = "$pid" ] || kept+=("$g"); done
+  GROUPS_STARTED=("${kept[@]}")
 }
 
 # ready PORT N PID: until N distinct x-worker pids have answered (20 s deadline). 0: ready;
