@@ -201,6 +201,15 @@ wrk_parse() {
   ' "$1"
 }
 
+# wrk OUT ARGS...: wrk in the background, waited for, so that a signal to this script ends it at once.
+run_wrk() {
+  local out=$1; shift
+  wrk "$@" >"$out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID"
+  WRK_PID=
+}
+
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; } # kind round contender metric value
 
 want_workers() { [ "$1" = single ] && echo 1 || echo "$WORKERS"; }
@@ -217,15 +226,15 @@ bench_one() {
     stop "$name" "$PID"; return
   fi
   [ $rc = 1 ] && log "round $round $name: only some workers answered within 20 s; measuring anyway"
-  wrk -t2 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null 2>&1
+  run_wrk /dev/null -t2 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port/"
   out=$TMP/wrk.out
-  wrk -t2 -c"$CONNS" -d"$DURATION" -s "$LUA" "http://127.0.0.1:$port/" >"$out" 2>&1
+  run_wrk "$out" -t2 -c"$CONNS" -d"$DURATION" -s "$LUA" "http://127.0.0.1:$port/"
   read -r rps total err share <<<"$(wrk_parse "$out")"
   record bench "$round" "$name" ka_rps "$rps"; record bench "$round" "$name" ka_share "$share"
   record bench "$round" "$name" ka_err "$err"
   log "round $round $name keep-alive: $rps req/s, $total requests, $err errors, busiest worker $share%"
   c1=$(ticks "$PID"); t1=$(now)
-  wrk -t2 -c"$CONNS" -d"$DURATION" -H 'Connection: close' -s "$LUA" "http://127.0.0.1:$port/" >"$out" 2>&1
+  run_wrk "$out" -t2 -c"$CONNS" -d"$DURATION" -H 'Connection: close' -s "$LUA" "http://127.0.0.1:$port/"
   c2=$(ticks "$PID"); t2=$(now)
   read -r rps total err share <<<"$(wrk_parse "$out")"
   cpu=$(awk -v a="$c1" -v b="$c2" -v t="$TICKS" -v s="$t1" -v e="$t2" 'BEGIN {printf "%.3f", (b - a) / t / (e - s)}')
