@@ -438,6 +438,12 @@ fn document(config: &Config, table: &str, ratios: &str, elapsed: Duration) -> Re
            answers with the count (the floor for framed small messages). Bulk: the payload in \
            one `write`, read into a buffer the child allocated and touched before the timing \
            (no page faults measured).\n\n\
+         Round trips depend on where the kernel puts the two processes: with both on one CPU \
+         (as under `taskset -c 0`) herd's takes about 12 µs and the raw socket's 4-5 µs, with \
+         them on different CPUs either takes 50-80 µs, and a run can see one placement or the \
+         other, or both across its rounds. The min-max of the round-trip rows shows which, and \
+         the ratio to the raw round trip moves with it (about 1.2x when both are across CPUs, \
+         about 3x when both share one); the ratio to Node moves less.\n\n\
          Before this method (one run per figure, a raw stream of one 16-byte `write` per \
          message and a raw bulk into a fresh buffer) this section said 36.9x Node json for the \
          stream and 0.46x Node for the round trip; re-measured five times those were \
