@@ -1,20 +1,24 @@
 // Node's `cluster` measured the way herd's benchmark measures herd (bench/src/main.rs).
 //
-// Usage: node cluster_bench.js <json|advanced> <pings> <stream> <sizes,comma,separated>
-// Prints one JSON object on stdout: {"rtt_us": [...], "stream_msgs_per_s": n, "bulk_ms": {size: ms}}.
-// The primary forks one worker; every case is measured from the primary.
+// Usage: node cluster_bench.js <json|advanced> <pings> <stream> <sizes,comma,separated> [runs] [warmup]
+// Prints one JSON object on stdout: {"rtt_us": [...], "stream_msgs_per_s": n, "bulk_ms": {size: ms}},
+// bulk_ms being the median of `runs` sends (3 by default) of a string of each size.
+// The primary forks one worker; every case is measured from the primary. One invocation is one
+// round of the benchmark: herd-bench runs it once per round and takes medians over rounds.
 'use strict';
 const cluster = require('node:cluster');
 
 if (cluster.isPrimary) {
-  const [mode, pings, stream, sizes] = process.argv.slice(2);
+  const [mode, pings, stream, sizes, runsArg, warmupArg] = process.argv.slice(2);
+  const runs = +(runsArg || 3);
+  const warmup = +(warmupArg || 1000);
   cluster.setupPrimary({ serialization: mode });
   const worker = cluster.fork();
   const next = () => new Promise((resolve) => worker.once('message', resolve));
   worker.once('online', async () => {
     const out = { rtt_us: [], stream_msgs_per_s: 0, bulk_ms: {} };
     // Ping-pong: a small message out, the echo back.
-    for (let i = 0; i < 1000; i++) { worker.send({ ping: i }); await next(); }
+    for (let i = 0; i < warmup; i++) { worker.send({ ping: i }); await next(); }
     for (let i = 0; i < +pings; i++) {
       const t = process.hrtime.bigint();
       worker.send({ ping: i });
@@ -35,7 +39,6 @@ if (cluster.isPrimary) {
     // Bulk: one string of `size` bytes, the worker answers with its length.
     for (const size of sizes.split(',').map(Number)) {
       const payload = 'x'.repeat(size);
-      const runs = size >= 50e6 ? 3 : 5;
       const times = [];
       for (let r = 0; r < runs; r++) {
         const t = process.hrtime.bigint();
@@ -45,7 +48,8 @@ if (cluster.isPrimary) {
         times.push(Number(process.hrtime.bigint() - t) / 1e6);
       }
       times.sort((a, b) => a - b);
-      out.bulk_ms[size] = times[Math.floor(times.length / 2)];
+      const mid = times.length >> 1;
+      out.bulk_ms[size] = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
     }
     process.stdout.write(JSON.stringify(out) + '\n');
     worker.disconnect();
