@@ -226,3 +226,65 @@ async fn park(balancer: Arc<Balancer>, worker: WorkerId, h: Held) {
         balancer.rehome(&key, fd, worker);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn connections_are_matched_to_the_socket_they_were_accepted_on() {
+        let any: ListenAddr = ListenAddr::Tcp("0.0.0.0:80".parse().unwrap());
+        let local: ListenAddr = ListenAddr::Tcp("127.0.0.1:80".parse().unwrap());
+        let conn = ListenAddr::Tcp("127.0.0.1:80".parse().unwrap());
+        assert!(accepted_on(&any, &conn));
+        assert!(accepted_on(&local, &conn));
+        assert!(!accepted_on(
+            &ListenAddr::Tcp("127.0.0.2:80".parse().unwrap()),
+            &conn
+        ));
+        assert!(!accepted_on(
+            &ListenAddr::Tcp("127.0.0.1:81".parse().unwrap()),
+            &conn
+        ));
+        let unix = ListenAddr::Unix("/tmp/a.sock".into());
+        assert!(accepted_on(&unix, &unix));
+        assert!(!accepted_on(&unix, &conn));
+    }
+
+    /// This process stands in for the retiring worker: of its descriptors, only the connection
+    /// accepted on the listener is taken (not the listener, not the client's end), and a
+    /// request waiting on it shows.
+    #[test]
+    fn the_accepted_connections_a_process_holds_are_taken() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let keys = vec![("k".to_string(), ListenAddr::Tcp(addr))];
+        let held = grab(std::process::id(), &keys);
+        assert_eq!(held.len(), 1, "the accepted connection only");
+        let h = &held[0];
+        assert_eq!(h.key, "k");
+        let peer = rustix::net::getpeername(&h.fd).unwrap().unwrap();
+        assert_eq!(
+            std::net::SocketAddr::try_from(peer).unwrap(),
+            client.local_addr().unwrap()
+        );
+        assert!(matches!(peek(&h.fd), Peek::Idle));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(peek(&h.fd), Peek::Data) {
+            assert!(std::time::Instant::now() < deadline, "the request shows");
+            std::thread::yield_now();
+        }
+        drop(client);
+        assert!(
+            grab(std::process::id(), &[]).is_empty(),
+            "no keys, nothing taken"
+        );
+    }
+}
