@@ -78,8 +78,9 @@ if grep -q -- --balance <<<"$HERD_HELP"; then
   HERD_MODES=${HERD_MODES:-rr shared reuseport}
   # The default named in --balance's help (the lines up to the next flag).
   found=$(awk '/--balance/ {on=1; print; next} on && /^ *(-[a-zA-Z], )?--[a-z]/ {exit} on {print}' \
-      <<<"$HERD_HELP" | tr '\n' ' ' | grep -oE 'default:? *`?(rr|shared|reuseport)' | head -1 \
-      | grep -oE '(rr|shared|reuseport)$')
+      <<<"$HERD_HELP" | tr '\n' ' ' \
+      | grep -oE 'default:? *`?(rr|shared|reuseport)|`(rr|shared|reuseport)` \(default' | head -1 \
+      | grep -oE '(rr|shared|reuseport)' | head -1)
   HERD_DEFAULT=${HERD_DEFAULT:-${found:-shared}}
 else
   HERD_BALANCE=

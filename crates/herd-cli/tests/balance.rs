@@ -27,8 +27,8 @@ mod common;
 use common::*;
 use herd_test_support::process::free_port;
 
-/// How herd balances connections in these tests.
-const BALANCE: &[&str] = &["--balance", "rr"];
+/// How herd balances connections in these tests, unless a test names the mode.
+const BALANCE: &str = "rr";
 
 /// How long a client waits to connect, to send, and for each read of a response.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,16 +54,22 @@ fn app(name: &str) -> String {
 /// `herd run -w N` of the app `script` balanced by [`BALANCE`], once every worker said it
 /// listens and the status shows them running; the address to reach them at.
 fn serve(name: &str, script: &str, workers: usize) -> (Herd, SocketAddr) {
-    serve_with("node", name, script, workers)
+    serve_with("node", BALANCE, name, script, workers)
 }
 
-/// [`serve`] with the Node executable `node`.
-fn serve_with(node: &str, name: &str, script: &str, workers: usize) -> (Herd, SocketAddr) {
+/// [`serve`] with the Node executable `node`, balanced by `balance`.
+fn serve_with(
+    node: &str,
+    balance: &str,
+    name: &str,
+    script: &str,
+    workers: usize,
+) -> (Herd, SocketAddr) {
     let port = free_port();
     let env = format!("PORT={port}");
     let n = workers.to_string();
     let mut args = vec!["-w", &n];
-    args.extend(BALANCE);
+    args.extend(["--balance", balance]);
     let script = app(script);
     args.extend(["--env", &env, "--", node, &script]);
     let herd = Herd::start(name, &args);
@@ -442,7 +448,7 @@ fn reloads_and_scaling_fail_no_request_with_new_connections() {
     let (_, _) = load.stop();
     let (ok, failed) = (tally.ok(), tally.failed());
     eprintln!(
-        "new connections, {RELOADS} reloads and {} scale changes (balance {BALANCE:?}): \
+        "new connections, {RELOADS} reloads and {} scale changes (balance {BALANCE}): \
          {ok} ok, {failed} failed in {:?}; first failures: {:?}",
         sizes.len(),
         started.elapsed(),
@@ -466,7 +472,20 @@ fn reloads_and_scaling_fail_no_request_with_new_connections() {
 /// request it has not read yet.
 #[test]
 fn reloads_fail_no_request_with_keep_alive_clients() {
-    keep_alive_reloads("node");
+    keep_alive_reloads("node", "rr");
+}
+
+/// The same with every worker accepting on the shared socket (herd's default): a retiring
+/// worker's connections are held and handed on all the same.
+#[test]
+fn shared_socket_reloads_fail_no_request_with_keep_alive_clients() {
+    keep_alive_reloads("node", "shared");
+}
+
+/// 10 reloads under new-connection clients with the shared socket: none fails.
+#[test]
+fn shared_socket_reloads_fail_no_request_with_new_connections() {
+    new_connection_reloads("node", "shared");
 }
 
 /// Node's `server.close()` differs by version (18 leaves idle keep-alive connections open until
@@ -488,14 +507,15 @@ fn reloads_fail_no_request_on_other_node_versions() {
             .output()
             .unwrap_or_else(|e| panic!("HERD_TEST_NODES names {node}, which does not run: {e}"));
         eprintln!("Node {}", String::from_utf8_lossy(&version.stdout).trim());
-        keep_alive_reloads(node);
-        new_connection_reloads(node);
+        keep_alive_reloads(node, "rr");
+        keep_alive_reloads(node, "shared");
+        new_connection_reloads(node, "shared");
     }
 }
 
 /// 10 reloads under 4 new-connection clients with the Node executable `node`: none fails.
-fn new_connection_reloads(node: &str) {
-    let (herd, addr) = serve_with(node, "balance-reload-new-versions", "server.js", 2);
+fn new_connection_reloads(node: &str, balance: &str) {
+    let (herd, addr) = serve_with(node, balance, "balance-reload-new-2", "server.js", 2);
     let tally = Arc::new(Tally::default());
     let load = new_connection_load(addr, &tally);
     until_ok(&tally, 20, "before the first reload");
@@ -505,15 +525,15 @@ fn new_connection_reloads(node: &str) {
     }
     let (_, _) = load.stop();
     let (ok, failed) = (tally.ok(), tally.failed());
-    eprintln!("{node}: new connections, {RELOADS} reloads: {ok} ok, {failed} failed");
+    eprintln!("{node}: new connections, {RELOADS} reloads ({balance}): {ok} ok, {failed} failed");
     assert_eq!(failed, 0, "{node}: failed requests: {:?}", tally.reasons());
     stop(herd);
 }
 
-/// The keep-alive reload test with the Node executable `node`.
-fn keep_alive_reloads(node: &str) {
+/// The keep-alive reload test with the Node executable `node`, balanced by `balance`.
+fn keep_alive_reloads(node: &str, balance: &str) {
     let started = Instant::now();
-    let (herd, addr) = serve_with(node, "balance-reload-keepalive", "server.js", 2);
+    let (herd, addr) = serve_with(node, balance, "balance-reload-keepalive", "server.js", 2);
     let tally = Arc::new(Tally::default());
     let clients: Arc<Vec<Mutex<KeepAlive>>> = Arc::new(
         (0..CLIENTS)
@@ -548,7 +568,7 @@ fn keep_alive_reloads(node: &str) {
     clients.iter().for_each(|c| c.lock().unwrap().conn = None);
     let (ok, failed) = (tally.ok(), tally.failed());
     eprintln!(
-        "{node}: keep-alive, {RELOADS} reloads (balance {BALANCE:?}): {ok} ok, {failed} failed, \
+        "{node}: keep-alive, {RELOADS} reloads (balance {balance}): {ok} ok, {failed} failed, \
          {reconnects} clean reconnects in {:?}; first failures: {:?}",
         started.elapsed(),
         tally.reasons()
@@ -577,7 +597,7 @@ fn round_robin_spreads_connections_evenly() {
     let by_pid = tally.by_pid();
     let busiest = by_pid.values().copied().max().unwrap_or(0);
     eprintln!(
-        "{REQUESTS} requests to 2 workers (balance {BALANCE:?}): {by_pid:?}, {} failed {:?}",
+        "{REQUESTS} requests to 2 workers (balance {BALANCE}): {by_pid:?}, {} failed {:?}",
         tally.failed(),
         tally.reasons()
     );
@@ -645,7 +665,7 @@ fn a_full_worker_hands_connections_to_another() {
         }
     }
     eprintln!(
-        "a full worker (balance {BALANCE:?}): {} ok, {} failed, by pid {:?}; first failures: {:?}",
+        "a full worker (balance {BALANCE}): {} ok, {} failed, by pid {:?}; first failures: {:?}",
         tally.ok(),
         tally.failed(),
         tally.by_pid(),
@@ -698,7 +718,7 @@ fn connections_queued_for_a_killed_worker_go_to_another() {
     let (_, _) = load.stop();
     let (ok, failed) = (tally.ok(), tally.failed());
     eprintln!(
-        "kill -9 under load (balance {BALANCE:?}): {ok} ok ({} after the kill), {failed} failed, \
+        "kill -9 under load (balance {BALANCE}): {ok} ok ({} after the kill), {failed} failed, \
          by pid {:?}; failures: {:?}",
         ok - ok_at_kill,
         tally.by_pid(),

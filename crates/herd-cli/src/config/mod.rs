@@ -269,6 +269,29 @@ mod tests {
     }
 
     #[test]
+    fn balance_modes() {
+        let s = merged("", &["--", "true"]).unwrap();
+        assert_eq!((s.balance, s.reuseport), (herd::Balance::Shared, false));
+        let s = merged("", &["--balance", "rr", "--", "true"]).unwrap();
+        assert_eq!((s.balance, s.reuseport), (herd::Balance::RoundRobin, false));
+        let s = merged("balance = \"rr\"", &["--balance", "shared", "--", "true"]).unwrap();
+        assert_eq!(s.balance, herd::Balance::Shared, "the flag over the file");
+        let s = merged("", &["--balance", "reuseport", "-l", ":0", "--", "true"]).unwrap();
+        assert_eq!((s.balance, s.reuseport), (herd::Balance::Shared, true));
+        for (args, field) in [
+            (&["--balance", "random", "--", "true"][..], "balance"),
+            (
+                &["--balance", "rr", "--reuseport", "-l", ":0", "--", "true"],
+                "reuseport",
+            ),
+            (&["--balance", "reuseport", "--", "true"], "reuseport"),
+        ] {
+            let e = merged("", args).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{field}:")), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn flags_parse_into_options() {
         let m = matches(&[
             "-c",

@@ -21,9 +21,9 @@ pub struct Options {
     /// as descriptor 3, 4, ... (LISTEN_FDS). Repeatable.
     #[arg(short, long = "listen", value_name = "ADDR")]
     pub listen: Vec<String>,
-    /// How connections reach Node workers' servers: `rr` (default: herd accepts and hands each
-    /// to the next worker, as Node's own primary does), `shared` (every worker accepts on the
-    /// same socket) or `reuseport` (a socket per worker on the --listen addresses).
+    /// How connections reach Node workers' servers: `shared` (default: every worker accepts
+    /// on the same socket), `rr` (herd accepts and hands each to the next worker, as Node's own
+    /// primary does) or `reuseport` (a socket per worker on the --listen addresses).
     #[arg(long, value_name = "rr|shared|reuseport")]
     pub balance: Option<String>,
     /// Same as `--balance reuseport`: each worker gets a socket of its own on the --listen

@@ -108,10 +108,10 @@ pub fn settings(o: Options) -> Result<Settings> {
         .map(|a| a.parse::<ListenAddr>().map_err(|e| bad("listen", e)))
         .collect::<Result<Vec<_>>>()?;
     let (balance, reuseport) = match (o.balance.as_deref(), o.reuseport) {
-        (None, None | Some(false)) | (Some("rr"), None | Some(false)) => {
-            (herd::Balance::RoundRobin, false)
+        (Some("rr"), None | Some(false)) => (herd::Balance::RoundRobin, false),
+        (None, None | Some(false)) | (Some("shared"), None | Some(false)) => {
+            (herd::Balance::Shared, false)
         }
-        (Some("shared"), None | Some(false)) => (herd::Balance::Shared, false),
         (Some("reuseport"), _) | (None, Some(true)) => (herd::Balance::Shared, true),
         (Some("rr" | "shared"), Some(true)) => {
             return Err(bad(

@@ -36,11 +36,16 @@ use crate::listen::{self, ListenAddr};
 #[non_exhaustive]
 pub enum Balance {
     /// herd accepts each connection and hands it to the next worker that can take it (Node's
-    /// `SCHED_RR`, its default on Linux): even spread, and reloads that fail no request.
-    #[default]
+    /// `SCHED_RR`, its default on Linux): one connection per worker in turn, and a connection a
+    /// worker refuses (at `maxConnections`) goes to another; costs a primary on the path of
+    /// every new connection (docs/benchmarks.md: about Node's own round-robin rate).
     RoundRobin,
     /// Every worker gets the listening socket and accepts by itself (Node's `SCHED_NONE`): no
-    /// primary on the path, the kernel decides who gets each connection.
+    /// primary on the path, the kernel decides who gets each connection. The default: it met
+    /// every target of docs/benchmarks.md's balancing table (new connections 2.5x Node's
+    /// round-robin, the busier of 2 workers 51%), and a retiring worker's connections are
+    /// handed on in either mode.
+    #[default]
     Shared,
 }
 

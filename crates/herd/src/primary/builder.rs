@@ -226,9 +226,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// How connections to Node workers' servers are spread (default: [`Balance::RoundRobin`],
-    /// herd accepting and handing each to the next worker, as Node's own primary does on
-    /// Linux). Applies to the sockets Node cluster workers ask herd for (`server.listen`).
+    /// How connections to Node workers' servers are spread: [`Balance::Shared`] (default,
+    /// every worker accepts on the socket) or [`Balance::RoundRobin`] (herd accepts and hands
+    /// each to the next worker, as Node's own primary does on Linux). Applies to the sockets
+    /// Node cluster workers ask herd for (`server.listen`).
     pub fn balance(mut self, balance: Balance) -> Self {
         self.balance = balance;
         self
