@@ -5,6 +5,10 @@
 //! 8 workers holding a 1 GB cache, one copy per process beside herd's one copy per host. Then
 //! latency: a local hit, and a miss answered by the primary from memory.
 //!
+//! Every experiment runs `--rounds N` rounds (default 5), each on a fresh Redis, naive and herd
+//! alternating within a round (naive first in odd rounds, herd first in even ones); `report`
+//! writes each figure as the median over the rounds with its min-max (`stats`).
+//!
 //! `cargo run --release -p herd-bench --bin stampede` writes its section of
 //! docs/benchmarks.md (`--quick` for a small smoke run that writes nothing; `--help`).
 //!
@@ -13,18 +17,21 @@
 //!
 //! `worker` is what each simulated host's workers run; `runs` drives the hosts and measures.
 
+mod report;
 mod runs;
+mod stats;
 mod worker;
 
+use report::Round;
 use runs::{latencies, memory, stampede};
 use worker::worker;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use herd::Role;
-use herd_bench::sections::{self, thousands};
+use herd_bench::sections;
 
 const MB: usize = 1 << 20;
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -40,6 +47,10 @@ struct Params {
     maxmemory_mb: usize,
     mem_workers: usize,
     mem_mb: usize,
+    /// Rounds of every experiment, naive and herd alternating within each.
+    rounds: usize,
+    /// A sentence added to the method paragraph of the doc.
+    note: Option<String>,
     out: Option<PathBuf>,
     /// Run only this part (`stampede`, `memory`, `latency`); writes nothing.
     only: Option<String>,
@@ -57,6 +68,8 @@ impl Default for Params {
             maxmemory_mb: 600,
             mem_workers: 8,
             mem_mb: 1024,
+            rounds: 5,
+            note: None,
             out: Some(PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../docs/benchmarks.md"
@@ -105,6 +118,8 @@ fn parse_args() -> Result<Params> {
                     maxmemory_mb: 200,
                     mem_workers: 4,
                     mem_mb: 128,
+                    rounds: 1,
+                    note: None,
                     out: None,
                     only: None,
                 };
@@ -115,6 +130,8 @@ fn parse_args() -> Result<Params> {
             "--value-mb" => p.value_mb = num(args.next(), "--value-mb")?,
             "--maxmemory-mb" => p.maxmemory_mb = num(args.next(), "--maxmemory-mb")?,
             "--mem-mb" => p.mem_mb = num(args.next(), "--mem-mb")?,
+            "--rounds" => p.rounds = num(args.next(), "--rounds")?,
+            "--note" => p.note = Some(args.next().context("--note needs a sentence")?),
             "--no-out" => p.out = None,
             "--only" => {
                 p.only = Some(args.next().context("--only needs a part")?);
@@ -124,8 +141,10 @@ fn parse_args() -> Result<Params> {
             "-h" | "--help" => {
                 println!(
                     "usage: stampede [--quick] [--hosts H] [--workers W] [--keys K] \
-                     [--value-mb V] [--maxmemory-mb M] [--mem-mb N] [--only stampede|memory|latency] \
-                     [--out FILE | --no-out]"
+                     [--value-mb V] [--maxmemory-mb M] [--mem-mb N] [--rounds N] [--note TEXT] \
+                     [--only stampede|memory|latency] [--out FILE | --no-out]\n\
+                     Each experiment runs N rounds (default 5, --quick 1), naive and herd \
+                     alternating; cells are the median (min-max) over rounds."
                 );
                 std::process::exit(0);
             }
@@ -133,212 +152,107 @@ fn parse_args() -> Result<Params> {
         }
     }
     ensure!(
-        p.hosts > 0 && p.workers > 0 && p.keys > 0,
+        p.hosts > 0 && p.workers > 0 && p.keys > 0 && p.rounds > 0,
         "counts must be positive"
     );
     Ok(p)
 }
 
-fn mb(b: u64) -> String {
-    format!("{:.0} MB", b as f64 / MB as f64)
+/// Runs `naive` and `herd` one after the other, naive first when `naive_first`.
+async fn both<T, F, Fut>(naive_first: bool, f: F) -> Result<(T, T)>
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    if naive_first {
+        let naive = f("naive").await?;
+        let herd = f("herd").await?;
+        Ok((naive, herd))
+    } else {
+        let herd = f("herd").await?;
+        let naive = f("naive").await?;
+        Ok((naive, herd))
+    }
+}
+
+/// The percentile `q` of sorted `v`.
+fn pct(v: &[f64], q: f64) -> f64 {
+    v[((v.len() - 1) as f64 * q) as usize]
+}
+
+/// One round of everything; naive first in odd rounds (counted from 1), herd first in even ones.
+async fn round(p: &Params, number: usize) -> Result<Round> {
+    let naive_first = number % 2 == 1;
+    let t = Instant::now();
+    eprintln!(
+        "round {number}: memory ({} first)...",
+        if naive_first { "naive" } else { "herd" }
+    );
+    let (mem_naive, mem_herd) = both(naive_first, |mode| memory(p, mode)).await?;
+    eprintln!("{mem_naive:?}\n{mem_herd:?}\nround {number}: stampede...");
+    let (naive, herd) = both(naive_first, |mode| stampede(p, mode)).await?;
+    eprintln!("{naive:?}\n{herd:?}\nround {number}: latency...");
+    let (miss_us, hit_ns) = latencies().await?;
+    let full = (p.keys * p.value_mb * MB) as u64;
+    ensure!(
+        herd.bytes_per_worker == full && herd.missing == 0,
+        "round {number}: through herd a worker loaded {} of {full} bytes",
+        herd.bytes_per_worker
+    );
+    let r = Round {
+        naive_first,
+        naive,
+        herd,
+        mem_naive,
+        mem_herd,
+        miss_med_us: pct(&miss_us, 0.5),
+        miss_p99_us: pct(&miss_us, 0.99),
+        hit_ns,
+    };
+    eprintln!(
+        "round {number}: miss median {:.1} us, p99 {:.1} us, hit {:.0} ns; took {:.0} s",
+        r.miss_med_us,
+        r.miss_p99_us,
+        r.hit_ns,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(r)
 }
 
 async fn primary(p: Params) -> Result<()> {
     eprintln!("stampede: {p:?}");
-    match p.only.as_deref() {
-        None => {}
-        Some("stampede") => {
-            eprintln!("{:?}", stampede(&p, "naive").await?);
-            eprintln!("{:?}", stampede(&p, "herd").await?);
-            return Ok(());
+    if let Some(part) = p.only.as_deref() {
+        for number in 1..=p.rounds {
+            let naive_first = number % 2 == 1;
+            match part {
+                "stampede" => {
+                    let (naive, herd) = both(naive_first, |mode| stampede(&p, mode)).await?;
+                    eprintln!("round {number}\n{naive:?}\n{herd:?}");
+                }
+                "memory" => {
+                    let (naive, herd) = both(naive_first, |mode| memory(&p, mode)).await?;
+                    eprintln!("round {number}\n{naive:?}\n{herd:?}");
+                }
+                "latency" => {
+                    let (miss, hit_ns) = latencies().await?;
+                    eprintln!(
+                        "round {number}: miss median {:.1} us, p99 {:.1} us, hit {hit_ns:.0} ns",
+                        pct(&miss, 0.5),
+                        pct(&miss, 0.99)
+                    );
+                }
+                other => bail!("unknown part {other:?}"),
+            }
         }
-        Some("memory") => {
-            eprintln!("{:?}", memory(&p, "naive").await?);
-            eprintln!("{:?}", memory(&p, "herd").await?);
-            return Ok(());
-        }
-        Some("latency") => {
-            let (miss, hit_ns) = latencies().await?;
-            eprintln!(
-                "miss median {:.1} us, hit {hit_ns:.0} ns",
-                miss[miss.len() / 2]
-            );
-            return Ok(());
-        }
-        Some(other) => bail!("unknown part {other:?}"),
+        return Ok(());
     }
-    // Memory first, while this process is fresh: the primary's growth is then its own.
-    eprintln!("memory, herd...");
-    let mem_herd = memory(&p, "herd").await?;
-    eprintln!("{mem_herd:?}\nmemory, one copy per process...");
-    let mem_naive = memory(&p, "naive").await?;
-    eprintln!("{mem_naive:?}\nnaive stampede...");
-    let naive = stampede(&p, "naive").await?;
-    eprintln!("{naive:?}\nherd stampede...");
-    let herd = stampede(&p, "herd").await?;
-    eprintln!("{herd:?}\nlatency...");
-    let (miss_us, hit_ns) = latencies().await?;
-    let pct = |q: f64| miss_us[((miss_us.len() - 1) as f64 * q) as usize];
-
-    let mut t = String::new();
-    t.push_str("| | naive (every worker reads Redis) | herd (one read per key per host) |\n");
-    t.push_str("|---|---:|---:|\n");
-    let row = |t: &mut String, name: &str, a: String, b: String| {
-        t.push_str(&format!("| {name} | {a} | {b} |\n"));
-    };
-    row(
-        &mut t,
-        "values read from Redis",
-        thousands(naive.value_reads as f64),
-        thousands(herd.value_reads as f64),
-    );
-    row(
-        &mut t,
-        "read commands (GET / GETRANGE chunks)",
-        thousands(naive.read_commands as f64),
-        thousands(herd.read_commands as f64),
-    );
-    row(
-        &mut t,
-        "Redis `used_memory` before → peak",
-        format!("{} → {}", mb(naive.baseline_used), mb(naive.peak_used)),
-        format!("{} → {}", mb(herd.baseline_used), mb(herd.peak_used)),
-    );
-    row(
-        &mut t,
-        "peak `mem_clients_normal`",
-        mb(naive.peak_clients),
-        mb(herd.peak_clients),
-    );
-    row(
-        &mut t,
-        "`evicted_keys`",
-        thousands(naive.evicted as f64),
-        thousands(herd.evicted as f64),
-    );
-    row(
-        &mut t,
-        "cache values still in Redis afterwards",
-        format!("{} of {}", naive.big_keys_left, p.keys),
-        format!("{} of {}", herd.big_keys_left, p.keys),
-    );
-    row(
-        &mut t,
-        "values a worker found missing (evicted under it)",
-        thousands(naive.missing as f64),
-        thousands(herd.missing as f64),
-    );
-    row(
-        &mut t,
-        "time until every worker has the data",
-        format!("{:.0} ms", naive.ms_all),
-        format!("{:.0} ms", herd.ms_all),
-    );
-
-    let total_herd = mem_herd.workers_pss + mem_herd.primary_pss_delta;
-    let mut m = String::new();
-    m.push_str("| | one copy per process | herd |\n|---|---:|---:|\n");
-    m.push_str(&format!(
-        "| PSS of the {} workers | {} | {} |\n",
-        p.mem_workers,
-        mb(mem_naive.workers_pss),
-        mb(mem_herd.workers_pss)
-    ));
-    m.push_str(&format!(
-        "| primary's growth (PSS) | {} | {} |\n",
-        mb(mem_naive.primary_pss_delta),
-        mb(mem_herd.primary_pss_delta)
-    ));
-    m.push_str(&format!(
-        "| total ÷ data ({}) | {:.2}x | {:.2}x |\n",
-        mb(mem_herd.data),
-        (mem_naive.workers_pss + mem_naive.primary_pss_delta) as f64 / mem_naive.data as f64,
-        total_herd as f64 / mem_herd.data as f64
-    ));
-
-    let met = |ok: bool| if ok { "met" } else { "**not met**" };
-    let reads_ok = herd.value_reads == (p.keys * p.hosts) as u64;
-    let evict_ok = herd.evicted == 0 && naive.evicted > 0;
-    let pss_ratio = total_herd as f64 / mem_herd.data as f64;
-    let mut r = String::new();
-    r.push_str("| target | measured | |\n|---|---:|---|\n");
-    r.push_str(&format!(
-        "| exactly one Redis read per key per host ({} keys x {} hosts) | {} reads | {} |\n",
-        p.keys,
-        p.hosts,
-        herd.value_reads,
-        met(reads_ok)
-    ));
-    r.push_str(&format!(
-        "| no evictions where the naive way evicts | naive {}, herd {} | {} |\n",
-        thousands(naive.evicted as f64),
-        thousands(herd.evicted as f64),
-        met(evict_ok)
-    ));
-    r.push_str(&format!(
-        "| total PSS ≤ 1.2x the data | {pss_ratio:.2}x | {} |\n",
-        met(pss_ratio <= 1.2)
-    ));
-    r.push_str(&format!(
-        "| local hit < 1 µs | {hit_ns:.0} ns | {} |\n",
-        met(hit_ns < 1000.0)
-    ));
-    r.push_str(&format!(
-        "| miss served by the primary < 100 µs (median; p99) | {:.1} µs; {:.1} µs | {} |\n",
-        pct(0.5),
-        pct(0.99),
-        met(pct(0.5) < 100.0)
-    ));
-
-    let redis_version = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let doc = format!(
-        "## Cache: the deploy stampede against a real Redis\n\n\
-         Made by `cargo run --release -p herd-bench --bin stampede` (bench/src/bin/stampede.rs), \
-         on {cpus} CPUs with {redis_version}.\n\n\
-         Redis is started by the benchmark with `--maxmemory {maxmem}mb --maxmemory-policy \
-         allkeys-lru` and seeded with {keys} cache values of {v} MB plus {filler} live keys of \
-         {fkb} KB. Then {hosts} simulated hosts x {workers} workers all load every cache value at \
-         the same moment. **naive**: each worker opens its own connection and `GET`s every value \
-         (pipelined, as a Node app's `Promise.all` does). **herd**: each host is a cluster whose \
-         primary's hub loads from Redis (one RESP3 connection with client tracking; a pipelined \
-         64 KB head per value, then 4 MB `GETRANGE` chunks, at most 2 in flight) and shares each \
-         value with its workers as a sealed memfd. \
-         Peaks are sampled from `INFO memory` every 2 ms on a separate connection. Each host is \
-         a cluster driven from the one benchmark process, with its own hub and connection.\n\n\
-         {t}\n\
-         Memory: {mw} workers each hold every value of a {data} cache loaded from Redis \
-         (16 MB values); PSS from /proc/PID/smaps_rollup while they hold it. One copy per process \
-         is each worker `GET`ting into its own heap; herd is the workers' mappings of the \
-         primary's sealed memfds (PSS splits shared pages among the processes that have them \
-         mapped; the primary's growth is its PSS after minus before, measured first in this \
-         process, and includes what its allocator kept from loading).\n\n\
-         {m}\n\
-         Latency: one worker asks for 2,000 small values the primary already holds (each a miss \
-         in the worker, answered by the primary over the channel), then reads one of them \
-         2,000,000 times from its local view.\n\n\
-         {r}",
-        maxmem = p.maxmemory_mb,
-        keys = p.keys,
-        v = p.value_mb,
-        filler = thousands(p.filler_keys as f64),
-        fkb = p.filler_kb,
-        hosts = p.hosts,
-        workers = p.workers,
-        mw = p.mem_workers,
-        data = mb(mem_herd.data),
-    );
+    let t = Instant::now();
+    let mut rounds = Vec::new();
+    for number in 1..=p.rounds {
+        rounds.push(round(&p, number).await?);
+    }
+    let doc = report::document(&p, &rounds, t.elapsed());
     println!("{doc}");
-    let full = (p.keys * p.value_mb * MB) as u64;
-    ensure!(
-        herd.bytes_per_worker == full && herd.missing == 0,
-        "through herd a worker loaded {} of {full} bytes",
-        herd.bytes_per_worker
-    );
     if let Some(out) = &p.out {
         sections::write_section(out, "stampede", &doc)?;
         eprintln!("wrote {}", out.display());
