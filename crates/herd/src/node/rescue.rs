@@ -192,7 +192,7 @@ pub(crate) async fn watch(
             }
             return;
         }
-        let Ok(table) = sockets(pid) else {
+        let Ok(Ok(table)) = tokio::task::spawn_blocking(move || sockets(pid)).await else {
             continue;
         };
         let open: HashSet<u64> = table.into_iter().map(|(_, ino)| ino).collect();

@@ -199,7 +199,10 @@ impl Session {
         let (exit, peer) = (self.exit.clone(), peer.clone());
         tokio::spawn(async move {
             balancer.answered_all(worker, ANSWER_LIMIT).await;
-            let held = rescue::grab(pid, &keys);
+            // Reading /proc and taking descriptors are blocking calls: off the runtime.
+            let held = tokio::task::spawn_blocking(move || rescue::grab(pid, &keys))
+                .await
+                .unwrap_or_default();
             send(&peer, line);
             rescue::watch(balancer, worker, pid, held, exit).await;
         });
