@@ -1,0 +1,206 @@
+//! Following a folder source's folder: file system events (inotify, FSEvents, kqueue, through
+//! `notify`) become [`Invalidation`]s for the hub, which pushes them to every worker.
+//!
+//! Events are debounced: a burst (events with less than [`WatchTuning::quiet`] between them,
+//! and at most [`WatchTuning::max_delay`] long, so a file written without pause is still reported)
+//! becomes one [`Invalidation::Keys`] naming each changed key once. Bounded: a burst touching more
+//! than [`WatchTuning::max_keys`] keys becomes one [`Invalidation::All`] instead, as does anything
+//! the watcher cannot map to keys (a folder moved or deleted, an event queue overflow, a watch
+//! error). Reads (`open`, `close` without writing) are ignored, so the hub's own loads never come
+//! back as changes.
+//!
+//! The debouncing runs on a thread of its own (no runtime needed); it ends, dropping the watch,
+//! once the receiver is dropped.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::key::{path_key, walk};
+use crate::cache::source::Invalidation;
+
+/// How a folder source coalesces file system events into invalidations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WatchTuning {
+    /// A burst ends after this long without events (default 50 ms).
+    pub(super) quiet: Duration,
+    /// A burst ends after this long even if events keep coming (default 500 ms).
+    pub(super) max_delay: Duration,
+    /// More distinct keys than this in one burst are sent as [`Invalidation::All`] (default 256).
+    pub(super) max_keys: usize,
+}
+
+impl Default for WatchTuning {
+    fn default() -> WatchTuning {
+        WatchTuning {
+            quiet: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            max_keys: 256,
+        }
+    }
+}
+
+/// Invalidations waiting for the hub; past this the debouncer waits (events keep coalescing).
+const QUEUE: usize = 64;
+
+/// How often an idle debouncer checks whether its receiver is gone.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Starts watching `dir` (recursively): the receiver of its invalidations.
+pub(super) fn watch(
+    dir: &Path,
+    tuning: WatchTuning,
+) -> notify::Result<mpsc::Receiver<Invalidation>> {
+    // Events name canonical paths on some platforms (macOS's /private/var): match them.
+    let dir = dir.canonicalize()?;
+    let (raw_tx, raw_rx) = channel();
+    let mut watcher = notify::recommended_watcher(raw_tx)?;
+    watcher.watch(&dir, RecursiveMode::Recursive)?;
+    // Folders known now; a later event on one of them, gone, cannot be mapped to its keys.
+    let dirs = walk(&dir).map(|(_, d)| d).unwrap_or_default();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let follower = Follower {
+        dir,
+        tuning,
+        dirs: dirs.into_iter().collect(),
+    };
+    std::thread::Builder::new()
+        .name("herd-file-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            follower.run(raw_rx, tx);
+        })
+        .map_err(notify::Error::io)?;
+    Ok(rx)
+}
+
+struct Follower {
+    dir: PathBuf,
+    tuning: WatchTuning,
+    /// Folders under `dir` (they hold keys; one moved or deleted changes all of those).
+    dirs: HashSet<PathBuf>,
+}
+
+/// What one burst changed.
+#[derive(Default)]
+struct Burst {
+    keys: BTreeSet<String>,
+    all: bool,
+}
+
+impl Follower {
+    fn run(mut self, raw: Receiver<notify::Result<Event>>, tx: mpsc::Sender<Invalidation>) {
+        loop {
+            let first = match raw.recv_timeout(IDLE_CHECK) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) if tx.is_closed() => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let started = Instant::now();
+            let mut burst = Burst::default();
+            self.add(&mut burst, first);
+            let mut open = true;
+            while open {
+                let left = self
+                    .tuning
+                    .quiet
+                    .min(self.tuning.max_delay.saturating_sub(started.elapsed()));
+                if left.is_zero() {
+                    break;
+                }
+                match raw.recv_timeout(left) {
+                    Ok(e) => self.add(&mut burst, e),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            let inv = if burst.all {
+                Invalidation::All
+            } else if burst.keys.is_empty() {
+                continue;
+            } else {
+                Invalidation::Keys(burst.keys.into_iter().collect())
+            };
+            tracing::debug!(dir = %self.dir.display(), ?inv, "folder changed");
+            if tx.blocking_send(inv).is_err() || !open {
+                return;
+            }
+        }
+    }
+
+    fn add(&mut self, burst: &mut Burst, event: notify::Result<Event>) {
+        if burst.all {
+            return;
+        }
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "folder watch error: invalidating everything");
+                burst.all = true;
+                return;
+            }
+        };
+        if event.need_rescan() {
+            burst.all = true;
+            return;
+        }
+        match event.kind {
+            // Reads, including the hub's own loads.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) => return,
+            _ => {}
+        }
+        for path in &event.paths {
+            self.add_path(burst, path);
+            if burst.all {
+                return;
+            }
+        }
+        if burst.keys.len() > self.tuning.max_keys {
+            burst.all = true;
+            burst.keys.clear();
+        }
+    }
+
+    fn add_path(&mut self, burst: &mut Burst, path: &Path) {
+        if path == self.dir {
+            // The folder itself (deleted, moved, or its own metadata).
+            burst.all = !self.dir.is_dir() || burst.all;
+            return;
+        }
+        if !path.starts_with(&self.dir) {
+            return;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                // A folder appeared (made, or moved in): whatever it holds is new. Its files may
+                // predate the watch on it, so list them.
+                self.dirs.insert(path.to_path_buf());
+                let (Some(prefix), Ok((keys, dirs))) = (path_key(&self.dir, path), walk(path))
+                else {
+                    return;
+                };
+                self.dirs.extend(dirs);
+                burst
+                    .keys
+                    .extend(keys.into_iter().map(|k| format!("{prefix}/{k}")));
+            }
+            _ if self.dirs.remove(path) => {
+                // A folder went away (or became a file): its keys are unknown now.
+                self.dirs.retain(|d| !d.starts_with(path));
+                burst.all = true;
+            }
+            _ => {
+                if let Some(key) = path_key(&self.dir, path) {
+                    burst.keys.insert(key);
+                }
+            }
+        }
+    }
+}
