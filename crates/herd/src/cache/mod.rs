@@ -15,7 +15,7 @@
 //! | `serve` | the worker-facing side: a worker's calls, their replies, pushes to it |
 //! | `proto` | the payloads of cache calls and replies |
 //! | `replica` | the worker's side: [`Cache`] and its local view |
-//! | `source`, `file`, `redis` | [`Source`], [`FileSource`], `RedisSource` (feature `redis`) |
+//! | `source`, `file`, `redis` | [`Source`], [`FileSource`] (a folder it watches, or a snapshot), `RedisSource` (feature `redis`) |
 
 mod config;
 pub(crate) mod error;

@@ -91,8 +91,9 @@ pub trait Source: Send + Sync + 'static {
     /// Deletes a key; whether it existed.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, SourceError>>;
 
-    /// Starts reporting changes made by others, once; `None` if the source cannot (a file
-    /// source). The hub calls it once at start.
+    /// Starts reporting changes made by others, once; `None` if the source cannot (a snapshot
+    /// file). Redis reports them through client tracking, a folder through its file-system
+    /// watch. The hub calls it once at start.
     fn invalidations(&self) -> Option<mpsc::Receiver<Invalidation>> {
         None
     }
