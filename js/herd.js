@@ -30,6 +30,12 @@
 //                                      undefined if the key does not exist. Answered from this
 //                                      process's local copy when it has one; otherwise the primary
 //                                      answers (concurrent gets of one key share one call).
+//   herd.cache.json(key)               like get, then JSON.parse: a Promise of the parsed value
+//                                      (undefined if the key does not exist). Parsed once per
+//                                      process per version: while the local copy is held, every
+//                                      call returns the same object; it goes with the copy when
+//                                      the key is invalidated, replaced or evicted. Shared, so
+//                                      do not mutate it. Bad JSON rejects (err.code 'HERD_JSON').
 //   herd.cache.peek(key)               the local copy only, synchronously: the value, null if the
 //                                      key is known not to exist, undefined if not held here.
 //   herd.cache.set(key, value, { ttl })  writes through the primary (to Redis) and invalidates the
@@ -219,16 +225,29 @@ function connect(target) {
     localBytes = 0;
   }
 
-  function remember(key, value, expires) {
-    forget(key);
-    const len = value === null ? 0 : Buffer.isBuffer(value) ? value.length : value.length * 2;
-    const size = key.length * 2 + len + ENTRY_OVERHEAD;
-    if (size > maxBytes) return;
-    local.set(key, { value, expires, size });
-    localBytes += size;
+  const valueBytes = (value) => (value === null ? 0 : Buffer.isBuffer(value) ? value.length : value.length * 2);
+
+  function trim() {
     while (local.size > maxEntries || localBytes > maxBytes) {
       forget(local.keys().next().value);
       evictions += 1;
+    }
+  }
+
+  function remember(key, value, expires) {
+    forget(key);
+    const size = key.length * 2 + valueBytes(value) + ENTRY_OVERHEAD;
+    if (size > maxBytes) return;
+    local.set(key, { value, expires, size, parsed: undefined });
+    localBytes += size;
+    trim();
+  }
+
+  function parseJson(key, raw) {
+    try {
+      return JSON.parse(Buffer.isBuffer(raw) ? raw.toString('utf8') : raw);
+    } catch (err) {
+      throw herdError(`herd.js: the value of ${JSON.stringify(key)} is not JSON: ${errorText(err)}`, 'HERD_JSON');
     }
   }
 
@@ -307,6 +326,25 @@ function connect(target) {
       if (value === null) return undefined;
       if (buffer && typeof value === 'string') return Buffer.from(value, 'utf8');
       return value;
+    },
+
+    // The parsed value hangs on the local copy's entry, so whatever drops the copy (an
+    // invalidation, a set or delete here, a cache_clear, expiry, eviction) drops it too. It is
+    // counted in the local bytes as much again as its text.
+    async json(key, { timeout } = {}) {
+      asKey(key);
+      const raw = await cache.get(key, { timeout });
+      if (raw === undefined) return undefined;
+      const e = local.get(key);
+      if (e === undefined || e.value !== raw) return parseJson(key, raw); // not held here
+      if (e.parsed === undefined) {
+        e.parsed = { value: parseJson(key, raw) };
+        const extra = valueBytes(raw);
+        e.size += extra;
+        localBytes += extra;
+        trim();
+      }
+      return e.parsed.value;
     },
 
     peek(key) {
