@@ -72,7 +72,8 @@ fn accepted_on(listener: &ListenAddr, conn: &ListenAddr) -> bool {
         (ListenAddr::Tcp(l), ListenAddr::Tcp(c)) => {
             l.port() == c.port() && (l.ip().is_unspecified() || l.ip() == c.ip())
         }
-        (ListenAddr::Unix(l), ListenAddr::Unix(c)) => l == c,
+        // An unnamed or abstract socket's path is empty, like every unnamed socket's.
+        (ListenAddr::Unix(l), ListenAddr::Unix(c)) => !l.as_os_str().is_empty() && l == c,
         _ => false,
     }
 }
@@ -100,12 +101,23 @@ fn sockets(pid: u32) -> std::io::Result<Vec<(i32, u64)>> {
     Ok(found)
 }
 
+/// How many more descriptors this process may hold and still have room for the rest of its
+/// work: half of what is left under its open-file limit.
+fn headroom() -> usize {
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let limit = usize::try_from(crate::sys::fd_limit()).unwrap_or(usize::MAX);
+    limit.saturating_sub(open) / 2
+}
+
 /// Takes a copy of every client connection `pid` holds that was accepted on one of `keys`'
-/// sockets. Empty (with a warning) where the kernel does not allow it.
-pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)]) -> Vec<Held> {
+/// sockets, but those in `skip` (still herd's to hand out), at most [`MAX_HELD`] and half of
+/// this process's descriptor headroom. Empty (with a warning) where the kernel does not allow
+/// it.
+pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>) -> Vec<Held> {
     if keys.is_empty() {
         return Vec::new();
     }
+    let most = MAX_HELD.min(headroom());
     let Some(pid_) = Pid::from_raw(pid as i32) else {
         return Vec::new();
     };
@@ -122,15 +134,16 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)]) -> Vec<Held> {
     let mut held = Vec::new();
     let mut seen = HashSet::new();
     for (n, ino) in table {
-        if held.len() >= MAX_HELD {
+        if held.len() >= most {
             tracing::warn!(
                 pid,
-                MAX_HELD,
-                "a retiring worker holds more connections than herd keeps alive for it"
+                most,
+                "a retiring worker holds more connections than herd can keep alive for it \
+                 (MAX_HELD, or half its open-file headroom)"
             );
             break;
         }
-        if !seen.insert(ino) {
+        if !seen.insert(ino) || skip.contains(&ino) {
             continue;
         }
         let fd = match rustix::process::pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()) {
@@ -252,6 +265,11 @@ mod tests {
         let unix = ListenAddr::Unix("/tmp/a.sock".into());
         assert!(accepted_on(&unix, &unix));
         assert!(!accepted_on(&unix, &conn));
+        let unnamed = ListenAddr::Unix("".into());
+        assert!(
+            !accepted_on(&unnamed, &unnamed),
+            "unnamed sockets match nothing"
+        );
     }
 
     /// This process stands in for the retiring worker: of its descriptors, only the connection
@@ -265,7 +283,7 @@ mod tests {
         let (accepted, _) = l.accept().unwrap();
         accepted.set_nonblocking(true).unwrap();
         let keys = vec![("k".to_string(), ListenAddr::Tcp(addr))];
-        let held = grab(std::process::id(), &keys);
+        let held = grab(std::process::id(), &keys, &HashSet::new());
         assert_eq!(held.len(), 1, "the accepted connection only");
         let h = &held[0];
         assert_eq!(h.key, "k");
@@ -283,8 +301,14 @@ mod tests {
         }
         drop(client);
         assert!(
-            grab(std::process::id(), &[]).is_empty(),
+            grab(std::process::id(), &[], &HashSet::new()).is_empty(),
             "no keys, nothing taken"
+        );
+        let ino = rustix::fs::fstat(&h.fd).unwrap().st_ino;
+        let skip: HashSet<u64> = [ino].into();
+        assert!(
+            grab(std::process::id(), &keys, &skip).is_empty(),
+            "a connection still herd's to give is not taken"
         );
     }
 }

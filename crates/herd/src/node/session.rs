@@ -200,7 +200,8 @@ impl Session {
         tokio::spawn(async move {
             balancer.answered_all(worker, ANSWER_LIMIT).await;
             // Reading /proc and taking descriptors are blocking calls: off the runtime.
-            let held = tokio::task::spawn_blocking(move || rescue::grab(pid, &keys))
+            let skip = balancer.in_flight_inodes(worker);
+            let held = tokio::task::spawn_blocking(move || rescue::grab(pid, &keys, &skip))
                 .await
                 .unwrap_or_default();
             send(&peer, line);

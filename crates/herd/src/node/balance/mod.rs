@@ -12,9 +12,10 @@
 //! flight), and herd keeps its copy of a connection until the worker's answer, so a worker
 //! that dies or refuses loses nothing that is still herd's to give.
 
+use std::collections::HashSet;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +66,10 @@ const REFUSED_FOR: Duration = Duration::from_secs(1);
 /// How often a connection every worker refused is offered again.
 const RETRY_EVERY: Duration = Duration::from_millis(10);
 
+/// How long a connection may wait in herd for a worker at all (none listens, every gate is
+/// full) before it is closed.
+const WAIT_LIMIT: Duration = Duration::from_secs(5);
+
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -75,6 +80,8 @@ struct Conn {
     tried: Vec<WorkerId>,
     /// When every worker first refused it.
     refused_since: Option<Instant>,
+    /// When herd took it.
+    since: Instant,
 }
 
 impl Conn {
@@ -83,6 +90,7 @@ impl Conn {
             fd,
             tried,
             refused_since: None,
+            since: Instant::now(),
         }
     }
 }
@@ -90,12 +98,12 @@ impl Conn {
 struct Member {
     worker: WorkerId,
     peer: Peer,
-    /// Our `newconn` seq, per worker.
-    seq: u64,
     /// Sent, not yet answered, by seq.
     in_flight: HashMap<u64, Conn>,
     /// Its server listens: not closed, not retiring.
     open: bool,
+    /// It is retiring: a new `queryServer` does not reopen it.
+    retiring: bool,
 }
 
 impl Member {
@@ -110,6 +118,8 @@ struct PoolState {
     next: usize,
     /// Accepted connections no worker could take yet.
     waiting: VecDeque<Conn>,
+    /// A task offers the waiting connections again shortly.
+    retry_planned: bool,
 }
 
 /// The workers listening on one key.
@@ -123,6 +133,10 @@ struct Pool {
     closed: AtomicBool,
     /// Wakes the accept task when the pool closes.
     shut: Notify,
+    /// The cluster's `newconn` seq, shared by every pool: a worker's answer names only the seq,
+    /// so one seq must mean one connection across all of a worker's servers (Node's primary
+    /// has one counter too).
+    seq: Arc<AtomicU64>,
 }
 
 /// The cluster's pools.
@@ -131,6 +145,8 @@ pub(crate) struct Balancer {
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     /// Told whenever a connection in flight is answered or given back.
     answers: Notify,
+    /// The `newconn` seq, for every pool.
+    seq: Arc<AtomicU64>,
 }
 
 impl Balancer {
@@ -139,6 +155,7 @@ impl Balancer {
             mode,
             pools: Mutex::new(HashMap::new()),
             answers: Notify::new(),
+            seq: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -171,6 +188,7 @@ impl Balancer {
                         room: Notify::new(),
                         closed: AtomicBool::new(false),
                         shut: Notify::new(),
+                        seq: self.seq.clone(),
                     });
                     if self.mode == Balance::RoundRobin {
                         let copy = listener.try_clone().map_err(|_| uv::EMFILE)?;
@@ -185,13 +203,13 @@ impl Balancer {
         };
         let mut st = pool.state.lock().map_err(|_| uv::EAGAIN)?;
         match st.members.iter_mut().find(|m| m.worker == worker) {
-            Some(m) => m.open = true,
+            Some(m) => m.open = !m.retiring,
             None => st.members.push(Member {
                 worker,
                 peer: peer.clone(),
-                seq: 0,
                 in_flight: HashMap::new(),
                 open: true,
+                retiring: false,
             }),
         }
         pool.drain_waiting(&mut st);
@@ -257,12 +275,32 @@ impl Balancer {
             };
             if let Some(m) = st.members.iter_mut().find(|m| m.worker == worker) {
                 m.open = false;
+                m.retiring = true;
                 if let Some(local) = &pool.local {
                     keys.push((pool.key.clone(), local.clone()));
                 }
             }
         }
         keys
+    }
+
+    /// The socket inodes of the connections sent to `worker` and not answered yet: still
+    /// herd's to give, so a rescue must not take them as well.
+    pub(crate) fn in_flight_inodes(&self, worker: WorkerId) -> HashSet<u64> {
+        let mut inodes = HashSet::new();
+        for pool in self.pools() {
+            let Ok(st) = pool.state.lock() else {
+                continue;
+            };
+            for m in st.members.iter().filter(|m| m.worker == worker) {
+                inodes.extend(
+                    m.in_flight
+                        .values()
+                        .filter_map(|c| rustix::fs::fstat(&c.fd).ok().map(|s| s.st_ino)),
+                );
+            }
+        }
+        inodes
     }
 
     /// Connections sent to `worker` and not answered yet.
@@ -354,16 +392,16 @@ impl Pool {
                 continue;
             }
             let Ok(copy) = conn.fd.try_clone() else {
-                tracing::warn!("cannot duplicate a connection for a Node worker: closed");
-                return None;
+                // Out of descriptors for a moment: it waits, and is offered again.
+                tracing::warn!("cannot duplicate a connection for a Node worker (EMFILE?)");
+                return Some(conn);
             };
-            let seq = m.seq + 1;
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let line = cluster::newconn(&self.key, seq);
             let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![copy]);
             if m.peer.send_handle_soon(frame).is_err() {
                 continue;
             }
-            m.seq = seq;
             m.in_flight.insert(seq, conn);
             st.next = at + 1;
             return None;
@@ -371,10 +409,11 @@ impl Pool {
         Some(conn)
     }
 
-    /// [`Pool::place`], else the connection waits for room. One that every listening worker
-    /// refused (all at `maxConnections`; Node's primary would keep offering it) is offered
-    /// again every [`RETRY_EVERY`] for [`REFUSED_FOR`], then closed, as a lone server at
-    /// `maxConnections` closes it; so is one past [`MAX_WAITING`].
+    /// [`Pool::place`], else the connection waits. One that every listening worker refused
+    /// (all at `maxConnections`; Node's primary would keep offering it) is offered again every
+    /// [`RETRY_EVERY`] for [`REFUSED_FOR`], then closed, as a lone server at `maxConnections`
+    /// closes it; one that waited [`WAIT_LIMIT`] (no worker listens, every gate is full) or
+    /// past [`MAX_WAITING`] is closed.
     fn place_or_queue(self: &Arc<Self>, st: &mut PoolState, conn: Conn) {
         let Some(mut conn) = self.place(st, conn) else {
             return;
@@ -393,23 +432,52 @@ impl Pool {
                 );
                 return;
             }
-            conn.tried.clear();
-            let pool = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(RETRY_EVERY).await;
-                if let Ok(mut st) = pool.state.lock() {
-                    pool.drain_waiting(&mut st);
-                }
-            });
         }
-        if st.waiting.len() < MAX_WAITING {
-            st.waiting.push_back(conn);
-        } else {
+        if st.waiting.len() >= MAX_WAITING {
             tracing::debug!(
                 key = self.key,
                 "too many connections wait for a Node worker: closed"
             );
+            return;
         }
+        st.waiting.push_back(conn);
+        self.plan_retry(st);
+    }
+
+    /// Makes sure a task offers the waiting connections again in [`RETRY_EVERY`] (one such
+    /// task per pool): refused ones get a new round, ones past [`WAIT_LIMIT`] are closed, and
+    /// the accept task is woken if room appeared.
+    fn plan_retry(self: &Arc<Self>, st: &mut PoolState) {
+        if st.retry_planned || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        st.retry_planned = true;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_EVERY).await;
+            let Ok(mut st) = pool.state.lock() else {
+                return;
+            };
+            st.retry_planned = false;
+            let before = st.waiting.len();
+            st.waiting.retain(|c| c.since.elapsed() < WAIT_LIMIT);
+            if st.waiting.len() < before {
+                tracing::debug!(
+                    key = pool.key,
+                    closed = before - st.waiting.len(),
+                    "connections no Node worker took in time: closed"
+                );
+            }
+            for c in st.waiting.iter_mut().filter(|c| c.refused_since.is_some()) {
+                c.tried.clear();
+            }
+            pool.drain_waiting(&mut st);
+            if !st.waiting.is_empty() {
+                pool.plan_retry(&mut st);
+            }
+            drop(st);
+            pool.room.notify_waiters();
+        });
     }
 
     /// Connections that waited go to workers with room, in order.
@@ -502,164 +570,4 @@ async fn accept_loop(pool: Arc<Pool>, listener: AsyncFd<OwnedFd>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{TcpListener, TcpStream};
-    use std::os::unix::net::UnixStream;
-
-    use herd_wire::{Codec, Limits, Receiver};
-    use serde_json::Value;
-
-    use super::*;
-
-    const W1: WorkerId = WorkerId(1);
-    const W2: WorkerId = WorkerId(2);
-
-    /// A worker's channel: herd's `Peer` on one end, the worker's receiver on the other (the
-    /// two unused halves are kept open).
-    struct Fake {
-        peer: Peer,
-        rx: Receiver,
-        _unused: (Receiver, herd_wire::Sender),
-    }
-
-    fn fake() -> Fake {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let (tx, our_rx) =
-            herd_wire::channel(ours.into(), Codec::NodeJson, Limits::default()).unwrap();
-        let (their_tx, rx) =
-            herd_wire::channel(theirs.into(), Codec::NodeJson, Limits::default()).unwrap();
-        Fake {
-            peer: Peer::new(tx, Duration::from_secs(5), Duration::from_secs(5)),
-            rx,
-            _unused: (our_rx, their_tx),
-        }
-    }
-
-    /// The next `newconn` the worker gets: its seq, and the connection's peer port.
-    async fn newconn(w: &mut Fake) -> (u64, u16) {
-        let frame = tokio::time::timeout(Duration::from_secs(5), w.rx.recv())
-            .await
-            .expect("a newconn in time")
-            .unwrap()
-            .unwrap();
-        let line: Value = serde_json::from_slice(&frame.payload).unwrap();
-        assert_eq!(line["msg"]["act"], "newconn", "{line}");
-        assert_eq!(line["msg"]["key"], "k");
-        let fd = frame.fds.into_iter().next().expect("the connection");
-        let port = match listen::local_addr(&fd).unwrap() {
-            ListenAddr::Tcp(_) => {
-                let peer = rustix::net::getpeername(&fd).unwrap().unwrap();
-                std::net::SocketAddr::try_from(peer).unwrap().port()
-            }
-            other => panic!("{other:?}"),
-        };
-        (line["msg"]["seq"].as_u64().unwrap(), port)
-    }
-
-    /// Nothing reaches the worker within a moment.
-    async fn nothing(w: &mut Fake) {
-        let got = tokio::time::timeout(Duration::from_millis(200), w.rx.recv()).await;
-        assert!(got.is_err(), "unexpected frame: {got:?}");
-    }
-
-    fn listener() -> (OwnedFd, std::net::SocketAddr) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
-        (OwnedFd::from(l), addr)
-    }
-
-    fn client(addr: std::net::SocketAddr) -> (TcpStream, u16) {
-        let c = TcpStream::connect(addr).unwrap();
-        let port = c.local_addr().unwrap().port();
-        (c, port)
-    }
-
-    #[tokio::test]
-    async fn turns_refusals_and_deaths() {
-        let b = Balancer::new(Balance::RoundRobin);
-        let (l, addr) = listener();
-        let (mut w1, mut w2) = (fake(), fake());
-        b.join("k", &l, W1, &w1.peer).unwrap();
-        b.join("k", &l, W2, &w2.peer).unwrap();
-        // In turn.
-        let (_c1, p1) = client(addr);
-        let (s1, got) = newconn(&mut w1).await;
-        assert_eq!(got, p1);
-        w1.peer.handle_acked();
-        b.answered(W1, s1, true);
-        let (_c2, p2) = client(addr);
-        let (s2, got) = newconn(&mut w2).await;
-        assert_eq!(got, p2);
-        // Worker 2 refuses it (at maxConnections): the same connection goes to worker 1.
-        w2.peer.handle_acked();
-        b.answered(W2, s2, false);
-        let (s3, got) = newconn(&mut w1).await;
-        assert_eq!((s3, got), (2, p2), "the refused connection, handed on");
-        w1.peer.handle_acked();
-        // Worker 1 dies before answering: back to worker 2, which refused it once; it is
-        // offered again a moment later (every worker refused it).
-        b.gone(W1);
-        let (s4, got) = newconn(&mut w2).await;
-        assert_eq!((s4, got), (2, p2));
-        assert_eq!(b.in_flight(W2), 1);
-        w2.peer.handle_acked();
-        b.answered(W2, s4, true);
-        assert_eq!(b.in_flight(W2), 0);
-    }
-
-    #[tokio::test]
-    async fn a_worker_without_room_gets_nothing_until_it_answers() {
-        let b = Balancer::new(Balance::RoundRobin);
-        let (l, addr) = listener();
-        let mut w1 = fake();
-        b.join("k", &l, W1, &w1.peer).unwrap();
-        let clients: Vec<_> = (0..WINDOW + 2).map(|_| client(addr)).collect();
-        let mut seqs = Vec::new();
-        for _ in 0..WINDOW {
-            let (seq, _) = newconn(&mut w1).await;
-            w1.peer.handle_acked();
-            seqs.push(seq);
-        }
-        nothing(&mut w1).await;
-        assert_eq!(b.in_flight(W1), WINDOW);
-        b.answered(W1, seqs[0], true);
-        let (_, port) = newconn(&mut w1).await;
-        assert_eq!(port, clients[WINDOW].1, "in order");
-    }
-
-    #[tokio::test]
-    async fn a_retiring_worker_gets_no_connection_and_its_answers_are_awaited() {
-        let b = Balancer::new(Balance::RoundRobin);
-        let (l, addr) = listener();
-        let (mut w1, mut w2) = (fake(), fake());
-        b.join("k", &l, W1, &w1.peer).unwrap();
-        b.join("k", &l, W2, &w2.peer).unwrap();
-        let _c = client(addr);
-        let (s1, _) = newconn(&mut w1).await;
-        let keys = b.retire(W1);
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].1, ListenAddr::Tcp(addr));
-        for _ in 0..3 {
-            let _c = client(addr);
-            let (s, _) = newconn(&mut w2).await;
-            w2.peer.handle_acked();
-            b.answered(W2, s, true);
-        }
-        nothing(&mut w1).await;
-        // Waiting for worker 1's answer ends when it comes.
-        let waiting = {
-            let b = Arc::new(b);
-            let b2 = b.clone();
-            let t = tokio::spawn(async move { b2.answered_all(W1, Duration::from_secs(10)).await });
-            tokio::task::yield_now().await;
-            assert!(!t.is_finished());
-            b.answered(W1, s1, true);
-            t
-        };
-        tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("answered_all returns once answered")
-            .unwrap();
-    }
-}
+mod tests;
