@@ -297,8 +297,13 @@ impl Peer {
     /// waits at most the send timeout (at most [`MAX_WAITING_SOON`] such tasks per peer; past
     /// that the frame is dropped). A frame that cannot be sent (the channel is gone) is dropped
     /// and logged.
+    ///
+    /// A frame carrying descriptors is the handle in flight at the gate (on a Node channel, every
+    /// such frame passes the gate): dropped, it was never written, so it will never be
+    /// acknowledged, and the gate lets the next one go instead of waiting for good.
     pub(crate) fn send_soon(&self, frame: Frame) {
         let tx = &self.shared.tx;
+        let handle = !frame.fds.is_empty();
         match tx.try_send(frame) {
             Ok(None) => {}
             Ok(Some(frame)) => {
@@ -309,17 +314,30 @@ impl Peer {
                         "the peer is not reading its channel: an answer to it was dropped \
                          ({MAX_WAITING_SOON} already wait for room)"
                     );
+                    if handle {
+                        self.handle_acked();
+                    }
                     return;
                 }
-                let (shared, limit) = (self.shared.clone(), self.shared.send_timeout);
+                let peer = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = shared.tx.send_within(frame, limit).await {
+                    let limit = peer.shared.send_timeout;
+                    let sent = peer.shared.tx.send_within(frame, limit).await;
+                    peer.shared.waiting_soon.fetch_sub(1, Ordering::AcqRel);
+                    if let Err(e) = sent {
                         tracing::debug!(error = %e, "frame not sent");
+                        if handle {
+                            peer.handle_acked();
+                        }
                     }
-                    shared.waiting_soon.fetch_sub(1, Ordering::AcqRel);
                 });
             }
-            Err(e) => tracing::debug!(error = %e, "frame not sent"),
+            Err(e) => {
+                tracing::debug!(error = %e, "frame not sent");
+                if handle {
+                    self.handle_acked();
+                }
+            }
         }
     }
 
@@ -428,5 +446,58 @@ impl Peer {
                 ))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use herd_wire::Limits;
+
+    use super::*;
+
+    /// A handle-carrying frame that cannot be written in time (the worker does not read) is
+    /// dropped; it will never be acknowledged, so the gate lets the next handle go instead of
+    /// waiting for good.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_handle_frees_the_gate() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let limits = Limits {
+            send_queue_frames: 2,
+            ..Limits::default()
+        };
+        let (tx, _rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
+        let peer = Peer::new(tx, Duration::from_millis(50), Duration::from_secs(5));
+        // Big frames nobody reads: the socket's buffer fills and the queue stays full.
+        let big = || {
+            let mut line = vec![b'"'];
+            line.extend(std::iter::repeat_n(b'x', 1 << 20));
+            line.push(b'"');
+            Frame::new(Kind::Message, Format::Json, Bytes::from(line))
+        };
+        for _ in 0..8 {
+            peer.send_soon(big());
+        }
+        let handle = || {
+            let (a, _b) = UnixStream::pair().unwrap();
+            Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"{}"))
+                .with_fds(vec![OwnedFd::from(a)])
+        };
+        peer.send_handle_soon(handle()).unwrap();
+        // Until the dropped handle frees it, the gate queues the next one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while peer.shared.waiting_soon.load(Ordering::Acquire) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sends never gave up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match peer.shared.gate.admit(handle(), None, None) {
+            Admit::Now(_) => {}
+            Admit::Queued => panic!("the gate still waits for the dropped handle"),
+            _ => panic!("the gate is closed or full"),
+        }
     }
 }
