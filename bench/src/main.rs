@@ -18,6 +18,7 @@
 
 mod ipc_raw;
 
+use herd_bench::figures::{self, median};
 use herd_bench::sections::{self, thousands};
 
 use std::path::PathBuf;
@@ -384,16 +385,7 @@ fn targets(
 
 fn document(config: &Config, table: &str, ratios: &str, elapsed: Duration) -> Result<String> {
     let node_version = Command::new("node").arg("--version").output()?;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = figures::machine();
     let note = config
         .note
         .as_deref()
@@ -411,7 +403,7 @@ fn document(config: &Config, table: &str, ratios: &str, elapsed: Duration) -> Re
          after {warmup} warm-up ones (the round's median and p99), a stream of {stream} \
          messages, each payload sent {bulk_runs} times (the round's median). The whole run took \
          {secs:.0} s.{note}\n\n\
-         Machine: {cpus} CPUs ({cpu}), Linux {kernel}, node {node}; shared with other work, so \
+         Machine: {machine}, node {node}; shared with other work, so \
          the min-max spread is part of the result.\n\n\
          {table}\n\
          {ratios}\n\
@@ -455,7 +447,6 @@ fn document(config: &Config, table: &str, ratios: &str, elapsed: Duration) -> Re
         bulk_runs = config.bulk_runs,
         secs = elapsed.as_secs_f64(),
         node = String::from_utf8_lossy(&node_version.stdout).trim(),
-        kernel = kernel.trim(),
         frame = ipc_raw::FRAME,
         batch = ipc_raw::BATCH / 1024,
     ))
@@ -667,19 +658,4 @@ pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() - 1) as f64 * q).round() as usize;
     v[i]
-}
-
-/// The median (the mean of the middle two for an even count).
-pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }

@@ -179,17 +179,7 @@ fn machine() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpus} CPUs ({cpu}), Linux {}, {redis}", kernel.trim())
+    format!("{}, {redis}", herd_bench::figures::machine())
 }
 
 /// The whole section.

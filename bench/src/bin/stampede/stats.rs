@@ -1,20 +1,7 @@
 //! Figures over rounds: a cell is the median of the rounds with the min-max beside it, and a
 //! target is judged on the median, with the count of rounds that met it.
 
-/// The median of `v` (the mean of the middle two when the count is even); NaN when empty.
-pub(crate) fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
+pub(crate) use herd_bench::figures::median;
 
 fn min_max(v: &[f64]) -> (f64, f64) {
     v.iter()
