@@ -89,6 +89,27 @@ pub async fn ask_ok(cluster: &mut Cluster, id: WorkerId, op: Value) -> Value {
     ask_all_ok(cluster, &[id], op).await.remove(&id).unwrap()
 }
 
+/// Asks `id` until `done` holds for its answer, within the deadline.
+pub async fn wait_for(
+    cluster: &mut Cluster,
+    id: WorkerId,
+    op: &Value,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + crate::events::DEADLINE;
+    loop {
+        let v = ask_ok(cluster, id, op.clone()).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {v}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The test worker's checksum of a value (`sum` in its answers).
 pub fn checksum(b: &[u8]) -> u64 {
     b.iter()

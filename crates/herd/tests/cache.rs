@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herd::cache::{CacheConfig, FileSource, Hub, Progress};
-use herd::{Cluster, Event, WorkerId};
+use herd::{Cluster, Event};
 use herd_test_support::cache::*;
-use herd_test_support::events::{next, DEADLINE};
+use herd_test_support::events::next;
 use herd_test_support::test_worker;
 use serde_json::{json, Value};
 
@@ -167,27 +167,6 @@ async fn set_and_delete_through_herd_reach_every_worker() {
     wait_for(&mut cluster, a, &get, |v| v["value"]["text"] == json!("v3")).await;
     cluster.disconnect_all().await;
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Asks `id` until `done` holds for its answer, within the deadline.
-async fn wait_for(
-    cluster: &mut Cluster,
-    id: WorkerId,
-    op: &Value,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let v = ask_ok(cluster, id, op.clone()).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {v}"
-        );
-        tokio::task::yield_now().await;
-    }
 }
 
 #[tokio::test]

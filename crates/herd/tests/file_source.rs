@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herd::cache::{FileSource, Hub, Invalidation, Source, SourceError};
-use herd::{Cluster, WorkerId};
 use herd_test_support::cache::*;
 use herd_test_support::events::DEADLINE;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::mpsc::Receiver;
 
 fn folder(name: &str) -> PathBuf {
@@ -269,27 +268,6 @@ async fn a_snapshot_stays_read_only_and_unwatched() {
         "read once, at start"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Asks `id` until `done` holds for its answer, within the deadline.
-async fn wait_for(
-    cluster: &mut Cluster,
-    id: WorkerId,
-    op: &Value,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let v = ask_ok(cluster, id, op.clone()).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {v}"
-        );
-        tokio::task::yield_now().await;
-    }
 }
 
 /// Replaces `path`'s contents at once, as an editor saving would.
