@@ -50,8 +50,14 @@
 //   All take { timeout } (ms, default 30000) and reject with err.code 'HERD_REMOTE' (the
 //   primary's error, e.g. Redis down and the key never loaded), 'HERD_TIMEOUT' or 'HERD_CLOSED'.
 //   The primary pushes invalidations (NODE_HERD_CTL cache_invalidate / cache_clear, numbered),
-//   so a local copy is dropped as soon as the value changes anywhere. Node cannot map herd's
-//   shared memory, so large values arrive as a copy (one per Node process that asks).
+//   so a local copy is dropped as soon as the value changes anywhere.
+//   Under `herd run`, with herd's native addon (native.js: found beside the herd binary, or built
+//   when this package was installed), the cache goes over a second channel in herd's binary
+//   protocol instead, and a large value is a Buffer over the primary's shared memory: one
+//   physical copy for the whole host, copy-on-write (a write changes this process's copy only;
+//   do not write). Its text (get without buffer: true) and parsed JSON are this process's own.
+//   Without the addon, large values arrive as a copy (one per Node process that asks).
+//   stats().path says which: 'addon' or 'json' (with json_reason).
 //
 // Wire: herd's envelopes are Node internal messages (`cmd` starting with 'NODE_'), so Node hands
 // them to 'internalMessage' and a program's process.on('message') never sees them:
@@ -289,7 +295,12 @@ function connect(target) {
   };
   const cacheCall = (data, timeout = DEFAULT_TIMEOUT_MS) => call('NODE_HERD_CACHE', data, timeout);
 
-  const cache = {
+  // This process's own channel uses the native addon when it can (native.js); the json path
+  // below otherwise, and for other channels.
+  const native = target === process ? require('./native.js').nativeCache() : { cache: null, reason: 'not this process\'s own channel' };
+  const jsonReason = native.reason;
+
+  const jsonCache = {
     async get(key, { buffer = false, timeout } = {}) {
       asKey(key);
       const held = peek(key);
@@ -333,7 +344,7 @@ function connect(target) {
     // counted in the local bytes as much again as its text.
     async json(key, { timeout } = {}) {
       asKey(key);
-      const raw = await cache.get(key, { timeout });
+      const raw = await jsonCache.get(key, { timeout });
       if (raw === undefined) return undefined;
       const e = local.get(key);
       if (e === undefined || e.value !== raw) return parseJson(key, raw); // not held here
@@ -395,9 +406,13 @@ function connect(target) {
         local_max_entries: maxEntries,
         local_max_bytes: maxBytes,
         hub,
+        path: 'json',
+        json_reason: jsonReason,
       };
     },
   };
+
+  const cache = native.cache || jsonCache;
 
   // Resolves true once written, false if the channel is closed; never rejects.
   const notify = (data) => new Promise((resolve) => send({ cmd: 'NODE_HERD_CTL', data }, (err) => resolve(!err)));

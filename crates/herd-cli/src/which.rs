@@ -1,4 +1,5 @@
-//! Finding a program as `exec` would: a path with a `/` as it is, anything else on `PATH`.
+//! Finding a program as `exec` would (a path with a `/` as it is, anything else on `PATH`), and
+//! herd's Node addon beside the `herd` binary.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,22 @@ pub fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|p| Path::is_file(p))
+}
+
+/// The names herd's Node addon (`crates/herd-node`) goes by: as cargo builds it, and as
+/// installed.
+const ADDON_NAMES: [&str; 2] = ["libherd_node.so", "herd_node.node"];
+
+/// herd's Node addon, if it lies beside this `herd` binary (where `cargo build` puts both) or in
+/// `../lib/herd/` from it (an install into `PREFIX/bin` and `PREFIX/lib/herd`).
+pub fn node_addon() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let places = [dir.to_path_buf(), dir.join("../lib/herd")];
+    places
+        .iter()
+        .flat_map(|d| ADDON_NAMES.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -13,6 +13,13 @@ pub const HERD_CHANNEL_CODEC: &str = "HERD_CHANNEL_CODEC";
 pub const HERD_WORKER_ID: &str = "HERD_WORKER_ID";
 /// The primary's process id.
 pub const HERD_PRIMARY_PID: &str = "HERD_PRIMARY_PID";
+/// The descriptor number of a Node worker's cache channel: a second socketpair beside Node's IPC
+/// channel, speaking herd's binary protocol, for the `herd-node` addon (large values arrive as
+/// sealed memfds, which Node's own channel cannot carry).
+pub const HERD_CACHE_FD: &str = "HERD_CACHE_FD";
+/// Where a Node worker finds the `herd-node` addon (set by `herd run` when the addon lies beside
+/// its binary; `off` makes the package use its json path).
+pub const HERD_NODE_ADDON: &str = "HERD_NODE_ADDON";
 /// The worker's slot in a supervised service (0..N-1), stable across restarts and reloads.
 pub const HERD_WORKER_SLOT: &str = "HERD_WORKER_SLOT";
 /// How many listening sockets a worker got from [`crate::ClusterBuilder::listener`], at 3, 4, ...

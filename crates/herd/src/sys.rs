@@ -161,6 +161,7 @@ fn cloexec_from(first: RawFd, limit: RawFd) -> io::Result<()> {
 }
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
+static CACHE_TAKEN: AtomicBool = AtomicBool::new(false);
 static LISTENERS_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// Checks that `fd` is open and a socket; `what` names it in errors.
@@ -187,13 +188,26 @@ fn inherited_socket(fd: RawFd, what: &str) -> io::Result<BorrowedFd<'static>> {
 /// Checks that it is open and is a socket, takes it at most once per process, and marks it
 /// close-on-exec so the worker's own children do not inherit it.
 pub fn take_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
-    let borrowed = inherited_socket(fd, "channel")?;
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(io::Error::other("the channel descriptor was already taken"));
+    take_once(fd, "channel", &TAKEN)
+}
+
+/// Takes ownership of the cache channel a Node worker inherited at number `fd`
+/// (`HERD_CACHE_FD`), as [`take_inherited_socket`] does the main channel: checked, at most
+/// once per process, close-on-exec.
+pub fn take_inherited_cache_socket(fd: RawFd) -> io::Result<OwnedFd> {
+    take_once(fd, "cache channel", &CACHE_TAKEN)
+}
+
+fn take_once(fd: RawFd, what: &str, taken: &AtomicBool) -> io::Result<OwnedFd> {
+    let borrowed = inherited_socket(fd, what)?;
+    if taken.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other(format!(
+            "the {what} descriptor was already taken"
+        )));
     }
     rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
-    // SAFETY: the descriptor is open (checked above), was handed to this process for herd's
-    // channel by its parent, and the TAKEN flag guarantees one owner in this process.
+    // SAFETY: the descriptor is open (checked above), was handed to this process for this use
+    // by its parent, and the `taken` flag guarantees one owner in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -243,6 +257,29 @@ pub fn sealed_memfd(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
 /// memfd sealed by [`sealed_memfd`] (so nobody can write, shrink or grow it) of exactly `len`
 /// bytes. Anything else (a plain file, an unsealed memfd, a wrong size) is refused.
 pub fn map_sealed(fd: &OwnedFd, len: usize) -> io::Result<memmap2::Mmap> {
+    check_sealed(fd, len)?;
+    // SAFETY: memmap2 requires that the mapped file is not modified or truncated while mapped
+    // (or the mapping would change under Rust's feet or fault with SIGBUS). The seals checked
+    // by `check_sealed` (F_SEAL_WRITE, F_SEAL_SHRINK, F_SEAL_GROW, and F_SEAL_SEAL so they
+    // cannot be removed) make the kernel refuse every write and resize from any process, for
+    // the life of the memfd; and its size was checked to be `len`.
+    unsafe { memmap2::MmapOptions::new().len(len).map(fd) }
+}
+
+/// Maps a sealed memfd like [`map_sealed`], but private and writable: copy-on-write. Every
+/// page is the memfd's shared page until this process writes to it, and a write changes only
+/// this process's copy (the kernel allows private writable mappings of a write-sealed memfd).
+/// For values handed to code that may write into them (a Node `Buffer`): a stray write must
+/// not kill the process, as it would in a read-only mapping.
+pub fn map_sealed_private(fd: &OwnedFd, len: usize) -> io::Result<memmap2::MmapMut> {
+    check_sealed(fd, len)?;
+    // SAFETY: as in `map_sealed`: the seals forbid any change to the file for its life and the
+    // size is `len`. The mapping is private, so writes through it never reach the file.
+    unsafe { memmap2::MmapOptions::new().len(len).map_copy(fd) }
+}
+
+/// Checks that `fd` is a memfd sealed by [`sealed_memfd`] holding exactly `len` (> 0) bytes.
+fn check_sealed(fd: &OwnedFd, len: usize) -> io::Result<()> {
     let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -268,12 +305,7 @@ pub fn map_sealed(fd: &OwnedFd, len: usize) -> io::Result<memmap2::Mmap> {
             "an empty value is never shared",
         ));
     }
-    // SAFETY: memmap2 requires that the mapped file is not modified or truncated while mapped
-    // (or the mapping would change under Rust's feet or fault with SIGBUS). The seals checked
-    // above (F_SEAL_WRITE, F_SEAL_SHRINK, F_SEAL_GROW, and F_SEAL_SEAL so they cannot be
-    // removed) make the kernel refuse every write and resize from any process, for the life of
-    // the memfd; and its size was checked to be `len`.
-    unsafe { memmap2::MmapOptions::new().len(len).map(fd) }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -299,6 +331,19 @@ mod memfd_tests {
         let plain = rustix::fs::memfd_create("plain", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::io::write(&plain, b"abc").unwrap();
         assert!(map_sealed(&plain, 3).is_err());
+    }
+
+    #[test]
+    fn a_private_mapping_is_copy_on_write_and_leaves_the_value_alone() {
+        let data = vec![7u8; 10_000];
+        let fd = sealed_memfd("herd-test", &data).unwrap();
+        let mut mine = map_sealed_private(&fd, data.len()).unwrap();
+        let theirs = map_sealed(&fd, data.len()).unwrap();
+        mine[0] = 9;
+        assert_eq!(mine[0], 9, "this process sees its own write");
+        assert_eq!(theirs[0], 7, "the shared value is unchanged");
+        assert_eq!(map_sealed_private(&fd, data.len()).unwrap()[0], 7);
+        assert!(map_sealed_private(&fd, 5).is_err());
     }
 }
 

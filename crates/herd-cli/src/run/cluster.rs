@@ -58,6 +58,16 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
     }
     if let Some(hub) = &hub {
         builder = builder.cache(hub.clone());
+        // Node workers find herd's addon (zero-copy cache values) through the environment,
+        // unless it names one already (or `off`).
+        if std::env::var_os(herd::env::HERD_NODE_ADDON).is_none()
+            && !s.env.contains_key(herd::env::HERD_NODE_ADDON)
+        {
+            if let Some(addon) = crate::which::node_addon() {
+                tracing::debug!(addon = %addon.display(), "Node workers get herd's addon");
+                builder = builder.env(herd::env::HERD_NODE_ADDON, addon);
+            }
+        }
     }
     Ok((builder, hub))
 }

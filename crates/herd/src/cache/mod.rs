@@ -15,8 +15,10 @@
 //! | `serve` | the worker-facing side: a worker's calls, their replies, pushes to it |
 //! | `proto` | the payloads of cache calls and replies |
 //! | `replica` | the worker's side: [`Cache`] and its local view |
+//! | [`channel`] | the cache channel a Node worker gets for the `herd-node` addon: both sides |
 //! | `source`, `file`, `redis` | [`Source`], [`FileSource`] (a folder it watches, or a snapshot), `RedisSource` (feature `redis`) |
 
+pub mod channel;
 mod config;
 pub(crate) mod error;
 mod file;
@@ -37,7 +39,7 @@ pub use hub::{Hub, HubStats};
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisSource};
 pub(crate) use replica::LocalView;
-pub use replica::{Cache, CacheStats};
+pub use replica::{Cache, CacheStats, Versioned};
 pub use replica::{LOCAL_MAX_BYTES, LOCAL_MAX_ENTRIES};
 pub use source::{BoxFuture, Invalidation, Loaded, Source, SourceError};
 pub use store::ENTRY_OVERHEAD;

@@ -41,6 +41,8 @@ pub(crate) struct LocalView {
     misses: AtomicU64,
     mapped_bytes: AtomicU64,
     evictions: AtomicU64,
+    /// Counts every change that drops entries (invalidation, clear, eviction).
+    changes: AtomicU64,
     max_entries: usize,
     max_bytes: usize,
 }
@@ -64,6 +66,8 @@ struct Local {
 
 struct LocalEntry {
     value: Option<Bytes>,
+    /// The value is a mapping of the hub's shared memory (not this process's heap).
+    shared: bool,
     expires: Option<Instant>,
     generation: u64,
     charge: usize,
@@ -84,13 +88,15 @@ impl Local {
         }
     }
 
+    /// Inserts (or replaces) `key`; the entry's generation.
     fn insert(
         &mut self,
         key: &str,
         value: Option<Bytes>,
         expires: Option<Instant>,
         private: usize,
-    ) {
+        shared: bool,
+    ) -> u64 {
         self.remove(key);
         self.generation += 1;
         let key: Arc<str> = Arc::from(key);
@@ -104,12 +110,14 @@ impl Local {
             key,
             LocalEntry {
                 value,
+                shared,
                 expires,
                 generation: self.generation,
                 charge,
                 used: AtomicBool::new(false),
             },
         );
+        self.generation
     }
 
     /// Evicts until within both bounds; how many.
@@ -152,6 +160,7 @@ impl LocalView {
             misses: AtomicU64::new(0),
             mapped_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             max_entries,
             max_bytes,
         }
@@ -164,27 +173,41 @@ impl LocalView {
             local.remove(k);
         }
         self.seq.fetch_max(seq, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Drops everything (the hub's clear).
     pub(crate) fn clear(&self, seq: u64) {
         let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        // The generation counter goes on: a version handed out before is never reused.
+        let generation = local.generation;
         *local = Local::default();
+        local.generation = generation;
         self.seq.fetch_max(seq, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     fn lookup(&self, key: &str) -> Option<Option<Bytes>> {
+        self.lookup_versioned(key).map(|v| v.value)
+    }
+
+    /// A fresh entry, with its generation as its version (unique for the view's life).
+    fn lookup_versioned(&self, key: &str) -> Option<Versioned> {
         let local = self.entries.read().unwrap_or_else(|p| p.into_inner());
         let e = local.map.get(key)?;
         if e.expired(Instant::now()) {
             return None;
         }
         e.used.store(true, Ordering::Relaxed);
-        Some(e.value.clone())
+        Some(Versioned {
+            value: e.value.clone(),
+            version: Some(e.generation),
+            shared: e.shared,
+        })
     }
 
     /// Keeps a value read at invalidation number `seq`; `private`: the bytes it holds of this
-    /// process's own memory (0 for a mapped shared value).
+    /// process's own memory (0 for a mapped shared value). Its generation if kept.
     fn keep(
         &self,
         key: &str,
@@ -192,19 +215,26 @@ impl LocalView {
         private: usize,
         ttl: Option<Duration>,
         seq: u64,
-    ) {
+    ) -> Option<u64> {
         let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
         // Checked under the lock that invalidations take: an invalidation newer than the value
         // has either been applied (and is seen here) or will be applied after this insert.
         if seq < self.seq.load(Ordering::Acquire) {
-            return;
+            return None;
         }
         let expires = ttl.map(|t| Instant::now() + t);
-        local.insert(key, value, expires, private);
+        let shared = private == 0 && value.as_ref().is_some_and(|v| !v.is_empty());
+        let generation = local.insert(key, value, expires, private, shared);
         let evicted = local.evict(self.max_entries, self.max_bytes);
         if evicted > 0 {
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
+            self.changes.fetch_add(1, Ordering::Release);
         }
+        local
+            .map
+            .get(key)
+            .map(|e| e.generation)
+            .filter(|g| *g == generation)
     }
 
     /// Entries and bytes held.
@@ -233,22 +263,58 @@ pub struct CacheStats {
     pub hub: HubStats,
 }
 
+/// A value with its version in the local view: [`Cache::get_versioned`], [`Cache::local_entry`].
+#[derive(Clone, Debug)]
+pub struct Versioned {
+    /// The value; `None` if the key does not exist.
+    pub value: Option<Bytes>,
+    /// Its version in the local view (`None`: not kept there). Unique for the life of the
+    /// view: while [`Cache::local_version`] gives the same number, the value is the same.
+    pub version: Option<u64>,
+    /// The value maps the hub's shared memory (copy-on-write where the cache was opened for
+    /// a caller that may write: see [`crate::cache::channel`]), rather than this process's heap.
+    pub shared: bool,
+}
+
 /// A worker's handle on the host-shared cache; from [`crate::Worker::cache`]. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
     view: Arc<LocalView>,
     peer: Peer,
+    /// Shared values are mapped private and writable (copy-on-write), for a caller that hands
+    /// them to code that may write (a Node `Buffer`); read-only otherwise.
+    private_maps: bool,
 }
 
 impl Cache {
     pub(crate) fn new(view: Arc<LocalView>, peer: Peer) -> Cache {
-        Cache { view, peer }
+        Cache {
+            view,
+            peer,
+            private_maps: false,
+        }
+    }
+
+    /// A cache whose shared values are mapped copy-on-write (see [`crate::cache::channel`]).
+    pub(crate) fn with_private_maps(view: Arc<LocalView>, peer: Peer) -> Cache {
+        Cache {
+            view,
+            peer,
+            private_maps: true,
+        }
     }
 
     /// The value of `key`: from the local view at memory speed, or from the primary's hub (which
     /// loads it from its source once for the whole host). `Ok(None)` if the key does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        if let Some(v) = self.get_local(key) {
+        Ok(self.get_versioned(key).await?.value)
+    }
+
+    /// Like [`Cache::get`], with the version under which the local view keeps the value
+    /// (`None` if it does not keep it: the hub said not to, or an invalidation came first).
+    pub async fn get_versioned(&self, key: &str) -> Result<Versioned, CacheError> {
+        if let Some(v) = self.view.lookup_versioned(key) {
+            self.view.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
         self.view.misses.fetch_add(1, Ordering::Relaxed);
@@ -266,15 +332,20 @@ impl Cache {
             })?;
             let len = usize::try_from(len)
                 .map_err(|_| CacheError::BadReply(format!("shared value of {len} bytes")))?;
-            let map = sys::map_sealed(&fd, len).map_err(CacheError::Shared)?;
+            let value = if self.private_maps {
+                Bytes::from_owner(sys::map_sealed_private(&fd, len).map_err(CacheError::Shared)?)
+            } else {
+                Bytes::from_owner(sys::map_sealed(&fd, len).map_err(CacheError::Shared)?)
+            };
             self.view
                 .mapped_bytes
                 .fetch_add(len as u64, Ordering::Relaxed);
-            Some(Bytes::from_owner(map))
+            Some(value)
         } else {
             let v = reply.value.unwrap_or(WireValue(Bytes::new()));
             Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::BadReply)?)
         };
+        let mut version = None;
         if reply.local {
             // A mapped shared value's pages are the host's (the hub bounds them).
             let private = match (&value, reply.shared_len) {
@@ -282,9 +353,32 @@ impl Cache {
                 _ => 0,
             };
             let ttl = reply.ttl_ms.map(Duration::from_millis);
-            self.view.keep(key, value.clone(), private, ttl, reply.seq);
+            version = self.view.keep(key, value.clone(), private, ttl, reply.seq);
         }
-        Ok(value)
+        Ok(Versioned {
+            value,
+            version,
+            shared: reply.shared_len.is_some(),
+        })
+    }
+
+    /// The version of `key`'s fresh entry in the local view (see [`Cache::get_versioned`]),
+    /// counted as a local hit; `None` if the view does not hold it. Never waits.
+    pub fn local_version(&self, key: &str) -> Option<u64> {
+        let version = self.view.lookup_versioned(key)?.version;
+        self.view.hits.fetch_add(1, Ordering::Relaxed);
+        version
+    }
+
+    /// `key`'s fresh entry in the local view with its version, without counting a lookup.
+    pub fn local_entry(&self, key: &str) -> Option<Versioned> {
+        self.view.lookup_versioned(key)
+    }
+
+    /// How many times the local view has dropped entries (an invalidation, a clear, an
+    /// eviction): while it stays the same, every version handed out is still held.
+    pub fn changes(&self) -> u64 {
+        self.view.changes.load(Ordering::Acquire)
     }
 
     /// The value of `key` if the local view has it (`Some(None)`: known not to exist), without

@@ -126,6 +126,19 @@ pub(super) async fn fork(
     inherited.extend(opts.fds.into_iter().map(|(fd, at)| (at, Arc::new(fd))));
     let mut fds: Vec<(&OwnedFd, i32)> = vec![(&theirs, cfg.channel_fd)];
     fds.extend(inherited.iter().map(|(at, fd)| (&**fd, *at)));
+    // A Node worker of a cluster with a cache gets a second channel for the `herd-node` addon
+    // (see `cache::channel`), at the first number above every other it inherits.
+    let cache_channel = match (&cfg.cache, cfg.codec) {
+        (Some(_), Codec::NodeJson) => Some(sys::socketpair().map_err(Error::Spawn)?),
+        _ => None,
+    };
+    if let Some((_, theirs)) = &cache_channel {
+        let at = fds.iter().map(|(_, at)| *at).max().unwrap_or(2) + 1;
+        cmd.env(env::HERD_CACHE_FD, at.to_string());
+        fds.push((theirs, at));
+    } else {
+        cmd.env_remove(env::HERD_CACHE_FD);
+    }
     sys::prepare_child(&mut cmd, &fds, cfg.cgroup_procs.as_deref());
     let mut child = spawn(cmd).await.map_err(Error::Spawn)?;
     let output = cfg.capture_output.then(|| {
@@ -139,6 +152,10 @@ pub(super) async fn fork(
         rx
     });
     drop(theirs);
+    let cache_channel = cache_channel.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
     let pid = child.id().unwrap_or(0);
     let registered = reaper::Registered(pid);
     let (tx, rx) = herd_wire::channel(ours, cfg.codec, cfg.limits)?;
@@ -152,6 +169,16 @@ pub(super) async fn fork(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (exit_tx, exit_rx) = watch::channel(None);
+    if let (Some(hub), Some(fd)) = (&cfg.cache, cache_channel) {
+        crate::cache::channel::serve(
+            hub,
+            id,
+            fd,
+            cfg.limits,
+            cfg.request_timeout,
+            exit_rx.clone(),
+        )?;
+    }
     let shared = Arc::new(WorkerShared {
         id,
         pid,

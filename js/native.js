@@ -1,0 +1,213 @@
+// native.js: herd.cache through herd's native addon (crates/herd-node, napi-rs), when this Node
+// worker has one and a cache channel to use it on. Same API as herd.js's json path; large values
+// come as Buffers over the primary's shared memory (one physical copy for the whole host), and
+// invalidations are applied by the addon's own replica of the cache.
+//
+// Where the addon comes from, first found wins:
+//   1. HERD_NODE_ADDON: a path, set by `herd run` when the addon lies beside the herd binary
+//      (the one built with the herd that runs this worker); `off` turns the addon off.
+//   2. herd_node.node in this package, built when the package was installed (install.js) where
+//      cargo and herd's sources were at hand.
+// Without one (or without a cache channel: not a Node worker of a herd primary with a cache),
+// herd.js keeps its json path; stats() says which path is used, and why.
+//
+// The local copies: the addon's view holds each value with a version number; this module keeps,
+// per key, the Buffer made for that version (and its text and parsed JSON once asked for), so a
+// local hit is one addon call (`version`) and a Map lookup. Entries whose version the view no
+// longer holds are dropped when next looked up, and swept once a second after the view changed.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+
+const DEFAULT_TIMEOUT_MS = 30000;
+const SWEEP_MS = 1000;
+
+function herdError(message, code) {
+  const err = new Error(message);
+  err.code = code;
+  return err;
+}
+
+// The addon's errors carry their code as a prefix ("HERD_TIMEOUT: ...").
+function fromAddon(err) {
+  const m = /^(HERD_[A-Z_]+): ([\s\S]*)$/.exec(err && err.message);
+  return m ? herdError(`herd.js: ${m[2]}`, m[1]) : err;
+}
+
+// Loads and opens the addon: { addon, file } or { addon: null, reason }.
+function load() {
+  const setting = process.env.HERD_NODE_ADDON;
+  if (setting === 'off' || setting === '0') return { addon: null, reason: 'HERD_NODE_ADDON=off' };
+  if (!process.env.HERD_CACHE_FD) {
+    return { addon: null, reason: 'no cache channel (not a Node worker of a herd primary with a cache)' };
+  }
+  const candidates = [];
+  if (setting) candidates.push(setting);
+  candidates.push(path.join(__dirname, 'herd_node.node'));
+  const tried = [];
+  for (const file of candidates) {
+    if (!fs.existsSync(file)) {
+      tried.push(`${file}: not found`);
+      continue;
+    }
+    try {
+      const module = { exports: {} };
+      process.dlopen(module, file);
+      module.exports.open();
+      return { addon: module.exports, file };
+    } catch (err) {
+      tried.push(`${file}: ${err.message}`);
+    }
+  }
+  return { addon: null, reason: `no usable addon (${tried.join('; ')})` };
+}
+
+// The cache API over the addon, or null (with the reason) when there is none.
+function nativeCache() {
+  const { addon, file, reason } = load();
+  if (!addon) return { cache: null, reason };
+
+  const memo = new Map(); // key -> { version, buf (null: absent), text, parsed }
+  const inflight = new Map(); // key -> Promise of an entry
+  let seenChanges = addon.changes();
+  const sweep = setInterval(() => {
+    const now = addon.changes();
+    if (now === seenChanges) return;
+    seenChanges = now;
+    for (const [key, e] of memo) {
+      if (!addon.holds(key, e.version)) memo.delete(key);
+    }
+  }, SWEEP_MS);
+  sweep.unref();
+
+  const entry = (version, buf) => ({ version, buf, text: undefined, parsed: undefined });
+  function remember(key, version, buf) {
+    const e = entry(version, buf);
+    if (version >= 0) memo.set(key, e);
+    return e;
+  }
+
+  // The local view's entry for `key`, or undefined when it does not hold it.
+  function lookup(key) {
+    const version = addon.version(key);
+    if (version === undefined || version === null) return undefined;
+    const e = memo.get(key);
+    if (e !== undefined && e.version === version) return e;
+    const taken = addon.take(key);
+    if (!taken) return undefined;
+    return remember(key, taken[0], taken[1]);
+  }
+
+  // An entry as the caller wants it: undefined (absent), a Buffer, or text when it is UTF-8.
+  function present(e, buffer) {
+    if (e.buf === null) return undefined;
+    if (buffer) return e.buf;
+    if (e.text === undefined) e.text = addon.isUtf8(e.buf) ? e.buf.toString('utf8') : false;
+    return e.text === false ? e.buf : e.text;
+  }
+
+  const asKey = (key) => {
+    if (typeof key !== 'string') throw new TypeError('herd.js: cache keys are strings');
+    return key;
+  };
+
+  // Rejects after `timeout` ms unless `p` settles first (the call itself is bounded by the
+  // addon's own 30 s deadline).
+  function within(p, timeout = DEFAULT_TIMEOUT_MS, what = 'cache call') {
+    if (!(timeout > 0 && Number.isFinite(timeout))) {
+      return Promise.reject(new RangeError('herd.js: timeout must be a positive number of ms'));
+    }
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(herdError(`herd.js: ${what} timed out after ${timeout} ms`, 'HERD_TIMEOUT')), timeout);
+    });
+    return Promise.race([p.catch((err) => Promise.reject(fromAddon(err))), late]).finally(() => clearTimeout(timer));
+  }
+
+  function fetch(key, timeout) {
+    let p = inflight.get(key);
+    if (!p) {
+      p = addon.get(key).then(
+        ([version, buf]) => {
+          inflight.delete(key);
+          return remember(key, version, buf);
+        },
+        (err) => {
+          inflight.delete(key);
+          throw err;
+        },
+      );
+      inflight.set(key, p);
+    }
+    return within(p, timeout, `get ${JSON.stringify(key)}`);
+  }
+
+  function parseJson(key, e) {
+    try {
+      return JSON.parse(e.buf.toString('utf8'));
+    } catch (err) {
+      throw herdError(`herd.js: the value of ${JSON.stringify(key)} is not JSON: ${err.message}`, 'HERD_JSON');
+    }
+  }
+
+  const cache = {
+    async get(key, { buffer = false, timeout } = {}) {
+      const e = lookup(asKey(key)) ?? (await fetch(key, timeout));
+      return present(e, buffer);
+    },
+
+    // Parsed once per version: the same object while the local copy is held.
+    async json(key, { timeout } = {}) {
+      const e = lookup(asKey(key)) ?? (await fetch(key, timeout));
+      if (e.buf === null) return undefined;
+      if (memo.get(key) !== e) return parseJson(key, e);
+      if (e.parsed === undefined) e.parsed = { value: parseJson(key, e) };
+      return e.parsed.value;
+    },
+
+    peek(key) {
+      const e = lookup(asKey(key));
+      if (e === undefined) return undefined;
+      return e.buf === null ? null : present(e, false);
+    },
+
+    async set(key, value, { ttl, timeout } = {}) {
+      asKey(key);
+      let v;
+      if (typeof value === 'string' || Buffer.isBuffer(value)) v = value;
+      else if (value instanceof Uint8Array) v = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+      else throw new TypeError('herd.js: cache values are strings or Buffers');
+      if (ttl !== undefined && !(Number.isSafeInteger(ttl) && ttl > 0)) {
+        throw new RangeError('herd.js: ttl is a positive number of ms');
+      }
+      memo.delete(key);
+      return within(addon.set(key, v, ttl), timeout, 'set');
+    },
+
+    async delete(key, { timeout } = {}) {
+      asKey(key);
+      memo.delete(key);
+      return within(addon.delete(key), timeout, 'delete');
+    },
+
+    async ready({ timeout = DEFAULT_TIMEOUT_MS } = {}) {
+      const p = addon.ready(timeout).catch((err) => {
+        const e = fromAddon(err);
+        if (e.code === 'HERD_NOT_READY') {
+          throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
+        }
+        throw e;
+      });
+      return within(p, timeout + 1000, 'ready');
+    },
+
+    async stats({ timeout } = {}) {
+      const stats = JSON.parse(await within(addon.stats(), timeout, 'stats'));
+      return { ...stats, path: 'addon', addon: file, held_buffers: memo.size };
+    },
+  };
+  return { cache, reason: null };
+}
+
+module.exports = { nativeCache };
