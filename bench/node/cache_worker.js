@@ -2,11 +2,13 @@
 // herd-cluster package (js/) as a user would. What it does comes from its environment:
 //
 //   BENCH_TEST=memory   prints `BENCH ready {...}` (pid, slot, path), then on SIGUSR2 gets every
-//                       key (the file names in BENCH_DIR) one after the other and keeps every
-//                       value referenced, then prints `BENCH loaded {...}` (pid, bytes, ms).
+//                       key (the file names in BENCH_DIR) one after the other, keeps every
+//                       value referenced and reads each page of them once, then prints
+//                       `BENCH loaded {...}` (pid, bytes, ms: the time to get them all).
 //   BENCH_TEST=latency  waits for the primary's warm-up, then measures and prints
 //                       `BENCH latency {...}` (microseconds): a local hit (`peek`, and `await get`
-//                       of a held key), small misses answered by the primary (a fresh key of
+//                       of a held key) beside Node alone (a Map lookup, and `await` of an async
+//                       function doing one), small misses answered by the primary (a fresh key of
 //                       BENCH_DIR/small each time) and the first get of each BENCH_DIR/big value.
 //   BENCH_SOURCE=herd   values from herd's cache: `cache.get(key, { buffer: true })`;
 //   BENCH_SOURCE=naive  each worker reads every file itself (no herd cache): the memory baseline.
@@ -32,10 +34,13 @@ function say(event, data) {
   console.log(`BENCH ${event} ${JSON.stringify({ pid: process.pid, slot, ...data })}`);
 }
 
+// `path`, and `why` when the package says why it is on the json path.
 async function cachePath() {
-  if (SOURCE === 'naive') return 'naive';
+  if (SOURCE === 'naive') return { path: 'naive' };
   const stats = await herd.cache.stats();
-  return typeof stats.path === 'string' ? stats.path : 'json';
+  const p = { path: typeof stats.path === 'string' ? stats.path : 'json' };
+  if (stats.json_reason) p.why = String(stats.json_reason);
+  return p;
 }
 
 // --- memory ------------------------------------------------------------------------------------
@@ -53,8 +58,11 @@ async function load() {
     bytes += value.length;
   }
   const ms = Number(process.hrtime.bigint() - t) / 1e6;
+  // Used as a program uses what it holds: every page read once.
+  let sum = 0;
+  for (const v of held) for (let i = 0; i < v.length; i += 4096) sum += v[i];
   gc();
-  say('loaded', { keys: keys.length, bytes, ms: +ms.toFixed(1) });
+  say('loaded', { keys: keys.length, bytes, ms: +ms.toFixed(1), sum: sum % 7 });
 }
 
 async function memory() {
@@ -66,7 +74,7 @@ async function memory() {
     started = true;
     load().catch((err) => say('failed', { error: String(err && err.stack) }));
   });
-  say('ready', { path: p });
+  say('ready', p);
 }
 
 // --- latency -----------------------------------------------------------------------------------
@@ -89,7 +97,7 @@ async function latency() {
   const p = await cachePath();
   const small = fs.readdirSync(path.join(DIR, 'small')).sort().map((f) => `small/${f}`);
   const big = fs.readdirSync(path.join(DIR, 'big')).sort().map((f) => `big/${f}`);
-  const out = { path: p };
+  const out = { ...p };
 
   // Local hits on one held key: `peek` (sync) and `await get`, per call, in batches.
   const hot = small[0];
@@ -112,6 +120,25 @@ async function latency() {
   }
   out.peek_us = r3(median(peekBatches.slice(1)));
   out.get_held_us = r3(median(getBatches.slice(1)));
+
+  // What Node alone takes for the same two shapes: a Map lookup, and `await` of an async
+  // function returning one (the floor of any `await get`).
+  const map = new Map([[hot, cache.peek(hot)]]);
+  const mapGet = async (k) => map.get(k);
+  const mapBatches = [];
+  const awaitBatches = [];
+  for (let b = 0; b < 21; b++) {
+    let n = 200000;
+    let t0 = now();
+    for (let i = 0; i < n; i++) sink += map.get(hot).length;
+    mapBatches.push(us(t0, now()) / n);
+    n = 20000;
+    t0 = now();
+    for (let i = 0; i < n; i++) sink += (await mapGet(hot)).length;
+    awaitBatches.push(us(t0, now()) / n);
+  }
+  out.node_map_us = r3(median(mapBatches.slice(1)));
+  out.node_await_us = r3(median(awaitBatches.slice(1)));
 
   // Small misses: each key asked once, so the primary answers every one (its hub holds them all).
   const WARM = 200;

@@ -77,11 +77,14 @@ stop_group() {
 
 # --- build -------------------------------------------------------------------------------------
 if [ -z "${HERD:-}" ]; then
-  log "building: cargo build --release -p herd-cli -p herd-bench"
-  (cd "$ROOT" && cargo build --release -p herd-cli -p herd-bench >&2) || die "cargo build failed"
-  if [ -d "$ROOT/crates/herd-node" ]; then
-    log "building the addon: cargo build --release -p herd-node"
-    (cd "$ROOT" && cargo build --release -p herd-node >&2) || log "the addon did not build: json path only"
+  # One cargo command for all, so that every binary is built with the same features of herd.
+  PKGS=(-p herd-cli -p herd-bench)
+  [ -d "$ROOT/crates/herd-node" ] && PKGS+=(-p herd-node)
+  log "building: cargo build --release ${PKGS[*]}"
+  if ! (cd "$ROOT" && cargo build --release "${PKGS[@]}" >&2); then
+    [ ${#PKGS[@]} -gt 4 ] || die "cargo build failed"
+    log "the build with the addon failed: without it (json path only)"
+    (cd "$ROOT" && cargo build --release -p herd-cli -p herd-bench >&2) || die "cargo build failed"
   fi
   HERD=$ROOT/target/release/herd
 fi
@@ -119,7 +122,7 @@ cat "$TMP"/values/* >/dev/null # in the page cache before any round
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; } # kind round config metric value
 
 # count FILE WHAT: lines of FILE saying `BENCH WHAT `
-count() { grep -c "BENCH $2 " "$1" 2>/dev/null || true; }
+count() { grep -c "BENCH $2 " "$1" 2>/dev/null || true; }  # 0 when none (the file is made first)
 
 # wait_lines FILE WHAT N SECS PID: until FILE has N `BENCH WHAT` lines; fails when a worker says
 # `BENCH failed`, PID dies or the deadline passes.
@@ -141,22 +144,27 @@ for l in sys.stdin:
     print(json.loads(l)[sys.argv[1]])' "$3"
 }
 
-# mem PID...: "PSS_KB UNMAPPED_MEMFD_KB SHMEM_KB": the total PSS of the processes, the memfds
-# held open by the first (the primary) that none of them maps, and the host's Shmem.
+# mem PID...: "PSS_KB MEMFD_OUTSIDE_PSS_KB SHMEM_KB": the total PSS of the processes; the pages
+# of the memfds the first (the primary) holds open that no PSS counts (written but faulted into no
+# one's page tables, or not mapped at all: resident memfd pages minus the PSS of every memfd
+# mapping); the host's Shmem.
 mem() {
   python3 - "$@" <<'EOF'
-import os, sys, re
+import os, sys
 pids = sys.argv[1:]
-pss, mapped = 0, set()
+pss = memfd_pss = 0
 for p in pids:
     for line in open(f'/proc/{p}/smaps_rollup'):
         if line.startswith('Pss:'):
             pss += int(line.split()[1])
-    for line in open(f'/proc/{p}/maps'):
+    memfd = False
+    for line in open(f'/proc/{p}/smaps'):
         f = line.split()
-        if len(f) >= 6 and f[5].startswith('/memfd:'):
-            mapped.add(int(f[4]))
-unmapped, seen = 0, set()
+        if f and '-' in f[0] and not f[0].endswith(':'):  # a mapping's header line
+            memfd = len(f) >= 6 and f[5].startswith('/memfd:')
+        elif memfd and f and f[0] == 'Pss:':
+            memfd_pss += int(f[1])
+resident, seen = 0, set()
 fds = f'/proc/{pids[0]}/fd'
 for fd in os.listdir(fds):
     try:
@@ -165,11 +173,11 @@ for fd in os.listdir(fds):
         st = os.stat(f'{fds}/{fd}')
     except OSError:
         continue
-    if st.st_ino not in mapped and st.st_ino not in seen:
+    if st.st_ino not in seen:
         seen.add(st.st_ino)
-        unmapped += st.st_blocks * 512 // 1024
+        resident += st.st_blocks * 512 // 1024
 shmem = next(int(l.split()[1]) for l in open('/proc/meminfo') if l.startswith('Shmem:'))
-print(pss, unmapped, shmem)
+print(pss, max(0, resident - memfd_pss), shmem)
 EOF
 }
 
@@ -177,6 +185,7 @@ EOF
 start_herd() {
   local config=$1 out=$2; shift 2
   local env=(env -u HERD_NODE_ADDON)
+  : >"$out"
   [ "$config" = json ] && env=(env HERD_NODE_ADDON=off)
   "${env[@]}" setsid "$HERD" run --control "$out.sock" --restart never "$@" \
     -- node --expose-gc "$WORKER_JS" >"$out" 2>&1 &
@@ -190,7 +199,7 @@ path_ok() {
   [ "$want" = naive ] || [ "$want" = json ] || [ "$want" = addon ] || return 0
   paths=$(field "$2" "$3" path | sort -u | tr '\n' ' ')
   [ "$paths" = "$want " ] && return 0
-  log "refused: $want workers say path '$paths'"
+  log "refused: $want workers say path '$paths' ($(field "$2" "$3" why 2>/dev/null | sort -u | tr '\n' ' '))"
   return 1
 }
 
@@ -198,9 +207,13 @@ path_ok() {
 mem_one() {
   local config=$1 size=$2 w=$3 round=$4 out args=() pids idle loaded cell
   cell="$config.${size}MB.w$w"
-  local need_kb=$(((w + 1) * size * 1024 * 3 / 2)) avail_kb
+  # Memory it will take, from what was seen: a json worker holds about 1.4x the data (its heap
+  # keeps what decoding took), a naive one 1x, an addon one shares the primary's copy.
+  local per=0 need_kb avail_kb
+  case $config in json) per=16 ;; naive) per=11 ;; esac
+  need_kb=$(((w * per + 10) * size * 1024 / 10))
   avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
-  if [ "$config" != addon ] && [ "$need_kb" -gt $((avail_kb - HEADROOM_GB * 1024 * 1024)) ]; then
+  if [ "$need_kb" -gt $((avail_kb - HEADROOM_GB * 1024 * 1024)) ]; then
     log "round $round $cell: skipped (needs about $((need_kb >> 20)) GiB, $((avail_kb >> 20)) GiB available, $HEADROOM_GB GiB kept free)"
     record mem "$round" "$cell" skipped 1
     return 0
@@ -228,10 +241,10 @@ mem_one() {
   record mem "$round" "$cell" pss_loaded_mb "$(calc "${loaded[0]} / 1024")"
   record mem "$round" "$cell" increase_mb "$(calc "(${loaded[0]} + ${loaded[1]} - ${idle[0]} - ${idle[1]}) / 1024")"
   record mem "$round" "$cell" ratio "$(calc "(${loaded[0]} + ${loaded[1]} - ${idle[0]} - ${idle[1]}) / $data_kb")"
-  record mem "$round" "$cell" unmapped_mb "$(calc "${loaded[1]} / 1024")"
+  record mem "$round" "$cell" outside_pss_mb "$(calc "${loaded[1]} / 1024")"
   record mem "$round" "$cell" shmem_mb "$(calc "(${loaded[2]} - ${idle[2]}) / 1024")"
   record mem "$round" "$cell" load_ms "$(field "$out" loaded ms | sort -n | tail -1)"
-  log "round $round $cell: PSS $((idle[0] >> 10)) -> $((loaded[0] >> 10)) MB, unmapped memfds $((loaded[1] >> 10)) MB, Shmem +$(((loaded[2] - idle[2]) >> 10)) MB, slowest load $(field "$out" loaded ms | sort -n | tail -1) ms"
+  log "round $round $cell: PSS $((idle[0] >> 10)) -> $((loaded[0] >> 10)) MB, memfd pages outside PSS $((loaded[1] >> 10)) MB, Shmem +$(((loaded[2] - idle[2]) >> 10)) MB, slowest load $(field "$out" loaded ms | sort -n | tail -1) ms"
   stop_group "$HPID"
 }
 

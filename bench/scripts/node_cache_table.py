@@ -37,8 +37,8 @@ def fmt(xs, digits=1, unit=''):
     if not xs:
         return 'n/a'
     f = lambda x: f'{x:,.{digits}f}{unit}'
-    if len(xs) == 1 or min(xs) == max(xs):
-        return f(xs[0])
+    if len(xs) == 1 or f(min(xs)) == f(max(xs)):
+        return f(med(xs))
     return f'{f(med(xs))} ({f(min(xs))}–{f(max(xs))})'
 
 
@@ -123,14 +123,17 @@ p('')
 p(f'One Node worker under `herd run -w 1 --cache-dir DIR --warm ...`, so the primary\'s hub holds every '
   f'value before the worker asks. Local hit: one held key, `cache.peek(key)` (sync) in batches of '
   f'200,000 and `await cache.get(key, {{buffer: true}})` in batches of 20,000, the median batch\'s time '
-  f'per call. Small miss: {int(small_keys) - 1:,} keys of 100 bytes (text), each asked once, one after '
+  f'per call; beside them, Node alone doing the same with a `Map` (`map.get(key)`, and `await` of an '
+  f'async function returning `map.get(key)`: the floor of any `await get`), measured in the same '
+  f'workers (both paths\' figures together). Small miss: {int(small_keys) - 1:,} keys of 100 bytes (text), each asked once, one after '
   f'the other (the first 200 not counted), the median and p99 of each call. 10 MiB first get: '
   f'{big_keys} random values, the first get of each (the median). Redis does the same `GET`s; the '
   'floors are 16-byte ping-pongs (100,000 for Rust, 50,000 for Node, after 2,000 warm-up ones).')
 p('')
-cols = [c for c in ['json', 'addon'] if c in configs] + ['redis', 'floor-rust', 'floor-node']
+cols = [c for c in ['json', 'addon'] if c in configs] + ['redis', 'floor-rust', 'floor-node', 'node']
 head = {'json': 'herd json path', 'addon': 'herd addon path', 'redis': 'Redis GET from Node',
-        'floor-rust': 'socketpair Rust↔Rust', 'floor-node': 'socketpair Node↔echo'}
+        'floor-rust': 'socketpair Rust↔Rust', 'floor-node': 'socketpair Node↔echo',
+        'node': 'Node alone: a Map'}
 p('| µs | ' + ' | '.join(head[c] for c in cols) + ' |')
 p('|---|' + '---:|' * len(cols))
 
@@ -142,6 +145,11 @@ def cell(c, metric, digits=2):
     if c == 'floor-node':
         m = {'miss_us': 'node_rtt_us', 'miss_p99_us': 'node_rtt_p99_us'}.get(metric)
         return fmt(vals('lat', 'floor', m), digits) if m else '-'
+    if c == 'node':
+        m = {'peek_us': 'node_map_us', 'get_held_us': 'node_await_us'}.get(metric)
+        if not m:
+            return '-'
+        return fmt(vals('lat', 'addon', m) + vals('lat', 'json', m), digits)  # measured in both
     if c == 'redis' and metric in ('peek_us', 'get_held_us'):
         return '-'
     return fmt(vals('lat', c, metric), digits)
