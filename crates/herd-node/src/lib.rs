@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herd::cache::{Cache, CacheError, Versioned};
 use napi::bindgen_prelude::Object;
-use napi::bindgen_prelude::{Buffer, Either, ToNapiValue};
+use napi::bindgen_prelude::{Buffer, Either, FromNapiValue, ToNapiValue};
 use napi::{sys, Env, Error, Result};
 use napi_derive::napi;
 
@@ -97,15 +97,35 @@ pub fn changes() -> Result<f64> {
     Ok(cache()?.changes() as f64)
 }
 
-/// `key`'s value from the local view, as `[version, Buffer | null]` (null: the key does not
+/// A Buffer over the 8 bytes of the view's change counter ([`changes`], little-endian), read by
+/// JavaScript with `Atomics.load` on an `Int32Array`: while its low 32 bits stay the same, every
+/// version the package holds is still the view's, so a local hit needs no call here.
+#[napi]
+pub fn changes_buffer(env: &Env) -> Result<Buffer> {
+    // One Buffer per memory: V8 refuses a second over the same external memory.
+    static GIVEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let counter = cache()?.changes_counter();
+    if GIVEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::from_reason(
+            "changesBuffer is given once per process",
+        ));
+    }
+    // SAFETY: the counter lives in the view of the cache in `CACHE`, a static never dropped;
+    // it is 8 bytes, and JavaScript only reads it (with Atomics.load).
+    let value = unsafe { buffers::over_static(env.raw(), counter.as_ptr().cast(), 8)? };
+    // SAFETY: `value` is a live Buffer of `env`.
+    unsafe { Buffer::from_napi_value(env.raw(), value) }
+}
+
+/// `key`'s value from the local view, as `[version, Buffer | null, ttl]` (null: the key does not
 /// exist), or `undefined` when the view does not hold it. Never waits.
 #[napi]
 pub fn take(key: String) -> Result<Option<Got>> {
     Ok(cache()?.local_entry(&key).map(Got))
 }
 
-/// `key`'s value: a Promise of `[version, Buffer | null]`, `version` -1 when the local view
-/// does not keep it. From the local view if it holds the key, else from the primary's hub.
+/// `key`'s value: a Promise of `[version, Buffer | null, ttl]`, `version` -1 when the local view
+/// does not keep it, `ttl` the ms it may still be used (-1: until invalidated). From the local view if it holds the key, else from the primary's hub.
 #[napi]
 pub fn get<'e>(env: &'e Env, key: String) -> Result<Object<'e>> {
     settle(env, async move {
@@ -179,7 +199,7 @@ pub fn is_utf8(buf: &[u8]) -> bool {
     std::str::from_utf8(buf).is_ok()
 }
 
-/// A value for JavaScript: `[version, Buffer | null]`.
+/// A value for JavaScript: `[version, Buffer | null, ttl ms or -1]`.
 pub struct Got(Versioned);
 
 impl ToNapiValue for Got {
@@ -188,13 +208,15 @@ impl ToNapiValue for Got {
             value,
             version,
             shared,
+            ttl,
         } = val.0;
         let version = version.map_or(-1.0, |v| v as f64);
+        let ttl = ttl.map_or(-1.0, |t| t.as_secs_f64() * 1000.0);
         let value = match value {
             Some(bytes) => buffers::to_buffer(env, bytes, shared)?,
             None => buffers::null(env)?,
         };
-        buffers::pair(env, version, value)
+        buffers::triple(env, version, value, ttl)
     }
 }
 
