@@ -209,14 +209,11 @@ function nativeCache() {
     },
 
     async ready({ timeout = DEFAULT_TIMEOUT_MS } = {}) {
-      const p = addon.ready(timeout).catch((err) => {
-        const e = fromAddon(err);
-        if (e.code === 'HERD_NOT_READY') {
-          throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
-        }
-        throw e;
-      });
-      return within(p, timeout + 1000, 'ready');
+      const warm = await within(addon.ready(timeout), timeout + 1000, 'ready');
+      if (warm !== true) {
+        throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
+      }
+      return true;
     },
 
     async stats({ timeout } = {}) {
