@@ -115,7 +115,10 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
             return Err("the primary sent no hello on the cache channel".into());
         }
         let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        let mut pfd = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        let mut pfd = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
         let timeout = rustix::event::Timespec {
             tv_sec: i64::from(ms / 1000),
             tv_nsec: i64::from(ms % 1000) * 1_000_000,
@@ -171,8 +174,12 @@ unsafe fn async_context(
     // SAFETY: `env` is valid; the values are kept alive by the strong reference made here.
     let ok = unsafe {
         sys::napi_create_object(env, &mut resource) == sys::Status::napi_ok
-            && sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut name)
-                == sys::Status::napi_ok
+            && sys::napi_create_string_utf8(
+                env,
+                text.as_ptr().cast(),
+                text.len() as isize,
+                &mut name,
+            ) == sys::Status::napi_ok
             && sys::napi_async_init(env, resource, name, &mut context) == sys::Status::napi_ok
             && sys::napi_create_reference(env, resource, 1, &mut reference) == sys::Status::napi_ok
     };
@@ -191,9 +198,9 @@ pub(crate) fn with_conn<T>(f: impl FnOnce(&mut Conn) -> T) -> Option<T> {
 /// scope and a callback scope, so their reactions run once it closes (from a libuv callback) or
 /// with the calling JavaScript's (from a call).
 pub(crate) fn settle_ready() {
-    let Some((env, resource, context, answers)) = with_conn(|c| {
-        (c.env, c.resource, c.context, std::mem::take(&mut c.ready))
-    }) else {
+    let Some((env, resource, context, answers)) =
+        with_conn(|c| (c.env, c.resource, c.context, std::mem::take(&mut c.ready)))
+    else {
         return;
     };
     if answers.is_empty() {
@@ -265,7 +272,12 @@ fn recv_once(
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = match rustix::net::recvmsg(fd.as_fd(), &mut iov, &mut control, flags | RecvFlags::CMSG_CLOEXEC) {
+    let msg = match rustix::net::recvmsg(
+        fd.as_fd(),
+        &mut iov,
+        &mut control,
+        flags | RecvFlags::CMSG_CLOEXEC,
+    ) {
         Ok(m) => m,
         Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return Ok(None),
         Err(e) => return Err(format!("reading the cache channel: {e}")),
@@ -365,7 +377,12 @@ impl Conn {
     /// Reads until the socket would block, then takes every whole frame.
     fn read(&mut self) {
         loop {
-            match recv_once(&self.fd, &mut self.scratch, &mut self.fds, RecvFlags::DONTWAIT) {
+            match recv_once(
+                &self.fd,
+                &mut self.scratch,
+                &mut self.fds,
+                RecvFlags::DONTWAIT,
+            ) {
                 Ok(None) => break,
                 Ok(Some(0)) => {
                     self.take_frames();
@@ -403,7 +420,10 @@ impl Conn {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.lose(format!("the primary broke the protocol: {}", herd::error::chain(&e)));
+                    self.lose(format!(
+                        "the primary broke the protocol: {}",
+                        herd::error::chain(&e)
+                    ));
                     break;
                 }
             }
@@ -423,7 +443,8 @@ impl Conn {
             .collect();
         for id in late {
             if let Some(p) = self.pending.remove(&id) {
-                let why = format!("HERD_TIMEOUT: no reply from the primary within {CALL_DEADLINE:?}");
+                let why =
+                    format!("HERD_TIMEOUT: no reply from the primary within {CALL_DEADLINE:?}");
                 // SAFETY: on the JavaScript thread (called from a JavaScript call).
                 unsafe { reject_text(self.env, p.deferred, &why) };
             }

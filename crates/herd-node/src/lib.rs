@@ -33,7 +33,7 @@ use std::ptr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herd::cache::{Answer, CacheError, Call, CacheClient, Versioned};
+use herd::cache::{Answer, CacheClient, CacheError, Call, Versioned};
 use napi::bindgen_prelude::{Buffer, Either, FromNapiValue, ToNapiValue};
 use napi::{sys, Env, Error, Result};
 use napi_derive::napi;
@@ -70,7 +70,9 @@ pub fn holds(key: String, version: f64) -> Result<bool> {
 /// How many times the local view has dropped a version (see [`changes_buffer`]).
 #[napi]
 pub fn changes() -> Result<f64> {
-    Ok(client()?.changes().load(std::sync::atomic::Ordering::Acquire) as f64)
+    Ok(client()?
+        .changes()
+        .load(std::sync::atomic::Ordering::Acquire) as f64)
 }
 
 /// Adds `n` to the local hits the package answered from the Buffers it keeps.
@@ -89,7 +91,9 @@ pub fn changes_buffer(env: &Env) -> Result<Buffer> {
     static GIVEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let counter = client()?.changes();
     if GIVEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return Err(Error::from_reason("changesBuffer is given once per process"));
+        return Err(Error::from_reason(
+            "changesBuffer is given once per process",
+        ));
     }
     // SAFETY: the counter lives in the client in a static `OnceLock`, never dropped; it is 8
     // bytes, and JavaScript only reads it (with Atomics.load).
@@ -116,14 +120,23 @@ pub fn get(env: &Env, key: String) -> Result<Promise> {
 /// Stores `value` (a string or a Buffer) through the hub, invalidating `key` everywhere; `ttl`
 /// in ms. A Promise of `true`.
 #[napi]
-pub fn set(env: &Env, key: String, value: Either<String, Buffer>, ttl: Option<f64>) -> Result<Promise> {
+pub fn set(
+    env: &Env,
+    key: String,
+    value: Either<String, Buffer>,
+    ttl: Option<f64>,
+) -> Result<Promise> {
     let value = match value {
         Either::A(s) => Bytes::from(s.into_bytes()),
         Either::B(b) => Bytes::copy_from_slice(&b),
     };
     let ttl = match ttl {
         Some(ms) if ms.is_finite() && ms >= 1.0 => Some(Duration::from_millis(ms as u64)),
-        Some(ms) => return Err(Error::from_reason(format!("ttl {ms} is not a positive number of ms"))),
+        Some(ms) => {
+            return Err(Error::from_reason(format!(
+                "ttl {ms} is not a positive number of ms"
+            )))
+        }
         None => None,
     };
     call(env, Call::Set { key, value, ttl })
@@ -168,12 +181,20 @@ fn call(env: &Env, c: Call) -> Result<Promise> {
     let mut deferred = ptr::null_mut();
     let mut promise = ptr::null_mut();
     // SAFETY: `env` is this thread's; napi fills both out-pointers on success.
-    napi::check_status!(unsafe { sys::napi_create_promise(env.raw(), &mut deferred, &mut promise) })?;
+    napi::check_status!(unsafe {
+        sys::napi_create_promise(env.raw(), &mut deferred, &mut promise)
+    })?;
     let sent = conn::with_conn(|conn| conn.call(c, deferred));
     conn::settle_ready();
     if sent.is_none() {
         // SAFETY: the deferred was just made on this thread and is settled once, here.
-        unsafe { reject_text(env.raw(), deferred, "HERD_CLOSED: the cache channel is not open") };
+        unsafe {
+            reject_text(
+                env.raw(),
+                deferred,
+                "HERD_CLOSED: the cache channel is not open",
+            )
+        };
     }
     Ok(Promise(promise))
 }

@@ -77,7 +77,12 @@ impl Poll {
         let rc = unsafe { uv_poll_init(event_loop.cast(), handle, fd) };
         if rc != 0 {
             // SAFETY: not initialised, so libuv holds no pointer to it: ours to free.
-            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(handle.cast::<u64>(), words)) });
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    handle.cast::<u64>(),
+                    words,
+                ))
+            });
             return Err(error("uv_poll_init", rc));
         }
         // The handle's first word is its `data` field: the word count, for the close callback.
