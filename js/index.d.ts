@@ -52,8 +52,23 @@ export interface CacheStats {
   local_entries: number;
   local_bytes: number;
   local_evictions: number;
-  local_max_entries: number;
-  local_max_bytes: number;
+  /** The json path's bounds (the addon's view has its own: 100,000 entries, 256 MiB). */
+  local_max_entries?: number;
+  local_max_bytes?: number;
+  /** Bytes this process mapped from the primary's shared memory (the addon path). */
+  mapped_bytes?: number;
+  /**
+   * How this process reaches the cache: `'addon'`, herd's native addon over a channel of its
+   * own (large values are Buffers over the primary's shared memory), or `'json'`, Node's IPC
+   * channel (values copied), with the reason in `json_reason`.
+   */
+  path: 'addon' | 'json';
+  /** Why the json path is used (no addon found, no cache channel, HERD_NODE_ADDON=off...). */
+  json_reason?: string | null;
+  /** The addon's file (the addon path). */
+  addon?: string;
+  /** Values the package keeps a Buffer of (the addon path). */
+  held_buffers?: number;
   /** The primary hub's counters, as it reports them. */
   hub: { [counter: string]: unknown };
 }
@@ -63,6 +78,8 @@ export interface HerdCache {
   /**
    * The value: a string when it is UTF-8 text, a Buffer otherwise (or always, with
    * `buffer: true`); undefined if the key does not exist. From the local copy when held.
+   * On the addon path a large value's Buffer maps the primary's shared memory (no copy;
+   * copy-on-write: do not write to it); its text is this process's own copy.
    */
   get(key: string, options: GetOptions & { buffer: true }): Promise<HerdBuffer | undefined>;
   get(key: string, options?: GetOptions): Promise<string | HerdBuffer | undefined>;

@@ -12,8 +12,11 @@
 // herd.js keeps its json path; stats() says which path is used, and why.
 //
 // The local copies: the addon's view holds each value with a version number; this module keeps,
-// per key, the Buffer made for that version (and its text and parsed JSON once asked for), so a
-// local hit is one addon call (`version`) and a Map lookup. Entries whose version the view no
+// per key, the Buffer made for that version (and its text and parsed JSON once asked for). The
+// view counts every change that drops a version (invalidation, eviction, replacement); this
+// module reads that counter straight from the addon's memory (Atomics.load, no call). A local
+// hit whose entry was checked since the last change (and has not expired) is a Map lookup;
+// otherwise one addon call (`version`) checks it again. Entries whose version the view no
 // longer holds are dropped when next looked up, and swept once a second after the view changed.
 'use strict';
 
@@ -68,8 +71,11 @@ function nativeCache() {
   const { addon, file, reason } = load();
   if (!addon) return { cache: null, reason };
 
-  const memo = new Map(); // key -> { version, buf (null: absent), text, parsed }
+  const memo = new Map(); // key -> { version, buf (null: absent), expires, epoch, text, parsed }
   const inflight = new Map(); // key -> Promise of an entry
+  const changes = new Int32Array(addon.changesBuffer().buffer, 0, 1);
+  const epoch = () => Atomics.load(changes, 0);
+  let fastHits = 0;
   let seenChanges = addon.changes();
   const sweep = setInterval(() => {
     const now = addon.changes();
@@ -81,22 +87,32 @@ function nativeCache() {
   }, SWEEP_MS);
   sweep.unref();
 
-  const entry = (version, buf) => ({ version, buf, text: undefined, parsed: undefined });
-  function remember(key, version, buf) {
-    const e = entry(version, buf);
+  // `seen`: the change counter read before the view was asked.
+  function remember(key, [version, buf, ttl], seen) {
+    // A millisecond early: the view's clock started before this one.
+    const expires = ttl >= 0 ? Date.now() + ttl - 1 : Infinity;
+    const e = { version, buf, expires, epoch: seen, text: undefined, parsed: undefined };
     if (version >= 0) memo.set(key, e);
     return e;
   }
 
   // The local view's entry for `key`, or undefined when it does not hold it.
   function lookup(key) {
+    const seen = epoch();
+    const e = memo.get(key);
+    if (e !== undefined && e.epoch === seen && (e.expires === Infinity || e.expires > Date.now())) {
+      fastHits += 1;
+      return e;
+    }
     const version = addon.version(key);
     if (version === undefined || version === null) return undefined;
-    const e = memo.get(key);
-    if (e !== undefined && e.version === version) return e;
+    if (e !== undefined && e.version === version) {
+      e.epoch = seen;
+      return e;
+    }
     const taken = addon.take(key);
     if (!taken) return undefined;
-    return remember(key, taken[0], taken[1]);
+    return remember(key, taken, seen);
   }
 
   // An entry as the caller wants it: undefined (absent), a Buffer, or text when it is UTF-8.
@@ -128,10 +144,11 @@ function nativeCache() {
   function fetch(key, timeout) {
     let p = inflight.get(key);
     if (!p) {
+      const seen = epoch();
       p = addon.get(key).then(
-        ([version, buf]) => {
+        (got) => {
           inflight.delete(key);
-          return remember(key, version, buf);
+          return remember(key, got, seen);
         },
         (err) => {
           inflight.delete(key);
@@ -192,18 +209,16 @@ function nativeCache() {
     },
 
     async ready({ timeout = DEFAULT_TIMEOUT_MS } = {}) {
-      const p = addon.ready(timeout).catch((err) => {
-        const e = fromAddon(err);
-        if (e.code === 'HERD_NOT_READY') {
-          throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
-        }
-        throw e;
-      });
-      return within(p, timeout + 1000, 'ready');
+      const warm = await within(addon.ready(timeout), timeout + 1000, 'ready');
+      if (warm !== true) {
+        throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
+      }
+      return true;
     },
 
     async stats({ timeout } = {}) {
       const stats = JSON.parse(await within(addon.stats(), timeout, 'stats'));
+      stats.local_hits += fastHits;
       return { ...stats, path: 'addon', addon: file, held_buffers: memo.size };
     },
   };

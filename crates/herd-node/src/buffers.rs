@@ -108,20 +108,41 @@ pub(crate) unsafe fn null(env: sys::napi_env) -> Result<sys::napi_value> {
     Ok(value)
 }
 
-/// `[version, value]` as a JavaScript array.
-pub(crate) unsafe fn pair(
+/// `[version, value, ttl]` as a JavaScript array.
+pub(crate) unsafe fn triple(
     env: sys::napi_env,
     version: f64,
     value: sys::napi_value,
+    ttl: f64,
 ) -> Result<sys::napi_value> {
     let mut array = ptr::null_mut();
     let mut number = ptr::null_mut();
+    let mut ttl_value = ptr::null_mut();
     // SAFETY: `env` is valid and `value` a live value of it (the caller's contract).
     unsafe {
-        check_status!(sys::napi_create_array_with_length(env, 2, &mut array))?;
+        check_status!(sys::napi_create_array_with_length(env, 3, &mut array))?;
         check_status!(sys::napi_create_double(env, version, &mut number))?;
+        check_status!(sys::napi_create_double(env, ttl, &mut ttl_value))?;
         check_status!(sys::napi_set_element(env, array, 0, number))?;
         check_status!(sys::napi_set_element(env, array, 1, value))?;
+        check_status!(sys::napi_set_element(env, array, 2, ttl_value))?;
     }
     Ok(array)
+}
+
+/// A `Buffer` over `len` bytes at `data` that live for the rest of the process (no finalizer).
+///
+/// # Safety
+/// `env` must be valid, and `data..data + len` valid memory that is never freed.
+pub(crate) unsafe fn over_static(
+    env: sys::napi_env,
+    data: *mut c_void,
+    len: usize,
+) -> Result<sys::napi_value> {
+    let mut value = ptr::null_mut();
+    // SAFETY: the caller's contract: the memory outlives every Buffer over it.
+    check_status!(unsafe {
+        sys::napi_create_external_buffer(env, len, data, None, ptr::null_mut(), &mut value)
+    })?;
+    Ok(value)
 }

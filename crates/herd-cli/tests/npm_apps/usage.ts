@@ -30,6 +30,9 @@ async function main(): Promise<void> {
   const warm: true = await cache.ready({ timeout: 5000 });
   const stats: CacheStats = await cache.stats();
   const hits: number = stats.local_hits + stats.local_misses + stats.local_bytes;
+  const path: 'addon' | 'json' = stats.path;
+  // @ts-expect-error: the path is one of two names
+  const wrong: 'other' = stats.path;
 
   const other: Herd = connect({
     send: (_message: unknown, callback?: (error: Error | null) => void) => {
@@ -59,7 +62,7 @@ async function main(): Promise<void> {
   // @ts-expect-error there is no such API
   herd.nothing();
 
-  void [answer, wrote, told, text, anything, held, set, existed, warm, hits];
+  void [answer, wrote, told, text, anything, held, set, existed, warm, hits, path, wrong];
 }
 
 void main();

@@ -11,18 +11,17 @@
 //! that it stops reading). Anything else, a broken frame or a failed hello closes this channel
 //! alone, with a warning; the worker's main channel and supervision are untouched.
 //!
-//! The worker ([`connect`]) takes the descriptor named by `HERD_CACHE_FD`, but only when its
+//! The worker ([`inherited`]) takes the descriptor named by `HERD_CACHE_FD`, but only when its
 //! parent is the primary named by `HERD_PRIMARY_PID` (a process the worker started inherits
-//! the environment, and perhaps the descriptor, but must not use them), then shakes hands.
+//! the environment, and perhaps the descriptor, but must not use them), and drives it with a
+//! [`CacheClient`](super::CacheClient): the Node addon, on Node's event loop.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 use herd_wire::{Codec, Kind, Limits, Receiver};
 use tokio::sync::watch;
 
-use super::replica::{Cache, LocalView};
 use super::serve::{forward_pushes, CacheCalls};
 use super::Hub;
 use crate::ids::{ExitStatus, WorkerId};
@@ -31,9 +30,6 @@ use crate::ipc::endpoint::{Routed, SEND_TIMEOUT};
 use crate::ipc::{handshake, Peer};
 use crate::report::chain;
 use crate::{env, sys, Error};
-
-/// How long the worker waits for the primary's hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The primary's side of worker `worker`'s cache channel `fd`, until the channel closes or the
 /// worker exits (`exit`). Spawns its tasks; never blocks the caller.
@@ -104,13 +100,13 @@ async fn serve_calls(
     }
 }
 
-/// The worker's side: the cache over the channel the primary left at `HERD_CACHE_FD`, with
-/// shared values mapped copy-on-write (they are handed to JavaScript, which may write). Must be
-/// called inside a tokio runtime; the channel's reader runs as a task on it.
+/// The worker's side: the cache channel this process inherited at `HERD_CACHE_FD`, taken (at
+/// most once, close-on-exec), with the worker id to shake hands as. Drive it with a
+/// [`CacheClient`](super::CacheClient).
 ///
 /// Errors name the reason: not started by a herd primary with a cache, not the primary's own
-/// child, the descriptor already taken, or a failed handshake.
-pub async fn connect() -> Result<Cache, Error> {
+/// child, or the descriptor not a socket or already taken.
+pub fn inherited() -> Result<(OwnedFd, WorkerId), Error> {
     let var = |k: &str| std::env::var(k).ok();
     let fd_text = var(env::HERD_CACHE_FD).ok_or_else(|| {
         Error::NotAWorker(format!(
@@ -147,70 +143,50 @@ pub async fn connect() -> Result<Cache, Error> {
             "cannot take the cache channel descriptor {fd}: {e}"
         ))
     })?;
-    open(fd, id).await
-}
-
-/// Shakes hands over `fd` as worker `id` and starts the reader.
-async fn open(fd: OwnedFd, id: WorkerId) -> Result<Cache, Error> {
-    let (tx, mut rx) = herd_wire::channel(fd, Codec::Binary, Limits::default())?;
-    let peer = Peer::new(tx, SEND_TIMEOUT, Duration::from_secs(30));
-    peer.send_value(Kind::Hello, &handshake::hello(id), Vec::new())
-        .await?;
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.recv())
-        .await
-        .map_err(|_| Error::Handshake("the primary sent no hello on the cache channel".into()))??
-        .ok_or_else(|| Error::Handshake("the primary closed the cache channel".into()))?;
-    handshake::check(first, id)?;
-    let view = Arc::new(LocalView::default());
-    tokio::spawn(read_loop(rx, peer.clone(), view.clone()));
-    Ok(Cache::with_private_maps(view, peer))
-}
-
-/// Routes the primary's frames: replies to their callers, invalidations to the view. Ends at
-/// end-of-stream or an error; then every call waiting fails.
-async fn read_loop(mut rx: Receiver, peer: Peer, view: Arc<LocalView>) {
-    loop {
-        let frame = match rx.recv().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %chain(&e), "the cache channel failed");
-                break;
-            }
-        };
-        match peer.route(frame) {
-            Ok(Routed::Control(Control::CacheInvalidate { keys, seq })) => {
-                view.invalidate(&keys, seq)
-            }
-            Ok(Routed::Control(Control::CacheClear { seq })) => view.clear(seq),
-            Ok(Routed::Handled) | Ok(Routed::Control(_)) => {}
-            Ok(Routed::Cache(request)) => {
-                tokio::spawn(async move {
-                    let _ = request.reply_error("a worker serves no cache").await;
-                });
-            }
-            Ok(Routed::Incoming(_)) | Ok(Routed::Node(_)) => {
-                tracing::debug!("a frame other than the cache's on the cache channel: ignored")
-            }
-            Err(e) => {
-                tracing::warn!(error = %chain(&e), "the cache channel broke the protocol");
-                break;
-            }
-        }
-    }
-    peer.fail_all();
+    Ok((fd, id))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::client::{Answer, CacheClient, Call, Received};
     use crate::cache::{CacheConfig, FileSource};
 
-    /// Both halves over a real socketpair, with a real hub: a small value inline, a large one
-    /// as a copy-on-write mapping, an invalidation pushed, a second hello refused.
+    /// Drives `client` over the worker's end of a channel: sends `call`, applies what comes
+    /// first, returns the answer.
+    async fn ask(
+        client: &CacheClient,
+        tx: &herd_wire::Sender,
+        rx: &mut Receiver,
+        call: Call,
+    ) -> Result<Answer, crate::cache::CacheError> {
+        let (id, frame) = client.call(&call).unwrap();
+        tx.send(frame).await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+                .expect("the channel is open");
+            if let Received::Reply(got, frame) = client.receive(frame).unwrap() {
+                assert_eq!(got, id);
+                return client.answer(&call, frame);
+            }
+        }
+    }
+
+    /// The primary's side with a real hub, the worker's driven by a [`CacheClient`] over a real
+    /// socketpair: a small value inline, a large one as a copy-on-write mapping, an
+    /// invalidation pushed and applied, a version never reused, and the channel closed once
+    /// the worker exits.
     #[tokio::test]
-    async fn the_worker_side_gets_values_and_invalidations_over_the_channel() {
-        let dir = tempfile_dir();
+    async fn a_client_gets_values_and_invalidations_over_the_channel() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("small"), b"hi").unwrap();
         let big = vec![5u8; 200_000];
         std::fs::write(dir.join("big"), &big).unwrap();
@@ -232,54 +208,115 @@ mod tests {
             exit_rx,
         )
         .unwrap();
-        let cache = open(worker, WorkerId(3)).await.unwrap();
-        assert_eq!(cache.get("small").await.unwrap().unwrap(), &b"hi"[..]);
-        let got = cache.get_versioned("big").await.unwrap();
+        let client = CacheClient::new(WorkerId(3));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+
+        let Answer::Got(small) = ask(&client, &tx, &mut rx, Call::Get("small".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
+        assert_eq!(small.value.unwrap(), &b"hi"[..]);
+        assert!(!small.shared);
+        let Answer::Got(got) = ask(&client, &tx, &mut rx, Call::Get("big".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
         assert!(got.shared, "a large value is a mapping");
         assert_eq!(&got.value.unwrap()[..], &big[..]);
         let version = got.version.expect("kept in the view");
-        assert_eq!(cache.local_version("big"), Some(version));
-        assert_eq!(cache.stats().await.unwrap().mapped_bytes, big.len() as u64);
-        let before = cache.changes();
-        hub.set("big", vec![6u8; 10], None).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.local_version("big") == Some(version) {
-            assert!(tokio::time::Instant::now() < deadline, "never invalidated");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(client.local_version("big"), Some(version));
+        let before = client.changes().load(std::sync::atomic::Ordering::Acquire);
+
+        hub.set("big", bytes::Bytes::from(vec![6u8; 10]), None)
+            .await
+            .unwrap();
+        while client.local_entry("big").is_some() {
+            let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the invalidation in time")
+                .unwrap()
+                .unwrap();
+            client.receive(frame).unwrap();
         }
-        assert!(cache.changes() > before);
-        let fresh = cache.get_versioned("big").await.unwrap();
-        assert!(!fresh.shared);
+        assert!(client.changes().load(std::sync::atomic::Ordering::Acquire) > before);
+        let Answer::Got(fresh) = ask(&client, &tx, &mut rx, Call::Get("big".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
         assert_eq!(fresh.value.unwrap(), &[6u8; 10][..]);
         assert_ne!(fresh.version, Some(version), "a version is never reused");
-        // The worker's exit ends the primary's side: calls fail at once.
+        let Answer::Stats(stats) = ask(&client, &tx, &mut rx, Call::Stats).await.unwrap() else {
+            panic!("not stats")
+        };
+        assert_eq!(stats.mapped_bytes, big.len() as u64);
+        assert_eq!(stats.local_misses, 3);
+
+        // Anything but cache calls closes this channel (alone).
+        tx.send(herd_wire::Frame::new(
+            Kind::Message,
+            herd_wire::Format::MsgPack,
+            bytes::Bytes::from_static(b"\xc0"),
+        ))
+        .await
+        .unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await {
+                    Ok(Some(_)) => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .await
+        .expect("the primary closes the channel");
+        assert!(end.is_ok(), "{end:?}");
+        drop(exit_tx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The worker's exit ends the primary's side even while the channel stays open (a process
+    /// the worker started may hold it).
+    #[tokio::test]
+    async fn the_workers_exit_closes_the_channel() {
+        let hub = Hub::new(
+            FileSource::folder(std::env::temp_dir()).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        serve(
+            &hub,
+            WorkerId(1),
+            primary,
+            Limits::default(),
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let (_tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap().kind, Kind::Hello);
         exit_tx
             .send(Some(ExitStatus {
                 code: Some(0),
                 signal: None,
             }))
             .unwrap();
-        let err = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match cache.get("missing-key").await {
-                    Err(e) => return e,
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        })
-        .await
-        .expect("the channel closes after the worker exits");
-        assert!(matches!(err, crate::cache::CacheError::Channel(_)), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "herd-cache-channel-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        let end = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("closed after the exit");
+        assert!(matches!(end, Ok(None)), "{end:?}");
     }
 }

@@ -16,9 +16,11 @@
 //! | `proto` | the payloads of cache calls and replies |
 //! | `replica` | the worker's side: [`Cache`] and its local view |
 //! | [`channel`] | the cache channel a Node worker gets for the `herd-node` addon: both sides |
+//! | `client` | [`CacheClient`]: the replica's logic without I/O, for the addon |
 //! | `source`, `file`, `redis` | [`Source`], [`FileSource`] (a folder it watches, or a snapshot), `RedisSource` (feature `redis`) |
 
 pub mod channel;
+mod client;
 mod config;
 pub(crate) mod error;
 mod file;
@@ -32,6 +34,7 @@ mod source;
 mod store;
 mod warm;
 
+pub use client::{Answer, CacheClient, Call, Received};
 pub use config::{CacheConfig, Progress, ProgressFn, WarmProgress};
 pub use error::CacheError;
 pub use file::FileSource;

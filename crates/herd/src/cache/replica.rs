@@ -192,7 +192,7 @@ impl LocalView {
     }
 
     /// A fresh entry, with its generation as its version (unique for the view's life).
-    fn lookup_versioned(&self, key: &str) -> Option<Versioned> {
+    pub(super) fn lookup_versioned(&self, key: &str) -> Option<Versioned> {
         let local = self.entries.read().unwrap_or_else(|p| p.into_inner());
         let e = local.map.get(key)?;
         if e.expired(Instant::now()) {
@@ -203,6 +203,9 @@ impl LocalView {
             value: e.value.clone(),
             version: Some(e.generation),
             shared: e.shared,
+            ttl: e
+                .expires
+                .map(|t| t.saturating_duration_since(Instant::now())),
         })
     }
 
@@ -223,6 +226,10 @@ impl LocalView {
             return None;
         }
         let expires = ttl.map(|t| Instant::now() + t);
+        if local.map.contains_key(key) {
+            // The version it replaces is no longer held.
+            self.changes.fetch_add(1, Ordering::Release);
+        }
         let shared = private == 0 && value.as_ref().is_some_and(|v| !v.is_empty());
         let generation = local.insert(key, value, expires, private, shared);
         let evicted = local.evict(self.max_entries, self.max_bytes);
@@ -242,6 +249,91 @@ impl LocalView {
         let local = self.entries.read().unwrap_or_else(|p| p.into_inner());
         (local.map.len() as u64, local.bytes as u64)
     }
+
+    /// Counts `n` lookups answered here (`hit`) or sent to the hub.
+    pub(super) fn count(&self, hit: bool, n: u64) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The change counter: see [`Cache::changes`].
+    pub(super) fn changes(&self) -> &AtomicU64 {
+        &self.changes
+    }
+
+    /// This view's counters beside the hub's.
+    pub(super) fn stats(&self, hub: HubStats) -> CacheStats {
+        let (local_entries, local_bytes) = self.held();
+        CacheStats {
+            local_hits: self.hits.load(Ordering::Relaxed),
+            local_misses: self.misses.load(Ordering::Relaxed),
+            local_entries,
+            local_bytes,
+            local_evictions: self.evictions.load(Ordering::Relaxed),
+            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
+            hub,
+        }
+    }
+}
+
+/// The hub's error reply to `op`, as the [`CacheError`] of the kind it names.
+pub(super) fn remote_error(text: String, op: &CacheOp) -> CacheError {
+    match WireError::decode(&text) {
+        Some(wire) => CacheError::from_wire(wire, op.source_call()),
+        None => CacheError::Hub(text),
+    }
+}
+
+/// Takes the reply to a `get` of `key`: a shared value is mapped (private and writable,
+/// copy-on-write, when `private_maps`: for a caller that hands it to code that may write), an
+/// inline one taken as is, and the value kept in `view` when the hub allows and no newer
+/// invalidation came first.
+pub(super) fn accept_get(
+    view: &LocalView,
+    private_maps: bool,
+    key: &str,
+    msg: &mut crate::Message,
+) -> Result<Versioned, CacheError> {
+    let reply: GetReply = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
+    let value = if !reply.found {
+        None
+    } else if let Some(len) = reply.shared_len {
+        let fds = msg.take_fds();
+        let [fd] = <[_; 1]>::try_from(fds).map_err(|fds| {
+            CacheError::BadReply(format!(
+                "shared value came with {} descriptors, not 1",
+                fds.len()
+            ))
+        })?;
+        let len = usize::try_from(len)
+            .map_err(|_| CacheError::BadReply(format!("shared value of {len} bytes")))?;
+        let value = if private_maps {
+            Bytes::from_owner(sys::map_sealed_private(&fd, len).map_err(CacheError::Shared)?)
+        } else {
+            Bytes::from_owner(sys::map_sealed(&fd, len).map_err(CacheError::Shared)?)
+        };
+        view.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        Some(value)
+    } else {
+        let v = reply.value.unwrap_or(WireValue(Bytes::new()));
+        Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::BadReply)?)
+    };
+    let mut version = None;
+    if reply.local {
+        // A mapped shared value's pages are the host's (the hub bounds them).
+        let private = match (&value, reply.shared_len) {
+            (Some(v), None) => v.len(),
+            _ => 0,
+        };
+        let ttl = reply.ttl_ms.map(Duration::from_millis);
+        version = view.keep(key, value.clone(), private, ttl, reply.seq);
+    }
+    Ok(Versioned {
+        value,
+        version,
+        shared: reply.shared_len.is_some(),
+        ttl: reply.ttl_ms.map(Duration::from_millis),
+    })
 }
 
 /// This worker's cache counters, and the hub's.
@@ -274,6 +366,8 @@ pub struct Versioned {
     /// The value maps the hub's shared memory (copy-on-write where the cache was opened for
     /// a caller that may write: see [`crate::cache::channel`]), rather than this process's heap.
     pub shared: bool,
+    /// How long the value may still be used (`None`: until it is invalidated).
+    pub ttl: Option<Duration>,
 }
 
 /// A worker's handle on the host-shared cache; from [`crate::Worker::cache`]. Cheap to clone.
@@ -281,27 +375,11 @@ pub struct Versioned {
 pub struct Cache {
     view: Arc<LocalView>,
     peer: Peer,
-    /// Shared values are mapped private and writable (copy-on-write), for a caller that hands
-    /// them to code that may write (a Node `Buffer`); read-only otherwise.
-    private_maps: bool,
 }
 
 impl Cache {
     pub(crate) fn new(view: Arc<LocalView>, peer: Peer) -> Cache {
-        Cache {
-            view,
-            peer,
-            private_maps: false,
-        }
-    }
-
-    /// A cache whose shared values are mapped copy-on-write (see [`crate::cache::channel`]).
-    pub(crate) fn with_private_maps(view: Arc<LocalView>, peer: Peer) -> Cache {
-        Cache {
-            view,
-            peer,
-            private_maps: true,
-        }
+        Cache { view, peer }
     }
 
     /// The value of `key`: from the local view at memory speed, or from the primary's hub (which
@@ -319,47 +397,7 @@ impl Cache {
         }
         self.view.misses.fetch_add(1, Ordering::Relaxed);
         let mut msg = self.call(&CacheOp::Get { key: key.into() }).await?;
-        let reply: GetReply = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
-        let value = if !reply.found {
-            None
-        } else if let Some(len) = reply.shared_len {
-            let fds = msg.take_fds();
-            let [fd] = <[_; 1]>::try_from(fds).map_err(|fds| {
-                CacheError::BadReply(format!(
-                    "shared value came with {} descriptors, not 1",
-                    fds.len()
-                ))
-            })?;
-            let len = usize::try_from(len)
-                .map_err(|_| CacheError::BadReply(format!("shared value of {len} bytes")))?;
-            let value = if self.private_maps {
-                Bytes::from_owner(sys::map_sealed_private(&fd, len).map_err(CacheError::Shared)?)
-            } else {
-                Bytes::from_owner(sys::map_sealed(&fd, len).map_err(CacheError::Shared)?)
-            };
-            self.view
-                .mapped_bytes
-                .fetch_add(len as u64, Ordering::Relaxed);
-            Some(value)
-        } else {
-            let v = reply.value.unwrap_or(WireValue(Bytes::new()));
-            Some(proto::from_node(v, reply.encoding.as_deref()).map_err(CacheError::BadReply)?)
-        };
-        let mut version = None;
-        if reply.local {
-            // A mapped shared value's pages are the host's (the hub bounds them).
-            let private = match (&value, reply.shared_len) {
-                (Some(v), None) => v.len(),
-                _ => 0,
-            };
-            let ttl = reply.ttl_ms.map(Duration::from_millis);
-            version = self.view.keep(key, value.clone(), private, ttl, reply.seq);
-        }
-        Ok(Versioned {
-            value,
-            version,
-            shared: reply.shared_len.is_some(),
-        })
+        accept_get(&self.view, false, key, &mut msg)
     }
 
     /// The version of `key`'s fresh entry in the local view (see [`Cache::get_versioned`]),
@@ -376,7 +414,8 @@ impl Cache {
     }
 
     /// How many times the local view has dropped entries (an invalidation, a clear, an
-    /// eviction): while it stays the same, every version handed out is still held.
+    /// eviction, a newer version replacing one): while it stays the same, every version handed
+    /// out is still held (until its `ttl`).
     pub fn changes(&self) -> u64 {
         self.view.changes.load(Ordering::Acquire)
     }
@@ -438,16 +477,7 @@ impl Cache {
     pub async fn stats(&self) -> Result<CacheStats, CacheError> {
         let msg = self.call(&CacheOp::Stats).await?;
         let hub: HubStats = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
-        let (local_entries, local_bytes) = self.view.held();
-        Ok(CacheStats {
-            local_hits: self.view.hits.load(Ordering::Relaxed),
-            local_misses: self.view.misses.load(Ordering::Relaxed),
-            local_entries,
-            local_bytes,
-            local_evictions: self.view.evictions.load(Ordering::Relaxed),
-            mapped_bytes: self.view.mapped_bytes.load(Ordering::Relaxed),
-            hub,
-        })
+        Ok(self.view.stats(hub))
     }
 
     async fn call(&self, op: &CacheOp) -> Result<crate::Message, CacheError> {
@@ -462,10 +492,7 @@ impl Cache {
     ) -> Result<crate::Message, CacheError> {
         match self.peer.cache_call(op, timeout).await {
             Ok(m) => Ok(m),
-            Err(crate::Error::Remote(text)) => Err(match WireError::decode(&text) {
-                Some(wire) => CacheError::from_wire(wire, op.source_call()),
-                None => CacheError::Hub(text),
-            }),
+            Err(crate::Error::Remote(text)) => Err(remote_error(text, op)),
             Err(e) => Err(CacheError::Channel(Box::new(e))),
         }
     }

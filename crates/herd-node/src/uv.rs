@@ -1,0 +1,141 @@
+//! A libuv poll handle on Node's own event loop: the cache channel's socket is watched by the
+//! loop that runs JavaScript, so a reply wakes the JavaScript thread directly, as a `net.Socket`
+//! would. Node exports libuv's symbols to addons; the handle's size and type number are checked
+//! against the running libuv (`uv_handle_size`, `uv_handle_type_name`) before use.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use napi::sys;
+
+extern "C" {
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_handle_type_name(kind: c_int) -> *const c_char;
+    fn uv_poll_init(event_loop: *mut c_void, handle: *mut c_void, fd: c_int) -> c_int;
+    fn uv_poll_start(
+        handle: *mut c_void,
+        events: c_int,
+        cb: unsafe extern "C" fn(*mut c_void, c_int, c_int),
+    ) -> c_int;
+    fn uv_poll_stop(handle: *mut c_void) -> c_int;
+    fn uv_close(handle: *mut c_void, cb: Option<unsafe extern "C" fn(*mut c_void)>);
+    fn uv_ref(handle: *mut c_void);
+    fn uv_unref(handle: *mut c_void);
+    fn uv_strerror(err: c_int) -> *const c_char;
+}
+
+/// `UV_POLL` in libuv's `uv_handle_type` (stable since libuv 1.0).
+const UV_POLL: c_int = 8;
+/// Poll for reading.
+pub(crate) const READABLE: c_int = 1;
+/// Poll for writing.
+pub(crate) const WRITABLE: c_int = 2;
+
+/// The poll callback: `(handle, status, events)`.
+pub(crate) type PollCb = unsafe extern "C" fn(*mut c_void, c_int, c_int);
+
+/// A started poll handle. Its memory is freed by libuv's close callback, after [`Poll::close`].
+pub(crate) struct Poll {
+    handle: *mut c_void,
+}
+
+fn error(what: &str, code: c_int) -> String {
+    // SAFETY: uv_strerror returns a static string for any code.
+    let text = unsafe { CStr::from_ptr(uv_strerror(code)) };
+    format!("{what}: {}", text.to_string_lossy())
+}
+
+impl Poll {
+    /// Starts polling `fd` for `events` on `env`'s event loop, calling `cb`.
+    ///
+    /// # Safety
+    /// `env` must be the current JavaScript thread's environment, `fd` open until after
+    /// [`Poll::close`], and `cb` safe to call on this thread whenever the loop runs.
+    pub(crate) unsafe fn start(
+        env: sys::napi_env,
+        fd: c_int,
+        events: c_int,
+        cb: PollCb,
+    ) -> Result<Poll, String> {
+        // SAFETY: libuv's own description of its handle types; any number is accepted.
+        let name = unsafe { uv_handle_type_name(UV_POLL) };
+        // SAFETY: a non-null result is a static C string.
+        if name.is_null() || unsafe { CStr::from_ptr(name) }.to_bytes() != b"poll" {
+            return Err("this Node's libuv has no poll handle where expected".into());
+        }
+        let mut event_loop = std::ptr::null_mut();
+        // SAFETY: `env` is valid (the caller's contract).
+        if unsafe { sys::napi_get_uv_event_loop(env, &mut event_loop) } != sys::Status::napi_ok {
+            return Err("cannot get Node's event loop".into());
+        }
+        // SAFETY: as above.
+        let size = unsafe { uv_handle_size(UV_POLL) };
+        // Zeroed, 8-byte aligned memory of the handle's size, owned by libuv until its close
+        // callback frees it.
+        let words = size.div_ceil(8).max(1);
+        let handle = Box::into_raw(vec![0u64; words].into_boxed_slice()).cast::<c_void>();
+        // SAFETY: `handle` is writable memory of at least `size` bytes; `event_loop` is Node's.
+        let rc = unsafe { uv_poll_init(event_loop.cast(), handle, fd) };
+        if rc != 0 {
+            // SAFETY: not initialised, so libuv holds no pointer to it: ours to free.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    handle.cast::<u64>(),
+                    words,
+                ))
+            });
+            return Err(error("uv_poll_init", rc));
+        }
+        // The handle's first word is its `data` field: the word count, for the close callback.
+        // SAFETY: `data` is the first field of every libuv handle, a pointer-sized word.
+        unsafe { *handle.cast::<usize>() = words };
+        let poll = Poll { handle };
+        // SAFETY: the handle is initialised on this loop.
+        let rc = unsafe { uv_poll_start(handle, events, cb) };
+        if rc != 0 {
+            poll.close();
+            return Err(error("uv_poll_start", rc));
+        }
+        Ok(poll)
+    }
+
+    /// Changes the events polled for.
+    pub(crate) fn set_events(&self, events: c_int, cb: PollCb) {
+        // SAFETY: the handle is initialised and not closed (`close` consumes `self`).
+        unsafe { uv_poll_start(self.handle, events, cb) };
+    }
+
+    /// Whether the loop waits for this handle (`true` while calls are in flight) or may end
+    /// without it.
+    pub(crate) fn keep_alive(&self, yes: bool) {
+        // SAFETY: the handle is initialised and not closed.
+        unsafe {
+            if yes {
+                uv_ref(self.handle)
+            } else {
+                uv_unref(self.handle)
+            }
+        }
+    }
+
+    /// Stops polling and closes the handle; libuv frees it later, on the loop.
+    pub(crate) fn close(self) {
+        // SAFETY: the handle is initialised and closed once (this consumes `self`).
+        unsafe {
+            uv_poll_stop(self.handle);
+            uv_close(self.handle, Some(free));
+        }
+    }
+}
+
+/// libuv's close callback: frees the handle's memory (its word count is in `data`).
+unsafe extern "C" fn free(handle: *mut c_void) {
+    // SAFETY: `data` holds the word count written in `start`; the memory was leaked there as a
+    // boxed slice of that many words, and libuv no longer uses it once this runs.
+    unsafe {
+        let words = *handle.cast::<usize>();
+        drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            handle.cast::<u64>(),
+            words,
+        )));
+    }
+}
