@@ -33,6 +33,8 @@ fn run(dir: &Path, cmd: &str, args: &[&str]) -> String {
         .args(args)
         .current_dir(dir)
         .env("npm_config_update_notifier", "false")
+        // install.js builds the addon with the dev profile the tests already built.
+        .env("HERD_NODE_PROFILE", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -122,6 +124,8 @@ fn the_tarball_installs_and_loads_by_name_as_commonjs_and_esm() {
             "herd.js",
             "herd.mjs",
             "index.d.ts",
+            "install.js",
+            "native.js",
             "package.json"
         ]
     );
@@ -139,11 +143,16 @@ fn the_tarball_installs_and_loads_by_name_as_commonjs_and_esm() {
     }
 }
 
+/// From a clone of herd, the install builds the native addon into the package (install.js), as
+/// node-gyp builds a C++ addon; from the tarball (no herd sources beside it) it says so and the
+/// install still succeeds (previous test).
 #[test]
 fn the_folder_installs_with_npm_install_path() {
     let dir = TempDir::new("npm-folder");
     let app = project(dir.path());
     let js = repo_js();
+    let addon = js.join("herd_node.node");
+    let _ = std::fs::remove_file(&addon);
     run(
         &app,
         "npm",
@@ -162,6 +171,22 @@ fn the_folder_installs_with_npm_install_path() {
     );
     std::fs::copy(fixture("check.cjs"), app.join("check.cjs")).unwrap();
     assert_eq!(run(&app, "node", &["check.cjs"]).trim(), "cjs-ok");
+    assert!(
+        addon.is_file(),
+        "the install built {} (cargo build -p herd-node)",
+        addon.display()
+    );
+    // A Node addon: loadable by the real node (outside herd it has no channel to open).
+    let load = format!(
+        "const m = {{ exports: {{}} }}; process.dlopen(m, {:?}); \
+         try {{ m.exports.open(); }} catch (e) {{ console.log(typeof m.exports.get, e.message); }}",
+        addon.to_str().unwrap()
+    );
+    let out = run(&app, "node", &["-e", &load]);
+    assert!(
+        out.starts_with("function not running as a herd worker: HERD_CACHE_FD is not set"),
+        "the addon loads and refuses outside herd: {out}"
+    );
 }
 
 /// cache.json in two Node workers of `herd run --cache-dir` (see npm_apps/cache_json.js): parsed
@@ -169,6 +194,16 @@ fn the_folder_installs_with_npm_install_path() {
 /// after a set here and after an invalidation pushed from the other worker.
 #[test]
 fn cache_json_parses_once_per_version_under_herd() {
+    cache_json_under_herd("on");
+}
+
+/// The same on the json path (Node's IPC channel), without the addon.
+#[test]
+fn cache_json_parses_once_per_version_on_the_json_path() {
+    cache_json_under_herd("off");
+}
+
+fn cache_json_under_herd(addon: &str) {
     let dir = TempDir::new("npm-json");
     let app = installed_from_tarball(dir.path());
     let cache = dir.path().join("cache");
@@ -185,6 +220,12 @@ fn cache_json_parses_once_per_version_under_herd() {
             "2",
             "--cache-dir",
             cache.to_str().unwrap(),
+            "--env",
+            if addon == "off" {
+                "HERD_NODE_ADDON=off"
+            } else {
+                "HERD_TEST=addon"
+            },
             "--",
             "node",
             script.to_str().unwrap(),

@@ -46,6 +46,8 @@ impl Herd {
 
     /// Like [`Herd::start`], with the shell running `prelude` first (`ulimit -n 64`, say).
     pub fn start_after(name: &str, prelude: &str, args: &[&str]) -> Herd {
+        // What a user who built herd has: the Node addon beside the binary.
+        node_addon();
         let dir = TempDir::new(name);
         let control = dir.0.join("control.sock");
         // Started through a shell that leaves descriptor 7 open without close-on-exec, as a
@@ -164,6 +166,33 @@ impl Drop for Herd {
             let _ = c.wait();
         }
     }
+}
+
+/// herd's Node addon (crates/herd-node), built beside the `herd` binary the tests run, where
+/// `herd run` finds it and names it to its Node workers (a plain `cargo test` builds no cdylib).
+/// Built once per test process; cargo makes it a no-op when it is up to date.
+pub fn node_addon() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin_dir = Path::new(HERD).parent().unwrap();
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["build", "--locked", "-p", "herd-node"])
+                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+            if bin_dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let out = cmd.output().expect("cargo runs");
+            assert!(
+                out.status.success(),
+                "cargo build -p herd-node failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let addon = bin_dir.join("libherd_node.so");
+            assert!(addon.is_file(), "{} was built", addon.display());
+            addon
+        })
+        .clone()
 }
 
 /// The next line from `rx` matching `want` within [`DEADLINE`].

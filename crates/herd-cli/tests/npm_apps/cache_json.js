@@ -73,7 +73,16 @@ async function slot1() {
   return { shared: b };
 }
 
-(slot === '0' ? slot0() : slot1()).then(
+// The path the package chose: the addon herd names, unless the test turned it off.
+async function path() {
+  const want = process.env.HERD_NODE_ADDON === 'off' ? 'json' : 'addon';
+  const stats = await cache.stats();
+  check(stats.path === want, `the ${want} path: ${JSON.stringify(stats)}`);
+}
+
+path()
+  .then(() => (slot === '0' ? slot0() : slot1()))
+  .then(
   (r) => console.log(`json-ok ${slot} ${JSON.stringify(r)}`),
   (err) => console.log(`json-failed ${slot} ${String(err && err.stack).replace(/\n/g, ' | ')}`),
 );

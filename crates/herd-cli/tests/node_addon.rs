@@ -1,0 +1,218 @@
+//! The host-shared cache from Node workers through herd's native addon (crates/herd-node), as a
+//! user gets it: `herd run --cache-dir` of an ordinary Node program using the herd-cluster
+//! package (tests/addon_apps/hold.js), with the addon herd finds beside its binary.
+//!
+//! What is checked from outside the workers, in /proc: both workers map the *same* memfd for a
+//! large value, and each is charged half of its pages (PSS): one physical copy for the host.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+
+use common::*;
+use herd_test_support::process::TempDir;
+
+const BIG: usize = 4 << 20;
+
+fn hold_js() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/addon_apps/hold.js")
+}
+
+fn js_package() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../js")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A value whose bytes vary, and its checksum as hold.js computes it (`s * 31 + b`, mod 2^32).
+fn value(seed: u8) -> (Vec<u8>, u32) {
+    let v: Vec<u8> = (0..BIG)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let sum = v
+        .iter()
+        .fold(0u32, |s, b| s.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    (v, sum)
+}
+
+/// Writes `data` to `dir/name` as an editor would: a new file renamed over the old one.
+fn replace(dir: &Path, name: &str, data: &[u8]) {
+    let tmp = dir.join(format!(".{name}.new"));
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// hold.js's lines, by step and slot, read in whatever order the workers print them.
+struct Steps(std::collections::HashMap<(String, usize), String>);
+
+impl Steps {
+    /// The line of step `word` from `slot` (its text after the slot), reading on until it comes.
+    fn get(&mut self, herd: &Herd, word: &str, slot: usize) -> String {
+        loop {
+            if let Some(l) = self.0.remove(&(word.to_string(), slot)) {
+                return l;
+            }
+            let line = wait_line(
+                &herd.out,
+                |l| {
+                    ["path ", "big ", "changed ", "unmapped ", "failed "]
+                        .iter()
+                        .any(|w| l.contains(w))
+                },
+                &format!("hold.js's {word:?} line of slot {slot}"),
+            );
+            assert!(!line.contains("failed "), "{line}");
+            let text = line.split_once("] ").map_or(line.as_str(), |(_, t)| t);
+            let mut f = text.splitn(3, ' ');
+            let (w, at, rest) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""));
+            self.0
+                .insert((w.to_string(), at.parse().unwrap()), rest.to_string());
+        }
+    }
+}
+
+/// The Rss and Pss (kB) of the mapping of memfd `inode` in process `pid`.
+fn mapping_kb(pid: u32, inode: u64) -> Option<(u64, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut lines = smaps.lines();
+    while let Some(line) = lines.next() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_header = fields.len() >= 5 && fields[0].contains('-');
+        if !(is_header && fields[4] == inode.to_string() && line.contains("memfd:herd-cache:big")) {
+            continue;
+        }
+        let (mut rss, mut pss) = (None, None);
+        for l in lines.by_ref() {
+            let kb = || {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            if l.starts_with("Rss:") {
+                rss = kb();
+            } else if l.starts_with("Pss:") {
+                pss = kb();
+            }
+            if let (Some(r), Some(p)) = (rss, pss) {
+                return Some((r, p));
+            }
+        }
+    }
+    None
+}
+
+/// Runs hold.js in two workers under `node` (with `env` for the workers), hands what each
+/// printed to `check`, in slot order (pid, path, reason, the `big` line's numbers: length,
+/// checksum, memfd inode), then edits
+/// the value and waits for both to see it and let go of the old mapping.
+fn run_two(node: &str, env: &[&str], check: impl Fn(&Herd, &[(u32, String, String, Vec<u64>)])) {
+    let dir = TempDir::new("addon");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let (first, first_sum) = value(1);
+    replace(&cache, "big", &first);
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let script = hold_js();
+    let package = js_package();
+    let mut args: Vec<&str> = vec!["-w", "2", "--cache-dir", &cache_arg];
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    args.extend([
+        "--",
+        node,
+        "--expose-gc",
+        script.to_str().unwrap(),
+        &package,
+    ]);
+    let herd = Herd::start("addon", &args);
+
+    let mut steps = Steps(Default::default());
+    let mut workers: Vec<(u32, String, String, Vec<u64>)> = vec![Default::default(); 2];
+    for (slot, w) in workers.iter_mut().enumerate() {
+        let line = steps.get(&herd, "path", slot);
+        let f: Vec<&str> = line.splitn(3, ' ').collect();
+        w.0 = f[0].parse().unwrap();
+        w.1 = f[1].to_string();
+        w.2 = f.get(2).unwrap_or(&"").to_string();
+        let line = steps.get(&herd, "big", slot);
+        let nums: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+        assert_eq!(nums[0], BIG as u64, "{line}");
+        assert_eq!(nums[1], u64::from(first_sum), "the value's bytes: {line}");
+        w.3 = nums;
+    }
+    check(&herd, &workers);
+
+    // An edit in the folder reaches both workers; the old value's mapping goes once its
+    // Buffer is collected.
+    let (second, second_sum) = value(2);
+    replace(&cache, "big", &second);
+    for slot in 0..2 {
+        let line = steps.get(&herd, "changed", slot);
+        assert_eq!(
+            line,
+            format!("{BIG} {second_sum}"),
+            "slot {slot}: the new value"
+        );
+        steps.get(&herd, "unmapped", slot);
+    }
+}
+
+#[test]
+fn node_workers_map_one_physical_copy_of_a_large_value() {
+    run_two("node", &[], |_herd, workers| {
+        for (pid, path, reason, _) in workers {
+            assert_eq!(path, "addon", "worker {pid} uses the addon ({reason})");
+            assert!(
+                reason.ends_with("libherd_node.so"),
+                "the addon herd named: {reason}"
+            );
+        }
+        let inodes: Vec<u64> = workers.iter().map(|w| w.3[2]).collect();
+        assert!(inodes[0] != 0, "the value is a mapping of a memfd");
+        assert_eq!(inodes[0], inodes[1], "both workers map the same memfd");
+        // Each worker touched every page: each is charged about half of them.
+        let size_kb = (BIG / 1024) as u64;
+        for (pid, ..) in workers {
+            let (rss, pss) = mapping_kb(*pid, inodes[0]).expect("the worker maps the value");
+            assert!(
+                rss >= size_kb * 95 / 100,
+                "worker {pid}: Rss {rss} kB of {size_kb}"
+            );
+            assert!(
+                pss <= size_kb * 55 / 100,
+                "worker {pid}: Pss {pss} kB: the pages are shared, not copied"
+            );
+        }
+    });
+}
+
+#[test]
+fn without_the_addon_the_package_says_so_and_copies() {
+    run_two("node", &["HERD_NODE_ADDON=off"], |_herd, workers| {
+        for (pid, path, reason, big) in workers {
+            assert_eq!(path, "json", "worker {pid}");
+            assert_eq!(reason, "HERD_NODE_ADDON=off");
+            assert_eq!(big[2], 0, "no mapping: the value is a copy");
+        }
+    });
+}
+
+/// The same on the other Node versions CI installs (`HERD_TEST_NODES`, `:`-separated).
+#[test]
+fn other_node_versions_map_the_value_too() {
+    let Ok(nodes) = std::env::var("HERD_TEST_NODES") else {
+        eprintln!("HERD_TEST_NODES is not set: only the machine's node is tested");
+        return;
+    };
+    for node in nodes.split(':').filter(|n| !n.is_empty()) {
+        run_two(node, &[], |_herd, workers| {
+            for (pid, path, reason, big) in workers {
+                assert_eq!(path, "addon", "{node}: worker {pid} ({reason})");
+                assert_ne!(big[2], 0, "{node}: a mapping");
+            }
+            assert_eq!(workers[0].3[2], workers[1].3[2], "{node}: one memfd");
+        });
+    }
+}
