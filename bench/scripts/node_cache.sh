@@ -15,7 +15,8 @@
 #
 # usage: bash bench/scripts/node_cache.sh
 #   RUNS=3            rounds (every configuration once per round, the first one rotating)
-#   QUICK=1           one round, 200 MB with 4 workers only, fewer small keys (a smoke run)
+#   QUICK=1           one round, 200 MB with 4 workers only, fewer small keys, docs untouched
+#                     (a smoke run: about a minute)
 #   SIZES="200 1000"  cache sizes in MiB for the memory runs (values of 10 MiB: 20 and 100 files)
 #   WORKERS="4 8"     Node workers for the memory runs
 #   SMALL_KEYS=3000   100-byte values for the miss latency (each asked once per run)
@@ -30,6 +31,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 QUICK=${QUICK:-}
 if [ -n "$QUICK" ]; then
   RUNS=${RUNS:-1}; SIZES=${SIZES:-200}; WORKERS=${WORKERS:-4}; SMALL_KEYS=${SMALL_KEYS:-1200}
+  DOC=${DOC-} # a smoke run leaves the docs alone unless DOC names them
 fi
 RUNS=${RUNS:-3}
 SIZES=${SIZES:-200 1000}
