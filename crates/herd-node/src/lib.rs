@@ -3,13 +3,13 @@
 //!
 //! A Node worker of a herd primary with a cache inherits a second channel beside Node's IPC
 //! channel (`HERD_CACHE_FD`, see `herd::cache::channel`), in herd's binary protocol. This addon
-//! runs it on Node's own event loop ([`conn`], [`uv`]) with herd's replica logic
+//! runs it on Node's own event loop (`conn`, `uv`) with herd's replica logic
 //! ([`herd::cache::CacheClient`]: the local view, sequence-checked invalidations, sealed memfds
 //! mapped copy-on-write), and hands values to JavaScript:
 //!
 //! - a value mapped from the hub's shared memory becomes a `Buffer` over that mapping: no copy;
 //!   the pages are the same physical pages in every worker. The mapping lives as long as the
-//!   local view or any `Buffer` over it holds it (see [`buffers`]).
+//!   local view or any `Buffer` over it holds it (see `buffers`).
 //! - a small value (inline in the hub's reply) is copied into a fresh `Buffer`.
 //!
 //! The JavaScript side (`js/native.js` in the `herd-cluster` package) keeps each value's
@@ -20,7 +20,7 @@
 //! `HERD_CLOSED:`, `HERD_BUSY:`, `HERD_NOT_READY:` or `HERD_REMOTE:` (the hub's refusal, e.g.
 //! the source is down); the package turns the prefix into `err.code`.
 //!
-//! Unsafe code (Node-API and libuv calls) lives in [`buffers`], [`uv`] and [`conn`], each block
+//! Unsafe code (Node-API and libuv calls) lives in `buffers`, `uv` and `conn`, each block
 //! with its `SAFETY` comment.
 
 #![deny(missing_docs)]

@@ -1,13 +1,13 @@
 //! The cache channel: a second socketpair a Node worker gets beside Node's own IPC channel,
-//! speaking herd's binary protocol, so that the `herd-node` addon can use the replica
-//! ([`Cache`]: local view, sequence-checked invalidations) and receive large values as sealed
-//! memfds. Node's channel cannot carry them: Node treats any descriptor that arrives without
+//! speaking herd's binary protocol, so that the `herd-node` addon can use the replica's logic
+//! ([`CacheClient`](super::CacheClient): local view, sequence-checked invalidations) and receive
+//! large values as sealed memfds. Node's channel cannot carry them: Node treats any descriptor that arrives without
 //! its own handle message as a protocol error.
 //!
-//! The primary ([`serve`]) sends its hello, subscribes the channel to the hub's invalidations at
+//! The primary (`serve`) sends its hello, subscribes the channel to the hub's invalidations at
 //! once (so the worker misses none), and waits, for as long as the worker lives, for the
 //! worker's hello: a Node program that never loads the addon costs one idle socket. After the
-//! hello it serves cache calls only, at most [`MAX_CACHE_CALLS`](super::serve) in flight (past
+//! hello it serves cache calls only, at most 1,024 (`serve`'s bound) in flight (past
 //! that it stops reading). Anything else, a broken frame or a failed hello closes this channel
 //! alone, with a warning; the worker's main channel and supervision are untouched.
 //!
@@ -320,3 +320,4 @@ mod tests {
         assert!(matches!(end, Ok(None)), "{end:?}");
     }
 }
+
