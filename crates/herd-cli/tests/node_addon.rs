@@ -216,3 +216,68 @@ fn other_node_versions_map_the_value_too() {
         });
     }
 }
+
+/// A worker that writes garbage on its cache channel loses that channel alone: herd warns, the
+/// worker stays up and supervised (no restart), and the other worker reads through its own.
+#[test]
+fn a_worker_lying_on_its_cache_channel_loses_only_that_channel() {
+    let dir = TempDir::new("addon-liar");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    replace(&cache, "big", &value(3).0);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/addon_apps/liar.js");
+    let package = js_package();
+    let herd = Herd::start(
+        "addon-liar",
+        &[
+            "-w",
+            "2",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--",
+            "node",
+            script.to_str().unwrap(),
+            &package,
+        ],
+    );
+    let (mut honest, mut lied) = (None, false);
+    while honest.is_none() || !lied {
+        let line = herd.stdout_line(|l| {
+            ["honest ", "lied ", "failed "]
+                .iter()
+                .any(|w| l.contains(w))
+        });
+        assert!(!line.contains("failed "), "{line}");
+        lied |= line.contains("lied 0");
+        if line.contains("honest ") {
+            honest = Some(line);
+        }
+    }
+    let honest = honest.unwrap();
+    assert!(
+        honest.ends_with(&format!("honest 1 addon {BIG}")),
+        "{honest}"
+    );
+    let warning = herd.stderr_line(|l| l.contains("closing the worker's cache channel"));
+    // Without the terminal's colour codes.
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for c in warning.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => plain.push(c),
+            _ => {}
+        }
+    }
+    assert!(
+        plain.contains("worker=1") && plain.contains("exceeds the limit"),
+        "the liar's channel, and why: {plain}"
+    );
+    let status = herd.status_until("both workers running", |s| running(s) == 2);
+    assert_eq!(workers(&status), 2);
+    assert!(
+        status.status.workers.iter().all(|w| w.restarts == 0),
+        "nobody was restarted: {status:?}"
+    );
+}

@@ -320,4 +320,3 @@ mod tests {
         assert!(matches!(end, Ok(None)), "{end:?}");
     }
 }
-
