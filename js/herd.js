@@ -297,7 +297,14 @@ function connect(target) {
 
   // This process's own channel uses the native addon when it can (native.js); the json path
   // below otherwise, and for other channels.
-  const native = target === process ? require('./native.js').nativeCache() : { cache: null, reason: 'not this process\'s own channel' };
+  let native = { cache: null, reason: 'not this process\'s own channel' };
+  if (target === process) {
+    try {
+      native = require('./native.js').nativeCache();
+    } catch (err) {
+      native = { cache: null, reason: `native.js: ${errorText(err)}` };
+    }
+  }
   const jsonReason = native.reason;
 
   const jsonCache = {

@@ -52,9 +52,9 @@ export interface CacheStats {
   local_entries: number;
   local_bytes: number;
   local_evictions: number;
-  /** The json path's bounds (the addon's view has its own: 100,000 entries, 256 MiB). */
-  local_max_entries?: number;
-  local_max_bytes?: number;
+  /** The local copies' bounds (json path: see herd.js; addon path: 100,000 entries, 256 MiB). */
+  local_max_entries: number;
+  local_max_bytes: number;
   /** Bytes this process mapped from the primary's shared memory (the addon path). */
   mapped_bytes?: number;
   /**

@@ -219,7 +219,15 @@ function nativeCache() {
     async stats({ timeout } = {}) {
       const stats = JSON.parse(await within(addon.stats(), timeout, 'stats'));
       stats.local_hits += fastHits;
-      return { ...stats, path: 'addon', addon: file, held_buffers: memo.size };
+      const [maxEntries, maxBytes] = addon.localLimits();
+      return {
+        ...stats,
+        local_max_entries: maxEntries,
+        local_max_bytes: maxBytes,
+        path: 'addon',
+        addon: file,
+        held_buffers: memo.size,
+      };
     },
   };
   return { cache, reason: null };

@@ -1,7 +1,7 @@
 //! `herd demo`: herd's main job on its embedded default, end to end, with no Redis.
 //!
-//! Writes the bundled demo (a plain Node HTTP server, js/herd.js and a JSON snapshot of 103
-//! cache values, three of them ~96 KB) to a temporary folder, starts `herd run` on it (this same
+//! Writes the bundled demo (a plain Node HTTP server, js/herd.js with native.js, and a JSON
+//! snapshot of 103 cache values, three of them ~96 KB) to a temporary folder, starts `herd run` on it (this same
 //! binary) with one worker per CPU (at least 2) on one shared port, and then, as a client would:
 //! asks every worker for every cached value through that port, reloads every worker under load,
 //! and stops. It prints what happened: who answered, the cache's one load per key for the whole
@@ -21,6 +21,7 @@ use crate::which::which;
 
 const SERVER: &str = include_str!("../../../examples/demo/server.js");
 const HERD_JS: &str = include_str!("../../../js/herd.js");
+const NATIVE_JS: &str = include_str!("../../../js/native.js");
 const SNAPSHOT: &str = include_str!("../../../examples/demo/cache.json");
 
 /// One HTTP/1.1 request with `Connection: close`: the status code and the body.
@@ -53,6 +54,7 @@ fn write_files(dir: &Path, port: u16) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("js"))?;
     std::fs::write(dir.join("examples/demo/server.js"), SERVER)?;
     std::fs::write(dir.join("js/herd.js"), HERD_JS)?;
+    std::fs::write(dir.join("js/native.js"), NATIVE_JS)?;
     std::fs::write(dir.join("examples/demo/cache.json"), SNAPSHOT)?;
     let config = dir.join("herd.toml");
     std::fs::write(

@@ -161,6 +161,15 @@ pub fn stats(env: &Env) -> Result<Promise> {
     call(env, Call::Stats)
 }
 
+/// The local view's bounds: `[entries, bytes]`.
+#[napi]
+pub fn local_limits() -> Vec<f64> {
+    vec![
+        herd::cache::LOCAL_MAX_ENTRIES as f64,
+        herd::cache::LOCAL_MAX_BYTES as f64,
+    ]
+}
+
 /// Whether `buf` is valid UTF-8 (the package returns such values as strings by default).
 #[napi]
 pub fn is_utf8(buf: &[u8]) -> bool {

@@ -33,11 +33,16 @@ pub async fn start(hub: &Hub, n: usize) -> (Cluster, Vec<WorkerId>) {
 }
 
 /// `n` Node workers running `script` (herd's tests/node/cache_worker.js: js/herd.js's cache).
+///
+/// The workers use the package's json path (Node's IPC channel): `HERD_NODE_ADDON=off`, so a
+/// native addon built into js/ by an earlier install does not change what these tests see. The
+/// addon path has its own tests (herd-cli's node_addon.rs).
 pub async fn start_node(hub: &Hub, n: usize, script: &Path) -> (Cluster, Vec<WorkerId>) {
     let builder = Cluster::builder()
         .program("node")
         .args([script])
-        .codec(herd::Codec::NodeJson);
+        .codec(herd::Codec::NodeJson)
+        .env(herd::env::HERD_NODE_ADDON, "off");
     start_with(builder, hub, n).await
 }
 
