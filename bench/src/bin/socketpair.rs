@@ -1,6 +1,7 @@
 //! The physical floor of a round trip between two processes over a Unix socketpair, for
 //! bench/scripts/node_cache.sh (the Node-side cache benchmark).
 //!
+//! ```text
 //!   socketpair rtt [N]   Rust <-> Rust: this process and a child of the same binary (the child
 //!                        echoes on the socketpair it got as stdin); N 16-byte ping-pongs after a
 //!                        warm-up, blocking reads and writes. Prints one JSON line:
@@ -8,6 +9,7 @@
 //!   socketpair echo      the echo child: reads 16-byte messages on stdin, writes each back on
 //!                        stdout, until end of file. Node's `child_process.spawn` with
 //!                        `stdio: 'pipe'` gives it socketpairs (bench/node/socket_pingpong.js).
+//! ```
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};

@@ -130,8 +130,9 @@ impl CacheClient {
         self.view.count(true, n);
     }
 
-    /// The view's change counter (see [`Cache::changes`](super::Cache::changes)). Lives as long
-    /// as this client.
+    /// The view's change counter: bumped whenever the view drops a version (an invalidation, a
+    /// clear, an eviction, a newer version replacing one). While it stays the same, every version
+    /// handed out is still held (until its `ttl`). Lives as long as this client.
     pub fn changes(&self) -> &AtomicU64 {
         self.view.changes()
     }

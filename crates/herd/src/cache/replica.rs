@@ -256,7 +256,7 @@ impl LocalView {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The change counter: see [`Cache::changes`].
+    /// The change counter: see [`CacheClient::changes`](super::CacheClient::changes).
     pub(super) fn changes(&self) -> &AtomicU64 {
         &self.changes
     }
@@ -355,13 +355,14 @@ pub struct CacheStats {
     pub hub: HubStats,
 }
 
-/// A value with its version in the local view: [`Cache::get_versioned`], [`Cache::local_entry`].
+/// A value with its version in the local view ([`CacheClient`](super::CacheClient)'s answers).
 #[derive(Clone, Debug)]
 pub struct Versioned {
     /// The value; `None` if the key does not exist.
     pub value: Option<Bytes>,
     /// Its version in the local view (`None`: not kept there). Unique for the life of the
-    /// view: while [`Cache::local_version`] gives the same number, the value is the same.
+    /// view: while [`CacheClient::local_version`](super::CacheClient::local_version) gives the
+    /// same number, the value is the same.
     pub version: Option<u64>,
     /// The value maps the hub's shared memory (copy-on-write where the cache was opened for
     /// a caller that may write: see [`crate::cache::channel`]), rather than this process's heap.
@@ -385,39 +386,12 @@ impl Cache {
     /// The value of `key`: from the local view at memory speed, or from the primary's hub (which
     /// loads it from its source once for the whole host). `Ok(None)` if the key does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        Ok(self.get_versioned(key).await?.value)
-    }
-
-    /// Like [`Cache::get`], with the version under which the local view keeps the value
-    /// (`None` if it does not keep it: the hub said not to, or an invalidation came first).
-    pub async fn get_versioned(&self, key: &str) -> Result<Versioned, CacheError> {
-        if let Some(v) = self.view.lookup_versioned(key) {
-            self.view.hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(v) = self.get_local(key) {
             return Ok(v);
         }
         self.view.misses.fetch_add(1, Ordering::Relaxed);
         let mut msg = self.call(&CacheOp::Get { key: key.into() }).await?;
-        accept_get(&self.view, false, key, &mut msg)
-    }
-
-    /// The version of `key`'s fresh entry in the local view (see [`Cache::get_versioned`]),
-    /// counted as a local hit; `None` if the view does not hold it. Never waits.
-    pub fn local_version(&self, key: &str) -> Option<u64> {
-        let version = self.view.lookup_versioned(key)?.version;
-        self.view.hits.fetch_add(1, Ordering::Relaxed);
-        version
-    }
-
-    /// `key`'s fresh entry in the local view with its version, without counting a lookup.
-    pub fn local_entry(&self, key: &str) -> Option<Versioned> {
-        self.view.lookup_versioned(key)
-    }
-
-    /// How many times the local view has dropped entries (an invalidation, a clear, an
-    /// eviction, a newer version replacing one): while it stays the same, every version handed
-    /// out is still held (until its `ttl`).
-    pub fn changes(&self) -> u64 {
-        self.view.changes.load(Ordering::Acquire)
+        Ok(accept_get(&self.view, false, key, &mut msg)?.value)
     }
 
     /// The value of `key` if the local view has it (`Some(None)`: known not to exist), without
