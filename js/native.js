@@ -25,6 +25,7 @@ const path = require('path');
 
 const DEFAULT_TIMEOUT_MS = 30000;
 const SWEEP_MS = 1000;
+const SWEEP_LATE_MS = 100;
 
 function herdError(message, code) {
   const err = new Error(message);
@@ -128,17 +129,46 @@ function nativeCache() {
     return key;
   };
 
-  // Rejects after `timeout` ms unless `p` settles first (the call itself is bounded by the
-  // addon's own 30 s deadline).
-  function within(p, timeout = DEFAULT_TIMEOUT_MS, what = 'cache call') {
+  // Calls waiting for the primary, with their deadlines. One timer (every SWEEP_LATE_MS, while
+  // any waits) rejects the late ones, rather than a timer per call: a miss costs no timer.
+  const waiting = new Set();
+  let lateTimer = null;
+  function sweepLate() {
+    const now = Date.now();
+    for (const w of waiting) {
+      if (w.deadline > now) continue;
+      waiting.delete(w);
+      const what = w.key === undefined ? w.what : `${w.what} ${JSON.stringify(w.key)}`;
+      w.reject(herdError(`herd.js: ${what} timed out after ${w.timeout} ms`, 'HERD_TIMEOUT'));
+    }
+    if (waiting.size === 0) {
+      clearInterval(lateTimer);
+      lateTimer = null;
+    }
+  }
+
+  // `p`, or a rejection (HERD_TIMEOUT) once `timeout` ms have passed without it settling (within
+  // SWEEP_LATE_MS); the call itself is also bounded by the addon's own 30 s deadline.
+  function within(p, timeout = DEFAULT_TIMEOUT_MS, what = 'cache call', key = undefined) {
     if (!(timeout > 0 && Number.isFinite(timeout))) {
       return Promise.reject(new RangeError('herd.js: timeout must be a positive number of ms'));
     }
-    let timer;
-    const late = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(herdError(`herd.js: ${what} timed out after ${timeout} ms`, 'HERD_TIMEOUT')), timeout);
+    return new Promise((resolve, reject) => {
+      const w = { deadline: Date.now() + timeout, timeout, what, key, reject };
+      waiting.add(w);
+      if (lateTimer === null) {
+        lateTimer = setInterval(sweepLate, SWEEP_LATE_MS);
+        lateTimer.unref();
+      }
+      p.then(
+        (v) => {
+          if (waiting.delete(w)) resolve(v);
+        },
+        (err) => {
+          if (waiting.delete(w)) reject(fromAddon(err));
+        },
+      );
     });
-    return Promise.race([p.catch((err) => Promise.reject(fromAddon(err))), late]).finally(() => clearTimeout(timer));
   }
 
   function fetch(key, timeout) {
@@ -157,7 +187,7 @@ function nativeCache() {
       );
       inflight.set(key, p);
     }
-    return within(p, timeout, `get ${JSON.stringify(key)}`);
+    return within(p, timeout, 'get', key);
   }
 
   function parseJson(key, e) {

@@ -3,6 +3,7 @@
 //! as a sealed memfd; errors as a [`WireError`] or, for Node, their text), and the forwarding of
 //! the hub's invalidations to each worker. The hub and its store know no codec: this does.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,8 +51,13 @@ impl CacheCalls {
         async move { sem.acquire_owned().await.ok() }
     }
 
-    /// Serves one call from `worker` on `hub`, or refuses it when there is no hub, in its own
-    /// task that holds `permit` until the reply is queued or its deadline passes.
+    /// Serves one call from `worker` on `hub`, or refuses it when there is no hub, holding
+    /// `permit` until the reply is queued or its deadline passes.
+    ///
+    /// The call runs at once, here, as far as it can without waiting: a value the hub holds is
+    /// answered and its reply queued before this returns, with no task of its own (a miss
+    /// answered from memory is the common call). Whatever has to wait (a load from the source,
+    /// a full send queue) goes on in its own task, so the caller never waits.
     pub(crate) fn serve(
         hub: Option<&Hub>,
         worker: WorkerId,
@@ -60,7 +66,7 @@ impl CacheCalls {
         permit: OwnedSemaphorePermit,
     ) {
         let hub = hub.cloned();
-        tokio::spawn(async move {
+        let mut call = Box::pin(async move {
             let _permit: OwnedSemaphorePermit = permit;
             let sent = match hub {
                 Some(hub) => answer(&hub, codec, request).await,
@@ -70,6 +76,13 @@ impl CacheCalls {
                 tracing::debug!(%worker, error = %chain(&e), "cache reply not sent");
             }
         });
+        // Polled once with a waker that does nothing: if it is not done, the task spawned
+        // with it polls it again at once, which registers the task's own waker wherever the
+        // call waits.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if call.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(call);
+        }
     }
 }
 
