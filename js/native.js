@@ -27,6 +27,11 @@ const DEFAULT_TIMEOUT_MS = 30000;
 const SWEEP_MS = 1000;
 const SWEEP_LATE_MS = 100;
 
+function envLimit(name, fallback) {
+  const n = Number(process.env[name]);
+  return Number.isSafeInteger(n) && n > 0 ? n : fallback;
+}
+
 function herdError(message, code) {
   const err = new Error(message);
   err.code = code;
@@ -72,7 +77,24 @@ function nativeCache() {
   const { addon, file, reason } = load();
   if (!addon) return { cache: null, reason };
 
-  const memo = new Map(); // key -> { version, buf (null: absent), expires, epoch, text, parsed }
+  const memo = new Map(); // key -> { version, buf (null: absent), expires, epoch, text, parsed, extra }
+  // The text and parsed JSON kept with entries are this process's own memory: at most this many
+  // bytes of them (the json path's HERD_CACHE_LOCAL_BYTES); past it they are made per call.
+  const maxExtra = envLimit('HERD_CACHE_LOCAL_BYTES', 64 << 20);
+  let extraBytes = 0;
+  function forget(key) {
+    const e = memo.get(key);
+    if (e === undefined) return;
+    memo.delete(key);
+    extraBytes -= e.extra;
+  }
+  // Charges `bytes` to `e` if the budget allows: whether it did.
+  function charge(e, bytes) {
+    if (extraBytes + bytes > maxExtra) return false;
+    e.extra += bytes;
+    extraBytes += bytes;
+    return true;
+  }
   const inflight = new Map(); // key -> Promise of an entry
   const changes = new Int32Array(addon.changesBuffer().buffer, 0, 1);
   const epoch = () => Atomics.load(changes, 0);
@@ -83,7 +105,7 @@ function nativeCache() {
     if (now === seenChanges) return;
     seenChanges = now;
     for (const [key, e] of memo) {
-      if (!addon.holds(key, e.version)) memo.delete(key);
+      if (!addon.holds(key, e.version)) forget(key);
     }
   }, SWEEP_MS);
   sweep.unref();
@@ -92,8 +114,11 @@ function nativeCache() {
   function remember(key, [version, buf, ttl], seen) {
     // A millisecond early: the view's clock started before this one.
     const expires = ttl >= 0 ? Date.now() + ttl - 1 : Infinity;
-    const e = { version, buf, expires, epoch: seen, text: undefined, parsed: undefined };
-    if (version >= 0) memo.set(key, e);
+    const e = { version, buf, expires, epoch: seen, text: undefined, parsed: undefined, extra: 0 };
+    if (version >= 0) {
+      forget(key);
+      memo.set(key, e);
+    }
     return e;
   }
 
@@ -120,8 +145,15 @@ function nativeCache() {
   function present(e, buffer) {
     if (e.buf === null) return undefined;
     if (buffer) return e.buf;
-    if (e.text === undefined) e.text = addon.isUtf8(e.buf) ? e.buf.toString('utf8') : false;
-    return e.text === false ? e.buf : e.text;
+    if (e.text !== undefined) return e.text === false ? e.buf : e.text;
+    if (!addon.isUtf8(e.buf)) {
+      e.text = false;
+      return e.buf;
+    }
+    const text = e.buf.toString('utf8');
+    // Kept (as UTF-16, at most twice the bytes) while the budget allows.
+    if (charge(e, e.buf.length * 2)) e.text = text;
+    return text;
   }
 
   const asKey = (key) => {
@@ -209,8 +241,11 @@ function nativeCache() {
       const e = lookup(asKey(key)) ?? (await fetch(key, timeout));
       if (e.buf === null) return undefined;
       if (memo.get(key) !== e) return parseJson(key, e);
-      if (e.parsed === undefined) e.parsed = { value: parseJson(key, e) };
-      return e.parsed.value;
+      if (e.parsed !== undefined) return e.parsed.value;
+      const value = parseJson(key, e);
+      // Counted as much again as its text, as on the json path.
+      if (charge(e, e.buf.length)) e.parsed = { value };
+      return value;
     },
 
     peek(key) {
@@ -228,13 +263,13 @@ function nativeCache() {
       if (ttl !== undefined && !(Number.isSafeInteger(ttl) && ttl > 0)) {
         throw new RangeError('herd.js: ttl is a positive number of ms');
       }
-      memo.delete(key);
+      forget(key);
       return within(addon.set(key, v, ttl), timeout, 'set');
     },
 
     async delete(key, { timeout } = {}) {
       asKey(key);
-      memo.delete(key);
+      forget(key);
       return within(addon.delete(key), timeout, 'delete');
     },
 
@@ -257,6 +292,7 @@ function nativeCache() {
         path: 'addon',
         addon: file,
         held_buffers: memo.size,
+        held_extra_bytes: extraBytes,
       };
     },
   };

@@ -139,8 +139,12 @@ impl CacheClient {
 
     /// The frame for `call`, with the id its reply will carry. A `Get` counts a miss.
     pub fn call(&self, call: &Call) -> Result<(u64, Frame), Error> {
-        if matches!(call, Call::Get(_)) {
-            self.view.count(false, 1);
+        match call {
+            Call::Get(_) => self.view.count(false, 1),
+            // This process reads its own write: the old value goes now, not when the hub's
+            // invalidation comes back (which may be after the reply).
+            Call::Set { key, .. } | Call::Delete(key) => self.view.drop_key(key),
+            _ => {}
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (format, payload) = herd_wire::encode_to_send(Codec::Binary, &call.op())?;
@@ -177,8 +181,16 @@ impl CacheClient {
         let mut msg = Message::from_frame(reply);
         match call {
             Call::Get(key) => accept_get(&self.view, true, key, &mut msg).map(Answer::Got),
-            Call::Set { .. } => Ok(Answer::Done(true)),
-            Call::Delete(_) | Call::Ready(_) => msg.decode().map(Answer::Done).map_err(bad),
+            Call::Set { key, .. } => {
+                // A get in flight when the write was made may have kept the old value since.
+                self.view.drop_key(key);
+                Ok(Answer::Done(true))
+            }
+            Call::Delete(key) => {
+                self.view.drop_key(key);
+                msg.decode().map(Answer::Done).map_err(bad)
+            }
+            Call::Ready(_) => msg.decode().map(Answer::Done).map_err(bad),
             Call::Stats => {
                 let hub: HubStats = msg.decode().map_err(bad)?;
                 Ok(Answer::Stats(self.view.stats(hub)))

@@ -176,6 +176,15 @@ impl LocalView {
         self.changes.fetch_add(1, Ordering::Release);
     }
 
+    /// Drops `key` (this process wrote it), without touching the invalidation number.
+    pub(super) fn drop_key(&self, key: &str) {
+        let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if local.map.contains_key(key) {
+            local.remove(key);
+            self.changes.fetch_add(1, Ordering::Release);
+        }
+    }
+
     /// Drops everything (the hub's clear).
     pub(crate) fn clear(&self, seq: u64) {
         let mut local = self.entries.write().unwrap_or_else(|p| p.into_inner());
