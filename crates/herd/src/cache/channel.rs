@@ -45,7 +45,15 @@ pub(crate) fn serve(
     let peer = Peer::new(tx, SEND_TIMEOUT, request_timeout);
     let (format, payload) = herd_wire::encode_value(Codec::Binary, &handshake::hello(worker))?;
     peer.send_soon(herd_wire::Frame::new(Kind::Hello, format, payload));
-    tokio::spawn(forward_pushes(hub, peer.clone()));
+    let pushes = forward_pushes(hub, peer.clone());
+    let forwarder = peer.clone();
+    tokio::spawn(async move {
+        pushes.await;
+        // Invalidations no longer reach the worker (a push was not taken within the send
+        // timeout, or the hub is gone): what its view keeps cannot be trusted any more, so the
+        // channel ends after what is queued, and the worker drops its view at end-of-stream.
+        forwarder.close();
+    });
     let hub = hub.clone();
     tokio::spawn(async move {
         let exited = async move {
@@ -281,6 +289,85 @@ mod tests {
         .expect("the primary closes the channel");
         assert!(end.is_ok(), "{end:?}");
         drop(exit_tx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A worker that stops reading long enough for an invalidation's send to time out is not
+    /// left with a stale view: either later invalidations still reach it or its channel ends
+    /// (and with it the view). Takes the send timeout (30 s) to run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_stopped_reading_hears_of_later_changes() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-slow-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), b"old").unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        serve(
+            &hub,
+            WorkerId(2),
+            primary,
+            limits,
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let client = CacheClient::new(WorkerId(2));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        let Answer::Got(got) = ask(&client, &tx, &mut rx, Call::Get("k".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
+        assert!(got.version.is_some(), "kept in the view");
+
+        // The worker stops reading (a long synchronous stretch of JavaScript) while keys change
+        // elsewhere: its socket and send queue fill, and the next push waits past its timeout.
+        let long = "x".repeat(200);
+        for i in 0..3000 {
+            hub.delete(&format!("{long}{i}")).await.unwrap();
+        }
+        tokio::time::sleep(SEND_TIMEOUT + Duration::from_secs(2)).await;
+        hub.set("k", bytes::Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
+
+        // The worker reads again.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Ok(Some(frame))) => {
+                    client.receive(frame).unwrap();
+                }
+                Ok(_) => break, // the channel ended: the worker drops its view
+                Err(_) => panic!(
+                    "the channel is open, but no invalidation reaches the worker any more: \
+                     it still serves {:?} as k",
+                    client.local_entry("k").and_then(|e| e.value)
+                ),
+            }
+            if client.local_entry("k").is_none() {
+                break;
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
