@@ -371,6 +371,64 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A worker that asks for a large (shared) value many times and never reads its replies
+    /// must not make the primary hold a descriptor per unread reply: descriptors are the whole
+    /// host's resource (the primary's accepts and spawns, every worker's shared values).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "the primary keeps a descriptor per queued shared reply (4096 frames plus the \
+                calls in flight): a bound on descriptors queued per channel is a larger change"]
+    async fn a_worker_that_never_reads_its_replies_cannot_hoard_descriptors() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-hoard-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("big"), vec![1u8; 200_000]).unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        serve(
+            &hub,
+            WorkerId(4),
+            primary,
+            Limits::default(),
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let client = CacheClient::new(WorkerId(4));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        // Warm: the value is in the hub's shared memory.
+        ask(&client, &tx, &mut rx, Call::Get("big".into()))
+            .await
+            .unwrap();
+        let before = open_fds();
+        for _ in 0..6000 {
+            let (_, frame) = client.call(&Call::Get("big".into())).unwrap();
+            tx.send(frame).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let held = open_fds().saturating_sub(before);
+        assert!(
+            held < 1024,
+            "the primary holds {held} more descriptors for one worker that does not read"
+        );
+        drop(rx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The worker's exit ends the primary's side even while the channel stays open (a process
     /// the worker started may hold it).
     #[tokio::test]
