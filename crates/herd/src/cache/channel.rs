@@ -4,11 +4,13 @@
 //! memfds. Node's channel cannot carry them: Node treats any descriptor that arrives without
 //! its own handle message as a protocol error.
 //!
-//! The primary ([`serve`]) sends its hello, subscribes the channel to the hub's invalidations at
-//! once (so the worker misses none), and waits, for as long as the worker lives, for the
-//! worker's hello: a Node program that never loads the addon costs one idle socket. After the
-//! hello it serves cache calls only, at most [`MAX_CACHE_CALLS`](super::serve) in flight (past
-//! that it stops reading). Anything else, a broken frame or a failed hello closes this channel
+//! The primary ([`serve`]) sends its hello and waits, for as long as the worker lives, for the
+//! worker's hello: a Node program that never loads the addon costs one idle socket. At the
+//! hello it subscribes the channel to the hub's invalidations (the worker's view is empty until
+//! its first call, which comes after), then serves cache calls only, at most
+//! [`MAX_CACHE_CALLS`](super::serve) in flight (past that it stops reading). If invalidations
+//! stop reaching the worker (one not taken within the send timeout), the channel ends, and the
+//! worker's view with it. Anything else, a broken frame or a failed hello closes this channel
 //! alone, with a warning; the worker's main channel and supervision are untouched.
 //!
 //! The worker ([`inherited`]) takes the descriptor named by `HERD_CACHE_FD`, but only when its
@@ -45,15 +47,6 @@ pub(crate) fn serve(
     let peer = Peer::new(tx, SEND_TIMEOUT, request_timeout);
     let (format, payload) = herd_wire::encode_value(Codec::Binary, &handshake::hello(worker))?;
     peer.send_soon(herd_wire::Frame::new(Kind::Hello, format, payload));
-    let pushes = forward_pushes(hub, peer.clone());
-    let forwarder = peer.clone();
-    tokio::spawn(async move {
-        pushes.await;
-        // Invalidations no longer reach the worker (a push was not taken within the send
-        // timeout, or the hub is gone): what its view keeps cannot be trusted any more, so the
-        // channel ends after what is queued, and the worker drops its view at end-of-stream.
-        forwarder.close();
-    });
     let hub = hub.clone();
     tokio::spawn(async move {
         let exited = async move {
@@ -85,6 +78,18 @@ async fn serve_calls(
         return Ok(());
     };
     handshake::check(first, worker)?;
+    // Invalidations from now on: the worker's view is empty until it asks, and it asks only
+    // after its hello, so it misses none that matter; a program that has not loaded the addon
+    // yet has nothing piled up for it.
+    let pushes = forward_pushes(hub, peer.clone());
+    let forwarder = peer.clone();
+    tokio::spawn(async move {
+        pushes.await;
+        // Invalidations no longer reach the worker (a push was not taken within the send
+        // timeout, or the hub is gone): what its view keeps cannot be trusted any more, so the
+        // channel ends after what is queued, and the worker drops its view at end-of-stream.
+        forwarder.close();
+    });
     let calls = CacheCalls::default();
     loop {
         // A permit first: while none is free the channel is not read (backpressure).
@@ -367,6 +372,76 @@ mod tests {
             if client.local_entry("k").is_none() {
                 break;
             }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A Node program that loads the addon late (long after the worker started, keys changing
+    /// meanwhile) gets a working channel: nothing piled up for it before its hello.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_says_hello_late_gets_a_working_channel() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-late-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), b"old").unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        serve(
+            &hub,
+            WorkerId(5),
+            primary,
+            limits,
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        // Keys change while the program has not loaded the addon yet.
+        let long = "x".repeat(200);
+        for i in 0..3000 {
+            hub.delete(&format!("{long}{i}")).await.unwrap();
+        }
+        tokio::time::sleep(SEND_TIMEOUT + Duration::from_secs(2)).await;
+
+        let client = CacheClient::new(WorkerId(5));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            ask(&client, &tx, &mut rx, Call::Get("k".into())),
+        )
+        .await
+        .expect("an answer in time");
+        let Ok(Answer::Got(got)) = got else {
+            panic!("the late worker's call failed: {got:?}")
+        };
+        assert_eq!(got.value.unwrap(), &b"old"[..]);
+        hub.set("k", bytes::Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
+        while client.local_entry("k").is_some() {
+            let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the invalidation in time")
+                .unwrap()
+                .expect("the channel is open");
+            client.receive(frame).unwrap();
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
