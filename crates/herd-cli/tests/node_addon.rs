@@ -216,3 +216,52 @@ fn other_node_versions_map_the_value_too() {
         });
     }
 }
+
+/// `open` waits at most its hello timeout (5 s) for the primary's hello, then throws, so a
+/// worker whose primary never answers falls back to the json path instead of hanging in
+/// `require`.
+#[test]
+fn open_gives_up_when_no_hello_comes() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let addon = node_addon();
+    let (ours, theirs): (OwnedFd, OwnedFd) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::empty(),
+        None,
+    )
+    .unwrap();
+    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::CLOEXEC).unwrap();
+    let script = "const m = { exports: {} }; process.dlopen(m, process.argv[1]); \
+                  try { m.exports.open(); console.log('opened'); } \
+                  catch (e) { console.log(`refused ${e.message}`); }";
+    let mut child = Command::new("node")
+        .args(["-e", script, addon.to_str().unwrap()])
+        .env("HERD_CACHE_FD", theirs.as_raw_fd().to_string())
+        .env("HERD_PRIMARY_PID", std::process::id().to_string())
+        .env("HERD_WORKER_ID", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("open() still waits for the primary's hello after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.starts_with("refused "), "{out}");
+    drop(ours);
+}

@@ -123,8 +123,12 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
             tv_sec: i64::from(ms / 1000),
             tv_nsec: i64::from(ms % 1000) * 1_000_000,
         };
-        rustix::event::poll(&mut pfd, Some(&timeout)).map_err(|e| e.to_string())?;
-        match recv_once(&fd, &mut scratch, &mut fds, RecvFlags::empty())? {
+        match rustix::event::poll(&mut pfd, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        // Without waiting: the poll may have timed out, and the deadline is checked above.
+        match recv_once(&fd, &mut scratch, &mut fds, RecvFlags::DONTWAIT)? {
             Some(0) => return Err("the primary closed the cache channel".into()),
             Some(n) => rbuf.extend_from_slice(&scratch[..n]),
             None => {}
