@@ -265,3 +265,43 @@ fn open_gives_up_when_no_hello_comes() {
     assert!(out.starts_with("refused "), "{out}");
     drop(ours);
 }
+
+/// `cache.ready({ timeout })` over 30 s waits its whole timeout on the addon path too, as on
+/// the json path: a warm-up that does not finish ends as HERD_NOT_READY, not as a call timed
+/// out at 30 s because another call came meanwhile. The Redis here accepts connections and
+/// never answers, so warm-up never finishes.
+#[test]
+fn a_long_ready_is_not_cut_at_the_call_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redis = format!("redis://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/addon_apps/ready.js");
+    let package = js_package();
+    let herd = Herd::start(
+        "addon-ready",
+        &[
+            "-w",
+            "1",
+            "--redis",
+            &redis,
+            "--warm",
+            "k*",
+            "--",
+            "node",
+            script.to_str().unwrap(),
+            &package,
+        ],
+    );
+    let line = herd_test_support::process::wait_line(
+        &herd.out,
+        std::time::Duration::from_secs(60),
+        |l| l.contains("ready ") || l.contains("failed "),
+        "ready.js's line",
+    );
+    assert!(line.ends_with("ready HERD_NOT_READY"), "{line}");
+}
