@@ -8,9 +8,9 @@
 //! worker's hello: a Node program that never loads the addon costs one idle socket. At the
 //! hello it subscribes the channel to the hub's invalidations (the worker's view is empty until
 //! its first call, which comes after), then serves cache calls only, at most
-//! [`MAX_CACHE_CALLS`](super::serve) in flight (past that it stops reading). If invalidations
-//! stop reaching the worker (one not taken within the send timeout), the channel ends, and the
-//! worker's view with it. Anything else, a broken frame or a failed hello closes this channel
+//! [`MAX_CACHE_CALLS`](super::serve) in flight (past that it stops reading). A worker that did
+//! not take an invalidation within the send timeout is told to drop its whole view once it
+//! reads again. Anything else, a broken frame or a failed hello closes this channel
 //! alone, with a warning; the worker's main channel and supervision are untouched.
 //!
 //! The worker ([`inherited`]) takes the descriptor named by `HERD_CACHE_FD`, but only when its
@@ -85,9 +85,9 @@ async fn serve_calls(
     let forwarder = peer.clone();
     tokio::spawn(async move {
         pushes.await;
-        // Invalidations no longer reach the worker (a push was not taken within the send
-        // timeout, or the hub is gone): what its view keeps cannot be trusted any more, so the
-        // channel ends after what is queued, and the worker drops its view at end-of-stream.
+        // Invalidations no longer reach the worker (the hub is gone): what its view keeps
+        // cannot be trusted any more, so the channel ends after what is queued, and the worker
+        // drops its view at end-of-stream.
         forwarder.close();
     });
     let calls = CacheCalls::default();
@@ -298,8 +298,8 @@ mod tests {
     }
 
     /// A worker that stops reading long enough for an invalidation's send to time out is not
-    /// left with a stale view: either later invalidations still reach it or its channel ends
-    /// (and with it the view). Takes the send timeout (30 s) to run.
+    /// left with a stale view: it is told to drop it once it reads again, and its channel goes
+    /// on working. Takes the send timeout (30 s) to run.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_worker_that_stopped_reading_hears_of_later_changes() {
         let dir = std::env::temp_dir().join(format!(
@@ -362,7 +362,7 @@ mod tests {
                 Ok(Ok(Some(frame))) => {
                     client.receive(frame).unwrap();
                 }
-                Ok(_) => break, // the channel ended: the worker drops its view
+                Ok(other) => panic!("the channel ended: {other:?}"),
                 Err(_) => panic!(
                     "the channel is open, but no invalidation reaches the worker any more: \
                      it still serves {:?} as k",
@@ -373,6 +373,13 @@ mod tests {
                 break;
             }
         }
+        let Answer::Got(fresh) = ask(&client, &tx, &mut rx, Call::Get("k".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
+        assert_eq!(fresh.value.unwrap(), &b"new"[..]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
