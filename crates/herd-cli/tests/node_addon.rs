@@ -305,3 +305,36 @@ fn a_long_ready_is_not_cut_at_the_call_deadline() {
     );
     assert!(line.ends_with("ready HERD_NOT_READY"), "{line}");
 }
+
+/// A worker reads its own writes on the addon path, as on the json path: once `set` or
+/// `delete` resolves, `get` no longer returns the value it replaced, even when the hub's
+/// invalidation reaches the worker after the reply.
+#[test]
+fn a_worker_reads_its_own_writes() {
+    let dir = TempDir::new("addon-ryw");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("k"), b"start").unwrap();
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/addon_apps/ryw.js");
+    let package = js_package();
+    let herd = Herd::start(
+        "addon-ryw",
+        &[
+            "-w",
+            "1",
+            "--cache-dir",
+            &cache_arg,
+            "--",
+            "node",
+            script.to_str().unwrap(),
+            &package,
+        ],
+    );
+    let line = wait_line(
+        &herd.out,
+        |l| l.contains("ryw ") || l.contains("failed "),
+        "ryw.js's line",
+    );
+    assert!(line.ends_with("ryw addon 0 500"), "{line}");
+}

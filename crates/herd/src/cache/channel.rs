@@ -383,6 +383,78 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Read-your-writes: once a `Set` (or `Delete`) is answered, the view no longer serves the
+    /// value it replaced, even when the hub's invalidation of it comes after the reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_answered_drops_the_old_value_from_the_view() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-ryw-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), b"start").unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        serve(
+            &hub,
+            WorkerId(6),
+            primary,
+            Limits::default(),
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let client = CacheClient::new(WorkerId(6));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        let mut stale = Vec::new();
+        for i in 0..300 {
+            ask(&client, &tx, &mut rx, Call::Get("k".into()))
+                .await
+                .unwrap();
+            let value = bytes::Bytes::from(format!("v{i}"));
+            let set = Call::Set {
+                key: "k".into(),
+                value: value.clone(),
+                ttl: None,
+            };
+            ask(&client, &tx, &mut rx, set).await.unwrap();
+            if let Some(held) = client.local_entry("k").and_then(|e| e.value) {
+                if held != value {
+                    stale.push(held);
+                }
+            }
+            ask(&client, &tx, &mut rx, Call::Get("k".into()))
+                .await
+                .unwrap();
+            ask(&client, &tx, &mut rx, Call::Delete("k".into()))
+                .await
+                .unwrap();
+            if let Some(held) = client.local_entry("k") {
+                stale.push(held.value.unwrap_or_default());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{} times the view served the old value after its own set or delete was answered, \
+             e.g. {:?}",
+            stale.len(),
+            stale[0]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A Node program that loads the addon late (long after the worker started, keys changing
     /// meanwhile) gets a working channel: nothing piled up for it before its hello.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

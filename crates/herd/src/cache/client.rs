@@ -176,8 +176,17 @@ impl CacheClient {
         let mut msg = Message::from_frame(reply);
         match call {
             Call::Get(key) => accept_get(&self.view, true, key, &mut msg).map(Answer::Got),
-            Call::Set { .. } => Ok(Answer::Done(true)),
-            Call::Delete(_) | Call::Ready(_) => msg.decode().map(Answer::Done).map_err(bad),
+            // The hub's invalidation of the key may come after this reply: the value replaced is
+            // dropped now, so the caller reads its own write (sequence 0 moves nothing).
+            Call::Set { key, .. } => {
+                self.view.invalidate(std::slice::from_ref(key), 0);
+                Ok(Answer::Done(true))
+            }
+            Call::Delete(key) => {
+                self.view.invalidate(std::slice::from_ref(key), 0);
+                msg.decode().map(Answer::Done).map_err(bad)
+            }
+            Call::Ready(_) => msg.decode().map(Answer::Done).map_err(bad),
             Call::Stats => {
                 let hub: HubStats = msg.decode().map_err(bad)?;
                 Ok(Answer::Stats(self.view.stats(hub)))
