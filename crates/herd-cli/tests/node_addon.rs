@@ -281,3 +281,125 @@ fn a_worker_lying_on_its_cache_channel_loses_only_that_channel() {
         "nobody was restarted: {status:?}"
     );
 }
+
+/// `open` waits at most its hello timeout (5 s) for the primary's hello, then throws, so a
+/// worker whose primary never answers falls back to the json path instead of hanging in
+/// `require`.
+#[test]
+fn open_gives_up_when_no_hello_comes() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let addon = node_addon();
+    let (ours, theirs): (OwnedFd, OwnedFd) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::empty(),
+        None,
+    )
+    .unwrap();
+    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::CLOEXEC).unwrap();
+    let script = "const m = { exports: {} }; process.dlopen(m, process.argv[1]); \
+                  try { m.exports.open(); console.log('opened'); } \
+                  catch (e) { console.log(`refused ${e.message}`); }";
+    let mut child = Command::new("node")
+        .args(["-e", script, addon.to_str().unwrap()])
+        .env("HERD_CACHE_FD", theirs.as_raw_fd().to_string())
+        .env("HERD_PRIMARY_PID", std::process::id().to_string())
+        .env("HERD_WORKER_ID", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("open() still waits for the primary's hello after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.starts_with("refused "), "{out}");
+    drop(ours);
+}
+
+/// `cache.ready({ timeout })` over 30 s waits its whole timeout on the addon path too, as on
+/// the json path: a warm-up that does not finish ends as HERD_NOT_READY, not as a call timed
+/// out at 30 s because another call came meanwhile. The Redis here accepts connections and
+/// never answers, so warm-up never finishes.
+#[test]
+fn a_long_ready_is_not_cut_at_the_call_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redis = format!("redis://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/addon_apps/ready.js");
+    let package = js_package();
+    let herd = Herd::start(
+        "addon-ready",
+        &[
+            "-w",
+            "1",
+            "--redis",
+            &redis,
+            "--warm",
+            "k*",
+            "--",
+            "node",
+            script.to_str().unwrap(),
+            &package,
+        ],
+    );
+    let line = herd_test_support::process::wait_line(
+        &herd.out,
+        std::time::Duration::from_secs(60),
+        |l| l.contains("ready ") || l.contains("failed "),
+        "ready.js's line",
+    );
+    assert!(line.ends_with("ready HERD_NOT_READY"), "{line}");
+}
+
+/// A worker reads its own writes on the addon path, as on the json path: once `set` or
+/// `delete` resolves, `get` no longer returns the value it replaced, even when the hub's
+/// invalidation reaches the worker after the reply.
+#[test]
+fn a_worker_reads_its_own_writes() {
+    let dir = TempDir::new("addon-ryw");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("k"), b"start").unwrap();
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/addon_apps/ryw.js");
+    let package = js_package();
+    let herd = Herd::start(
+        "addon-ryw",
+        &[
+            "-w",
+            "1",
+            "--cache-dir",
+            &cache_arg,
+            "--",
+            "node",
+            script.to_str().unwrap(),
+            &package,
+        ],
+    );
+    let line = wait_line(
+        &herd.out,
+        |l| l.contains("ryw ") || l.contains("failed "),
+        "ryw.js's line",
+    );
+    assert!(line.ends_with("ryw addon 0 500"), "{line}");
+}

@@ -10,8 +10,8 @@
 //!   until it would block (descriptors collected, bounded), then whole frames are taken out
 //!   (check-then-parse, `herd_wire::frame::decode`). Each reply settles its Promise inside a
 //!   callback scope, so Promise reactions run right after, as for any I/O callback.
-//! - **Deadlines**: a call unanswered for [`CALL_DEADLINE`] is rejected (`HERD_TIMEOUT`) when
-//!   next the channel is used; the package also races each call with its own timeout.
+//! - **Deadlines**: a call unanswered for [`CALL_DEADLINE`] (a `ready`: its own wait besides) is
+//!   rejected (`HERD_TIMEOUT`) when next the channel is used; the package also races each call with its own timeout.
 //! - **Loss**: end-of-stream, a read error or a protocol violation closes the channel: every
 //!   call waiting is rejected (`HERD_CLOSED`), later ones are refused at once, and the local
 //!   view is dropped (no invalidation can reach it any more).
@@ -61,6 +61,8 @@ struct Pending {
     call: Call,
     deferred: sys::napi_deferred,
     at: Instant,
+    /// How long it may wait: [`CALL_DEADLINE`], and a `Ready` its own wait besides.
+    limit: Duration,
 }
 
 pub(crate) struct Conn {
@@ -123,8 +125,12 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
             tv_sec: i64::from(ms / 1000),
             tv_nsec: i64::from(ms % 1000) * 1_000_000,
         };
-        rustix::event::poll(&mut pfd, Some(&timeout)).map_err(|e| e.to_string())?;
-        match recv_once(&fd, &mut scratch, &mut fds, RecvFlags::empty())? {
+        match rustix::event::poll(&mut pfd, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        // Without waiting: the poll may have timed out, and the deadline is checked above.
+        match recv_once(&fd, &mut scratch, &mut fds, RecvFlags::DONTWAIT)? {
             Some(0) => return Err("the primary closed the cache channel".into()),
             Some(n) => rbuf.extend_from_slice(&scratch[..n]),
             None => {}
@@ -331,12 +337,17 @@ impl Conn {
             unsafe { reject_text(self.env, deferred, &why) };
             return;
         }
+        let limit = match &call {
+            Call::Ready(wait) => CALL_DEADLINE + *wait,
+            _ => CALL_DEADLINE,
+        };
         self.pending.insert(
             id,
             Pending {
                 call,
                 deferred,
                 at: Instant::now(),
+                limit,
             },
         );
         self.wbytes += frame.payload.len();
@@ -432,19 +443,23 @@ impl Conn {
         self.keep_alive();
     }
 
-    /// Rejects calls older than [`CALL_DEADLINE`].
+    /// Rejects calls that waited past their limit (at least [`CALL_DEADLINE`]; the oldest come
+    /// first).
     fn expire(&mut self) {
         let now = Instant::now();
         let late: Vec<u64> = self
             .pending
             .iter()
             .take_while(|(_, p)| now.duration_since(p.at) > CALL_DEADLINE)
+            .filter(|(_, p)| now.duration_since(p.at) > p.limit)
             .map(|(id, _)| *id)
             .collect();
         for id in late {
             if let Some(p) = self.pending.remove(&id) {
-                let why =
-                    format!("HERD_TIMEOUT: no reply from the primary within {CALL_DEADLINE:?}");
+                let why = format!(
+                    "HERD_TIMEOUT: no reply from the primary within {:?}",
+                    p.limit
+                );
                 // SAFETY: on the JavaScript thread (called from a JavaScript call).
                 unsafe { reject_text(self.env, p.deferred, &why) };
             }

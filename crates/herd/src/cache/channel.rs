@@ -1,14 +1,16 @@
 //! The cache channel: a second socketpair a Node worker gets beside Node's own IPC channel,
 //! speaking herd's binary protocol, so that the `herd-node` addon can use the replica's logic
 //! ([`CacheClient`](super::CacheClient): local view, sequence-checked invalidations) and receive
-//! large values as sealed memfds. Node's channel cannot carry them: Node treats any descriptor that arrives without
-//! its own handle message as a protocol error.
+//! large values as sealed memfds. Node's channel cannot carry them: Node treats any descriptor
+//! that arrives without its own handle message as a protocol error.
 //!
-//! The primary (`serve`) sends its hello, subscribes the channel to the hub's invalidations at
-//! once (so the worker misses none), and waits, for as long as the worker lives, for the
-//! worker's hello: a Node program that never loads the addon costs one idle socket. After the
-//! hello it serves cache calls only, at most 1,024 (`serve`'s bound) in flight (past
-//! that it stops reading). Anything else, a broken frame or a failed hello closes this channel
+//! The primary (`serve`) sends its hello and waits, for as long as the worker lives, for the
+//! worker's hello: a Node program that never loads the addon costs one idle socket. At the
+//! hello it subscribes the channel to the hub's invalidations (the worker's view is empty until
+//! its first call, which comes after), then serves cache calls only, at most 1,024 in flight
+//! (`serve`'s bound; past that it stops reading). A worker that did not take an invalidation
+//! within the send timeout is told to drop its whole view once it reads again. Anything else,
+//! a broken frame or a failed hello closes this channel
 //! alone, with a warning; the worker's main channel and supervision are untouched.
 //!
 //! The worker ([`inherited`]) takes the descriptor named by `HERD_CACHE_FD`, but only when its
@@ -45,7 +47,6 @@ pub(crate) fn serve(
     let peer = Peer::new(tx, SEND_TIMEOUT, request_timeout);
     let (format, payload) = herd_wire::encode_value(Codec::Binary, &handshake::hello(worker))?;
     peer.send_soon(herd_wire::Frame::new(Kind::Hello, format, payload));
-    tokio::spawn(forward_pushes(hub, peer.clone()));
     let hub = hub.clone();
     tokio::spawn(async move {
         let exited = async move {
@@ -77,6 +78,18 @@ async fn serve_calls(
         return Ok(());
     };
     handshake::check(first, worker)?;
+    // Invalidations from now on: the worker's view is empty until it asks, and it asks only
+    // after its hello, so it misses none that matter; a program that has not loaded the addon
+    // yet has nothing piled up for it.
+    let pushes = forward_pushes(hub, peer.clone());
+    let forwarder = peer.clone();
+    tokio::spawn(async move {
+        pushes.await;
+        // Invalidations no longer reach the worker (the hub is gone): what its view keeps
+        // cannot be trusted any more, so the channel ends after what is queued, and the worker
+        // drops its view at end-of-stream.
+        forwarder.close();
+    });
     let calls = CacheCalls::default();
     loop {
         // A permit first: while none is free the channel is not read (backpressure).
@@ -281,6 +294,292 @@ mod tests {
         .expect("the primary closes the channel");
         assert!(end.is_ok(), "{end:?}");
         drop(exit_tx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A worker that stops reading long enough for an invalidation's send to time out is not
+    /// left with a stale view: it is told to drop it once it reads again, and its channel goes
+    /// on working. Takes the send timeout (30 s) to run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_stopped_reading_hears_of_later_changes() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-slow-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), b"old").unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        serve(
+            &hub,
+            WorkerId(2),
+            primary,
+            limits,
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let client = CacheClient::new(WorkerId(2));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        let Answer::Got(got) = ask(&client, &tx, &mut rx, Call::Get("k".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
+        assert!(got.version.is_some(), "kept in the view");
+
+        // The worker stops reading (a long synchronous stretch of JavaScript) while keys change
+        // elsewhere: its socket and send queue fill, and the next push waits past its timeout.
+        let long = "x".repeat(200);
+        for i in 0..3000 {
+            hub.delete(&format!("{long}{i}")).await.unwrap();
+        }
+        tokio::time::sleep(SEND_TIMEOUT + Duration::from_secs(2)).await;
+        hub.set("k", bytes::Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
+
+        // The worker reads again.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Ok(Some(frame))) => {
+                    client.receive(frame).unwrap();
+                }
+                Ok(other) => panic!("the channel ended: {other:?}"),
+                Err(_) => panic!(
+                    "the channel is open, but no invalidation reaches the worker any more: \
+                     it still serves {:?} as k",
+                    client.local_entry("k").and_then(|e| e.value)
+                ),
+            }
+            if client.local_entry("k").is_none() {
+                break;
+            }
+        }
+        let Answer::Got(fresh) = ask(&client, &tx, &mut rx, Call::Get("k".into()))
+            .await
+            .unwrap()
+        else {
+            panic!("not a value")
+        };
+        assert_eq!(fresh.value.unwrap(), &b"new"[..]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Read-your-writes: once a `Set` (or `Delete`) is answered, the view no longer serves the
+    /// value it replaced, even when the hub's invalidation of it comes after the reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_answered_drops_the_old_value_from_the_view() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-ryw-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), b"start").unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        serve(
+            &hub,
+            WorkerId(6),
+            primary,
+            Limits::default(),
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let client = CacheClient::new(WorkerId(6));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        let mut stale = Vec::new();
+        for i in 0..300 {
+            ask(&client, &tx, &mut rx, Call::Get("k".into()))
+                .await
+                .unwrap();
+            let value = bytes::Bytes::from(format!("v{i}"));
+            let set = Call::Set {
+                key: "k".into(),
+                value: value.clone(),
+                ttl: None,
+            };
+            ask(&client, &tx, &mut rx, set).await.unwrap();
+            if let Some(held) = client.local_entry("k").and_then(|e| e.value) {
+                if held != value {
+                    stale.push(held);
+                }
+            }
+            ask(&client, &tx, &mut rx, Call::Get("k".into()))
+                .await
+                .unwrap();
+            ask(&client, &tx, &mut rx, Call::Delete("k".into()))
+                .await
+                .unwrap();
+            if let Some(held) = client.local_entry("k") {
+                stale.push(held.value.unwrap_or_default());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{} times the view served the old value after its own set or delete was answered, \
+             e.g. {:?}",
+            stale.len(),
+            stale[0]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A Node program that loads the addon late (long after the worker started, keys changing
+    /// meanwhile) gets a working channel: nothing piled up for it before its hello.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_says_hello_late_gets_a_working_channel() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-late-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), b"old").unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        let limits = Limits {
+            send_queue_frames: 4,
+            ..Limits::default()
+        };
+        serve(
+            &hub,
+            WorkerId(5),
+            primary,
+            limits,
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        // Keys change while the program has not loaded the addon yet.
+        let long = "x".repeat(200);
+        for i in 0..3000 {
+            hub.delete(&format!("{long}{i}")).await.unwrap();
+        }
+        tokio::time::sleep(SEND_TIMEOUT + Duration::from_secs(2)).await;
+
+        let client = CacheClient::new(WorkerId(5));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            ask(&client, &tx, &mut rx, Call::Get("k".into())),
+        )
+        .await
+        .expect("an answer in time");
+        let Ok(Answer::Got(got)) = got else {
+            panic!("the late worker's call failed: {got:?}")
+        };
+        assert_eq!(got.value.unwrap(), &b"old"[..]);
+        hub.set("k", bytes::Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
+        while client.local_entry("k").is_some() {
+            let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the invalidation in time")
+                .unwrap()
+                .expect("the channel is open");
+            client.receive(frame).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A worker that asks for a large (shared) value many times and never reads its replies
+    /// must not make the primary hold a descriptor per unread reply: descriptors are the whole
+    /// host's resource (the primary's accepts and spawns, every worker's shared values).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "the primary keeps a descriptor per queued shared reply (4096 frames plus the \
+                calls in flight): a bound on descriptors queued per channel is a larger change"]
+    async fn a_worker_that_never_reads_its_replies_cannot_hoard_descriptors() {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-cache-channel-hoard-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("big"), vec![1u8; 200_000]).unwrap();
+        let hub = Hub::new(
+            FileSource::folder(&dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        );
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (_exit_tx, exit_rx) = watch::channel(None);
+        serve(
+            &hub,
+            WorkerId(4),
+            primary,
+            Limits::default(),
+            Duration::from_secs(5),
+            exit_rx,
+        )
+        .unwrap();
+        let client = CacheClient::new(WorkerId(4));
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        // Warm: the value is in the hub's shared memory.
+        ask(&client, &tx, &mut rx, Call::Get("big".into()))
+            .await
+            .unwrap();
+        let before = open_fds();
+        for _ in 0..6000 {
+            let (_, frame) = client.call(&Call::Get("big".into())).unwrap();
+            tx.send(frame).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let held = open_fds().saturating_sub(before);
+        assert!(
+            held < 1024,
+            "the primary holds {held} more descriptors for one worker that does not read"
+        );
+        drop(rx);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

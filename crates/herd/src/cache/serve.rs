@@ -195,30 +195,41 @@ async fn reply_found(codec: Codec, request: Request, f: Found) -> Result<(), cra
     }
 }
 
-/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up is told
-/// to drop its whole view instead. Ends when the worker's channel closes. Subscribes at once:
+/// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up (pushes
+/// piling up, or one not taken within the send timeout) is told to drop its whole view instead. Ends when the worker's channel closes. Subscribes at once:
 /// call it (and spawn the future) before the worker can ask anything, so it misses nothing.
 pub(crate) fn forward_pushes(hub: &Hub, peer: Peer) -> impl std::future::Future<Output = ()> {
     let mut pushes = hub.subscribe();
     let hub = hub.clone();
     async move {
+        // A push the worker did not take within the send timeout is lost to it: it owes a
+        // clear, sent as soon as the worker reads again.
+        let mut owe_clear = false;
         loop {
-            // Ends with the worker's channel, not at the next push after it: a source that never
-            // invalidates would otherwise keep every dead worker's channel open.
-            let next = tokio::select! {
-                next = pushes.recv() => next,
-                () = peer.closed() => return,
-            };
-            let control = match next {
-                Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
-                Ok(Push::Clear { seq }) => Control::CacheClear { seq },
-                Err(RecvError::Lagged(_)) => Control::CacheClear {
+            let control = if owe_clear {
+                Control::CacheClear {
                     seq: hub.current_seq(),
-                },
-                Err(RecvError::Closed) => return,
+                }
+            } else {
+                // Ends with the worker's channel, not at the next push after it: a source that
+                // never invalidates would otherwise keep every dead worker's channel open.
+                let next = tokio::select! {
+                    next = pushes.recv() => next,
+                    () = peer.closed() => return,
+                };
+                match next {
+                    Ok(Push::Invalidate { keys, seq }) => Control::CacheInvalidate { keys, seq },
+                    Ok(Push::Clear { seq }) => Control::CacheClear { seq },
+                    Err(RecvError::Lagged(_)) => Control::CacheClear {
+                        seq: hub.current_seq(),
+                    },
+                    Err(RecvError::Closed) => return,
+                }
             };
-            if peer.control(&control).await.is_err() {
-                return;
+            match peer.control(&control).await {
+                Ok(()) => owe_clear = false,
+                Err(crate::Error::Stalled(_)) => owe_clear = true,
+                Err(_) => return,
             }
         }
     }
