@@ -77,10 +77,25 @@ impl Outgoing {
     pub(super) fn len(&self) -> usize {
         self.head.as_slice().len() + self.payload.len() + self.tail.len()
     }
+
+    /// What it costs in the send queue (see [`queue_cost`]).
+    pub(super) fn cost(&self) -> usize {
+        self.len() + self.fds.len() * FD_CHARGE
+    }
 }
 
 /// Bytes `frame` will take on the wire in `codec` once prepared, known without encoding it (so a
 /// send can ask the queue for room before doing any work).
+/// What one descriptor costs in the send queue, in bytes: with the default 64 MiB of queue, at
+/// most 256 descriptors wait in it (they are the host's resource; a peer that stops reading
+/// must not make the sender hold thousands).
+pub(super) const FD_CHARGE: usize = 256 * 1024;
+
+/// What `frame` costs in the send queue: its bytes on the wire and [`FD_CHARGE`] per descriptor.
+pub(super) fn queue_cost(frame: &Frame, codec: Codec) -> usize {
+    wire_len(frame, codec) + frame.fds.len() * FD_CHARGE
+}
+
 pub(super) fn wire_len(frame: &Frame, codec: Codec) -> usize {
     let around = match codec {
         Codec::Binary => frame::HEADER_LEN,
@@ -93,6 +108,19 @@ pub(super) fn wire_len(frame: &Frame, codec: Codec) -> usize {
 mod tests {
     use super::*;
     use crate::frame::Format;
+
+    #[test]
+    fn a_descriptor_costs_the_queue_its_charge() {
+        let fd = || std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let f = Frame::new(Kind::Message, Format::Raw, bytes::Bytes::from_static(b"x"))
+            .with_fds(vec![fd(), fd()]);
+        let len = wire_len(&f, Codec::Binary);
+        assert_eq!(queue_cost(&f, Codec::Binary), len + 2 * FD_CHARGE);
+        let out = Outgoing::prepare(f, Codec::Binary, &Limits::default()).unwrap();
+        assert_eq!(out.cost(), len + 2 * FD_CHARGE);
+        // The default queue holds at most 256 of them.
+        assert_eq!(Limits::default().send_queue_bytes / FD_CHARGE, 256);
+    }
 
     #[test]
     fn wire_len_is_the_prepared_length() {

@@ -74,7 +74,7 @@ impl Sender {
     /// when there is room, and in the send that takes it back otherwise.
     pub fn try_send(&self, frame: Frame) -> Result<Option<Frame>, WireError> {
         let queue = &self.shared.queue;
-        let charge = queue.charge(outgoing::wire_len(&frame, self.shared.codec));
+        let charge = queue.charge(outgoing::queue_cost(&frame, self.shared.codec));
         if !queue.try_reserve(charge) {
             return Ok(Some(frame));
         }
@@ -85,7 +85,11 @@ impl Sender {
                 return Err(e);
             }
         };
-        debug_assert_eq!(queue.charge(out.len()), charge, "wire_len matches prepare");
+        debug_assert_eq!(
+            queue.charge(out.cost()),
+            charge,
+            "queue_cost matches prepare"
+        );
         // The writer gives back what was taken.
         out.charged = charge;
         queue.push(out).map(|()| None)
@@ -122,7 +126,7 @@ impl Sender {
     /// Checks and encodes a frame, charged for its length.
     fn prepare(&self, frame: Frame) -> Result<Outgoing, WireError> {
         let mut out = Outgoing::prepare(frame, self.shared.codec, &self.shared.limits)?;
-        out.charged = self.shared.queue.charge(out.len());
+        out.charged = self.shared.queue.charge(out.cost());
         Ok(out)
     }
 }

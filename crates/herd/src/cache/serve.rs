@@ -26,20 +26,33 @@ const MAX_CACHE_CALLS: usize = 1024;
 /// The longest a worker's `ready` call is held by the hub.
 const MAX_READY_WAIT: Duration = Duration::from_secs(600);
 
+/// Replies carrying a shared value's descriptor that one worker's calls may hold while they
+/// wait for room in its send queue (past them such a call waits before duplicating the
+/// descriptor). With the send queue's own bound on queued descriptors (herd-wire charges each),
+/// a worker that stops reading makes the primary hold at most a few hundred descriptors.
+const MAX_SHARED_WAITING: usize = 64;
+
 /// One worker's cache calls in flight (at most [`MAX_CACHE_CALLS`]): each holds a permit from
 /// when it is read until its reply is queued or fails (the reply's send deadline bounds that).
-pub(crate) struct CacheCalls(Arc<Semaphore>);
+pub(crate) struct CacheCalls {
+    calls: Arc<Semaphore>,
+    /// Bounds the descriptors held by replies waiting for queue room ([`MAX_SHARED_WAITING`]).
+    shared: Arc<Semaphore>,
+}
 
 impl Default for CacheCalls {
     fn default() -> Self {
-        CacheCalls(Arc::new(Semaphore::new(MAX_CACHE_CALLS)))
+        CacheCalls {
+            calls: Arc::new(Semaphore::new(MAX_CACHE_CALLS)),
+            shared: Arc::new(Semaphore::new(MAX_SHARED_WAITING)),
+        }
     }
 }
 
 impl CacheCalls {
     /// A permit for one more call, if one is free now.
     pub(crate) fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+        self.calls.clone().try_acquire_owned().ok()
     }
 
     /// Waits for a permit (cancel-safe: dropping the future gives up its place). `None` only
@@ -47,7 +60,7 @@ impl CacheCalls {
     pub(crate) fn permit(
         &self,
     ) -> impl std::future::Future<Output = Option<OwnedSemaphorePermit>> + 'static {
-        let sem = self.0.clone();
+        let sem = self.calls.clone();
         async move { sem.acquire_owned().await.ok() }
     }
 
@@ -59,6 +72,7 @@ impl CacheCalls {
     /// answered from memory is the common call). Whatever has to wait (a load from the source,
     /// a full send queue) goes on in its own task, so the caller never waits.
     pub(crate) fn serve(
+        &self,
         hub: Option<&Hub>,
         worker: WorkerId,
         codec: Codec,
@@ -66,10 +80,11 @@ impl CacheCalls {
         permit: OwnedSemaphorePermit,
     ) {
         let hub = hub.cloned();
+        let shared = self.shared.clone();
         let mut call = Box::pin(async move {
             let _permit: OwnedSemaphorePermit = permit;
             let sent = match hub {
-                Some(hub) => answer(&hub, codec, request).await,
+                Some(hub) => answer(&hub, codec, request, &shared).await,
                 None => reply_error(codec, request, &CacheError::NoHub).await,
             };
             if let Err(e) = sent {
@@ -86,7 +101,12 @@ impl CacheCalls {
     }
 }
 
-async fn answer(hub: &Hub, codec: Codec, request: Request) -> Result<(), crate::Error> {
+async fn answer(
+    hub: &Hub,
+    codec: Codec,
+    request: Request,
+    shared: &Semaphore,
+) -> Result<(), crate::Error> {
     let op: CacheOp = match request.decode() {
         Ok(op) => op,
         Err(e) => {
@@ -96,7 +116,7 @@ async fn answer(hub: &Hub, codec: Codec, request: Request) -> Result<(), crate::
     };
     match op {
         CacheOp::Get { key } => match hub.lookup(&key).await {
-            Ok(f) => reply_found(codec, request, f).await,
+            Ok(f) => reply_found(codec, request, f, shared).await,
             Err(e) => reply_error(codec, request, &e).await,
         },
         CacheOp::Set {
@@ -146,7 +166,12 @@ async fn reply_error(codec: Codec, request: Request, e: &CacheError) -> Result<(
     request.reply_error(&text).await
 }
 
-async fn reply_found(codec: Codec, request: Request, f: Found) -> Result<(), crate::Error> {
+async fn reply_found(
+    codec: Codec,
+    request: Request,
+    f: Found,
+    shared: &Semaphore,
+) -> Result<(), crate::Error> {
     let ttl_ms = f.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
     match codec {
         Codec::NodeJson => {
@@ -182,6 +207,8 @@ async fn reply_found(codec: Codec, request: Request, f: Found) -> Result<(), cra
             match &f.value {
                 Some(v @ Value::Shared(s)) => {
                     reply.shared_len = Some(v.len() as u64);
+                    // Held until the reply is queued (see MAX_SHARED_WAITING); never closed.
+                    let _room = shared.acquire().await.ok();
                     let fd = s.fd().try_clone().map_err(crate::Error::Io)?;
                     request.reply_with_fds(&reply, vec![fd]).await
                 }

@@ -352,7 +352,8 @@ impl Supervisor {
 
     fn serve_cache_call(&self, request: Request, permit: OwnedSemaphorePermit) {
         let hub = self.cfg.cache.as_ref();
-        CacheCalls::serve(hub, self.id, self.cfg.codec, request, permit);
+        self.cache_calls
+            .serve(hub, self.id, self.cfg.codec, request, permit);
     }
 
     fn handshake(&self, frame: herd_wire::Frame) -> Result<(), Error> {
