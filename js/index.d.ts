@@ -78,8 +78,10 @@ export interface HerdCache {
   /**
    * The value: a string when it is UTF-8 text, a Buffer otherwise (or always, with
    * `buffer: true`); undefined if the key does not exist. From the local copy when held.
-   * On the addon path a large value's Buffer maps the primary's shared memory (no copy;
-   * copy-on-write: do not write to it); its text is this process's own copy.
+   * A Buffer is the one this process holds for the value, given again by later calls: do not
+   * write to it. On the addon path a large value's Buffer maps the primary's shared memory (no
+   * copy; copy-on-write, so a write changes only this process's view of it); its text is this
+   * process's own copy.
    */
   get(key: string, options: GetOptions & { buffer: true }): Promise<HerdBuffer | undefined>;
   get(key: string, options?: GetOptions): Promise<string | HerdBuffer | undefined>;

@@ -166,6 +166,7 @@ function nativeCache() {
   const waiting = new Set();
   let lateTimer = null;
   function sweepLate() {
+    addon.expire(); // the addon's own deadlines, for replies that never come
     const now = Date.now();
     for (const w of waiting) {
       if (w.deadline > now) continue;

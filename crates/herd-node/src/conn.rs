@@ -445,7 +445,7 @@ impl Conn {
 
     /// Rejects calls that waited past their limit (at least [`CALL_DEADLINE`]; the oldest come
     /// first).
-    fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let now = Instant::now();
         let late: Vec<u64> = self
             .pending
@@ -464,6 +464,7 @@ impl Conn {
                 unsafe { reject_text(self.env, p.deferred, &why) };
             }
         }
+        self.keep_alive();
     }
 
     /// The channel is lost: every waiting call is rejected, the view dropped, the socket closed.

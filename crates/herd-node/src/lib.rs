@@ -161,6 +161,14 @@ pub fn stats(env: &Env) -> Result<Promise> {
     call(env, Call::Stats)
 }
 
+/// Rejects the calls whose reply is overdue (`HERD_TIMEOUT`), as each new call also does; the
+/// package calls it from its timer while calls wait, so a lost reply does not keep the process
+/// alive or its Promise pending.
+#[napi]
+pub fn expire() {
+    conn::with_conn(|conn| conn.expire());
+}
+
 /// The local view's bounds: `[entries, bytes]`.
 #[napi]
 pub fn local_limits() -> Vec<f64> {
