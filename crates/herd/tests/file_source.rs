@@ -325,3 +325,32 @@ async fn a_value_edited_on_disk_is_read_fresh_through_the_hub_and_every_worker()
     cluster.disconnect_all().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Reading a file (the hub's own load) changes only its access time: no invalidation. It was
+/// one: with relatime the first read after a write updates the access time, inotify reports
+/// IN_ATTRIB, and a value just loaded was dropped again from the hub and every worker.
+#[tokio::test]
+async fn a_read_or_a_change_of_times_is_not_an_invalidation() {
+    let dir = folder("attrib");
+    std::fs::write(dir.join("read"), "v").unwrap();
+    let src = FileSource::folder(&dir).unwrap();
+    let mut rx = src.invalidations().unwrap();
+    // Opened to read, as the hub does; its times changed through it (as a read's access time).
+    let file = std::fs::File::open(dir.join("read")).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(later)
+            .set_modified(later),
+    )
+    .unwrap();
+    drop(file);
+    // A real change after it: the first invalidation must name it alone.
+    std::fs::write(dir.join("changed"), "v").unwrap();
+    let seen = until_key(&mut rx, "changed").await;
+    assert!(
+        seen.iter().flatten().all(|k| k == "changed"),
+        "only the written file: {seen:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -154,6 +154,10 @@ impl Follower {
             // Reads, including the hub's own loads.
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
             EventKind::Access(_) => return,
+            // Attributes only (inotify's IN_ATTRIB): the content is the same. A read updates the
+            // access time (relatime: the first read after a write), so the hub's own load of a
+            // new file would otherwise invalidate what it just loaded.
+            EventKind::Modify(ModifyKind::Metadata(_)) => return,
             _ => {}
         }
         for path in &event.paths {
