@@ -169,6 +169,24 @@ async fn set_and_delete_through_herd_reach_every_worker() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A worker reads its own write: after `set` returns, its next `get` gives the new value, not
+/// the one its view held (the hub's reply may arrive before its invalidation).
+#[tokio::test]
+async fn a_worker_reads_its_own_writes() {
+    let dir = folder("ryw", &[("k", b"v".to_vec())]);
+    let hub = Hub::new(FileSource::folder(&dir).unwrap(), quiet());
+    let (mut cluster, ids) = start(&hub, 1).await;
+    let v = ask_ok(
+        &mut cluster,
+        ids[0],
+        json!({"op": "cache_write_then_read", "key": "k", "rounds": 300}),
+    )
+    .await;
+    assert_eq!(v["stale"], json!(0), "{v}");
+    cluster.disconnect_all().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn warm_up_loads_once_and_later_workers_read_nothing_from_the_source() {
     let values: Vec<(String, Vec<u8>)> = (0..50)

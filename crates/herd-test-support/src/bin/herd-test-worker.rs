@@ -226,6 +226,21 @@ async fn cache_command(w: &Worker, op: &str, v: &Value) -> Result<Value, herd::c
             json!({"cache_set": key})
         }
         "cache_delete" => json!({"cache_delete": key, "existed": cache.delete(key).await?}),
+        // `rounds` times: get the key (so the view holds it), set a new value, get it again;
+        // how many times the second get gave something else (its own write not read).
+        "cache_write_then_read" => {
+            let rounds = v["rounds"].as_u64().unwrap_or(100);
+            let mut stale = 0u64;
+            for i in 0..rounds {
+                cache.get(key).await?;
+                let value = format!("v{i}");
+                cache.set(key, value.clone(), None).await?;
+                if cache.get(key).await?.as_deref() != Some(value.as_bytes()) {
+                    stale += 1;
+                }
+            }
+            json!({"cache_write_then_read": key, "stale": stale})
+        }
         "cache_ready" => {
             cache.ready(std::time::Duration::from_secs(20)).await?;
             json!({"cache_ready": true})

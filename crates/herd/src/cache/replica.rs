@@ -429,14 +429,20 @@ impl Cache {
             encoding: None,
             ttl_ms: ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
         };
+        // This process reads its own write: the old value goes now, and again once answered (a
+        // get in flight meanwhile may have kept it; the hub's invalidation may come later).
+        self.view.drop_key(key);
         self.call(&op).await?;
+        self.view.drop_key(key);
         Ok(())
     }
 
     /// Deletes a key through the hub (from the source, and from every worker's view); whether it
     /// existed.
     pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        self.view.drop_key(key);
         let msg = self.call(&CacheOp::Delete { key: key.into() }).await?;
+        self.view.drop_key(key);
         msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))
     }
 
