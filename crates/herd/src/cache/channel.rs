@@ -165,6 +165,55 @@ mod tests {
     use crate::cache::client::{Answer, CacheClient, Call, Received};
     use crate::cache::{CacheConfig, FileSource};
 
+    /// A fresh folder for one test (the caller removes it).
+    fn folder(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A hub over the files of `dir`, quiet.
+    fn hub_over(dir: &std::path::Path) -> Hub {
+        Hub::new(
+            FileSource::folder(dir).unwrap(),
+            CacheConfig {
+                progress: crate::cache::Progress::Off,
+                ..CacheConfig::default()
+            },
+        )
+    }
+
+    /// The primary's side of worker `id`'s cache channel over a socketpair: the worker's end,
+    /// and the sender of its exit (dropping it ends the channel, as the worker's exit would).
+    fn serve_one(
+        hub: &Hub,
+        id: WorkerId,
+        limits: Limits,
+    ) -> (OwnedFd, watch::Sender<Option<ExitStatus>>) {
+        let (primary, worker) = sys::socketpair().unwrap();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        serve(hub, id, primary, limits, Duration::from_secs(5), exit_rx).unwrap();
+        (worker, exit_tx)
+    }
+
+    /// A client for worker `id` on the worker's end, once the hellos are exchanged.
+    async fn shake_hands(
+        worker: OwnedFd,
+        id: WorkerId,
+    ) -> (CacheClient, herd_wire::Sender, Receiver) {
+        let client = CacheClient::new(id);
+        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
+        tx.send(client.hello().unwrap()).await.unwrap();
+        client
+            .check_hello(rx.recv().await.unwrap().unwrap())
+            .unwrap();
+        (client, tx, rx)
+    }
+
     /// Drives `client` over the worker's end of a channel: sends `call`, applies what comes
     /// first, returns the answer.
     async fn ask(
@@ -194,39 +243,13 @@ mod tests {
     /// the worker exits.
     #[tokio::test]
     async fn a_client_gets_values_and_invalidations_over_the_channel() {
-        let dir = std::env::temp_dir().join(format!(
-            "herd-cache-channel-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = folder("herd-cache-channel");
         std::fs::write(dir.join("small"), b"hi").unwrap();
         let big = vec![5u8; 200_000];
         std::fs::write(dir.join("big"), &big).unwrap();
-        let hub = Hub::new(
-            FileSource::folder(&dir).unwrap(),
-            CacheConfig {
-                progress: crate::cache::Progress::Off,
-                ..CacheConfig::default()
-            },
-        );
-        let (primary, worker) = sys::socketpair().unwrap();
-        let (exit_tx, exit_rx) = watch::channel(None);
-        serve(
-            &hub,
-            WorkerId(3),
-            primary,
-            Limits::default(),
-            Duration::from_secs(5),
-            exit_rx,
-        )
-        .unwrap();
-        let client = CacheClient::new(WorkerId(3));
-        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
-        tx.send(client.hello().unwrap()).await.unwrap();
-        client
-            .check_hello(rx.recv().await.unwrap().unwrap())
-            .unwrap();
+        let hub = hub_over(&dir);
+        let (worker, exit_tx) = serve_one(&hub, WorkerId(3), Limits::default());
+        let (client, tx, mut rx) = shake_hands(worker, WorkerId(3)).await;
 
         let Answer::Got(small) = ask(&client, &tx, &mut rx, Call::Get("small".into()))
             .await
@@ -302,41 +325,15 @@ mod tests {
     /// on working. Takes the send timeout (30 s) to run.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_worker_that_stopped_reading_hears_of_later_changes() {
-        let dir = std::env::temp_dir().join(format!(
-            "herd-cache-channel-slow-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = folder("herd-cache-channel-slow");
         std::fs::write(dir.join("k"), b"old").unwrap();
-        let hub = Hub::new(
-            FileSource::folder(&dir).unwrap(),
-            CacheConfig {
-                progress: crate::cache::Progress::Off,
-                ..CacheConfig::default()
-            },
-        );
-        let (primary, worker) = sys::socketpair().unwrap();
-        let (_exit_tx, exit_rx) = watch::channel(None);
+        let hub = hub_over(&dir);
         let limits = Limits {
             send_queue_frames: 4,
             ..Limits::default()
         };
-        serve(
-            &hub,
-            WorkerId(2),
-            primary,
-            limits,
-            Duration::from_secs(5),
-            exit_rx,
-        )
-        .unwrap();
-        let client = CacheClient::new(WorkerId(2));
-        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
-        tx.send(client.hello().unwrap()).await.unwrap();
-        client
-            .check_hello(rx.recv().await.unwrap().unwrap())
-            .unwrap();
+        let (worker, _exit) = serve_one(&hub, WorkerId(2), limits);
+        let (client, tx, mut rx) = shake_hands(worker, WorkerId(2)).await;
         let Answer::Got(got) = ask(&client, &tx, &mut rx, Call::Get("k".into()))
             .await
             .unwrap()
@@ -387,37 +384,11 @@ mod tests {
     /// value it replaced, even when the hub's invalidation of it comes after the reply.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_set_answered_drops_the_old_value_from_the_view() {
-        let dir = std::env::temp_dir().join(format!(
-            "herd-cache-channel-ryw-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = folder("herd-cache-channel-ryw");
         std::fs::write(dir.join("k"), b"start").unwrap();
-        let hub = Hub::new(
-            FileSource::folder(&dir).unwrap(),
-            CacheConfig {
-                progress: crate::cache::Progress::Off,
-                ..CacheConfig::default()
-            },
-        );
-        let (primary, worker) = sys::socketpair().unwrap();
-        let (_exit_tx, exit_rx) = watch::channel(None);
-        serve(
-            &hub,
-            WorkerId(6),
-            primary,
-            Limits::default(),
-            Duration::from_secs(5),
-            exit_rx,
-        )
-        .unwrap();
-        let client = CacheClient::new(WorkerId(6));
-        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
-        tx.send(client.hello().unwrap()).await.unwrap();
-        client
-            .check_hello(rx.recv().await.unwrap().unwrap())
-            .unwrap();
+        let hub = hub_over(&dir);
+        let (worker, _exit) = serve_one(&hub, WorkerId(6), Limits::default());
+        let (client, tx, mut rx) = shake_hands(worker, WorkerId(6)).await;
         let mut stale = Vec::new();
         for i in 0..300 {
             ask(&client, &tx, &mut rx, Call::Get("k".into()))
@@ -459,35 +430,14 @@ mod tests {
     /// meanwhile) gets a working channel: nothing piled up for it before its hello.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_worker_that_says_hello_late_gets_a_working_channel() {
-        let dir = std::env::temp_dir().join(format!(
-            "herd-cache-channel-late-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = folder("herd-cache-channel-late");
         std::fs::write(dir.join("k"), b"old").unwrap();
-        let hub = Hub::new(
-            FileSource::folder(&dir).unwrap(),
-            CacheConfig {
-                progress: crate::cache::Progress::Off,
-                ..CacheConfig::default()
-            },
-        );
-        let (primary, worker) = sys::socketpair().unwrap();
-        let (_exit_tx, exit_rx) = watch::channel(None);
+        let hub = hub_over(&dir);
         let limits = Limits {
             send_queue_frames: 4,
             ..Limits::default()
         };
-        serve(
-            &hub,
-            WorkerId(5),
-            primary,
-            limits,
-            Duration::from_secs(5),
-            exit_rx,
-        )
-        .unwrap();
+        let (worker, _exit) = serve_one(&hub, WorkerId(5), limits);
         // Keys change while the program has not loaded the addon yet.
         let long = "x".repeat(200);
         for i in 0..3000 {
@@ -495,12 +445,7 @@ mod tests {
         }
         tokio::time::sleep(SEND_TIMEOUT + Duration::from_secs(2)).await;
 
-        let client = CacheClient::new(WorkerId(5));
-        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
-        tx.send(client.hello().unwrap()).await.unwrap();
-        client
-            .check_hello(rx.recv().await.unwrap().unwrap())
-            .unwrap();
+        let (client, tx, mut rx) = shake_hands(worker, WorkerId(5)).await;
         let got = tokio::time::timeout(
             Duration::from_secs(10),
             ask(&client, &tx, &mut rx, Call::Get("k".into())),
@@ -530,38 +475,12 @@ mod tests {
     /// host's resource (the primary's accepts and spawns, every worker's shared values).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_worker_that_never_reads_its_replies_cannot_hoard_descriptors() {
-        let dir = std::env::temp_dir().join(format!(
-            "herd-cache-channel-hoard-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = folder("herd-cache-channel-hoard");
         std::fs::write(dir.join("big"), vec![1u8; 200_000]).unwrap();
-        let hub = Hub::new(
-            FileSource::folder(&dir).unwrap(),
-            CacheConfig {
-                progress: crate::cache::Progress::Off,
-                ..CacheConfig::default()
-            },
-        );
+        let hub = hub_over(&dir);
         let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-        let (primary, worker) = sys::socketpair().unwrap();
-        let (_exit_tx, exit_rx) = watch::channel(None);
-        serve(
-            &hub,
-            WorkerId(4),
-            primary,
-            Limits::default(),
-            Duration::from_secs(5),
-            exit_rx,
-        )
-        .unwrap();
-        let client = CacheClient::new(WorkerId(4));
-        let (tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
-        tx.send(client.hello().unwrap()).await.unwrap();
-        client
-            .check_hello(rx.recv().await.unwrap().unwrap())
-            .unwrap();
+        let (worker, _exit) = serve_one(&hub, WorkerId(4), Limits::default());
+        let (client, tx, mut rx) = shake_hands(worker, WorkerId(4)).await;
         // Warm: the value is in the hub's shared memory.
         ask(&client, &tx, &mut rx, Call::Get("big".into()))
             .await
@@ -585,24 +504,8 @@ mod tests {
     /// the worker started may hold it).
     #[tokio::test]
     async fn the_workers_exit_closes_the_channel() {
-        let hub = Hub::new(
-            FileSource::folder(std::env::temp_dir()).unwrap(),
-            CacheConfig {
-                progress: crate::cache::Progress::Off,
-                ..CacheConfig::default()
-            },
-        );
-        let (primary, worker) = sys::socketpair().unwrap();
-        let (exit_tx, exit_rx) = watch::channel(None);
-        serve(
-            &hub,
-            WorkerId(1),
-            primary,
-            Limits::default(),
-            Duration::from_secs(5),
-            exit_rx,
-        )
-        .unwrap();
+        let hub = hub_over(&std::env::temp_dir());
+        let (worker, exit_tx) = serve_one(&hub, WorkerId(1), Limits::default());
         let (_tx, mut rx) = herd_wire::channel(worker, Codec::Binary, Limits::default()).unwrap();
         assert_eq!(rx.recv().await.unwrap().unwrap().kind, Kind::Hello);
         exit_tx
