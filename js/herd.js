@@ -300,7 +300,7 @@ function connect(target) {
   let native = { cache: null, reason: 'not this process\'s own channel' };
   if (target === process) {
     try {
-      native = require('./native.js').nativeCache();
+      native = require('./native.js').nativeCache({ herdError, envLimit, defaultTimeout: DEFAULT_TIMEOUT_MS });
     } catch (err) {
       native = { cache: null, reason: `native.js: ${errorText(err)}` };
     }

@@ -23,26 +23,8 @@
 const fs = require('fs');
 const path = require('path');
 
-const DEFAULT_TIMEOUT_MS = 30000;
 const SWEEP_MS = 1000;
 const SWEEP_LATE_MS = 100;
-
-function envLimit(name, fallback) {
-  const n = Number(process.env[name]);
-  return Number.isSafeInteger(n) && n > 0 ? n : fallback;
-}
-
-function herdError(message, code) {
-  const err = new Error(message);
-  err.code = code;
-  return err;
-}
-
-// The addon's errors carry their code as a prefix ("HERD_TIMEOUT: ...").
-function fromAddon(err) {
-  const m = /^(HERD_[A-Z_]+): ([\s\S]*)$/.exec(err && err.message);
-  return m ? herdError(`herd.js: ${m[2]}`, m[1]) : err;
-}
 
 // Loads and opens the addon: { addon, file } or { addon: null, reason }.
 function load() {
@@ -72,10 +54,17 @@ function load() {
   return { addon: null, reason: `no usable addon (${tried.join('; ')})` };
 }
 
-// The cache API over the addon, or null (with the reason) when there is none.
-function nativeCache() {
+// The cache API over the addon, or null (with the reason) when there is none. herd.js lends
+// its helpers: `herdError(message, code)`, `envLimit(name, fallback)` and its default timeout.
+function nativeCache({ herdError, envLimit, defaultTimeout }) {
   const { addon, file, reason } = load();
   if (!addon) return { cache: null, reason };
+
+  // The addon's errors carry their code as a prefix ("HERD_TIMEOUT: ...").
+  function fromAddon(err) {
+    const m = /^(HERD_[A-Z_]+): ([\s\S]*)$/.exec(err && err.message);
+    return m ? herdError(`herd.js: ${m[2]}`, m[1]) : err;
+  }
 
   const memo = new Map(); // key -> { version, buf (null: absent), expires, epoch, text, parsed, extra }
   // The text and parsed JSON kept with entries are this process's own memory: at most this many
@@ -182,7 +171,7 @@ function nativeCache() {
 
   // `p`, or a rejection (HERD_TIMEOUT) once `timeout` ms have passed without it settling (within
   // SWEEP_LATE_MS); the call itself is also bounded by the addon's own 30 s deadline.
-  function within(p, timeout = DEFAULT_TIMEOUT_MS, what = 'cache call', key = undefined) {
+  function within(p, timeout = defaultTimeout, what = 'cache call', key = undefined) {
     if (!(timeout > 0 && Number.isFinite(timeout))) {
       return Promise.reject(new RangeError('herd.js: timeout must be a positive number of ms'));
     }
@@ -274,7 +263,7 @@ function nativeCache() {
       return within(addon.delete(key), timeout, 'delete');
     },
 
-    async ready({ timeout = DEFAULT_TIMEOUT_MS } = {}) {
+    async ready({ timeout = defaultTimeout } = {}) {
       const warm = await within(addon.ready(timeout), timeout + 1000, 'ready');
       if (warm !== true) {
         throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
