@@ -61,6 +61,22 @@ fn run(dir: &Path, cmd: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// `npm install` of `what` (a tarball or a folder) into the project `app`, offline: the
+/// package has no dependencies.
+fn npm_install(app: &Path, what: &Path) {
+    run(
+        app,
+        "npm",
+        &[
+            "install",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            what.to_str().unwrap(),
+        ],
+    );
+}
+
 /// A fresh Node project (its own package.json) in `dir`.
 fn project(dir: &Path) -> PathBuf {
     let app = dir.join("app");
@@ -91,17 +107,7 @@ fn installed_from_tarball(dir: &Path) -> PathBuf {
     let tarball = packs.join(format!("{PACKAGE}-0.1.0.tgz"));
     assert!(tarball.exists(), "npm pack made {}", tarball.display());
     let app = project(dir);
-    run(
-        &app,
-        "npm",
-        &[
-            "install",
-            "--offline",
-            "--no-audit",
-            "--no-fund",
-            tarball.to_str().unwrap(),
-        ],
-    );
+    npm_install(&app, &tarball);
     app
 }
 
@@ -153,17 +159,7 @@ fn the_folder_installs_with_npm_install_path() {
     let js = repo_js();
     let addon = js.join("herd_node.node");
     let _ = std::fs::remove_file(&addon);
-    run(
-        &app,
-        "npm",
-        &[
-            "install",
-            "--offline",
-            "--no-audit",
-            "--no-fund",
-            js.to_str().unwrap(),
-        ],
-    );
+    npm_install(&app, &js);
     // npm links a folder it installs.
     assert_eq!(
         std::fs::canonicalize(app.join("node_modules").join(PACKAGE)).unwrap(),
