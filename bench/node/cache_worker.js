@@ -20,6 +20,7 @@
 
 const fs = require('fs');
 const path = require('path');
+const { median, p99, r3 } = require('./figures.js');
 
 const REPO = path.resolve(__dirname, '../..');
 const herd = require(process.env.BENCH_PACKAGE || path.join(REPO, 'js'));
@@ -78,18 +79,8 @@ async function memory() {
 }
 
 // --- latency -----------------------------------------------------------------------------------
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n % 2 ? s[n >> 1] : (s[n / 2 - 1] + s[n / 2]) / 2;
-};
-const p99 = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(s.length * 0.99))];
-};
 const now = () => process.hrtime.bigint();
 const us = (t0, t1) => Number(t1 - t0) / 1000;
-const r3 = (x) => +x.toFixed(3);
 
 async function latency() {
   const { cache } = herd;

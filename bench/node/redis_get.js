@@ -13,6 +13,7 @@
 const net = require('net');
 const fs = require('fs');
 const path = require('path');
+const { median, p99, r3 } = require('./figures.js');
 
 class Resp {
   constructor(port) {
@@ -101,16 +102,6 @@ class Resp {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n % 2 ? s[n >> 1] : (s[n / 2 - 1] + s[n / 2]) / 2;
-};
-const p99 = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(s.length * 0.99))];
-};
-const r3 = (x) => +x.toFixed(3);
 const now = () => process.hrtime.bigint();
 const us = (t0, t1) => Number(t1 - t0) / 1000;
 

@@ -32,6 +32,8 @@ WARMUP=${WARMUP:-1s}
 BENCH_LOG=${BENCH_LOG:-/tmp/balance-runs.log}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/scripts/lib.sh
+source "$ROOT/bench/scripts/lib.sh"
 APP=$ROOT/bench/node/balance_app.js
 PRIMARY=$ROOT/bench/node/balance_primary.js
 LUA=$ROOT/bench/scripts/balance_count.lua
@@ -116,15 +118,6 @@ if [ -n "${ONLY:-}" ]; then # a subset, e.g. ONLY="node-rr herd-shared"
   CONTENDERS=$(keep "$CONTENDERS"); BENCHED=$(keep "$BENCHED")
 fi
 
-# A free TCP port below the ephemeral range, with no socket of any state on it.
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    p=$((20000 + RANDOM % 12000))
-    [ -z "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ] && { echo $p; return 0; }
-  done
-  return 1
-}
 
 # start NAME PORT: sets PID (the primary process), CLOG (its output), CTL (herd's control socket).
 start() {

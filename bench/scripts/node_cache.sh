@@ -28,6 +28,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/scripts/lib.sh
+source "$ROOT/bench/scripts/lib.sh"
 QUICK=${QUICK:-}
 if [ -n "$QUICK" ]; then
   RUNS=${RUNS:-1}; SIZES=${SIZES:-200}; WORKERS=${WORKERS:-4}; SMALL_KEYS=${SMALL_KEYS:-1200}
@@ -277,14 +279,6 @@ print(json.dumps({"rust_rtt_us": a["rtt_us_med"], "rust_rtt_p99_us": a["rtt_us_p
 }
 
 # --- redis of our own on a free port -----------------------------------------------------------
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    p=$((20000 + RANDOM % 12000))
-    [ -z "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ] && { echo $p; return 0; }
-  done
-  return 1
-}
 RPORT=$(free_port) || die "no free port"
 setsid redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
   >"$TMP/redis.log" 2>&1 &
