@@ -88,9 +88,9 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
   const changes = new Int32Array(addon.changesBuffer().buffer, 0, 1);
   const epoch = () => Atomics.load(changes, 0);
   let fastHits = 0;
-  let seenChanges = addon.changes();
+  let seenChanges = epoch();
   const sweep = setInterval(() => {
-    const now = addon.changes();
+    const now = epoch();
     if (now === seenChanges) return;
     seenChanges = now;
     for (const [key, e] of memo) {

@@ -67,21 +67,6 @@ pub fn holds(key: String, version: f64) -> Result<bool> {
         .is_some_and(|v| v as f64 == version))
 }
 
-/// How many times the local view has dropped a version (see [`changes_buffer`]).
-#[napi]
-pub fn changes() -> Result<f64> {
-    Ok(client()?
-        .changes()
-        .load(std::sync::atomic::Ordering::Acquire) as f64)
-}
-
-/// Adds `n` to the local hits the package answered from the Buffers it keeps.
-#[napi]
-pub fn count_hits(n: f64) -> Result<()> {
-    client()?.count_hits(n.clamp(0.0, 1e15) as u64);
-    Ok(())
-}
-
 /// A Buffer over the 8 bytes of the view's change counter (little-endian), read by JavaScript
 /// with `Atomics.load` on an `Int32Array`: while its low 32 bits stay the same, every version
 /// the package holds is still the view's, so a local hit needs no call here. Given once.

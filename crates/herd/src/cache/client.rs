@@ -121,13 +121,8 @@ impl CacheClient {
     /// The version of `key`'s fresh entry, counted as a local hit; `None` if not held.
     pub fn local_version(&self, key: &str) -> Option<u64> {
         let version = self.view.lookup_versioned(key)?.version;
-        self.view.count(true, 1);
+        self.view.count(true);
         version
-    }
-
-    /// Counts local hits answered by the caller from what it keeps of this view.
-    pub fn count_hits(&self, n: u64) {
-        self.view.count(true, n);
     }
 
     /// The view's change counter: bumped whenever the view drops a version (an invalidation, a
@@ -140,7 +135,7 @@ impl CacheClient {
     /// The frame for `call`, with the id its reply will carry. A `Get` counts a miss.
     pub fn call(&self, call: &Call) -> Result<(u64, Frame), Error> {
         match call {
-            Call::Get(_) => self.view.count(false, 1),
+            Call::Get(_) => self.view.count(false),
             // This process reads its own write: the old value goes now, not when the hub's
             // invalidation comes back (which may be after the reply).
             Call::Set { key, .. } | Call::Delete(key) => self.view.drop_key(key),

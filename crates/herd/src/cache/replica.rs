@@ -259,10 +259,10 @@ impl LocalView {
         (local.map.len() as u64, local.bytes as u64)
     }
 
-    /// Counts `n` lookups answered here (`hit`) or sent to the hub.
-    pub(super) fn count(&self, hit: bool, n: u64) {
+    /// Counts a lookup answered here (`hit`) or sent to the hub.
+    pub(super) fn count(&self, hit: bool) {
         let counter = if hit { &self.hits } else { &self.misses };
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The change counter: see [`CacheClient::changes`](super::CacheClient::changes).
