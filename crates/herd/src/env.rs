@@ -76,13 +76,46 @@ pub(crate) struct Channel {
     pub(crate) id: u64,
 }
 
+/// The number variable `k` holds (`v`), or an error naming both.
+fn number(k: &str, v: &str) -> Result<i64, Error> {
+    v.parse()
+        .map_err(|_| Error::NotAWorker(format!("{k}={v:?} is not a number")))
+}
+
+/// The cache channel a Node worker inherited (see [`HERD_CACHE_FD`]), as its environment names
+/// it.
+#[derive(Debug)]
+pub(crate) struct CacheChannel {
+    pub(crate) fd: i32,
+    /// The primary it belongs to ([`HERD_PRIMARY_PID`]; 0 if not set).
+    pub(crate) primary: i64,
+    /// The id the primary gave this worker (0 when not set).
+    pub(crate) id: u64,
+}
+
+/// Reads the inherited cache channel's descriptor, primary and worker id from the environment.
+pub(crate) fn cache_channel() -> Result<CacheChannel, Error> {
+    let var = |k: &str| std::env::var(k).ok();
+    let fd = var(HERD_CACHE_FD).ok_or_else(|| {
+        Error::NotAWorker(format!(
+            "{HERD_CACHE_FD} is not set (not a Node worker of a herd primary with a cache)"
+        ))
+    })?;
+    let fd = number(HERD_CACHE_FD, &fd)?;
+    let fd = i32::try_from(fd)
+        .map_err(|_| Error::NotAWorker(format!("{HERD_CACHE_FD}={fd} is out of range")))?;
+    let primary = number(HERD_PRIMARY_PID, &var(HERD_PRIMARY_PID).unwrap_or_default())?;
+    let id = match var(HERD_WORKER_ID) {
+        Some(v) => number(HERD_WORKER_ID, &v)? as u64,
+        None => 0,
+    };
+    Ok(CacheChannel { fd, primary, id })
+}
+
 /// Reads the inherited channel's descriptor, codec and worker id from the environment.
 pub(crate) fn channel() -> Result<Channel, Error> {
     let var = |k: &str| std::env::var(k).ok();
-    let num = |k: &str, v: String| -> Result<i64, Error> {
-        v.parse()
-            .map_err(|_| Error::NotAWorker(format!("{k}={v:?} is not a number")))
-    };
+    let num = |k: &str, v: String| number(k, &v);
     if let Some(fd) = var(HERD_CHANNEL_FD) {
         let fd = num(HERD_CHANNEL_FD, fd)? as i32;
         let codec = match var(HERD_CHANNEL_CODEC) {

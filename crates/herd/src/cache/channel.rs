@@ -120,22 +120,7 @@ async fn serve_calls(
 /// Errors name the reason: not started by a herd primary with a cache, not the primary's own
 /// child, or the descriptor not a socket or already taken.
 pub fn inherited() -> Result<(OwnedFd, WorkerId), Error> {
-    let var = |k: &str| std::env::var(k).ok();
-    let fd_text = var(env::HERD_CACHE_FD).ok_or_else(|| {
-        Error::NotAWorker(format!(
-            "{} is not set (not a Node worker of a herd primary with a cache)",
-            env::HERD_CACHE_FD
-        ))
-    })?;
-    let number = |k: &str, v: &str| -> Result<i64, Error> {
-        v.parse()
-            .map_err(|_| Error::NotAWorker(format!("{k}={v:?} is not a number")))
-    };
-    let fd = number(env::HERD_CACHE_FD, &fd_text)?;
-    let primary = number(
-        env::HERD_PRIMARY_PID,
-        &var(env::HERD_PRIMARY_PID).unwrap_or_default(),
-    )?;
+    let env::CacheChannel { fd, primary, id } = env::cache_channel()?;
     let parent = rustix::process::getppid().map_or(0, |p| i64::from(p.as_raw_nonzero().get()));
     if parent != primary {
         return Err(Error::NotAWorker(format!(
@@ -143,20 +128,12 @@ pub fn inherited() -> Result<(OwnedFd, WorkerId), Error> {
              channel belongs to the worker the primary started"
         )));
     }
-    let id = WorkerId(
-        var(env::HERD_WORKER_ID)
-            .map(|v| number(env::HERD_WORKER_ID, &v))
-            .transpose()?
-            .unwrap_or(0) as u64,
-    );
-    let fd = i32::try_from(fd)
-        .map_err(|_| Error::NotAWorker(format!("{}={fd} is out of range", env::HERD_CACHE_FD)))?;
     let fd = sys::take_inherited_cache_socket(fd).map_err(|e| {
         Error::NotAWorker(format!(
             "cannot take the cache channel descriptor {fd}: {e}"
         ))
     })?;
-    Ok((fd, id))
+    Ok((fd, WorkerId(id)))
 }
 
 #[cfg(test)]
