@@ -377,3 +377,25 @@ pub(crate) fn watch(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(io::Error::from)
 }
+
+/// Sets a socket's receive low-water mark (`SO_RCVLOWAT`): the bytes that must wait before
+/// `poll`/`epoll` call it readable, so a raised one keeps every holder's event loop from
+/// reading what arrives (`node::rescue`). For TCP the kernel caps it at half the largest
+/// receive buffer (`tcp_rmem`); Unix sockets' `poll` ignores it.
+pub(crate) fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor for the call (a `BorrowedFd`); the option value
+    // points to an `i32` that lives across the call, with its exact size as the length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

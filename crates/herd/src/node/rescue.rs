@@ -1,16 +1,27 @@
 //! A retiring Node worker's connections, kept alive past its `server.close()`. Node (19 and
 //! later) destroys a server's idle connections when it closes: keep-alive connections between
 //! two requests, and connections accepted whose request is not read yet. Their clients then
-//! see a reset, or a close just as they send the next request. So before herd asks a worker to
-//! disconnect, it takes a copy of each client connection the worker holds on the cluster's
-//! sockets (`pidfd_getfd`, the worker being herd's child). A socket lives while any process
-//! holds it, so one the worker destroys stays open in herd, with no reset and no FIN:
+//! see a reset, or a close just as they send the next request. Node 18 destroys none: its
+//! clients keep their connections busy, the worker lives to its grace period and its `SIGKILL`
+//! takes the request it was answering. So before herd asks a worker to disconnect, it takes a
+//! copy of each client connection the worker holds on the cluster's sockets (`pidfd_getfd`,
+//! the worker being herd's child), and raises each TCP one's receive low-water mark: the
+//! worker answers what it has read and reads no next request, which waits in the socket for
+//! another worker. A socket lives while any process holds it, so one the worker destroys
+//! stays open in herd, with no reset and no FIN:
 //! - let go while the worker lives (Node destroyed it idle): handed to another worker when
 //!   it carries a request (Node's `newconn`), at once or as soon as one arrives, within
 //!   [`PARK`]; closed if none does (an idle connection closed, as Node meant to).
+//! - still held by a worker that has answered for all of them (each has the start of its next
+//!   HTTP request waiting, for two reads of its table in a row): the worker has nothing left to
+//!   do but hold them (Node 18), so it is ended (`SIGKILL`) and they are handed on.
 //! - still held when the worker exits: handed on if a request waits on it (its previous one
-//!   was answered: clients do not pipeline); closed otherwise, as the worker's exit would have.
+//!   was answered: clients do not pipeline); else kept as one let go of idle.
 //! - closed by the client: closed.
+//!
+//! A connection whose waiting bytes are not an HTTP request line (a WebSocket, another
+//! protocol) gets its low-water mark back and is read by the worker as before; it is not a
+//! boundary herd can tell, so the worker then lives to its exit or grace period.
 //!
 //! Nothing here is needed for the worker to stop: where `pidfd_getfd` is not allowed (another
 //! user, a ptrace policy) the worker retires as before, with a warning.
@@ -39,27 +50,87 @@ pub(crate) const PARK: Duration = Duration::from_secs(2);
 /// How often the worker's descriptor table is read while it retires.
 const TICK: Duration = Duration::from_millis(10);
 
+/// Reads of the worker's table in a row that must find every connection it holds with a
+/// request waiting before it is ended.
+const ANSWERED_TICKS: u32 = 2;
+
+/// The receive low-water mark that keeps a retiring worker from reading a connection's next
+/// request (the kernel caps it at half the largest TCP receive buffer: a request bigger than
+/// that still reaches the worker, which answers it).
+const NO_READING: i32 = i32::MAX;
+
 /// One connection herd holds a copy of.
 pub(crate) struct Held {
     fd: OwnedFd,
     ino: u64,
     key: String,
+    /// A TCP connection (a Unix socket's readiness ignores the low-water mark).
+    tcp: bool,
+    /// Its low-water mark is raised: the worker reads nothing more from it.
+    paused: bool,
+    /// Bytes that are no HTTP request line waited on it: the worker reads it as before.
+    opaque: bool,
+}
+
+impl Held {
+    /// Keeps the worker from reading the next request (TCP only, and not an opaque one).
+    fn pause(&mut self) {
+        if self.tcp && !self.paused && !self.opaque {
+            self.paused = crate::sys::set_rcvlowat(self.fd.as_fd(), NO_READING).is_ok();
+        }
+    }
+
+    /// Whoever holds it next reads it as usual.
+    fn resume(&mut self) {
+        if self.paused {
+            let _ = crate::sys::set_rcvlowat(self.fd.as_fd(), 1);
+            self.paused = false;
+        }
+    }
 }
 
 /// What a held connection has, read without taking it.
+#[derive(Debug, PartialEq)]
 enum Peek {
-    /// Bytes of a request wait.
-    Data,
+    /// The start of an HTTP/1 request waits: a method token and a space.
+    Request,
+    /// Bytes wait that may still become a request line (a method token, cut short).
+    Partial,
+    /// Bytes wait that are no HTTP request line.
+    Other,
     /// Nothing waits.
     Idle,
     /// The client closed it, or it failed.
     Gone,
 }
 
+impl Peek {
+    /// Bytes wait on it.
+    fn data(&self) -> bool {
+        matches!(self, Peek::Request | Peek::Partial | Peek::Other)
+    }
+}
+
+/// The longest HTTP method herd expects before the space (`OPTIONS`, `CONNECT`).
+const METHOD_MAX: usize = 7;
+
+/// What `bytes`, the first to wait on a connection, are: a request line starts with an
+/// upper-case method token (3 to 7 letters: `GET`, `OPTIONS`) and a space.
+fn request_start(bytes: &[u8]) -> Peek {
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'A'..=b'Z' if i < METHOD_MAX => {}
+            b' ' if i >= 3 => return Peek::Request,
+            _ => return Peek::Other,
+        }
+    }
+    Peek::Partial
+}
+
 fn peek(fd: impl AsFd) -> Peek {
-    let mut byte = [0u8; 1];
-    match rustix::net::recv(fd, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-        Ok((n, _)) if n > 0 => Peek::Data,
+    let mut head = [0u8; METHOD_MAX + 1];
+    match rustix::net::recv(fd, &mut head, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((n, _)) if n > 0 => request_start(&head[..n.min(head.len())]),
         Ok(_) => Peek::Gone,
         Err(Errno::AGAIN) => Peek::Idle,
         Err(_) => Peek::Gone,
@@ -167,6 +238,9 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
                 fd,
                 ino,
                 key: key.clone(),
+                tcp: matches!(local, ListenAddr::Tcp(_)),
+                paused: false,
+                opaque: false,
             });
         }
     }
@@ -178,15 +252,23 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
     held
 }
 
-/// Watches the retiring worker's descriptor table until it exits, and hands on or closes each
-/// held connection as the module says.
+/// Watches the retiring worker until it exits, and hands on, closes or ends it with each held
+/// connection as the module says. `keys` are the cluster's sockets it listened on.
 pub(crate) async fn watch(
     balancer: Arc<Balancer>,
     worker: WorkerId,
     pid: u32,
+    keys: Vec<(String, ListenAddr)>,
     mut held: Vec<Held>,
     mut exit: watch::Receiver<Option<ExitStatus>>,
 ) {
+    held.iter_mut().for_each(Held::pause);
+    // Taken while it still runs (its exit not seen yet): a signal through it can only reach
+    // the worker, never a process that reused its pid.
+    let pidfd = Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
+        .filter(|_| exit.borrow().is_none());
+    let mut answered = 0;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !held.is_empty() {
@@ -195,12 +277,14 @@ pub(crate) async fn watch(
             changed = exit.changed() => changed.is_err() || exit.borrow().is_some(),
         };
         if exited {
-            for h in held.drain(..) {
-                match peek(&h.fd) {
-                    Peek::Data => balancer.rehome(&h.key, h.fd, worker),
-                    // Idle, or in the middle of a request the worker took with it: closed,
-                    // as its exit would have.
-                    Peek::Idle | Peek::Gone => {}
+            for mut h in held.drain(..) {
+                h.resume();
+                let what = peek(&h.fd);
+                if what.data() {
+                    balancer.rehome(&h.key, h.fd, worker);
+                } else if what == Peek::Idle {
+                    // The worker may have gone just as its client sends the next request.
+                    tokio::spawn(park(balancer.clone(), worker, h));
                 }
             }
             return;
@@ -209,18 +293,78 @@ pub(crate) async fn watch(
             continue;
         };
         let open: HashSet<u64> = table.into_iter().map(|(_, ino)| ino).collect();
-        let (kept, released): (Vec<Held>, Vec<Held>) =
+        let (mut kept, released): (Vec<Held>, Vec<Held>) =
             held.into_iter().partition(|h| open.contains(&h.ino));
-        held = kept;
-        for h in released {
+        for mut h in released {
+            h.resume();
             match peek(&h.fd) {
-                Peek::Data => balancer.rehome(&h.key, h.fd, worker),
+                what if what.data() => balancer.rehome(&h.key, h.fd, worker),
                 Peek::Idle => {
                     tokio::spawn(park(balancer.clone(), worker, h));
                 }
-                Peek::Gone => {}
+                _ => {}
             }
         }
+        answered = if all_answered(&mut kept) {
+            answered + 1
+        } else {
+            0
+        };
+        if answered >= ANSWERED_TICKS {
+            answered = 0;
+            // A connection the worker accepted after herd's copy is taken (and paused) first.
+            let mut skip = balancer.in_flight_inodes(worker);
+            skip.extend(kept.iter().map(|h| h.ino));
+            let keys = keys.clone();
+            let more = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip))
+                .await
+                .unwrap_or_default();
+            if more.is_empty() {
+                end(pidfd.as_ref(), pid, kept.len());
+            } else {
+                kept.extend(more.into_iter().map(|mut h| {
+                    h.pause();
+                    h
+                }));
+            }
+        }
+        held = kept;
+    }
+}
+
+/// Whether the worker has answered for every connection it still holds: each has the start of
+/// its next request waiting, which the worker cannot read. One whose waiting bytes are no
+/// request line gets its low-water mark back (the worker reads it, as before).
+fn all_answered(kept: &mut [Held]) -> bool {
+    let mut all = !kept.is_empty();
+    for h in kept.iter_mut() {
+        match peek(&h.fd) {
+            Peek::Request if h.paused => {}
+            Peek::Other if h.paused => {
+                h.resume();
+                h.opaque = true;
+                all = false;
+            }
+            _ => all = false,
+        }
+    }
+    all
+}
+
+/// Ends a retiring worker that holds `n` connections it can no longer serve: each has its next
+/// request waiting, which goes to another worker once it exits.
+fn end(pidfd: Option<&OwnedFd>, pid: u32, n: usize) {
+    let Some(pidfd) = pidfd else {
+        return;
+    };
+    tracing::info!(
+        pid,
+        connections = n,
+        "a retiring worker answered its last requests and holds only connections whose next \
+         request waits: ending it (SIGKILL) so that they go to other workers"
+    );
+    if let Err(e) = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL) {
+        tracing::debug!(pid, error = %e, "cannot end the retiring worker");
     }
 }
 
@@ -235,7 +379,7 @@ async fn park(balancer: Arc<Balancer>, worker: WorkerId, h: Held) {
         .await
         .map(|r| r.map(|_| ()));
     let fd = watched.into_inner();
-    if matches!(ready, Ok(Ok(_))) && matches!(peek(&fd), Peek::Data) {
+    if matches!(ready, Ok(Ok(_))) && peek(&fd).data() {
         balancer.rehome(&key, fd, worker);
     }
 }
@@ -292,10 +436,10 @@ mod tests {
             std::net::SocketAddr::try_from(peer).unwrap(),
             client.local_addr().unwrap()
         );
-        assert!(matches!(peek(&h.fd), Peek::Idle));
+        assert_eq!(peek(&h.fd), Peek::Idle);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !matches!(peek(&h.fd), Peek::Data) {
+        while peek(&h.fd) != Peek::Request {
             assert!(std::time::Instant::now() < deadline, "the request shows");
             std::thread::yield_now();
         }
@@ -310,5 +454,54 @@ mod tests {
             grab(std::process::id(), &keys, &skip).is_empty(),
             "a connection still herd's to give is not taken"
         );
+    }
+
+    #[test]
+    fn a_request_line_is_told_from_other_bytes() {
+        assert_eq!(request_start(b"GET / HT"), Peek::Request);
+        assert_eq!(request_start(b"OPTIONS "), Peek::Request);
+        assert_eq!(request_start(b"GE"), Peek::Partial);
+        assert_eq!(
+            request_start(b"\x81\x85abc"),
+            Peek::Other,
+            "a WebSocket frame"
+        );
+        assert_eq!(request_start(b"get / HT"), Peek::Other);
+        assert_eq!(
+            request_start(b"AB / HTT"),
+            Peek::Other,
+            "too short a method"
+        );
+        assert_eq!(request_start(b"ABCDEFGH"), Peek::Other, "too long a method");
+    }
+
+    /// What a retiring worker relies on: with the low-water mark raised on its connection, a
+    /// request that arrives does not make the socket readable (its event loop never reads
+    /// it); lowered, it does at once.
+    #[test]
+    fn a_raised_low_water_mark_keeps_a_request_from_waking_its_reader() {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        let keys = vec![("k".to_string(), ListenAddr::Tcp(l.local_addr().unwrap()))];
+        let mut held = grab(std::process::id(), &keys, &HashSet::new());
+        assert_eq!(held.len(), 1);
+        held[0].pause();
+        assert!(held[0].paused);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let readable = |ms: i64| {
+            let mut fds = [PollFd::new(&accepted, PollFlags::IN)];
+            let wait = Timespec {
+                tv_sec: ms / 1000,
+                tv_nsec: (ms % 1000) * 1_000_000,
+            };
+            poll(&mut fds, Some(&wait)).unwrap() > 0
+        };
+        // Waiting for nothing to happen: 200 ms in which the request has long arrived.
+        assert!(!readable(200), "the request woke the worker's poll");
+        assert_eq!(peek(&accepted), Peek::Request, "it waits in the socket");
+        held[0].resume();
+        assert!(readable(5000), "lowered again, the request is readable");
     }
 }

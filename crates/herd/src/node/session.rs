@@ -201,11 +201,17 @@ impl Session {
             balancer.answered_all(worker, ANSWER_LIMIT).await;
             // Reading /proc and taking descriptors are blocking calls: off the runtime.
             let skip = balancer.in_flight_inodes(worker);
-            let held = tokio::task::spawn_blocking(move || rescue::grab(pid, &keys, &skip))
-                .await
-                .unwrap_or_default();
+            let grabbed = tokio::task::spawn_blocking(move || {
+                let held = rescue::grab(pid, &keys, &skip);
+                (keys, held)
+            })
+            .await;
+            let Ok((keys, held)) = grabbed else {
+                send(&peer, line);
+                return;
+            };
             send(&peer, line);
-            rescue::watch(balancer, worker, pid, held, exit).await;
+            rescue::watch(balancer, worker, pid, keys, held, exit).await;
         });
         true
     }
