@@ -128,11 +128,15 @@ p(f'One Node worker under `herd run -w 1 --cache-dir DIR --warm ...`, so the pri
   f'workers (both paths\' figures together). Small miss: {int(small_keys) - 1:,} keys of 100 bytes (text), each asked once, one after '
   f'the other (the first 200 not counted), the median and p99 of each call. 10 MiB first get: '
   f'{big_keys} random values, the first get of each (the median). Redis does the same `GET`s; the '
-  'floors are 16-byte ping-pongs (100,000 for Rust, 50,000 for Node, after 2,000 warm-up ones).')
+  'floors are 16-byte ping-pongs (100,000 for Rust, 50,000 for Node, after 2,000 warm-up ones): '
+  'Rust↔Rust with blocking reads and writes (the raw socketpair), Rust↔tokio with the echo a task on '
+  'tokio\'s multi-threaded runtime (what any async server pays; herd\'s primary is one), Node↔echo with '
+  'Node\'s own async I/O to the blocking Rust echo (what any Node program pays for a round trip).')
 p('')
-cols = [c for c in ['json', 'addon'] if c in configs] + ['redis', 'floor-rust', 'floor-node', 'node']
+cols = [c for c in ['json', 'addon'] if c in configs] + ['redis', 'floor-rust', 'floor-tokio', 'floor-node', 'node']
 head = {'json': 'herd json path', 'addon': 'herd addon path', 'redis': 'Redis GET from Node',
-        'floor-rust': 'socketpair Rust↔Rust', 'floor-node': 'socketpair Node↔echo',
+        'floor-rust': 'socketpair Rust↔Rust', 'floor-tokio': 'socketpair Rust↔tokio',
+        'floor-node': 'socketpair Node↔echo',
         'node': 'Node alone: a Map'}
 p('| µs | ' + ' | '.join(head[c] for c in cols) + ' |')
 p('|---|' + '---:|' * len(cols))
@@ -144,6 +148,9 @@ def cell(c, metric, digits=2):
         return fmt(vals('lat', 'floor', m), digits) if m else '-'
     if c == 'floor-node':
         m = {'miss_us': 'node_rtt_us', 'miss_p99_us': 'node_rtt_p99_us'}.get(metric)
+        return fmt(vals('lat', 'floor', m), digits) if m else '-'
+    if c == 'floor-tokio':
+        m = {'miss_us': 'tokio_rtt_us', 'miss_p99_us': 'tokio_rtt_p99_us'}.get(metric)
         return fmt(vals('lat', 'floor', m), digits) if m else '-'
     if c == 'node':
         m = {'peek_us': 'node_map_us', 'get_held_us': 'node_await_us'}.get(metric)
@@ -190,6 +197,10 @@ for c in ['addon', 'json']:
       f'{verdict(xs, lambda x: x <= 1000)} |')
 xs = per_round('lat', 'redis', 'miss_us', 'lat', 'floor', 'node_rtt_us')
 p(f'| (no target) Redis GET of 100 B ÷ Node↔echo round trip | Redis | {fmt(xs, 1, "x")} | |')
+for floor, fname, why in [('node_rtt_us', 'Node↔echo', 'a round trip through Node\'s event loop'),
+                          ('tokio_rtt_us', 'Rust↔tokio', 'a round trip to an async server')]:
+    xs = per_round('lat', 'floor', floor, 'lat', 'floor', 'rust_rtt_us')
+    p(f'| (no target) {fname} ÷ Rust↔Rust round trip: {why} | floor | {fmt(xs, 2, "x")} | |')
 
 text = '\n'.join(out) + '\n'
 print(text)

@@ -35,14 +35,20 @@ fn main() -> Result<()> {
             rtt(n)
         }
         Some("echo") => echo(),
-        _ => bail!("usage: socketpair rtt [N] | socketpair echo"),
+        Some("echo-tokio") => echo_tokio(),
+        _ => bail!("usage: socketpair rtt [N] [tokio] | socketpair echo | socketpair echo-tokio"),
     }
 }
 
 fn rtt(n: usize) -> Result<()> {
     let (mut sock, theirs) = UnixStream::pair()?;
+    let echo = if std::env::args().nth(3).as_deref() == Some("tokio") {
+        "echo-tokio"
+    } else {
+        "echo"
+    };
     let mut child = Command::new(std::env::current_exe()?)
-        .arg("echo")
+        .arg(echo)
         .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
         .stdout(Stdio::from(OwnedFd::from(theirs)))
         .spawn()?;
@@ -85,4 +91,30 @@ fn echo() -> Result<()> {
         }
         output.write_all(&msg)?;
     }
+}
+
+/// The echo child as an async server: a task on tokio's multi-threaded runtime (as herd's
+/// primary serves a channel), the socket read and written through its reactor.
+fn echo_tokio() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(rt.spawn(async {
+        let input =
+            std::os::unix::net::UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+        input.set_nonblocking(true)?;
+        let mut sock = tokio::net::UnixStream::from_std(input)?;
+        let mut msg = [0u8; FRAME];
+        loop {
+            let mut have = 0;
+            while have < FRAME {
+                let got = sock.read(&mut msg[have..]).await?;
+                if got == 0 {
+                    ensure!(have == 0, "echo: a partial message at end of file");
+                    return Ok(());
+                }
+                have += got;
+            }
+            sock.write_all(&msg).await?;
+        }
+    }))?
 }

@@ -69,6 +69,9 @@ pub(crate) struct Conn {
     env: sys::napi_env,
     fd: OwnedFd,
     poll: Option<Poll>,
+    /// The events `poll` waits for: changed only when they change (libuv's `uv_poll_start`
+    /// takes the descriptor out of epoll and puts it back, two system calls).
+    polled: c_int,
     limits: Limits,
     rbuf: BytesMut,
     fds: FdQueue,
@@ -150,6 +153,7 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
         env,
         fd,
         poll: Some(poll),
+        polled: uv::READABLE,
         limits,
         rbuf,
         fds,
@@ -380,8 +384,11 @@ impl Conn {
         } else {
             uv::READABLE | uv::WRITABLE
         };
-        if let Some(p) = &self.poll {
-            p.set_events(events, on_poll);
+        if events != self.polled {
+            if let Some(p) = &self.poll {
+                p.set_events(events, on_poll);
+                self.polled = events;
+            }
         }
     }
 
@@ -400,7 +407,14 @@ impl Conn {
                     self.lose("the primary closed the cache channel".into());
                     return;
                 }
-                Ok(Some(n)) => self.rbuf.extend_from_slice(&self.scratch[..n]),
+                Ok(Some(n)) => {
+                    self.rbuf.extend_from_slice(&self.scratch[..n]);
+                    // Short: the socket is drained for now (libuv polls level-triggered, so
+                    // anything left wakes the loop again), without a read that would block.
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
                 Err(e) => {
                     self.lose(e);
                     return;
