@@ -113,8 +113,12 @@ fn main() {
         if r.options.log_format.as_deref() == Some("json"));
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
         .unwrap_or_else(|_| "herd=info,herd_cli=info".into());
+    // Colour only for a person at a terminal: a pipe, a file or journald gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if json_logs {
         fmt.json().init();

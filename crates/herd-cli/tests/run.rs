@@ -278,6 +278,12 @@ fn reuseport_gives_each_worker_its_own_socket_on_one_port() {
 fn output_is_prefixed_or_json_and_scale_changes_the_count() {
     let script = "echo \"hello from $HERD_WORKER_ID\"; echo oops >&2; exec cat <&$NODE_CHANNEL_FD >/dev/null";
     let herd = Herd::start("output", &["-w", "1", "--", "sh", "-c", script]);
+    // herd's own log, written to a pipe: plain text, no terminal colour codes.
+    let log = herd.stderr_line(|l| l.contains("herd running"));
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a piped log: {log:?}"
+    );
     herd.stdout_line(|l| l == "[w1] hello from 1");
     herd.stderr_line(|l| l == "[w1] oops");
     let out = herd.ctl(&["scale", "3"]);
