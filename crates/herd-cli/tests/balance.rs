@@ -565,8 +565,11 @@ fn keep_alive_reloads(node: &str, balance: &str, script: &str) {
         );
         until_ok(&tally, tally.ok() + 2 * CLIENTS as u64, "after a reload");
     }
-    // The load goes on until every retired worker has exited: one whose clients keep their
-    // connections busy (Node 18's `server.close()` leaves them open) lives to its grace period.
+    // The load goes on until every retired worker has exited. One whose clients keep their
+    // connections busy (Node 18's `server.close()` leaves them open, later ones those that were
+    // busy when it closed) would live to its grace period (5 s) and take the request it was
+    // answering; herd ends it once it has answered them (about 1 s after its disconnect).
+    let last_reload = Instant::now();
     for i in 0..2 * RELOADS {
         wait_line(
             &herd.err,
@@ -574,6 +577,7 @@ fn keep_alive_reloads(node: &str, balance: &str, script: &str) {
             &format!("retired worker {i} exiting"),
         );
     }
+    let retiring = last_reload.elapsed();
     until_ok(
         &tally,
         tally.ok() + 2 * CLIENTS as u64,
@@ -586,11 +590,16 @@ fn keep_alive_reloads(node: &str, balance: &str, script: &str) {
     let (ok, failed) = (tally.ok(), tally.failed());
     eprintln!(
         "{node} {script}: keep-alive, {RELOADS} reloads (balance {balance}): {ok} ok, {failed} failed, \
-         {reconnects} clean reconnects in {:?}; first failures: {:?}",
+         {reconnects} clean reconnects in {:?} (the last retirements {retiring:?}); first \
+         failures: {:?}",
         started.elapsed(),
         tally.reasons()
     );
     assert_eq!(failed, 0, "failed requests: {:?}", tally.reasons());
+    assert!(
+        retiring < Duration::from_secs(4),
+        "the last reload's workers took {retiring:?} to go: not ended once they had answered"
+    );
     // slow.js takes 20 ms a request: its 4 clients make at most 200 a second.
     let least = if script == "slow.js" { 100 } else { 500 };
     assert!(ok > least, "only {ok} requests succeeded");

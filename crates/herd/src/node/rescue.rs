@@ -5,23 +5,29 @@
 //! clients keep their connections busy, the worker lives to its grace period and its `SIGKILL`
 //! takes the request it was answering. So before herd asks a worker to disconnect, it takes a
 //! copy of each client connection the worker holds on the cluster's sockets (`pidfd_getfd`,
-//! the worker being herd's child), and raises each TCP one's receive low-water mark: the
-//! worker answers what it has read and reads no next request, which waits in the socket for
-//! another worker. A socket lives while any process holds it, so one the worker destroys
-//! stays open in herd, with no reset and no FIN:
+//! the worker being herd's child). If the worker still holds some [`SETTLE`] later, herd
+//! raises each TCP one's receive low-water mark: the worker answers what it has read and its
+//! event loop is not woken for a next request, which waits in the socket for another worker.
+//! A socket lives while any process holds it, so one the worker destroys stays open in herd,
+//! with no reset and no FIN:
 //! - let go while the worker lives (Node destroyed it idle): handed to another worker when
 //!   it carries a request (Node's `newconn`), at once or as soon as one arrives, within
 //!   [`PARK`]; closed if none does (an idle connection closed, as Node meant to).
-//! - still held by a worker that has answered for all of them (each has the start of its next
-//!   HTTP request waiting, for two reads of its table in a row): the worker has nothing left to
-//!   do but hold them (Node 18), so it is ended (`SIGKILL`) and they are handed on.
+//! - still held by a worker that has nothing else to do (Node 18; Node 19+ with a connection
+//!   that was busy when its server closed): when, with the marks raised, two reads of its table
+//!   in a row find each connection it holds with the start of an HTTP request line waiting
+//!   (method, space, target), and it holds no connection
+//!   herd has not taken and no listening socket, herd stops it (`SIGSTOP`), checks the
+//!   connections again (stopped, it cannot read one meanwhile) and ends it (`SIGKILL`, through a
+//!   pidfd); the connections go on as below. Otherwise it goes on (`SIGCONT`).
 //! - still held when the worker exits: handed on if a request waits on it (its previous one
-//!   was answered: clients do not pipeline); else kept as one let go of idle.
+//!   was answered: clients do not pipeline); else parked as one let go of idle.
 //! - closed by the client: closed.
 //!
-//! A connection whose waiting bytes are not an HTTP request line (a WebSocket, another
-//! protocol) gets its low-water mark back and is read by the worker as before; it is not a
-//! boundary herd can tell, so the worker then lives to its exit or grace period.
+//! A connection whose waiting bytes are not a request line (a WebSocket, a body, another
+//! protocol) gets its low-water mark back and is read by the worker as before; herd then hands
+//! it to no other worker (a new worker would read it from the middle of a stream), and the
+//! worker lives to its exit or grace period.
 //!
 //! Nothing here is needed for the worker to stop: where `pidfd_getfd` is not allowed (another
 //! user, a ptrace policy) the worker retires as before, with a warning.
@@ -54,6 +60,11 @@ const TICK: Duration = Duration::from_millis(10);
 /// request waiting before it is ended.
 const ANSWERED_TICKS: u32 = 2;
 
+/// How long a retiring worker serves the connections herd holds as usual before herd raises
+/// their low-water marks (and may end it once it has answered them): time for Node's own
+/// disconnect (closing its servers, the program's own `disconnect` handlers).
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// The receive low-water mark that keeps a retiring worker from reading a connection's next
 /// request (the kernel caps it at half the largest TCP receive buffer: a request bigger than
 /// that still reaches the worker, which answers it).
@@ -68,8 +79,11 @@ pub(crate) struct Held {
     tcp: bool,
     /// Its low-water mark is raised: the worker reads nothing more from it.
     paused: bool,
-    /// Bytes that are no HTTP request line waited on it: the worker reads it as before.
+    /// Bytes that are no HTTP request line waited on it (or the start of one that did not
+    /// grow): the worker reads it as before, and herd hands it to no other worker.
     opaque: bool,
+    /// Reads in a row that found a request line cut short.
+    partial: u8,
 }
 
 impl Held {
@@ -115,20 +129,29 @@ impl Peek {
 const METHOD_MAX: usize = 7;
 
 /// What `bytes`, the first to wait on a connection, are: a request line starts with an
-/// upper-case method token (3 to 7 letters: `GET`, `OPTIONS`) and a space.
+/// upper-case method token (3 to 7 letters: `GET`, `OPTIONS`), a space and the start of a
+/// request target: `/`, `*` or `h` (of `http://`), or anything printable after `CONNECT`.
 fn request_start(bytes: &[u8]) -> Peek {
-    for (i, b) in bytes.iter().enumerate() {
-        match b {
-            b'A'..=b'Z' if i < METHOD_MAX => {}
-            b' ' if i >= 3 => return Peek::Request,
-            _ => return Peek::Other,
-        }
+    let Some(space) = bytes.iter().position(|b| !b.is_ascii_uppercase()) else {
+        return if bytes.len() <= METHOD_MAX {
+            Peek::Partial
+        } else {
+            Peek::Other
+        };
+    };
+    if !(3..=METHOD_MAX).contains(&space) || bytes[space] != b' ' {
+        return Peek::Other;
     }
-    Peek::Partial
+    match bytes.get(space + 1) {
+        None => Peek::Partial,
+        Some(b'/' | b'*' | b'h') => Peek::Request,
+        Some(b) if &bytes[..space] == b"CONNECT" && b.is_ascii_graphic() => Peek::Request,
+        Some(_) => Peek::Other,
+    }
 }
 
 fn peek(fd: impl AsFd) -> Peek {
-    let mut head = [0u8; METHOD_MAX + 1];
+    let mut head = [0u8; METHOD_MAX + 2];
     match rustix::net::recv(fd, &mut head, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
         Ok((n, _)) if n > 0 => request_start(&head[..n.min(head.len())]),
         Ok(_) => Peek::Gone,
@@ -180,76 +203,93 @@ fn headroom() -> usize {
     limit.saturating_sub(open) / 2
 }
 
+/// What [`grab`] found in a worker's descriptor table.
+#[derive(Default)]
+pub(crate) struct Grab {
+    /// The copies taken.
+    pub(crate) held: Vec<Held>,
+    /// Every descriptor was looked at: none skipped for a limit or a refusal.
+    pub(crate) complete: bool,
+    /// The worker still has a listening socket on one of the keys: it may accept more.
+    pub(crate) listening: bool,
+}
+
 /// Takes a copy of every client connection `pid` holds that was accepted on one of `keys`'
 /// sockets, but those in `skip` (still herd's to hand out), at most [`MAX_HELD`] and half of
-/// this process's descriptor headroom. Empty (with a warning) where the kernel does not allow
-/// it.
-pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>) -> Vec<Held> {
+/// this process's descriptor headroom. Incomplete (with a warning) past those limits or where
+/// the kernel does not allow it.
+pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>) -> Grab {
+    let mut grab = Grab::default();
     if keys.is_empty() {
-        return Vec::new();
+        grab.complete = true;
+        return grab;
     }
     let most = MAX_HELD.min(headroom());
     let Some(pid_) = Pid::from_raw(pid as i32) else {
-        return Vec::new();
+        return grab;
     };
     let pidfd = match rustix::process::pidfd_open(pid_, PidfdFlags::empty()) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(pid, error = %e, "cannot open the retiring worker's pidfd");
-            return Vec::new();
+            return grab;
         }
     };
     let Ok(table) = sockets(pid) else {
-        return Vec::new();
+        return grab;
     };
-    let mut held = Vec::new();
     let mut seen = HashSet::new();
     for (n, ino) in table {
-        if held.len() >= most {
+        if !seen.insert(ino) || skip.contains(&ino) {
+            continue;
+        }
+        if grab.held.len() >= most {
             tracing::warn!(
                 pid,
                 most,
                 "a retiring worker holds more connections than herd can keep alive for it \
                  (MAX_HELD, or half its open-file headroom)"
             );
-            break;
-        }
-        if !seen.insert(ino) || skip.contains(&ino) {
-            continue;
+            return grab;
         }
         let fd = match rustix::process::pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()) {
             Ok(fd) => fd,
             Err(Errno::BADF) => continue,
             Err(e) => {
                 tracing::warn!(pid, error = %e, "cannot take the retiring worker's connections (pidfd_getfd); its idle ones may be reset");
-                return held;
+                return grab;
             }
         };
-        if sockopt::socket_type(&fd) != Ok(SocketType::STREAM)
-            || sockopt::socket_acceptconn(&fd).unwrap_or(true)
-        {
+        if sockopt::socket_type(&fd) != Ok(SocketType::STREAM) {
             continue;
         }
         let Ok(local) = listen::local_addr(&fd) else {
             continue;
         };
-        if let Some((key, _)) = keys.iter().find(|(_, l)| accepted_on(l, &local)) {
-            held.push(Held {
-                fd,
-                ino,
-                key: key.clone(),
-                tcp: matches!(local, ListenAddr::Tcp(_)),
-                paused: false,
-                opaque: false,
-            });
+        let Some((key, _)) = keys.iter().find(|(_, l)| accepted_on(l, &local)) else {
+            continue;
+        };
+        if sockopt::socket_acceptconn(&fd).unwrap_or(true) {
+            grab.listening = true;
+            continue;
         }
+        grab.held.push(Held {
+            fd,
+            ino,
+            key: key.clone(),
+            tcp: matches!(local, ListenAddr::Tcp(_)),
+            paused: false,
+            opaque: false,
+            partial: 0,
+        });
     }
+    grab.complete = true;
     tracing::debug!(
         pid,
-        held = held.len(),
+        held = grab.held.len(),
         "holding a retiring worker's connections"
     );
-    held
+    grab
 }
 
 /// Watches the retiring worker until it exits, and hands on, closes or ends it with each held
@@ -262,9 +302,11 @@ pub(crate) async fn watch(
     mut held: Vec<Held>,
     mut exit: watch::Receiver<Option<ExitStatus>>,
 ) {
-    held.iter_mut().for_each(Held::pause);
-    // Taken while it still runs (its exit not seen yet): a signal through it can only reach
-    // the worker, never a process that reused its pid.
+    // Until then the worker serves its connections as usual (no request waits on it).
+    let settled = tokio::time::Instant::now() + SETTLE;
+    let mut paused = false;
+    // Taken while it still runs (its exit not seen yet): a signal through it reaches the
+    // worker, or no process at all.
     let pidfd = Pid::from_raw(pid as i32)
         .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
         .filter(|_| exit.borrow().is_none());
@@ -277,15 +319,8 @@ pub(crate) async fn watch(
             changed = exit.changed() => changed.is_err() || exit.borrow().is_some(),
         };
         if exited {
-            for mut h in held.drain(..) {
-                h.resume();
-                let what = peek(&h.fd);
-                if what.data() {
-                    balancer.rehome(&h.key, h.fd, worker);
-                } else if what == Peek::Idle {
-                    // The worker may have gone just as its client sends the next request.
-                    tokio::spawn(park(balancer.clone(), worker, h));
-                }
+            for h in held.drain(..) {
+                hand_on(&balancer, worker, h);
             }
             return;
         }
@@ -295,15 +330,12 @@ pub(crate) async fn watch(
         let open: HashSet<u64> = table.into_iter().map(|(_, ino)| ino).collect();
         let (mut kept, released): (Vec<Held>, Vec<Held>) =
             held.into_iter().partition(|h| open.contains(&h.ino));
-        for mut h in released {
-            h.resume();
-            match peek(&h.fd) {
-                what if what.data() => balancer.rehome(&h.key, h.fd, worker),
-                Peek::Idle => {
-                    tokio::spawn(park(balancer.clone(), worker, h));
-                }
-                _ => {}
-            }
+        for h in released {
+            hand_on(&balancer, worker, h);
+        }
+        if !paused && tokio::time::Instant::now() >= settled {
+            kept.iter_mut().for_each(Held::pause);
+            paused = true;
         }
         answered = if all_answered(&mut kept) {
             answered + 1
@@ -312,35 +344,114 @@ pub(crate) async fn watch(
         };
         if answered >= ANSWERED_TICKS {
             answered = 0;
-            // A connection the worker accepted after herd's copy is taken (and paused) first.
-            let mut skip = balancer.in_flight_inodes(worker);
-            skip.extend(kept.iter().map(|h| h.ino));
-            let keys = keys.clone();
-            let more = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip))
-                .await
-                .unwrap_or_default();
-            if more.is_empty() {
-                end(pidfd.as_ref(), pid, kept.len());
-            } else {
-                kept.extend(more.into_iter().map(|mut h| {
-                    h.pause();
-                    h
-                }));
+            if let Some(pidfd) = &pidfd {
+                kept = end_if_done(&balancer, worker, pid, &keys, pidfd, kept).await;
             }
         }
         held = kept;
     }
 }
 
+/// A held connection the worker let go of (or left by exiting): to another worker if a
+/// request waits on it, parked if idle (the worker may have let go just as its client sent the
+/// next request), closed if the client closed it or herd cannot tell where its next request
+/// starts (opaque).
+fn hand_on(balancer: &Arc<Balancer>, worker: WorkerId, mut h: Held) {
+    h.resume();
+    if h.opaque {
+        return;
+    }
+    match peek(&h.fd) {
+        what if what.data() => balancer.rehome(&h.key, h.fd, worker),
+        Peek::Idle => {
+            tokio::spawn(park(balancer.clone(), worker, h));
+        }
+        _ => {}
+    }
+}
+
+/// Ends the worker if it still has nothing to do but hold `kept`: no connection herd has not
+/// taken, no listening socket, and (checked again with it stopped, so that it cannot read one
+/// meanwhile) every kept connection with its next request waiting. What is still kept, with
+/// any connections taken now.
+async fn end_if_done(
+    balancer: &Arc<Balancer>,
+    worker: WorkerId,
+    pid: u32,
+    keys: &[(String, ListenAddr)],
+    pidfd: &OwnedFd,
+    mut kept: Vec<Held>,
+) -> Vec<Held> {
+    let mut skip = balancer.in_flight_inodes(worker);
+    skip.extend(kept.iter().map(|h| h.ino));
+    let keys = keys.to_vec();
+    let Ok(more) = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip)).await else {
+        return kept;
+    };
+    if !more.complete || more.listening || !more.held.is_empty() {
+        // Not done: it may still accept, or holds connections herd had not taken (now taken
+        // and paused, for the next look).
+        kept.extend(more.held.into_iter().map(|mut h| {
+            h.pause();
+            h
+        }));
+        return kept;
+    }
+    use rustix::process::{pidfd_send_signal, Signal};
+    if pidfd_send_signal(pidfd, Signal::STOP).is_err() {
+        return kept;
+    }
+    let stopped = tokio::task::spawn_blocking(move || wait_stopped(pid))
+        .await
+        .unwrap_or(false);
+    if stopped && all_answered(&mut kept) {
+        tracing::info!(
+            pid,
+            connections = kept.len(),
+            "a retiring worker answered its last requests and holds only connections whose \
+             next request waits: ending it (SIGKILL) so that they go to other workers"
+        );
+        if pidfd_send_signal(pidfd, Signal::KILL).is_ok() {
+            return kept;
+        }
+    }
+    let _ = pidfd_send_signal(pidfd, Signal::CONT);
+    kept
+}
+
+/// Whether `pid` shows as stopped (`T` in `/proc/PID/stat`) within 100 ms of its `SIGSTOP`.
+fn wait_stopped(pid: u32) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next())
+            });
+        match state {
+            Some('T') => return true,
+            None => return false,
+            Some(_) if std::time::Instant::now() >= deadline => return false,
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
 /// Whether the worker has answered for every connection it still holds: each has the start of
 /// its next request waiting, which the worker cannot read. One whose waiting bytes are no
-/// request line gets its low-water mark back (the worker reads it, as before).
+/// request line, or stay the start of one, gets its low-water mark back (the worker reads it,
+/// as before) and is marked opaque.
 fn all_answered(kept: &mut [Held]) -> bool {
     let mut all = !kept.is_empty();
     for h in kept.iter_mut() {
         match peek(&h.fd) {
-            Peek::Request if h.paused => {}
-            Peek::Other if h.paused => {
+            Peek::Request if h.paused => h.partial = 0,
+            Peek::Partial if h.paused && h.partial < 1 => {
+                h.partial += 1;
+                all = false;
+            }
+            Peek::Other | Peek::Partial if h.paused => {
                 h.resume();
                 h.opaque = true;
                 all = false;
@@ -349,23 +460,6 @@ fn all_answered(kept: &mut [Held]) -> bool {
         }
     }
     all
-}
-
-/// Ends a retiring worker that holds `n` connections it can no longer serve: each has its next
-/// request waiting, which goes to another worker once it exits.
-fn end(pidfd: Option<&OwnedFd>, pid: u32, n: usize) {
-    let Some(pidfd) = pidfd else {
-        return;
-    };
-    tracing::info!(
-        pid,
-        connections = n,
-        "a retiring worker answered its last requests and holds only connections whose next \
-         request waits: ending it (SIGKILL) so that they go to other workers"
-    );
-    if let Err(e) = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL) {
-        tracing::debug!(pid, error = %e, "cannot end the retiring worker");
-    }
 }
 
 /// A connection the worker let go of idle: handed on when its next request arrives, closed
@@ -427,7 +521,13 @@ mod tests {
         let (accepted, _) = l.accept().unwrap();
         accepted.set_nonblocking(true).unwrap();
         let keys = vec![("k".to_string(), ListenAddr::Tcp(addr))];
-        let held = grab(std::process::id(), &keys, &HashSet::new());
+        let grabbed = grab(std::process::id(), &keys, &HashSet::new());
+        assert!(grabbed.complete, "every descriptor looked at");
+        assert!(
+            grabbed.listening,
+            "the listener on the key shows, and is not taken"
+        );
+        let held = grabbed.held;
         assert_eq!(held.len(), 1, "the accepted connection only");
         let h = &held[0];
         assert_eq!(h.key, "k");
@@ -445,13 +545,16 @@ mod tests {
         }
         drop(client);
         assert!(
-            grab(std::process::id(), &[], &HashSet::new()).is_empty(),
+            grab(std::process::id(), &[], &HashSet::new())
+                .held
+                .is_empty(),
             "no keys, nothing taken"
         );
         let ino = rustix::fs::fstat(&h.fd).unwrap().st_ino;
         let skip: HashSet<u64> = [ino].into();
+        let again = grab(std::process::id(), &keys, &skip);
         assert!(
-            grab(std::process::id(), &keys, &skip).is_empty(),
+            again.held.is_empty(),
             "a connection still herd's to give is not taken"
         );
     }
@@ -459,8 +562,21 @@ mod tests {
     #[test]
     fn a_request_line_is_told_from_other_bytes() {
         assert_eq!(request_start(b"GET / HT"), Peek::Request);
-        assert_eq!(request_start(b"OPTIONS "), Peek::Request);
+        assert_eq!(request_start(b"OPTIONS *"), Peek::Request);
+        assert_eq!(request_start(b"GET http:"), Peek::Request, "absolute form");
+        assert_eq!(request_start(b"CONNECT a"), Peek::Request);
         assert_eq!(request_start(b"GE"), Peek::Partial);
+        assert_eq!(request_start(b"GET "), Peek::Partial);
+        assert_eq!(
+            request_start(b"INFO star"),
+            Peek::Other,
+            "text, not a target"
+        );
+        assert_eq!(
+            request_start(b"OK"),
+            Peek::Partial,
+            "decided by its next read"
+        );
         assert_eq!(
             request_start(b"\x81\x85abc"),
             Peek::Other,
@@ -485,7 +601,7 @@ mod tests {
         let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (accepted, _) = l.accept().unwrap();
         let keys = vec![("k".to_string(), ListenAddr::Tcp(l.local_addr().unwrap()))];
-        let mut held = grab(std::process::id(), &keys, &HashSet::new());
+        let mut held = grab(std::process::id(), &keys, &HashSet::new()).held;
         assert_eq!(held.len(), 1);
         held[0].pause();
         assert!(held[0].paused);

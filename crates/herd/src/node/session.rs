@@ -202,7 +202,7 @@ impl Session {
             // Reading /proc and taking descriptors are blocking calls: off the runtime.
             let skip = balancer.in_flight_inodes(worker);
             let grabbed = tokio::task::spawn_blocking(move || {
-                let held = rescue::grab(pid, &keys, &skip);
+                let held = rescue::grab(pid, &keys, &skip).held;
                 (keys, held)
             })
             .await;
