@@ -65,13 +65,23 @@ fn serve_with(
     script: &str,
     workers: usize,
 ) -> (Herd, SocketAddr) {
+    serve_command(balance, name, &[node, &app(script)], workers)
+}
+
+/// [`serve_with`] of the command `command` (a program that runs a server listening on `PORT`).
+fn serve_command(
+    balance: &str,
+    name: &str,
+    command: &[&str],
+    workers: usize,
+) -> (Herd, SocketAddr) {
     let port = free_port();
     let env = format!("PORT={port}");
     let n = workers.to_string();
     let mut args = vec!["-w", &n];
     args.extend(["--balance", balance]);
-    let script = app(script);
-    args.extend(["--env", &env, "--", node, &script]);
+    args.extend(["--env", &env, "--"]);
+    args.extend(command);
     let herd = Herd::start(name, &args);
     let deadline = Instant::now() + DEADLINE;
     let mut listening = 0;
@@ -635,6 +645,43 @@ fn round_robin_spreads_connections_evenly() {
         busiest * 100 <= REQUESTS as u64 * 55,
         "the busier worker answered {busiest} of {REQUESTS}: {by_pid:?}"
     );
+    stop(herd);
+}
+
+/// A worker out of descriptors (`ulimit -n 32`, filled by idle connections) cannot take a
+/// connection herd hands it: the kernel cuts the descriptor from the message and Node answers
+/// `NODE_HANDLE_NACK`. herd gives that connection to the other worker, so every request is
+/// answered, where an answer that never comes would leave its client waiting for good.
+#[test]
+fn a_worker_out_of_descriptors_hands_connections_to_another() {
+    const CONNECTIONS: usize = 40;
+    let script = app("server.js");
+    let wrapper =
+        format!("if [ \"$HERD_WORKER_ID\" = 1 ]; then ulimit -n 32; fi; exec node {script}");
+    let (herd, addr) = serve_command("rr", "balance-emfile", &["sh", "-c", &wrapper], 2);
+    // Opened first, then each asked once: the first worker runs out of descriptors on the way.
+    let mut conns: Vec<_> = (0..CONNECTIONS)
+        .map(|_| connect(addr).expect("connect"))
+        .collect();
+    let tally = Tally::default();
+    for conn in conns.iter_mut() {
+        let answer = conn
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .map_err(|e| format!("sending: {e}"))
+            .and_then(|()| read_response(conn))
+            .and_then(|r| pid_of(&r));
+        tally.record(answer);
+    }
+    let lost = herd.stderr_line(|l| l.contains("NODE_HANDLE_NACK"));
+    eprintln!(
+        "{CONNECTIONS} connections, each asked once: {:?} by pid, {} failed {:?}; herd: {lost}",
+        tally.by_pid(),
+        tally.failed(),
+        tally.reasons()
+    );
+    assert_eq!(tally.failed(), 0, "{:?}", tally.reasons());
+    drop(conns);
     stop(herd);
 }
 

@@ -283,6 +283,11 @@ impl Peer {
         }
     }
 
+    /// What the handle-carrying frame in flight said (its JSON line), if one is.
+    pub(crate) fn handle_in_flight(&self) -> Option<bytes::Bytes> {
+        self.shared.gate.in_flight()
+    }
+
     /// The Node worker acknowledged the handle in flight (`NODE_HANDLE_ACK`): the next one goes.
     /// Returns the listening socket just acknowledged, if it was one.
     pub(crate) fn handle_acked(&self) -> Option<OwnedFd> {

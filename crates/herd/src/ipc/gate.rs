@@ -34,6 +34,8 @@ struct Waiting {
 #[derive(Default)]
 struct Inner {
     in_flight: bool,
+    /// What the frame in flight said (for a `NODE_HANDLE_NACK`: which handle was lost).
+    payload: Option<bytes::Bytes>,
     /// The listening socket in flight, when it is one (Node listens on it: see `node::session`).
     server: Option<OwnedFd>,
     waiting: VecDeque<Waiting>,
@@ -64,6 +66,7 @@ impl Gate {
         } else if !g.in_flight {
             g.in_flight = true;
             g.server = server;
+            g.payload = Some(frame.payload.clone());
             Admit::Now(frame)
         } else if g.waiting.len() < MAX_WAITING {
             g.waiting.push_back(Waiting {
@@ -85,6 +88,7 @@ impl Gate {
         };
         let acked = g.server.take();
         g.in_flight = false;
+        g.payload = None;
         while let Some(w) = g.waiting.pop_front() {
             if w.sent.as_ref().is_some_and(|s| s.is_closed()) {
                 continue;
@@ -94,9 +98,15 @@ impl Gate {
             }
             g.in_flight = true;
             g.server = w.server;
+            g.payload = Some(w.frame.payload.clone());
             return (acked, Some(w.frame));
         }
         (acked, None)
+    }
+
+    /// What the frame in flight said, if one is.
+    pub(crate) fn in_flight(&self) -> Option<bytes::Bytes> {
+        self.inner.lock().ok().and_then(|g| g.payload.clone())
     }
 
     /// The channel is gone: queued frames are dropped (their senders see the channel closed)

@@ -308,6 +308,12 @@ pub(crate) fn newconn(key: &str, seq: u64) -> Bytes {
     }))
 }
 
+/// The `seq` of a [`newconn`] line, or `None` for any other line.
+pub(crate) fn newconn_seq(line: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(line.trim_ascii()).ok()?;
+    (v["msg"]["act"] == "newconn").then(|| v["msg"]["seq"].as_u64())?
+}
+
 /// What Node's `getsockname` gives for a TCP address (`sockname` in a round-robin answer).
 pub(crate) fn sockname(addr: std::net::SocketAddr) -> Value {
     let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -529,5 +535,17 @@ mod tests {
         assert_eq!(v, json!({"cmd":"NODE_CLUSTER","act":"disconnect","seq":5}));
         let v: Value = serde_json::from_slice(&ack(3, 6)).unwrap();
         assert_eq!(v, json!({"cmd":"NODE_CLUSTER","ack":3,"seq":6}));
+    }
+
+    #[test]
+    fn a_newconn_line_gives_its_seq_and_no_other_line_does() {
+        assert_eq!(newconn_seq(&newconn("k", 7)), Some(7));
+        assert_eq!(newconn_seq(&error_answer("k", 1, 2, -98)), None);
+        assert_eq!(
+            newconn_seq(b"{\"msg\":{\"act\":\"newconn\"}}\n"),
+            None,
+            "no seq"
+        );
+        assert_eq!(newconn_seq(b"not json"), None);
     }
 }

@@ -143,12 +143,30 @@ impl Session {
                 let seq_ours = self.next_seq();
                 send(peer, cluster::ack(seq, seq_ours));
             }
-            FromWorker::HandleAck | FromWorker::HandleNack => {
-                if matches!(msg, FromWorker::HandleNack) {
-                    tracing::warn!("a Node worker lost a handle on the way (NODE_HANDLE_NACK)");
-                }
+            FromWorker::HandleAck => {
                 if let Some(server) = peer.handle_acked() {
                     self.lent_server = Some(server);
+                }
+            }
+            // The descriptor did not arrive (the worker is out of descriptors: the kernel cut
+            // it from the message). A connection herd handed it goes to another worker, as if
+            // refused; the worker's next handle goes on.
+            FromWorker::HandleNack => {
+                let lost = peer.handle_in_flight();
+                let _ = peer.handle_acked();
+                match lost.as_deref().and_then(cluster::newconn_seq) {
+                    Some(seq) => {
+                        tracing::warn!(
+                            worker = %self.worker,
+                            "a Node worker did not get a connection (NODE_HANDLE_NACK: out of \
+                             descriptors?); it goes to another worker"
+                        );
+                        self.balancer.answered(self.worker, seq, false);
+                    }
+                    None => tracing::warn!(
+                        worker = %self.worker,
+                        "a Node worker lost a handle on the way (NODE_HANDLE_NACK)"
+                    ),
                 }
             }
         }
