@@ -311,7 +311,11 @@ pub(crate) fn newconn(key: &str, seq: u64) -> Bytes {
 /// The `seq` of a [`newconn`] line, or `None` for any other line.
 pub(crate) fn newconn_seq(line: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(line.trim_ascii()).ok()?;
-    (v["msg"]["act"] == "newconn").then(|| v["msg"]["seq"].as_u64())?
+    let ours = v["cmd"] == "NODE_HANDLE"
+        && v["type"] == "net.Native"
+        && v["msg"]["cmd"] == "NODE_CLUSTER"
+        && v["msg"]["act"] == "newconn";
+    ours.then(|| v["msg"]["seq"].as_u64())?
 }
 
 /// What Node's `getsockname` gives for a TCP address (`sockname` in a round-robin answer).

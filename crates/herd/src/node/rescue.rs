@@ -1,33 +1,32 @@
 //! A retiring Node worker's connections, kept alive past its `server.close()`. Node (19 and
 //! later) destroys a server's idle connections when it closes: keep-alive connections between
 //! two requests, and connections accepted whose request is not read yet. Their clients then
-//! see a reset, or a close just as they send the next request. Node 18 destroys none: its
-//! clients keep their connections busy, the worker lives to its grace period and its `SIGKILL`
-//! takes the request it was answering. So before herd asks a worker to disconnect, it takes a
-//! copy of each client connection the worker holds on the cluster's sockets (`pidfd_getfd`,
-//! the worker being herd's child). If the worker still holds some [`SETTLE`] later, herd
-//! raises each TCP one's receive low-water mark: the worker answers what it has read and its
-//! event loop is not woken for a next request, which waits in the socket for another worker.
-//! A socket lives while any process holds it, so one the worker destroys stays open in herd,
+//! see a reset, or a close just as they send the next request. Node 18 destroys none, and
+//! later versions keep those that were busy when the server closed: with busy clients the
+//! worker lives to its grace period, and its `SIGKILL` takes the request it was answering. So
+//! before herd asks a worker to disconnect, it takes a copy of each client connection the
+//! worker holds on the cluster's sockets (`pidfd_getfd`, the worker being herd's child). A
+//! socket lives while any process holds it, so one the worker destroys stays open in herd,
 //! with no reset and no FIN:
 //! - let go while the worker lives (Node destroyed it idle): handed to another worker when
 //!   it carries a request (Node's `newconn`), at once or as soon as one arrives, within
 //!   [`PARK`]; closed if none does (an idle connection closed, as Node meant to).
-//! - still held by a worker that has nothing else to do (Node 18; Node 19+ with a connection
-//!   that was busy when its server closed): when, with the marks raised, two reads of its table
-//!   in a row find each connection it holds with the start of an HTTP request line waiting
-//!   (method, space, target), and it holds no connection
-//!   herd has not taken and no listening socket, herd stops it (`SIGSTOP`), checks the
-//!   connections again (stopped, it cannot read one meanwhile) and ends it (`SIGKILL`, through a
-//!   pidfd); the connections go on as below. Otherwise it goes on (`SIGCONT`).
-//! - still held when the worker exits: handed on if a request waits on it (its previous one
-//!   was answered: clients do not pipeline); else parked as one let go of idle.
-//! - closed by the client: closed.
-//!
-//! A connection whose waiting bytes are not a request line (a WebSocket, a body, another
-//! protocol) gets its low-water mark back and is read by the worker as before; herd then hands
-//! it to no other worker (a new worker would read it from the middle of a stream), and the
-//! worker lives to its exit or grace period.
+//! - still held half the worker's grace period after the disconnect (time for Node's own
+//!   disconnect and the program's handlers): herd raises each one's receive low-water mark, so
+//!   the worker answers what it has read and its event loop is not woken for a next request,
+//!   which waits in the socket. When two reads of its table in a row find each connection it
+//!   holds with the start of an HTTP request line waiting (method, space, target), no
+//!   connection still on its way to it, and a complete scan finds no connection herd has not
+//!   taken and no listening socket, herd stops it (`SIGSTOP`), checks the connections again
+//!   (stopped, it cannot read one meanwhile) and ends it (`SIGKILL`, through a pidfd); they go
+//!   on as below. Otherwise it goes on (`SIGCONT`, also when anything cuts that short). If
+//!   that does not happen within [`PAUSE_LIMIT`], or cannot (a connection whose bytes are no
+//!   request line, a Unix socket, an incomplete scan), the marks go down and the worker serves
+//!   its connections as before, to its exit or grace period.
+//! - still held when the worker exits: handed on if a request line waits on it (its previous
+//!   one was answered: clients do not pipeline); else parked as one let go of idle.
+//! - closed by the client, or with bytes that are no request line (a WebSocket, the rest of a
+//!   body: no other worker could read them): closed.
 //!
 //! Nothing here is needed for the worker to stop: where `pidfd_getfd` is not allowed (another
 //! user, a ptrace policy) the worker retires as before, with a warning.
@@ -60,10 +59,13 @@ const TICK: Duration = Duration::from_millis(10);
 /// request waiting before it is ended.
 const ANSWERED_TICKS: u32 = 2;
 
-/// How long a retiring worker serves the connections herd holds as usual before herd raises
-/// their low-water marks (and may end it once it has answered them): time for Node's own
-/// disconnect (closing its servers, the program's own `disconnect` handlers).
-const SETTLE: Duration = Duration::from_secs(1);
+/// How long, at most, the connections' next requests wait while their marks are raised for a
+/// worker that has not answered them all: past it, the marks go down and the worker serves
+/// them as before, to its exit or grace period.
+const PAUSE_LIMIT: Duration = Duration::from_millis(500);
+
+/// Reads in a row that may find a request line cut short before the connection is opaque.
+const PARTIAL_TICKS: u8 = 10;
 
 /// The receive low-water mark that keeps a retiring worker from reading a connection's next
 /// request (the kernel caps it at half the largest TCP receive buffer: a request bigger than
@@ -116,13 +118,6 @@ enum Peek {
     Idle,
     /// The client closed it, or it failed.
     Gone,
-}
-
-impl Peek {
-    /// Bytes wait on it.
-    fn data(&self) -> bool {
-        matches!(self, Peek::Request | Peek::Partial | Peek::Other)
-    }
 }
 
 /// The longest HTTP method herd expects before the space (`OPTIONS`, `CONNECT`).
@@ -260,7 +255,10 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
                 return grab;
             }
         };
-        if sockopt::socket_type(&fd) != Ok(SocketType::STREAM) {
+        // The number may have been reused since the table was read: the copy's own inode.
+        if rustix::fs::fstat(&fd).map(|st| st.st_ino) != Ok(ino)
+            || sockopt::socket_type(&fd) != Ok(SocketType::STREAM)
+        {
             continue;
         }
         let Ok(local) = listen::local_addr(&fd) else {
@@ -301,10 +299,11 @@ pub(crate) async fn watch(
     keys: Vec<(String, ListenAddr)>,
     mut held: Vec<Held>,
     mut exit: watch::Receiver<Option<ExitStatus>>,
+    settle: Duration,
 ) {
     // Until then the worker serves its connections as usual (no request waits on it).
-    let settled = tokio::time::Instant::now() + SETTLE;
-    let mut paused = false;
+    let settled = tokio::time::Instant::now() + settle;
+    let mut pause = Pause::Not;
     // Taken while it still runs (its exit not seen yet): a signal through it reaches the
     // worker, or no process at all.
     let pidfd = Pid::from_raw(pid as i32)
@@ -333,19 +332,32 @@ pub(crate) async fn watch(
         for h in released {
             hand_on(&balancer, worker, h);
         }
-        if !paused && tokio::time::Instant::now() >= settled {
+        let now = tokio::time::Instant::now();
+        if matches!(pause, Pause::Not) && now >= settled && pidfd.is_some() {
             kept.iter_mut().for_each(Held::pause);
-            paused = true;
+            pause = Pause::Since(now);
         }
-        answered = if all_answered(&mut kept) {
-            answered + 1
-        } else {
-            0
-        };
-        if answered >= ANSWERED_TICKS {
-            answered = 0;
-            if let Some(pidfd) = &pidfd {
-                kept = end_if_done(&balancer, worker, pid, &keys, pidfd, kept).await;
+        if let Pause::Since(since) = pause {
+            answered = if all_answered(&mut kept) {
+                answered + 1
+            } else {
+                0
+            };
+            let mut verdict = Verdict::Later;
+            if answered >= ANSWERED_TICKS {
+                answered = 0;
+                if let Some(pidfd) = &pidfd {
+                    (kept, verdict) = end_if_done(&balancer, worker, pid, &keys, pidfd, kept).await;
+                }
+            }
+            // One that cannot be ended early (a connection herd cannot read, one left
+            // unanswered) serves them all again rather than keep their requests waiting.
+            let stuck = kept.iter().any(|h| !h.paused);
+            let give_up =
+                verdict == Verdict::Never || stuck || now.duration_since(since) >= PAUSE_LIMIT;
+            if give_up && verdict != Verdict::Ended {
+                kept.iter_mut().for_each(Held::resume);
+                pause = Pause::GaveUp;
             }
         }
         held = kept;
@@ -362,18 +374,42 @@ fn hand_on(balancer: &Arc<Balancer>, worker: WorkerId, mut h: Held) {
         return;
     }
     match peek(&h.fd) {
-        what if what.data() => balancer.rehome(&h.key, h.fd, worker),
-        Peek::Idle => {
+        Peek::Request => balancer.rehome(&h.key, h.fd, worker),
+        Peek::Idle | Peek::Partial => {
             tokio::spawn(park(balancer.clone(), worker, h));
         }
-        _ => {}
+        // Bytes from the middle of a stream (a WebSocket, a body): no other worker can read
+        // them; closed, as the worker meant to.
+        Peek::Other | Peek::Gone => {}
     }
 }
 
+/// What [`end_if_done`] found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Verdict {
+    /// The worker was ended.
+    Ended,
+    /// Not now: look again.
+    Later,
+    /// It cannot be ended early (herd cannot see all it holds).
+    Never,
+}
+
+/// Where the marks of a retiring worker's connections are.
+#[derive(Clone, Copy)]
+enum Pause {
+    /// Not raised yet.
+    Not,
+    /// Raised at this instant.
+    Since(tokio::time::Instant),
+    /// Lowered again for good: the worker serves its connections to its exit.
+    GaveUp,
+}
+
 /// Ends the worker if it still has nothing to do but hold `kept`: no connection herd has not
-/// taken, no listening socket, and (checked again with it stopped, so that it cannot read one
-/// meanwhile) every kept connection with its next request waiting. What is still kept, with
-/// any connections taken now.
+/// taken or is still handing it, no listening socket, and (checked again with it stopped, so
+/// that it cannot read one meanwhile) every kept connection with its next request waiting.
+/// What is still kept, with any connections taken now, and what was found.
 async fn end_if_done(
     balancer: &Arc<Balancer>,
     worker: WorkerId,
@@ -381,42 +417,78 @@ async fn end_if_done(
     keys: &[(String, ListenAddr)],
     pidfd: &OwnedFd,
     mut kept: Vec<Held>,
-) -> Vec<Held> {
-    let mut skip = balancer.in_flight_inodes(worker);
+) -> (Vec<Held>, Verdict) {
+    if balancer.in_flight(worker) > 0 {
+        return (kept, Verdict::Later);
+    }
+    let mut skip = HashSet::new();
     skip.extend(kept.iter().map(|h| h.ino));
     let keys = keys.to_vec();
     let Ok(more) = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip)).await else {
-        return kept;
+        return (kept, Verdict::Never);
     };
-    if !more.complete || more.listening || !more.held.is_empty() {
+    if !more.complete {
+        return (kept, Verdict::Never);
+    }
+    if more.listening || !more.held.is_empty() {
         // Not done: it may still accept, or holds connections herd had not taken (now taken
         // and paused, for the next look).
         kept.extend(more.held.into_iter().map(|mut h| {
             h.pause();
             h
         }));
-        return kept;
+        return (kept, Verdict::Later);
     }
-    use rustix::process::{pidfd_send_signal, Signal};
-    if pidfd_send_signal(pidfd, Signal::STOP).is_err() {
-        return kept;
-    }
-    let stopped = tokio::task::spawn_blocking(move || wait_stopped(pid))
+    let Some(stopped) = Stopped::stop(pidfd) else {
+        return (kept, Verdict::Later);
+    };
+    let is_stopped = tokio::task::spawn_blocking(move || wait_stopped(pid))
         .await
         .unwrap_or(false);
-    if stopped && all_answered(&mut kept) {
+    if is_stopped && all_answered(&mut kept) {
         tracing::info!(
             pid,
             connections = kept.len(),
             "a retiring worker answered its last requests and holds only connections whose \
              next request waits: ending it (SIGKILL) so that they go to other workers"
         );
-        if pidfd_send_signal(pidfd, Signal::KILL).is_ok() {
-            return kept;
+        if stopped.kill() {
+            return (kept, Verdict::Ended);
         }
     }
-    let _ = pidfd_send_signal(pidfd, Signal::CONT);
-    kept
+    (kept, Verdict::Later)
+}
+
+/// A worker herd stopped (`SIGSTOP`): continued (`SIGCONT`) when this is dropped, unless it
+/// was killed, so that no path (an error, a cancelled task) leaves it stopped.
+struct Stopped<'a> {
+    pidfd: &'a OwnedFd,
+    killed: bool,
+}
+
+impl<'a> Stopped<'a> {
+    fn stop(pidfd: &'a OwnedFd) -> Option<Stopped<'a>> {
+        rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::STOP).ok()?;
+        Some(Stopped {
+            pidfd,
+            killed: false,
+        })
+    }
+
+    /// `SIGKILL`; whether it was sent.
+    fn kill(mut self) -> bool {
+        self.killed =
+            rustix::process::pidfd_send_signal(self.pidfd, rustix::process::Signal::KILL).is_ok();
+        self.killed
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if !self.killed {
+            let _ = rustix::process::pidfd_send_signal(self.pidfd, rustix::process::Signal::CONT);
+        }
+    }
 }
 
 /// Whether `pid` shows as stopped (`T` in `/proc/PID/stat`) within 100 ms of its `SIGSTOP`.
@@ -447,7 +519,7 @@ fn all_answered(kept: &mut [Held]) -> bool {
     for h in kept.iter_mut() {
         match peek(&h.fd) {
             Peek::Request if h.paused => h.partial = 0,
-            Peek::Partial if h.paused && h.partial < 1 => {
+            Peek::Partial if h.paused && h.partial < PARTIAL_TICKS => {
                 h.partial += 1;
                 all = false;
             }
@@ -463,19 +535,25 @@ fn all_answered(kept: &mut [Held]) -> bool {
 }
 
 /// A connection the worker let go of idle: handed on when its next request arrives, closed
-/// if none does within [`PARK`].
+/// if none does within [`PARK`] (or what arrives is no request line).
 async fn park(balancer: Arc<Balancer>, worker: WorkerId, h: Held) {
     let Held { fd, key, .. } = h;
     let Ok(watched) = crate::sys::watch(fd, Interest::READABLE) else {
         return;
     };
-    let ready = tokio::time::timeout(PARK, watched.readable())
-        .await
-        .map(|r| r.map(|_| ()));
-    let fd = watched.into_inner();
-    if matches!(ready, Ok(Ok(_))) && peek(&fd).data() {
-        balancer.rehome(&key, fd, worker);
+    let deadline = tokio::time::Instant::now() + PARK;
+    loop {
+        let Ok(Ok(mut ready)) = tokio::time::timeout_at(deadline, watched.readable()).await else {
+            return;
+        };
+        match peek(watched.get_ref()) {
+            Peek::Request => break,
+            // More of the line is on its way: wait for it.
+            Peek::Partial | Peek::Idle => ready.clear_ready(),
+            Peek::Other | Peek::Gone => return,
+        }
     }
+    balancer.rehome(&key, watched.into_inner(), worker);
 }
 
 #[cfg(test)]

@@ -84,6 +84,10 @@ pub(crate) struct Session {
     served: VecDeque<(String, String)>,
     /// A disconnect was asked for (by us or by the worker).
     disconnecting: bool,
+    /// The worker's grace period: how long it has to stop once asked (`rescue` takes half).
+    grace: Duration,
+    /// A lost handle was reported already (later ones are logged at debug level).
+    nack_seen: bool,
 }
 
 impl Session {
@@ -93,6 +97,7 @@ impl Session {
         pid: u32,
         exit: watch::Receiver<Option<ExitStatus>>,
         inherited: Vec<(i32, Arc<OwnedFd>)>,
+        grace: Duration,
     ) -> Session {
         Session {
             table: shared.table.clone(),
@@ -106,6 +111,8 @@ impl Session {
             lent_server: None,
             served: VecDeque::new(),
             disconnecting: false,
+            grace,
+            nack_seen: false,
         }
     }
 
@@ -154,19 +161,21 @@ impl Session {
             FromWorker::HandleNack => {
                 let lost = peer.handle_in_flight();
                 let _ = peer.handle_acked();
-                match lost.as_deref().and_then(cluster::newconn_seq) {
-                    Some(seq) => {
-                        tracing::warn!(
-                            worker = %self.worker,
-                            "a Node worker did not get a connection (NODE_HANDLE_NACK: out of \
-                             descriptors?); it goes to another worker"
-                        );
-                        self.balancer.answered(self.worker, seq, false);
-                    }
-                    None => tracing::warn!(
+                let seq = lost.as_deref().and_then(cluster::newconn_seq);
+                let first = !std::mem::replace(&mut self.nack_seen, true);
+                if first {
+                    tracing::warn!(
                         worker = %self.worker,
-                        "a Node worker lost a handle on the way (NODE_HANDLE_NACK)"
-                    ),
+                        connection = seq.is_some(),
+                        "a Node worker lost a handle on the way (NODE_HANDLE_NACK: out of \
+                         descriptors?); a connection goes to another worker (later ones are \
+                         logged at debug level)"
+                    );
+                } else {
+                    tracing::debug!(worker = %self.worker, "NODE_HANDLE_NACK");
+                }
+                if let Some(seq) = seq {
+                    self.balancer.answered(self.worker, seq, false);
                 }
             }
         }
@@ -215,6 +224,7 @@ impl Session {
         }
         let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
         let (exit, peer) = (self.exit.clone(), peer.clone());
+        let settle = self.grace / 2;
         tokio::spawn(async move {
             balancer.answered_all(worker, ANSWER_LIMIT).await;
             // Reading /proc and taking descriptors are blocking calls: off the runtime.
@@ -229,7 +239,7 @@ impl Session {
                 return;
             };
             send(&peer, line);
-            rescue::watch(balancer, worker, pid, keys, held, exit).await;
+            rescue::watch(balancer, worker, pid, keys, held, exit, settle).await;
         });
         true
     }
