@@ -421,8 +421,7 @@ async fn end_if_done(
     if balancer.in_flight(worker) > 0 {
         return (kept, Verdict::Later);
     }
-    let mut skip = HashSet::new();
-    skip.extend(kept.iter().map(|h| h.ino));
+    let skip: HashSet<u64> = kept.iter().map(|h| h.ino).collect();
     let keys = keys.to_vec();
     let Ok(more) = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip)).await else {
         return (kept, Verdict::Never);
