@@ -224,6 +224,14 @@ fn connect(addr: SocketAddr) -> Result<BufReader<TcpStream>, String> {
     Ok(BufReader::new(s))
 }
 
+/// `GET /` on an open keep-alive connection: the response, or why not.
+fn ask(conn: &mut BufReader<TcpStream>) -> Result<Response, String> {
+    conn.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .map_err(|e| format!("sending: {e}"))?;
+    read_response(conn)
+}
+
 /// `GET path` on a new connection (`Connection: close`): the pid that answered, or why the
 /// request failed (connect error, reset, timeout, short or non-200 response).
 fn get_once(addr: SocketAddr, path: &str) -> Result<u64, String> {
@@ -280,12 +288,7 @@ impl KeepAlive {
             Some(c) => c,
             None => self.conn.insert(connect(self.addr)?),
         };
-        let answer = conn
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            .map_err(|e| format!("sending: {e}"))
-            .and_then(|()| read_response(conn));
-        match answer {
+        match ask(conn) {
             Ok(resp) => {
                 if resp.close {
                     self.conn = None;
@@ -673,13 +676,7 @@ fn a_worker_out_of_descriptors_hands_connections_to_another() {
         conns.extend(batch);
         let start = conns.len() - BATCH;
         for conn in conns[start..].iter_mut() {
-            let answer = conn
-                .get_mut()
-                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-                .map_err(|e| format!("sending: {e}"))
-                .and_then(|()| read_response(conn))
-                .and_then(|r| pid_of(&r));
-            tally.record(answer);
+            tally.record(ask(conn).and_then(|r| pid_of(&r)));
         }
         ran_out |= herd.err.try_iter().any(|l| l.contains("NODE_HANDLE_NACK"));
         if ran_out {

@@ -283,19 +283,24 @@ impl Peer {
         }
     }
 
-    /// What the handle-carrying frame in flight said (its JSON line), if one is.
-    pub(crate) fn handle_in_flight(&self) -> Option<bytes::Bytes> {
-        self.shared.gate.in_flight()
-    }
-
     /// The Node worker acknowledged the handle in flight (`NODE_HANDLE_ACK`): the next one goes.
     /// Returns the listening socket just acknowledged, if it was one.
     pub(crate) fn handle_acked(&self) -> Option<OwnedFd> {
-        let (acked, next) = self.shared.gate.acked();
+        self.handle_answered().0
+    }
+
+    /// The Node worker did not get the handle in flight (`NODE_HANDLE_NACK`): the next one
+    /// goes. Returns what the lost frame said (its JSON line).
+    pub(crate) fn handle_nacked(&self) -> Option<bytes::Bytes> {
+        self.handle_answered().1
+    }
+
+    fn handle_answered(&self) -> (Option<OwnedFd>, Option<bytes::Bytes>) {
+        let (acked, said, next) = self.shared.gate.acked();
         if let Some(frame) = next {
             self.send_soon(frame);
         }
-        acked
+        (acked, said)
     }
 
     /// Queues a frame without awaiting: at once when the queue has room, else from a task that

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use herd_wire::Frame;
 use tokio::sync::oneshot;
 
@@ -35,7 +36,7 @@ struct Waiting {
 struct Inner {
     in_flight: bool,
     /// What the frame in flight said (for a `NODE_HANDLE_NACK`: which handle was lost).
-    payload: Option<bytes::Bytes>,
+    payload: Option<Bytes>,
     /// The listening socket in flight, when it is one (Node listens on it: see `node::session`).
     server: Option<OwnedFd>,
     waiting: VecDeque<Waiting>,
@@ -80,15 +81,16 @@ impl Gate {
         }
     }
 
-    /// The worker acknowledged the handle in flight: returns the listening socket it was (if it
-    /// was one) and the next frame to send, now in flight.
-    pub(crate) fn acked(&self) -> (Option<OwnedFd>, Option<Frame>) {
+    /// The worker answered for the handle in flight (`NODE_HANDLE_ACK` or `_NACK`): returns the
+    /// listening socket it was (if it was one), what its frame said, and the next frame to
+    /// send, now in flight.
+    pub(crate) fn acked(&self) -> (Option<OwnedFd>, Option<Bytes>, Option<Frame>) {
         let Ok(mut g) = self.inner.lock() else {
-            return (None, None);
+            return (None, None, None);
         };
         let acked = g.server.take();
+        let said = g.payload.take();
         g.in_flight = false;
-        g.payload = None;
         while let Some(w) = g.waiting.pop_front() {
             if w.sent.as_ref().is_some_and(|s| s.is_closed()) {
                 continue;
@@ -99,14 +101,9 @@ impl Gate {
             g.in_flight = true;
             g.server = w.server;
             g.payload = Some(w.frame.payload.clone());
-            return (acked, Some(w.frame));
+            return (acked, said, Some(w.frame));
         }
-        (acked, None)
-    }
-
-    /// What the frame in flight said, if one is.
-    pub(crate) fn in_flight(&self) -> Option<bytes::Bytes> {
-        self.inner.lock().ok().and_then(|g| g.payload.clone())
+        (acked, said, None)
     }
 
     /// The channel is gone: queued frames are dropped (their senders see the channel closed)
@@ -122,7 +119,6 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use herd_wire::{Format, Kind};
 
     use super::*;
@@ -154,10 +150,10 @@ mod tests {
             ));
         }
         assert!(matches!(gate.admit(frame(99), None, None), Admit::Full(_)));
-        let (_, next) = gate.acked();
+        let (_, _, next) = gate.acked();
         assert_eq!(&next.unwrap().payload[..], &[1]);
         assert!(rx.try_recv().is_ok(), "its sender is told");
-        let (_, next) = gate.acked();
+        let (_, _, next) = gate.acked();
         assert_eq!(
             &next.unwrap().payload[..],
             &[3],

@@ -159,8 +159,7 @@ impl Session {
             // it from the message). A connection herd handed it goes to another worker, as if
             // refused; the worker's next handle goes on.
             FromWorker::HandleNack => {
-                let lost = peer.handle_in_flight();
-                let _ = peer.handle_acked();
+                let lost = peer.handle_nacked();
                 let seq = lost.as_deref().and_then(cluster::newconn_seq);
                 let first = !std::mem::replace(&mut self.nack_seen, true);
                 if first {
