@@ -69,6 +69,12 @@ export interface CacheStats {
   addon?: string;
   /** Values the package keeps a Buffer of (the addon path). */
   held_buffers?: number;
+  /**
+   * The addon path: misses that read their reply in the call instead of waiting for the event
+   * loop (`waits`), how many of those the primary answered within `budget_us`
+   * (`HERD_CACHE_SPIN_US`, default 100; 0 turns it off).
+   */
+  miss_wait?: { waits: number; answered: number; budget_us: number };
   /** The primary hub's counters, as it reports them. */
   hub: { [counter: string]: unknown };
 }

@@ -145,6 +145,7 @@ async function latency() {
   out.miss_us = r3(median(miss));
   out.miss_p99_us = r3(p99(miss));
   out.misses = miss.length;
+  out.miss_wait = (await cache.stats()).miss_wait; // the addon path's reads in the call
 
   // Large values: the first get of each (not held here before).
   const first = [];

@@ -10,8 +10,9 @@
 #   naive   (memory) each worker reads every file itself: no herd cache
 #   redis   (latency) a redis-server of our own, GET from Node (bench/node/redis_get.js)
 #   floor   (latency) 16-byte ping-pong over a socketpair: Rust <-> Rust, Rust <-> a tokio task
-#           echoing (an async server's floor, as herd's primary serves), and Node <-> a Rust echo
-#           child (bench/src/bin/socketpair.rs, bench/node/socket_pingpong.js)
+#           echoing (an async server's floor, as herd's primary serves), the same with the Rust
+#           side reading without sleeping (as the addon reads a miss's reply), and Node <-> a
+#           Rust echo child (bench/src/bin/socketpair.rs, bench/node/socket_pingpong.js)
 # Prints a markdown table on stdout and writes it into docs/benchmarks.md (section nodecache).
 #
 # usage: bash bench/scripts/node_cache.sh
@@ -270,9 +271,10 @@ lat_one() {
       line=$(node "$ROOT/bench/node/redis_get.js" bench "$RPORT" "$TMP/lat" | sed -n 's/^BENCH redis //p') ;;
     floor)
       line=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); c=json.loads(sys.argv[3]);
-print(json.dumps({"rust_rtt_us": a["rtt_us_med"], "rust_rtt_p99_us": a["rtt_us_p99"], "node_rtt_us": b["rtt_us_med"], "node_rtt_p99_us": b["rtt_us_p99"], "tokio_rtt_us": c["rtt_us_med"], "tokio_rtt_p99_us": c["rtt_us_p99"]}))' \
+d=json.loads(sys.argv[4]);
+print(json.dumps({"rust_rtt_us": a["rtt_us_med"], "rust_rtt_p99_us": a["rtt_us_p99"], "node_rtt_us": b["rtt_us_med"], "node_rtt_p99_us": b["rtt_us_p99"], "tokio_rtt_us": c["rtt_us_med"], "tokio_rtt_p99_us": c["rtt_us_p99"], "spin_rtt_us": d["rtt_us_med"], "spin_rtt_p99_us": d["rtt_us_p99"]}))' \
         "$("$SOCKETPAIR" rtt 100000)" "$(node "$ROOT/bench/node/socket_pingpong.js" "$SOCKETPAIR" 50000)" \
-        "$("$SOCKETPAIR" rtt 100000 tokio)") ;;
+        "$("$SOCKETPAIR" rtt 100000 tokio)" "$("$SOCKETPAIR" rtt 100000 tokio spin)") ;;
   esac
   log "round $round latency $config: $line"
   for k in $(python3 -c 'import json,sys; print(" ".join(k for k,v in json.loads(sys.argv[1]).items() if isinstance(v,(int,float))))' "$line"); do

@@ -130,12 +130,16 @@ p(f'One Node worker under `herd run -w 1 --cache-dir DIR --warm ...`, so the pri
   f'{big_keys} random values, the first get of each (the median). Redis does the same `GET`s; the '
   'floors are 16-byte ping-pongs (100,000 for Rust, 50,000 for Node, after 2,000 warm-up ones): '
   'Rust↔Rust with blocking reads and writes (the raw socketpair), Rust↔tokio with the echo a task on '
-  'tokio\'s multi-threaded runtime (what any async server pays; herd\'s primary is one), Node↔echo with '
+  'tokio\'s multi-threaded runtime (what any async server pays; herd\'s primary is one), the same with '
+  'the Rust side reading without sleeping (a non-blocking read in a loop: what the addon does for up to '
+  '`HERD_CACHE_SPIN_US`, 100 µs, after a miss; crates/herd-node/src/spin.rs), Node↔echo with '
   'Node\'s own async I/O to the blocking Rust echo (what any Node program pays for a round trip).')
 p('')
-cols = [c for c in ['json', 'addon'] if c in configs] + ['redis', 'floor-rust', 'floor-tokio', 'floor-node', 'node']
+cols = ([c for c in ['json', 'addon'] if c in configs]
+        + ['redis', 'floor-rust', 'floor-tokio', 'floor-spin', 'floor-node', 'node'])
 head = {'json': 'herd json path', 'addon': 'herd addon path', 'redis': 'Redis GET from Node',
         'floor-rust': 'socketpair Rust↔Rust', 'floor-tokio': 'socketpair Rust↔tokio',
+        'floor-spin': 'socketpair Rust (not sleeping)↔tokio',
         'floor-node': 'socketpair Node↔echo',
         'node': 'Node alone: a Map'}
 p('| µs | ' + ' | '.join(head[c] for c in cols) + ' |')
@@ -151,6 +155,9 @@ def cell(c, metric, digits=2):
         return fmt(vals('lat', 'floor', m), digits) if m else '-'
     if c == 'floor-tokio':
         m = {'miss_us': 'tokio_rtt_us', 'miss_p99_us': 'tokio_rtt_p99_us'}.get(metric)
+        return fmt(vals('lat', 'floor', m), digits) if m else '-'
+    if c == 'floor-spin':
+        m = {'miss_us': 'spin_rtt_us', 'miss_p99_us': 'spin_rtt_p99_us'}.get(metric)
         return fmt(vals('lat', 'floor', m), digits) if m else '-'
     if c == 'node':
         m = {'peek_us': 'node_map_us', 'get_held_us': 'node_await_us'}.get(metric)
@@ -195,6 +202,10 @@ for c in ['addon', 'json']:
     xs = vals('lat', c, 'big_first_us')
     p(f'| 10 MiB first get ≤ 1 ms | {label[c]} | {fmt([x / 1000 for x in xs], 2, " ms")} | '
       f'{verdict(xs, lambda x: x <= 1000)} |')
+if 'addon' in configs:
+    xs = per_round('lat', 'addon', 'miss_us', 'lat', 'floor', 'spin_rtt_us')
+    p(f'| (no target) small miss ÷ Rust (not sleeping)↔tokio round trip: the same method\'s floor | '
+      f'{label["addon"]} | {fmt(xs, 1, "x")} | |')
 xs = per_round('lat', 'redis', 'miss_us', 'lat', 'floor', 'node_rtt_us')
 p(f'| (no target) Redis GET of 100 B ÷ Node↔echo round trip | Redis | {fmt(xs, 1, "x")} | |')
 for floor, fname, why in [('node_rtt_us', 'Node↔echo', 'a round trip through Node\'s event loop'),

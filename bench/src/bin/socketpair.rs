@@ -6,6 +6,10 @@
 //!                        echoes on the socketpair it got as stdin); N 16-byte ping-pongs after a
 //!                        warm-up, blocking reads and writes. Prints one JSON line:
 //!                        {"rtt_us_med": .., "rtt_us_p99": .., "n": N}
+//!   socketpair rtt N tokio [spin]
+//!                        the same against an echo that is a task on tokio's multi-threaded
+//!                        runtime; with `spin`, this side reads without blocking, in a loop, as
+//!                        herd's Node addon reads a miss's reply (crates/herd-node/src/spin.rs)
 //!   socketpair echo      the echo child: reads 16-byte messages on stdin, writes each back on
 //!                        stdout, until end of file. Node's `child_process.spawn` with
 //!                        `stdio: 'pipe'` gives it socketpairs (bench/node/socket_pingpong.js).
@@ -36,17 +40,22 @@ fn main() -> Result<()> {
         }
         Some("echo") => echo(),
         Some("echo-tokio") => echo_tokio(),
-        _ => bail!("usage: socketpair rtt [N] [tokio] | socketpair echo | socketpair echo-tokio"),
+        _ => bail!(
+            "usage: socketpair rtt [N] [tokio] [spin] | socketpair echo | socketpair echo-tokio"
+        ),
     }
 }
 
 fn rtt(n: usize) -> Result<()> {
     let (mut sock, theirs) = UnixStream::pair()?;
-    let echo = if std::env::args().nth(3).as_deref() == Some("tokio") {
+    let rest: Vec<String> = std::env::args().skip(3).collect();
+    let echo = if rest.iter().any(|a| a == "tokio") {
         "echo-tokio"
     } else {
         "echo"
     };
+    let spin = rest.iter().any(|a| a == "spin");
+    sock.set_nonblocking(spin)?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg(echo)
         .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
@@ -58,7 +67,11 @@ fn rtt(n: usize) -> Result<()> {
         msg[..8].copy_from_slice(&i.to_le_bytes());
         let t = Instant::now();
         sock.write_all(&msg)?;
-        sock.read_exact(&mut msg)?;
+        if spin {
+            read_spinning(&mut sock, &mut msg)?;
+        } else {
+            sock.read_exact(&mut msg)?;
+        }
         let us = t.elapsed().as_secs_f64() * 1e6;
         ensure!(msg[..8] == i.to_le_bytes(), "ping {i} came back wrong");
         if i >= WARMUP as u64 {
@@ -72,6 +85,20 @@ fn rtt(n: usize) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let p99 = times[((times.len() as f64 * 0.99) as usize).min(times.len() - 1)];
     println!("{{\"rtt_us_med\": {med:.3}, \"rtt_us_p99\": {p99:.3}, \"n\": {n}}}");
+    Ok(())
+}
+
+/// Fills `msg` from a non-blocking socket, trying again at once while nothing has come.
+fn read_spinning(sock: &mut UnixStream, msg: &mut [u8]) -> Result<()> {
+    let mut have = 0;
+    while have < msg.len() {
+        match sock.read(&mut msg[have..]) {
+            Ok(0) => bail!("the echo child closed the socket"),
+            Ok(n) => have += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

@@ -34,6 +34,7 @@ use herd_wire::{Frame, Limits};
 use napi::sys;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags};
 
+use crate::spin::Spin;
 use crate::uv::{self, Poll};
 use crate::{reject_text, settle_answer};
 
@@ -86,6 +87,8 @@ pub(crate) struct Conn {
     /// Answers to settle once the channel is no longer borrowed ([`settle_ready`]): settling
     /// runs JavaScript, which may call in again.
     ready: Vec<(sys::napi_deferred, Result<Answer, CacheError>)>,
+    /// When a `get` reads its reply in the call instead of waiting for the event loop.
+    spin: Spin,
 }
 
 /// The client, once open.
@@ -104,6 +107,8 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
     }
     let chain = |e: herd::Error| herd::error::chain(&e);
     let (fd, id) = herd::cache::channel::inherited().map_err(chain)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spin = Spin::from_env(std::env::var("HERD_CACHE_SPIN_US").ok().as_deref(), cpus)?;
     let client = CacheClient::new(id);
     let limits = Limits::default();
     write_all_blocking(&fd, &encode(&client.hello().map_err(chain)?))?;
@@ -165,6 +170,7 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
         resource,
         closed: None,
         ready: Vec::new(),
+        spin,
     };
     CONN.with(|c| *c.borrow_mut() = Some(conn));
     // Frames that came with the hello (invalidations) are taken now.
@@ -358,6 +364,81 @@ impl Conn {
         self.wqueue.push_back(encode(&frame));
         self.flush();
         self.keep_alive();
+    }
+
+    /// Reads the replies to the `get`s in flight without waiting for the event loop, if the
+    /// policy allows a wait now (see `spin`).
+    pub(crate) fn spin(&mut self) {
+        if self.closed.is_some() || !self.wqueue.is_empty() {
+            return;
+        }
+        let gets: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p.call, Call::Get(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        if gets.is_empty() {
+            return;
+        }
+        let Some(budget) = self.spin.begin() else {
+            return;
+        };
+        let answered = self.await_replies(&gets, budget);
+        self.spin.end(answered);
+        self.keep_alive();
+    }
+
+    /// Reads the channel without blocking until no call of `ids` waits, or `budget` passes
+    /// with nothing read, or [`TOTAL_BUDGETS`](crate::spin::TOTAL_BUDGETS) budgets in all:
+    /// whether all were answered. What arrives is taken as from the event loop.
+    fn await_replies(&mut self, ids: &[u64], budget: Duration) -> bool {
+        let start = Instant::now();
+        let end = start + budget * crate::spin::TOTAL_BUDGETS;
+        let mut quiet_until = start + budget;
+        loop {
+            match recv_once(
+                &self.fd,
+                &mut self.scratch,
+                &mut self.fds,
+                RecvFlags::DONTWAIT,
+            ) {
+                Ok(None) => std::thread::yield_now(),
+                Ok(Some(0)) => {
+                    self.take_frames();
+                    self.lose("the primary closed the cache channel".into());
+                    return false;
+                }
+                Ok(Some(n)) => {
+                    self.rbuf.extend_from_slice(&self.scratch[..n]);
+                    self.take_frames();
+                    if self.closed.is_some() {
+                        return false;
+                    }
+                    if ids.iter().all(|id| !self.pending.contains_key(id)) {
+                        return true;
+                    }
+                    quiet_until = Instant::now() + budget;
+                }
+                Err(e) => {
+                    self.lose(e);
+                    return false;
+                }
+            }
+            let now = Instant::now();
+            if now >= quiet_until || now >= end {
+                return false;
+            }
+        }
+    }
+
+    /// Waits begun, those answered within their budget, and the budget in µs (see `spin`).
+    pub(crate) fn spin_counts(&self) -> [f64; 3] {
+        [
+            self.spin.waits as f64,
+            self.spin.answered as f64,
+            self.spin.budget().as_micros() as f64,
+        ]
     }
 
     /// Writes what is queued until the socket would block; polls for writability meanwhile.

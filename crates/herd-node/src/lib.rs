@@ -27,6 +27,7 @@
 
 mod buffers;
 mod conn;
+mod spin;
 mod uv;
 
 use std::ptr;
@@ -152,6 +153,24 @@ pub fn stats(env: &Env) -> Result<Promise> {
 #[napi]
 pub fn expire() {
     conn::with_conn(|conn| conn.expire());
+}
+
+/// Reads the replies to the `get`s in flight for a short while (at most `HERD_CACHE_SPIN_US`
+/// without one, default 100 µs) instead of leaving them to the event loop, and settles their
+/// Promises: the package calls it from a microtask after `get`s. Backs off while the primary
+/// does not answer within that time.
+#[napi]
+pub fn spin() {
+    conn::with_conn(|c| c.spin());
+    conn::settle_ready();
+}
+
+/// How `get`s waited for their replies in the call (see `HERD_CACHE_SPIN_US`): `[waits,
+/// answered within the budget, budget in µs]`.
+#[napi]
+pub fn spin_stats() -> Result<Vec<f64>> {
+    conn::with_conn(|c| c.spin_counts().to_vec())
+        .ok_or_else(|| Error::from_reason("HERD_CLOSED: the cache channel is not open"))
 }
 
 /// The local view's bounds: `[entries, bytes]`.
