@@ -70,9 +70,11 @@ export interface CacheStats {
   /** Values the package keeps a Buffer of (the addon path). */
   held_buffers?: number;
   /**
-   * The addon path: misses that read their reply in the call instead of waiting for the event
-   * loop (`waits`), how many of those the primary answered within `budget_us`
-   * (`HERD_CACHE_SPIN_US`, default 100; 0 turns it off).
+   * The addon path: `waits` counts the times replies to misses were read from a microtask
+   * instead of waiting for the event loop (one wait covers every `get` sent since the last, as
+   * in a `Promise.all`), `answered` those that ended with every one answered before
+   * `budget_us` passed with nothing arriving (`HERD_CACHE_SPIN_US`, default 100; 0 turns it
+   * off; 0 also on a machine with one CPU).
    */
   miss_wait?: { waits: number; answered: number; budget_us: number };
   /** The primary hub's counters, as it reports them. */

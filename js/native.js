@@ -193,10 +193,13 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
     });
   }
 
+  // An addon older than this package may lack spin(): misses then wait for the event loop.
+  const spin = typeof addon.spin === 'function' ? addon.spin : () => {};
+  const spinStats = typeof addon.spinStats === 'function' ? addon.spinStats : () => [0, 0, 0];
   let spinQueued = false;
   function spinNow() {
     spinQueued = false;
-    addon.spin();
+    spin();
   }
 
   function fetch(key, timeout) {
@@ -287,7 +290,7 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
       const stats = JSON.parse(await within(addon.stats(), timeout, 'stats'));
       stats.local_hits += fastHits;
       const [maxEntries, maxBytes] = addon.localLimits();
-      const [waits, answered, budget] = addon.spinStats();
+      const [waits, answered, budget] = spinStats();
       return {
         ...stats,
         local_max_entries: maxEntries,

@@ -8,8 +8,9 @@
 //!                        {"rtt_us_med": .., "rtt_us_p99": .., "n": N}
 //!   socketpair rtt N tokio [spin]
 //!                        the same against an echo that is a task on tokio's multi-threaded
-//!                        runtime; with `spin`, this side reads without blocking, in a loop, as
-//!                        herd's Node addon reads a miss's reply (crates/herd-node/src/spin.rs)
+//!                        runtime; with `spin`, this side reads without blocking, in a loop that
+//!                        yields the CPU between reads, as herd's Node addon reads a miss's reply
+//!                        (crates/herd-node/src/spin.rs)
 //!   socketpair echo      the echo child: reads 16-byte messages on stdin, writes each back on
 //!                        stdout, until end of file. Node's `child_process.spawn` with
 //!                        `stdio: 'pipe'` gives it socketpairs (bench/node/socket_pingpong.js).
@@ -88,14 +89,15 @@ fn rtt(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Fills `msg` from a non-blocking socket, trying again at once while nothing has come.
+/// Fills `msg` from a non-blocking socket, yielding the CPU and trying again while nothing
+/// has come (as the addon does).
 fn read_spinning(sock: &mut UnixStream, msg: &mut [u8]) -> Result<()> {
     let mut have = 0;
     while have < msg.len() {
         match sock.read(&mut msg[have..]) {
             Ok(0) => bail!("the echo child closed the socket"),
             Ok(n) => have += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
             Err(e) => return Err(e.into()),
         }
     }

@@ -10,8 +10,12 @@
 //!   until it would block (descriptors collected, bounded), then whole frames are taken out
 //!   (check-then-parse, `herd_wire::frame::decode`). Each reply settles its Promise inside a
 //!   callback scope, so Promise reactions run right after, as for any I/O callback.
+//! - **Misses' replies** are also read, the same way, by [`Conn::spin`] from the microtask the
+//!   package queues after `get`s, for a bounded time (`spin`): their reactions then run in that
+//!   same microtask checkpoint, with no turn of the loop.
 //! - **Deadlines**: a call unanswered for [`CALL_DEADLINE`] (a `ready`: its own wait besides) is
-//!   rejected (`HERD_TIMEOUT`) when next the channel is used; the package also races each call with its own timeout.
+//!   rejected (`HERD_TIMEOUT`) when next the channel is used; the package also races each call
+//!   with its own timeout.
 //! - **Loss**: end-of-stream, a read error or a protocol violation closes the channel: every
 //!   call waiting is rejected (`HERD_CLOSED`), later ones are refused at once, and the local
 //!   view is dropped (no invalidation can reach it any more).
@@ -34,7 +38,7 @@ use herd_wire::{Frame, Limits};
 use napi::sys;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags};
 
-use crate::spin::Spin;
+use crate::spin::{Spin, Wait};
 use crate::uv::{self, Poll};
 use crate::{reject_text, settle_answer};
 
@@ -87,8 +91,10 @@ pub(crate) struct Conn {
     /// Answers to settle once the channel is no longer borrowed ([`settle_ready`]): settling
     /// runs JavaScript, which may call in again.
     ready: Vec<(sys::napi_deferred, Result<Answer, CacheError>)>,
-    /// When a `get` reads its reply in the call instead of waiting for the event loop.
+    /// When `get`s read their replies in a microtask instead of waiting for the event loop.
     spin: Spin,
+    /// The highest call id a wait has covered: a wait waits only for `get`s sent since.
+    spun_to: u64,
 }
 
 /// The client, once open.
@@ -105,10 +111,15 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
     if CONN.with(|c| c.borrow().is_some()) {
         return Ok(());
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let asked = std::env::var_os("HERD_CACHE_SPIN_US").map(|v| v.to_string_lossy().into_owned());
+    let (spin, warning) = Spin::from_env(asked.as_deref(), cpus);
+    if let Some(warning) = warning {
+        // A tuning value is not worth refusing the addon for; the program's stderr says so.
+        eprintln!("herd-cluster: {warning}");
+    }
     let chain = |e: herd::Error| herd::error::chain(&e);
     let (fd, id) = herd::cache::channel::inherited().map_err(chain)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let spin = Spin::from_env(std::env::var("HERD_CACHE_SPIN_US").ok().as_deref(), cpus)?;
     let client = CacheClient::new(id);
     let limits = Limits::default();
     write_all_blocking(&fd, &encode(&client.hello().map_err(chain)?))?;
@@ -171,6 +182,7 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
         closed: None,
         ready: Vec::new(),
         spin,
+        spun_to: 0,
     };
     CONN.with(|c| *c.borrow_mut() = Some(conn));
     // Frames that came with the hello (invalidations) are taken now.
@@ -366,36 +378,40 @@ impl Conn {
         self.keep_alive();
     }
 
-    /// Reads the replies to the `get`s in flight without waiting for the event loop, if the
-    /// policy allows a wait now (see `spin`).
+    /// Reads the replies to the `get`s sent since the last wait without waiting for the event
+    /// loop, if the policy allows a wait now (see `spin`). A `get` still waiting from before
+    /// (a slow load) is left to the event loop.
     pub(crate) fn spin(&mut self) {
         if self.closed.is_some() || !self.wqueue.is_empty() {
             return;
         }
-        let gets: Vec<u64> = self
+        let mut gets: Vec<u64> = self
             .pending
-            .iter()
+            .range(self.spun_to + 1..)
             .filter(|(_, p)| matches!(p.call, Call::Get(_)))
             .map(|(id, _)| *id)
             .collect();
-        if gets.is_empty() {
-            return;
-        }
-        let Some(budget) = self.spin.begin() else {
+        let Some(&last) = gets.last() else {
             return;
         };
-        let answered = self.await_replies(&gets, budget);
-        self.spin.end(answered);
+        let turn = self.poll.as_ref().map_or(0, Poll::loop_time);
+        let Some(wait) = self.spin.begin(turn) else {
+            return;
+        };
+        self.spun_to = last;
+        let start = Instant::now();
+        let answered = self.await_replies(&mut gets, wait);
+        self.spin.end(answered, start.elapsed());
         self.keep_alive();
     }
 
-    /// Reads the channel without blocking until no call of `ids` waits, or `budget` passes
-    /// with nothing read, or [`TOTAL_BUDGETS`](crate::spin::TOTAL_BUDGETS) budgets in all:
-    /// whether all were answered. What arrives is taken as from the event loop.
-    fn await_replies(&mut self, ids: &[u64], budget: Duration) -> bool {
+    /// Reads the channel without blocking until no call of `ids` waits, or the wait's quiet
+    /// budget passes with nothing read, or its total: whether all were answered. What arrives
+    /// is taken as from the event loop.
+    fn await_replies(&mut self, ids: &mut Vec<u64>, wait: Wait) -> bool {
         let start = Instant::now();
-        let end = start + budget * crate::spin::TOTAL_BUDGETS;
-        let mut quiet_until = start + budget;
+        let end = start + wait.total;
+        let mut quiet_until = start + wait.quiet;
         loop {
             match recv_once(
                 &self.fd,
@@ -415,10 +431,11 @@ impl Conn {
                     if self.closed.is_some() {
                         return false;
                     }
-                    if ids.iter().all(|id| !self.pending.contains_key(id)) {
+                    ids.retain(|id| self.pending.contains_key(id));
+                    if ids.is_empty() {
                         return true;
                     }
-                    quiet_until = Instant::now() + budget;
+                    quiet_until = Instant::now() + wait.quiet;
                 }
                 Err(e) => {
                     self.lose(e);
@@ -432,7 +449,8 @@ impl Conn {
         }
     }
 
-    /// Waits begun, those answered within their budget, and the budget in µs (see `spin`).
+    /// Waits begun, those that ended with every `get` answered, and the quiet budget in µs (see
+    /// `spin`).
     pub(crate) fn spin_counts(&self) -> [f64; 3] {
         [
             self.spin.waits as f64,

@@ -21,6 +21,7 @@ extern "C" {
     fn uv_ref(handle: *mut c_void);
     fn uv_unref(handle: *mut c_void);
     fn uv_strerror(err: c_int) -> *const c_char;
+    fn uv_now(event_loop: *const c_void) -> u64;
 }
 
 /// `UV_POLL` in libuv's `uv_handle_type` (stable since libuv 1.0).
@@ -36,6 +37,7 @@ pub(crate) type PollCb = unsafe extern "C" fn(*mut c_void, c_int, c_int);
 /// A started poll handle. Its memory is freed by libuv's close callback, after [`Poll::close`].
 pub(crate) struct Poll {
     handle: *mut c_void,
+    event_loop: *mut c_void,
 }
 
 fn error(what: &str, code: c_int) -> String {
@@ -88,7 +90,10 @@ impl Poll {
         // The handle's first word is its `data` field: the word count, for the close callback.
         // SAFETY: `data` is the first field of every libuv handle, a pointer-sized word.
         unsafe { *handle.cast::<usize>() = words };
-        let poll = Poll { handle };
+        let poll = Poll {
+            handle,
+            event_loop: event_loop.cast(),
+        };
         // SAFETY: the handle is initialised on this loop.
         let rc = unsafe { uv_poll_start(handle, events, cb) };
         if rc != 0 {
@@ -96,6 +101,13 @@ impl Poll {
             return Err(error("uv_poll_start", rc));
         }
         Ok(poll)
+    }
+
+    /// The loop's time in ms (`uv_now`): read once per turn of the loop, so it stays the same
+    /// for all JavaScript run within one turn.
+    pub(crate) fn loop_time(&self) -> u64 {
+        // SAFETY: the loop is Node's, alive as long as this thread runs JavaScript.
+        unsafe { uv_now(self.event_loop) }
     }
 
     /// Changes the events polled for.

@@ -1,6 +1,8 @@
 // Misses one after the other: `node misses.js <path of herd-cluster> N` gets keys k0..k(N-1)
-// (each once, so the primary answers every one), checks each value is `value <i>`, and prints
-//   misses <addon|json> WRONG N WAITS ANSWERED BUDGET_US   (the addon path's stats().miss_wait)
+// (each once, so the primary answers every one), checks each value is `value <i>`, then the
+// 4 MiB value `big` (byte j is j % 251), and prints
+//   misses addon WRONG N WAITS ANSWERED BUDGET_US turns TURNS
+// (the addon path's stats().miss_wait, and the event loop's turns meanwhile)
 //   misses json - - - - - <json_reason>                      (without the addon)
 'use strict';
 
@@ -15,11 +17,24 @@ async function main() {
     return;
   }
   let wrong = 0;
+  // Turns of the event loop while the misses run (a setImmediate that renews itself).
+  let turns = 0;
+  let counting = true;
+  const tick = () => {
+    turns += 1;
+    if (counting) setImmediate(tick);
+  };
+  setImmediate(tick);
   for (let i = 0; i < n; i += 1) {
     if ((await c.get(`k${i}`)) !== `value ${i}`) wrong += 1;
   }
+  // A large value comes as shared memory, its descriptor read with the reply: byte j is j % 251.
+  const big = await c.get('big', { buffer: true });
+  for (let j = 0; j < big.length; j += 4093) if (big[j] !== j % 251) wrong += 1;
+  if (big.length !== 4 << 20) wrong += 1;
+  counting = false;
   const { waits, answered, budget_us: budget } = (await c.stats()).miss_wait;
-  console.log(`misses addon ${wrong} ${n} ${waits} ${answered} ${budget}`);
+  console.log(`misses addon ${wrong} ${n} ${waits} ${answered} ${budget} turns ${turns}`);
 }
 
 main()
