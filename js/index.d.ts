@@ -70,11 +70,11 @@ export interface CacheStats {
   /** Values the package keeps a Buffer of (the addon path). */
   held_buffers?: number;
   /**
-   * The addon path: `waits` counts the times replies to misses were read from a microtask
-   * instead of waiting for the event loop (one wait covers every `get` sent since the last, as
-   * in a `Promise.all`), `answered` those that ended with every one answered before
-   * `budget_us` passed with nothing arriving (`HERD_CACHE_SPIN_US`, default 100; 0 turns it
-   * off; 0 also on a machine with one CPU).
+   * The addon path: `waits` counts the waits begun for misses' replies in a microtask instead
+   * of the event loop (one wait covers every `get` sent since the last, as in a `Promise.all`),
+   * `answered` those that ended with every one of them answered, each reply within `budget_us`
+   * of the last (`HERD_CACHE_SPIN_US`, default 100; 0 turns it off, and so does a machine with
+   * one CPU) and all within the wait's bounds (see the package's README).
    */
   miss_wait?: { waits: number; answered: number; budget_us: number };
   /** The primary hub's counters, as it reports them. */

@@ -115,8 +115,10 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
     let asked = std::env::var_os("HERD_CACHE_SPIN_US").map(|v| v.to_string_lossy().into_owned());
     let (spin, warning) = Spin::from_env(asked.as_deref(), cpus);
     if let Some(warning) = warning {
-        // A tuning value is not worth refusing the addon for; the program's stderr says so.
-        eprintln!("herd-cluster: {warning}");
+        // A tuning value is not worth refusing the addon for; the program's stderr says so
+        // (if it can: not a panic on a closed stderr).
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "herd-cluster: {warning}");
     }
     let chain = |e: herd::Error| herd::error::chain(&e);
     let (fd, id) = herd::cache::channel::inherited().map_err(chain)?;
@@ -165,6 +167,8 @@ pub(crate) unsafe fn open(env: sys::napi_env) -> Result<(), String> {
     // SAFETY: as above; the descriptor stays open in `Conn` until after the poll is closed.
     let poll = unsafe { Poll::start(env, fd.as_raw_fd(), uv::READABLE, on_poll)? };
     poll.keep_alive(false);
+    // SAFETY: as above.
+    unsafe { uv::count_turns(env)? };
     let conn = Conn {
         env,
         fd,
@@ -382,9 +386,6 @@ impl Conn {
     /// loop, if the policy allows a wait now (see `spin`). A `get` still waiting from before
     /// (a slow load) is left to the event loop.
     pub(crate) fn spin(&mut self) {
-        if self.closed.is_some() || !self.wqueue.is_empty() {
-            return;
-        }
         let mut gets: Vec<u64> = self
             .pending
             .range(self.spun_to + 1..)
@@ -394,14 +395,16 @@ impl Conn {
         let Some(&last) = gets.last() else {
             return;
         };
-        let turn = self.poll.as_ref().map_or(0, Poll::loop_time);
-        let Some(wait) = self.spin.begin(turn) else {
+        // Covered now, waited for or not: a later wait is only for later gets.
+        self.spun_to = last;
+        if self.closed.is_some() || !self.wqueue.is_empty() {
+            return;
+        }
+        let Some(wait) = self.spin.begin(uv::turns(), Instant::now()) else {
             return;
         };
-        self.spun_to = last;
-        let start = Instant::now();
         let answered = self.await_replies(&mut gets, wait);
-        self.spin.end(answered, start.elapsed());
+        self.spin.end(answered, Instant::now());
         self.keep_alive();
     }
 

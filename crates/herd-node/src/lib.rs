@@ -155,10 +155,11 @@ pub fn expire() {
     conn::with_conn(|conn| conn.expire());
 }
 
-/// Reads the replies to the `get`s in flight for a short while (at most `HERD_CACHE_SPIN_US`
-/// without one, default 100 µs) instead of leaving them to the event loop, and settles their
-/// Promises: the package calls it from a microtask after `get`s. Backs off while the primary
-/// does not answer within that time.
+/// Reads the replies to the `get`s sent since the last call, until they are all answered or
+/// `HERD_CACHE_SPIN_US` (default 100 µs) passes with nothing arriving, instead of leaving them
+/// to the event loop, and settles their Promises: the package calls it from a microtask after
+/// `get`s. Bounded per turn of the loop, and backs off while the primary does not answer in
+/// time (see the `spin` module).
 #[napi]
 pub fn spin() {
     conn::with_conn(|c| c.spin());

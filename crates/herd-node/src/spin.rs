@@ -12,20 +12,25 @@
 //! away for a while: the bounds below are checked between reads, so a loaded CPU can stretch
 //! a wait by a time slice).
 //!
-//! The policy ([`Spin`]) is pure, and bounded four ways:
+//! The policy ([`Spin`]) is pure (the caller gives it the loop's turn and the time), and
+//! bounded four ways:
 //! - **Quiet budget**: a wait ends once [`Spin::budget`] passes with nothing read
 //!   ([`DEFAULT_BUDGET`], `HERD_CACHE_SPIN_US` to change it, `0` to turn it off; at most
 //!   [`MAX_BUDGET`]). Off on a machine with one CPU, where it would only keep the primary from
 //!   answering.
 //! - **Per wait**: [`TOTAL_BUDGETS`] budgets in all (replies keep coming in a burst's answer).
-//! - **Per turn of the loop**: at most [`TURN_LIMIT`] of waiting while the loop's time stays
-//!   the same, so misses one after another (`for (k of keys) await get(k)`), each settled in a
-//!   microtask, still let timers, connections and I/O in at least every millisecond or so.
+//! - **Per turn of the loop** (counted by a libuv check handle, `uv::turns`): no wait begins
+//!   later than [`TURN_LIMIT`] after the turn's first one began, nor with less than a budget
+//!   of that left. Misses one after another (`for (k of keys) await get(k)`), each settled in
+//!   a microtask, then go through the loop, which takes in timers, connections and I/O: the
+//!   loop turns at least once per [`TURN_LIMIT`] plus one wait and the program's own work
+//!   between two misses.
 //! - **Backoff**: a wait that ends with a `get` unanswered (the primary had to load the value
 //!   from its source, or is busy) makes the next waits be skipped: 1, then 2, 4, ... up to
-//!   [`MAX_SKIP`] while waits keep failing. A wait that ends with every reply resets it.
+//!   [`MAX_SKIP`] while waits keep failing, and for [`SKIP_FOR`] at most. A wait that ends
+//!   with every reply resets it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The quiet budget unless `HERD_CACHE_SPIN_US` says otherwise.
 pub(crate) const DEFAULT_BUDGET: Duration = Duration::from_micros(100);
@@ -35,8 +40,10 @@ pub(crate) const MAX_BUDGET: Duration = Duration::from_millis(1);
 pub(crate) const MAX_SKIP: u32 = 256;
 /// A wait's whole length, in quiet budgets.
 pub(crate) const TOTAL_BUDGETS: u32 = 10;
-/// The most waiting within one turn of the event loop (one value of the loop's time).
+/// How long after a turn's first wait began later ones may begin, in that turn.
 pub(crate) const TURN_LIMIT: Duration = Duration::from_millis(1);
+/// The longest a failed wait makes later ones be skipped.
+pub(crate) const SKIP_FOR: Duration = Duration::from_millis(100);
 
 /// How long one wait may last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +58,14 @@ pub(crate) struct Wait {
 #[derive(Debug, Clone)]
 pub(crate) struct Spin {
     budget: Duration,
-    /// Waits still to skip.
+    /// Waits still to skip, until when at most.
     skip: u32,
+    skip_until: Option<Instant>,
     /// Waits the next failed one makes skip.
     backoff: u32,
-    /// The loop's time of the turn being counted, and the waiting done in it.
+    /// The loop's turn being counted, and when its first wait began.
     turn: u64,
-    spent: Duration,
+    turn_began: Option<Instant>,
     /// Waits begun, and those that ended with every reply.
     pub(crate) waits: u64,
     pub(crate) answered: u64,
@@ -69,9 +77,10 @@ impl Spin {
         Spin {
             budget: budget.min(MAX_BUDGET),
             skip: 0,
+            skip_until: None,
             backoff: 1,
             turn: 0,
-            spent: Duration::ZERO,
+            turn_began: None,
             waits: 0,
             answered: 0,
         }
@@ -91,7 +100,7 @@ impl Spin {
                     DEFAULT_BUDGET,
                     Some(format!(
                         "HERD_CACHE_SPIN_US must be a whole number of microseconds from 0 to {}, \
-                         not {text:?}: {} is used",
+                         not {text:?}: the default ({} µs) is used",
                         MAX_BUDGET.as_micros(),
                         DEFAULT_BUDGET.as_micros()
                     )),
@@ -107,40 +116,43 @@ impl Spin {
         self.budget
     }
 
-    /// Whether to wait now, in the loop turn whose time is `turn`, and for how long. A wait
-    /// skipped by the backoff counts toward it; one refused for the turn's limit does not.
-    pub(crate) fn begin(&mut self, turn: u64) -> Option<Wait> {
+    /// Whether to wait now (`now`, in the loop's turn number `turn`), and for how long. A
+    /// wait skipped by the backoff counts toward it; one refused for the turn's limit does
+    /// not.
+    pub(crate) fn begin(&mut self, turn: u64, now: Instant) -> Option<Wait> {
         if self.budget.is_zero() {
             return None;
         }
-        if turn != self.turn {
+        if turn != self.turn || self.turn_began.is_none() {
             self.turn = turn;
-            self.spent = Duration::ZERO;
+            self.turn_began = Some(now);
         }
-        let left = TURN_LIMIT.saturating_sub(self.spent);
-        if left.is_zero() {
+        let began = self.turn_began.unwrap_or(now);
+        let left = TURN_LIMIT.saturating_sub(now.saturating_duration_since(began));
+        if left < self.budget {
             return None;
         }
-        if self.skip > 0 {
+        if self.skip > 0 && self.skip_until.is_some_and(|t| now < t) {
             self.skip -= 1;
             return None;
         }
+        self.skip = 0;
         self.waits += 1;
         Some(Wait {
-            quiet: self.budget.min(left),
+            quiet: self.budget,
             total: (self.budget * TOTAL_BUDGETS).min(left),
         })
     }
 
-    /// How the wait [`Spin::begin`] allowed ended: with every `get` answered or not, after
-    /// `spent`.
-    pub(crate) fn end(&mut self, answered: bool, spent: Duration) {
-        self.spent += spent;
+    /// How the wait [`Spin::begin`] allowed ended (at `now`): with every `get` answered or
+    /// not.
+    pub(crate) fn end(&mut self, answered: bool, now: Instant) {
         if answered {
             self.answered += 1;
             self.backoff = 1;
         } else {
             self.skip = self.backoff;
+            self.skip_until = Some(now + SKIP_FOR);
             self.backoff = (self.backoff * 2).min(MAX_SKIP);
         }
     }
@@ -154,64 +166,81 @@ mod tests {
 
     #[test]
     fn a_wait_has_its_budgets_and_counts() {
+        let t = Instant::now();
         let mut s = Spin::new(80 * US);
-        let w = s.begin(7).unwrap();
+        let w = s.begin(7, t).unwrap();
         assert_eq!((w.quiet, w.total), (80 * US, 800 * US));
-        s.end(true, 30 * US);
-        assert!(s.begin(7).is_some());
+        s.end(true, t + 30 * US);
+        assert!(s.begin(7, t + 40 * US).is_some());
         assert_eq!((s.waits, s.answered), (2, 1));
         assert_eq!(Spin::new(Duration::from_secs(5)).budget(), MAX_BUDGET);
     }
 
     #[test]
-    fn waiting_within_one_turn_of_the_loop_is_bounded() {
+    fn waits_within_one_turn_of_the_loop_are_bounded_in_time() {
+        let t = Instant::now();
         let mut s = Spin::new(DEFAULT_BUDGET);
+        // Misses one after another, each answered 30 µs after it began and followed by 20 µs
+        // of the program's own work, all in turn 5.
+        let mut at = t;
         let mut n = 0;
-        // Misses one after another, all answered in 30 µs, in one turn (time 5).
-        while let Some(w) = s.begin(5) {
-            assert!(w.total <= TURN_LIMIT.saturating_sub(30 * US * n));
-            s.end(true, 30 * US);
+        while let Some(w) = s.begin(5, at) {
+            assert!(
+                at + w.total <= t + TURN_LIMIT,
+                "no wait runs past the turn's limit"
+            );
+            at += 30 * US;
+            s.end(true, at);
+            at += 20 * US;
             n += 1;
         }
-        assert_eq!(n, 34, "1 ms of 30 µs waits, the last one cut short");
-        assert!(s.begin(5).is_none(), "still the same turn");
-        assert!(s.begin(6).is_some(), "the loop turned");
-        // A long wait near the limit is cut to what is left of it.
+        // Begun at 0, 50, ... 900 µs: none later than a budget before the limit.
+        assert_eq!(n, 19);
+        assert!(s.begin(5, at).is_none(), "still the same turn");
+        assert!(s.begin(6, at).is_some(), "the loop turned");
+        // A turn's first wait is allowed however late the clock: the limit runs from it.
+        let mut s = Spin::new(DEFAULT_BUDGET);
+        assert!(s.begin(1, t + Duration::from_secs(9)).is_some());
+        // A budget as long as the limit: one wait per turn.
         let mut s = Spin::new(MAX_BUDGET);
-        s.begin(1).unwrap();
-        s.end(true, 900 * US);
-        let w = s.begin(1).unwrap();
-        assert_eq!((w.quiet, w.total), (100 * US, 100 * US));
+        assert!(s.begin(1, t).is_some());
+        s.end(true, t + 10 * US);
+        assert!(s.begin(1, t + 20 * US).is_none());
+        assert!(s.begin(2, t + 20 * US).is_some());
     }
 
     #[test]
     fn failed_waits_back_off_exponentially_and_a_reply_resets() {
+        let t = Instant::now();
         let mut s = Spin::new(DEFAULT_BUDGET);
         let mut turn = 0;
+        // A new turn each time, the clock still: only the backoff decides.
         let mut skipped_before_next = |s: &mut Spin| {
             let mut n = 0;
             loop {
-                turn += 1; // a new turn each time: the turn limit stays out of this test
-                if s.begin(turn).is_some() {
+                turn += 1;
+                if s.begin(turn, t).is_some() {
                     return n;
                 }
                 n += 1;
             }
         };
         for _ in 0..5 {
-            s.end(false, US);
+            s.end(false, t);
             assert_eq!(skipped_before_next(&mut s), 1);
-            s.end(false, US);
+            s.end(false, t);
             assert_eq!(skipped_before_next(&mut s), 2);
-            s.end(true, US);
+            s.end(true, t);
             assert_eq!(skipped_before_next(&mut s), 0, "a reply resets the backoff");
         }
         let mut last = 0;
         for _ in 0..20 {
-            s.end(false, US);
+            s.end(false, t);
             last = skipped_before_next(&mut s);
         }
-        assert_eq!(last, MAX_SKIP, "skips are bounded");
+        assert_eq!(last, MAX_SKIP, "skips are bounded in number");
+        s.end(false, t);
+        assert!(s.begin(u64::MAX, t + SKIP_FOR).is_some(), "and in time");
     }
 
     #[test]
@@ -229,5 +258,6 @@ mod tests {
         assert_eq!(us(&Spin::from_env(Some("fast"), 2)), (100, true));
         assert_eq!(us(&Spin::from_env(Some(""), 2)), (100, true));
         assert_eq!(us(&Spin::from_env(Some("-1"), 2)), (100, true));
+        assert_eq!(us(&Spin::from_env(Some("-1"), 1)), (0, true));
     }
 }

@@ -1,8 +1,13 @@
-//! A libuv poll handle on Node's own event loop: the cache channel's socket is watched by the
-//! loop that runs JavaScript, so a reply wakes the JavaScript thread directly, as a `net.Socket`
-//! would. Node exports libuv's symbols to addons; the handle's size and type number are checked
+//! libuv handles on Node's own event loop:
+//! - a poll handle: the cache channel's socket is watched by the loop that runs JavaScript, so
+//!   a reply wakes the JavaScript thread directly, as a `net.Socket` would;
+//! - a check handle that counts the loop's turns ([`turns`]), for the bound on waiting for
+//!   replies within one turn (`spin`). It does not keep the loop alive.
+//!
+//! Node exports libuv's symbols to addons; each handle's size and type number are checked
 //! against the running libuv (`uv_handle_size`, `uv_handle_type_name`) before use.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 use napi::sys;
@@ -21,10 +26,12 @@ extern "C" {
     fn uv_ref(handle: *mut c_void);
     fn uv_unref(handle: *mut c_void);
     fn uv_strerror(err: c_int) -> *const c_char;
-    fn uv_now(event_loop: *const c_void) -> u64;
+    fn uv_check_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int;
+    fn uv_check_start(handle: *mut c_void, cb: unsafe extern "C" fn(*mut c_void)) -> c_int;
 }
 
-/// `UV_POLL` in libuv's `uv_handle_type` (stable since libuv 1.0).
+/// `UV_CHECK` and `UV_POLL` in libuv's `uv_handle_type` (stable since libuv 1.0).
+const UV_CHECK: c_int = 2;
 const UV_POLL: c_int = 8;
 /// Poll for reading.
 pub(crate) const READABLE: c_int = 1;
@@ -37,7 +44,91 @@ pub(crate) type PollCb = unsafe extern "C" fn(*mut c_void, c_int, c_int);
 /// A started poll handle. Its memory is freed by libuv's close callback, after [`Poll::close`].
 pub(crate) struct Poll {
     handle: *mut c_void,
-    event_loop: *mut c_void,
+}
+
+thread_local! {
+    /// Turns of this thread's loop so far, once [`count_turns`] started counting.
+    static TURNS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The turns of this thread's event loop counted so far: the same number for all JavaScript
+/// run within one turn, whatever it does (timers move the loop's clock, not this).
+pub(crate) fn turns() -> u64 {
+    TURNS.with(Cell::get)
+}
+
+/// Starts counting the turns of `env`'s event loop (a check handle, run once per turn after
+/// the loop polls for I/O; never closed, and not keeping the loop alive).
+///
+/// # Safety
+/// `env` must be the current JavaScript thread's environment.
+pub(crate) unsafe fn count_turns(env: sys::napi_env) -> Result<(), String> {
+    // SAFETY: the caller's contract.
+    let ((handle, event_loop), words) = unsafe { alloc(env, UV_CHECK, b"check")? };
+    // SAFETY: `handle` is writable memory of the check handle's size; the loop is Node's.
+    let rc = unsafe { uv_check_init(event_loop, handle) };
+    if rc != 0 {
+        // SAFETY: not initialised, so libuv holds no pointer to it: ours to free.
+        unsafe { free_words(handle, words) };
+        return Err(error("uv_check_init", rc));
+    }
+    // SAFETY: initialised on this loop; `count` runs on this thread.
+    let rc = unsafe { uv_check_start(handle, count) };
+    // SAFETY: as above.
+    unsafe { uv_unref(handle) };
+    if rc != 0 {
+        return Err(error("uv_check_start", rc));
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn count(_handle: *mut c_void) {
+    TURNS.with(|t| t.set(t.get() + 1));
+}
+
+/// Zeroed, 8-byte aligned memory for a handle of `kind` (whose libuv name must be `name`) on
+/// `env`'s loop: `((handle, loop), words)`. Owned by the caller until libuv is given it.
+///
+/// # Safety
+/// `env` must be the current JavaScript thread's environment.
+unsafe fn alloc(
+    env: sys::napi_env,
+    kind: c_int,
+    name: &[u8],
+) -> Result<((*mut c_void, *mut c_void), usize), String> {
+    // SAFETY: libuv's own description of its handle types; any number is accepted.
+    let found = unsafe { uv_handle_type_name(kind) };
+    // SAFETY: a non-null result is a static C string.
+    if found.is_null() || unsafe { CStr::from_ptr(found) }.to_bytes() != name {
+        return Err(format!(
+            "this Node's libuv has no {} handle where expected",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    let mut event_loop = std::ptr::null_mut();
+    // SAFETY: `env` is valid (the caller's contract).
+    if unsafe { sys::napi_get_uv_event_loop(env, &mut event_loop) } != sys::Status::napi_ok {
+        return Err("cannot get Node's event loop".into());
+    }
+    // SAFETY: as above.
+    let size = unsafe { uv_handle_size(kind) };
+    let words = size.div_ceil(8).max(1);
+    let handle = Box::into_raw(vec![0u64; words].into_boxed_slice()).cast::<c_void>();
+    Ok(((handle, event_loop.cast()), words))
+}
+
+/// Frees memory from [`alloc`] that libuv does not hold.
+///
+/// # Safety
+/// `handle` came from [`alloc`] with `words`, and libuv holds no pointer to it.
+unsafe fn free_words(handle: *mut c_void, words: usize) {
+    // SAFETY: the caller's contract: leaked in `alloc` as a boxed slice of `words` words.
+    drop(unsafe {
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            handle.cast::<u64>(),
+            words,
+        ))
+    });
 }
 
 fn error(what: &str, code: c_int) -> String {
@@ -58,42 +149,20 @@ impl Poll {
         events: c_int,
         cb: PollCb,
     ) -> Result<Poll, String> {
-        // SAFETY: libuv's own description of its handle types; any number is accepted.
-        let name = unsafe { uv_handle_type_name(UV_POLL) };
-        // SAFETY: a non-null result is a static C string.
-        if name.is_null() || unsafe { CStr::from_ptr(name) }.to_bytes() != b"poll" {
-            return Err("this Node's libuv has no poll handle where expected".into());
-        }
-        let mut event_loop = std::ptr::null_mut();
-        // SAFETY: `env` is valid (the caller's contract).
-        if unsafe { sys::napi_get_uv_event_loop(env, &mut event_loop) } != sys::Status::napi_ok {
-            return Err("cannot get Node's event loop".into());
-        }
-        // SAFETY: as above.
-        let size = unsafe { uv_handle_size(UV_POLL) };
-        // Zeroed, 8-byte aligned memory of the handle's size, owned by libuv until its close
-        // callback frees it.
-        let words = size.div_ceil(8).max(1);
-        let handle = Box::into_raw(vec![0u64; words].into_boxed_slice()).cast::<c_void>();
-        // SAFETY: `handle` is writable memory of at least `size` bytes; `event_loop` is Node's.
-        let rc = unsafe { uv_poll_init(event_loop.cast(), handle, fd) };
+        // Owned by libuv once initialised, until its close callback frees it.
+        // SAFETY: the caller's contract.
+        let ((handle, event_loop), words) = unsafe { alloc(env, UV_POLL, b"poll")? };
+        // SAFETY: `handle` is writable memory of the poll handle's size; the loop is Node's.
+        let rc = unsafe { uv_poll_init(event_loop, handle, fd) };
         if rc != 0 {
             // SAFETY: not initialised, so libuv holds no pointer to it: ours to free.
-            drop(unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                    handle.cast::<u64>(),
-                    words,
-                ))
-            });
+            unsafe { free_words(handle, words) };
             return Err(error("uv_poll_init", rc));
         }
         // The handle's first word is its `data` field: the word count, for the close callback.
         // SAFETY: `data` is the first field of every libuv handle, a pointer-sized word.
         unsafe { *handle.cast::<usize>() = words };
-        let poll = Poll {
-            handle,
-            event_loop: event_loop.cast(),
-        };
+        let poll = Poll { handle };
         // SAFETY: the handle is initialised on this loop.
         let rc = unsafe { uv_poll_start(handle, events, cb) };
         if rc != 0 {
@@ -101,13 +170,6 @@ impl Poll {
             return Err(error("uv_poll_start", rc));
         }
         Ok(poll)
-    }
-
-    /// The loop's time in ms (`uv_now`): read once per turn of the loop, so it stays the same
-    /// for all JavaScript run within one turn.
-    pub(crate) fn loop_time(&self) -> u64 {
-        // SAFETY: the loop is Node's, alive as long as this thread runs JavaScript.
-        unsafe { uv_now(self.event_loop) }
     }
 
     /// Changes the events polled for.
@@ -141,13 +203,7 @@ impl Poll {
 
 /// libuv's close callback: frees the handle's memory (its word count is in `data`).
 unsafe extern "C" fn free(handle: *mut c_void) {
-    // SAFETY: `data` holds the word count written in `start`; the memory was leaked there as a
-    // boxed slice of that many words, and libuv no longer uses it once this runs.
-    unsafe {
-        let words = *handle.cast::<usize>();
-        drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-            handle.cast::<u64>(),
-            words,
-        )));
-    }
+    // SAFETY: `data` holds the word count written in `start`; the memory came from `alloc`
+    // with that many words, and libuv no longer uses it once this runs.
+    unsafe { free_words(handle, *handle.cast::<usize>()) }
 }

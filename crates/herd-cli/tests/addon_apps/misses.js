@@ -1,4 +1,5 @@
-// Misses one after the other: `node misses.js <path of herd-cluster> N` gets keys k0..k(N-1)
+// Misses one after the other: `node misses.js <path of herd-cluster> N [timers]` gets keys
+// k0..k(N-1) (with `timers`, making and clearing a timer before each)
 // (each once, so the primary answers every one), checks each value is `value <i>`, then the
 // 4 MiB value `big` (byte j is j % 251), and prints
 //   misses addon WRONG N WAITS ANSWERED BUDGET_US turns TURNS
@@ -25,7 +26,10 @@ async function main() {
     if (counting) setImmediate(tick);
   };
   setImmediate(tick);
+  const timers = process.argv[4] === 'timers';
   for (let i = 0; i < n; i += 1) {
+    // As a handler with a timeout would: each timer made moves the loop's clock forward.
+    if (timers) clearTimeout(setTimeout(() => {}, 50));
     if ((await c.get(`k${i}`)) !== `value ${i}`) wrong += 1;
   }
   // A large value comes as shared memory, its descriptor read with the reply: byte j is j % 251.
