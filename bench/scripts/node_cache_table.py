@@ -131,7 +131,7 @@ p(f'One Node worker under `herd run -w 1 --cache-dir DIR --warm ...`, so the pri
   'floors are 16-byte ping-pongs (100,000 for Rust, 50,000 for Node, after 2,000 warm-up ones): '
   'Rust↔Rust with blocking reads and writes (the raw socketpair), Rust↔tokio with the echo a task on '
   'tokio\'s multi-threaded runtime (what any async server pays; herd\'s primary is one), the same with '
-  'the Rust side reading without sleeping (a non-blocking read in a loop: what the addon does for up to '
+  'the Rust side reading without sleeping (a non-blocking read in a loop that yields the CPU between reads: what the addon does for up to '
   '`HERD_CACHE_SPIN_US`, 100 µs, after a miss; crates/herd-node/src/spin.rs), Node↔echo with '
   'Node\'s own async I/O to the blocking Rust echo (what any Node program pays for a round trip).')
 p('')
