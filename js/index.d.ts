@@ -74,9 +74,10 @@ export interface CacheStats {
    * of the event loop (one wait covers every `get` sent since the last, as in a `Promise.all`),
    * `answered` those that ended with every one of them answered, each reply within `budget_us`
    * of the last (`HERD_CACHE_SPIN_US`, default 100; 0 turns it off, and so does a machine with
-   * one CPU) and all within the wait's bounds (see the package's README).
+   * one CPU) and all within the wait's bounds (see the package's README); `busy` the waits not
+   * begun or cut short because the event loop had other I/O ready.
    */
-  miss_wait?: { waits: number; answered: number; budget_us: number };
+  miss_wait?: { waits: number; answered: number; budget_us: number; busy: number };
   /** The primary hub's counters, as it reports them. */
   hub: { [counter: string]: unknown };
 }

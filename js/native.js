@@ -195,7 +195,7 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
 
   // An addon older than this package may lack spin(): misses then wait for the event loop.
   const spin = typeof addon.spin === 'function' ? addon.spin : () => {};
-  const spinStats = typeof addon.spinStats === 'function' ? addon.spinStats : () => [0, 0, 0];
+  const spinStats = typeof addon.spinStats === 'function' ? addon.spinStats : () => [0, 0, 0, 0];
   let spinQueued = false;
   function spinNow() {
     spinQueued = false;
@@ -290,7 +290,7 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
       const stats = JSON.parse(await within(addon.stats(), timeout, 'stats'));
       stats.local_hits += fastHits;
       const [maxEntries, maxBytes] = addon.localLimits();
-      const [waits, answered, budget] = spinStats();
+      const [waits, answered, budget, busy = 0] = spinStats();
       return {
         ...stats,
         local_max_entries: maxEntries,
@@ -299,7 +299,7 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
         addon: file,
         held_buffers: memo.size,
         held_extra_bytes: extraBytes,
-        miss_wait: { waits, answered, budget_us: budget },
+        miss_wait: { waits, answered, budget_us: budget, busy },
       };
     },
   };

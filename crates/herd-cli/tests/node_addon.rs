@@ -428,8 +428,9 @@ fn misses(name: &str, n: usize, env: &[&str], extra: &[&str]) -> (String, Herd) 
 /// A miss the primary answers at once is read from the microtask the package queues (the
 /// addon reads the channel until `HERD_CACHE_SPIN_US`, default 100 µs, passes with nothing
 /// arriving, instead of waiting for the event loop), with the same values as through the event
-/// loop, a large one's descriptor included; `HERD_CACHE_SPIN_US=0` turns that off; an
-/// unreadable value is reported and the default used. On one CPU it is always off.
+/// loop, a large one's descriptor included; the loop still turns, and waits give way while
+/// it has other I/O ready; `HERD_CACHE_SPIN_US=0` turns that off; an unreadable value is
+/// reported and the default used. On one CPU it is always off.
 #[test]
 fn a_miss_reads_its_reply_in_a_microtask_within_its_budget() {
     let one_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) < 2;
@@ -459,9 +460,17 @@ fn a_miss_reads_its_reply_in_a_microtask_within_its_budget() {
     assert_eq!(f[..4], ["misses", "addon", "0", "300"], "{line}");
     assert!(f[8].parse::<u64>().unwrap() >= 2, "{line}");
 
+    // While the loop has other I/O ready (a local TCP stream here), waits give way to it.
+    let (line, _io) = misses("addon-spin-io", 300, &["HERD_CACHE_SPIN_US=1000"], &["io"]);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[..4], ["misses", "addon", "0", "300"], "{line}");
+    if !one_cpu {
+        assert!(f[10].parse::<u64>().unwrap() >= 1, "{line}");
+    }
+
     let (line, _herd) = misses("addon-nospin", 100, &["HERD_CACHE_SPIN_US=0"], &[]);
     assert!(
-        line.starts_with("misses addon 0 100 0 0 0 turns "),
+        line.starts_with("misses addon 0 100 0 0 0 turns ") && line.ends_with(" busy 0"),
         "{line}"
     );
 

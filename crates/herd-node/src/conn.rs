@@ -400,18 +400,32 @@ impl Conn {
         if self.closed.is_some() || !self.wqueue.is_empty() {
             return;
         }
-        let Some(wait) = self.spin.begin(uv::turns(), Instant::now()) else {
+        // What has come already is taken first: the loop's descriptor then polls readable
+        // only for other work.
+        self.read();
+        gets.retain(|id| self.pending.contains_key(id));
+        if gets.is_empty() || self.closed.is_some() {
+            return;
+        }
+        let Some(wait) = self
+            .spin
+            .begin(uv::turns(), Instant::now(), uv::other_io_ready())
+        else {
             return;
         };
-        let answered = self.await_replies(&mut gets, wait);
-        self.spin.end(answered, Instant::now());
+        // Cut short for the loop's other work: neither answered nor a reason to back off.
+        match self.await_replies(&mut gets, wait) {
+            Some(answered) => self.spin.end(answered, Instant::now()),
+            None => self.spin.yielded(),
+        }
         self.keep_alive();
     }
 
     /// Reads the channel without blocking until no call of `ids` waits, or the wait's quiet
-    /// budget passes with nothing read, or its total: whether all were answered. What arrives
-    /// is taken as from the event loop.
-    fn await_replies(&mut self, ids: &mut Vec<u64>, wait: Wait) -> bool {
+    /// budget passes with nothing read, or its total, or the loop has other I/O ready: whether
+    /// all were answered, `None` in the last case. What arrives is taken as from the event
+    /// loop.
+    fn await_replies(&mut self, ids: &mut Vec<u64>, wait: Wait) -> Option<bool> {
         let start = Instant::now();
         let end = start + wait.total;
         let mut quiet_until = start + wait.quiet;
@@ -422,43 +436,46 @@ impl Conn {
                 &mut self.fds,
                 RecvFlags::DONTWAIT,
             ) {
+                // Nothing yet: the loop's other work comes first, if it has any.
+                Ok(None) if uv::other_io_ready() => return None,
                 Ok(None) => std::thread::yield_now(),
                 Ok(Some(0)) => {
                     self.take_frames();
                     self.lose("the primary closed the cache channel".into());
-                    return false;
+                    return Some(false);
                 }
                 Ok(Some(n)) => {
                     self.rbuf.extend_from_slice(&self.scratch[..n]);
                     self.take_frames();
                     if self.closed.is_some() {
-                        return false;
+                        return Some(false);
                     }
                     ids.retain(|id| self.pending.contains_key(id));
                     if ids.is_empty() {
-                        return true;
+                        return Some(true);
                     }
                     quiet_until = Instant::now() + wait.quiet;
                 }
                 Err(e) => {
                     self.lose(e);
-                    return false;
+                    return Some(false);
                 }
             }
             let now = Instant::now();
             if now >= quiet_until || now >= end {
-                return false;
+                return Some(false);
             }
         }
     }
 
     /// Waits begun, those that ended with every `get` answered, and the quiet budget in µs (see
     /// `spin`).
-    pub(crate) fn spin_counts(&self) -> [f64; 3] {
+    pub(crate) fn spin_counts(&self) -> [f64; 4] {
         [
             self.spin.waits as f64,
             self.spin.answered as f64,
             self.spin.budget().as_micros() as f64,
+            self.spin.busy as f64,
         ]
     }
 

@@ -166,8 +166,9 @@ pub fn spin() {
     conn::settle_ready();
 }
 
-/// How `get`s waited for their replies in the call (see `HERD_CACHE_SPIN_US`): `[waits,
-/// answered within the budget, budget in µs]`.
+/// How `get`s waited for their replies (see `HERD_CACHE_SPIN_US`): `[waits begun, waits that
+/// ended with every reply, the budget in µs, waits not begun or cut short for the loop's other
+/// I/O]`.
 #[napi]
 pub fn spin_stats() -> Result<Vec<f64>> {
     conn::with_conn(|c| c.spin_counts().to_vec())

@@ -28,6 +28,7 @@ extern "C" {
     fn uv_strerror(err: c_int) -> *const c_char;
     fn uv_check_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int;
     fn uv_check_start(handle: *mut c_void, cb: unsafe extern "C" fn(*mut c_void)) -> c_int;
+    fn uv_backend_fd(event_loop: *const c_void) -> c_int;
 }
 
 /// `UV_CHECK` and `UV_POLL` in libuv's `uv_handle_type` (stable since libuv 1.0).
@@ -49,6 +50,8 @@ pub(crate) struct Poll {
 thread_local! {
     /// Turns of this thread's loop so far, once [`count_turns`] started counting.
     static TURNS: Cell<u64> = const { Cell::new(0) };
+    /// The loop's own epoll descriptor (-1 until [`count_turns`]).
+    static BACKEND: Cell<c_int> = const { Cell::new(-1) };
 }
 
 /// The turns of this thread's event loop counted so far: the same number for all JavaScript
@@ -58,7 +61,8 @@ pub(crate) fn turns() -> u64 {
 }
 
 /// Starts counting the turns of `env`'s event loop (a check handle, run once per turn after
-/// the loop polls for I/O; never closed, and not keeping the loop alive).
+/// the loop polls for I/O; never closed, and not keeping the loop alive), and notes the loop's
+/// epoll descriptor for [`other_io_ready`].
 ///
 /// # Safety
 /// `env` must be the current JavaScript thread's environment.
@@ -72,6 +76,8 @@ pub(crate) unsafe fn count_turns(env: sys::napi_env) -> Result<(), String> {
         unsafe { free_words(handle, words) };
         return Err(error("uv_check_init", rc));
     }
+    // SAFETY: the loop is Node's and initialised.
+    BACKEND.with(|b| b.set(unsafe { uv_backend_fd(event_loop) }));
     // SAFETY: initialised on this loop; `count` runs on this thread.
     let rc = unsafe { uv_check_start(handle, count) };
     // SAFETY: as above.
@@ -84,6 +90,28 @@ pub(crate) unsafe fn count_turns(env: sys::napi_env) -> Result<(), String> {
 
 unsafe extern "C" fn count(_handle: *mut c_void) {
     TURNS.with(|t| t.set(t.get() + 1));
+}
+
+/// Whether this thread's event loop has I/O ready that it has not taken yet (its epoll
+/// descriptor polls readable), as it does when a busy server has requests waiting. Unknown
+/// (no loop noted, or the poll failed) counts as ready: no waiting then.
+pub(crate) fn other_io_ready() -> bool {
+    let fd = BACKEND.with(Cell::get);
+    if fd < 0 {
+        return true;
+    }
+    // SAFETY: the loop's epoll descriptor, open as long as the loop, which outlives every
+    // call made from JavaScript on its thread; borrowed for this call only.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut pfd = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    !matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(0))
 }
 
 /// Zeroed, 8-byte aligned memory for a handle of `kind` (whose libuv name must be `name`) on
