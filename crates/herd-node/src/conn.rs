@@ -382,9 +382,10 @@ impl Conn {
         self.keep_alive();
     }
 
-    /// Reads the replies to the `get`s sent since the last wait without waiting for the event
-    /// loop, if the policy allows a wait now (see `spin`). A `get` still waiting from before
-    /// (a slow load) is left to the event loop.
+    /// Takes what has arrived, then reads the replies to the `get`s sent since the last wait
+    /// without waiting for the event loop, if the policy allows a wait now and the loop has no
+    /// other I/O ready (see `spin`). A `get` still waiting from before (a slow load) is left to
+    /// the event loop.
     pub(crate) fn spin(&mut self) {
         let mut gets: Vec<u64> = self
             .pending
@@ -397,20 +398,17 @@ impl Conn {
         };
         // Covered now, waited for or not: a later wait is only for later gets.
         self.spun_to = last;
-        if self.closed.is_some() || !self.wqueue.is_empty() {
+        if self.closed.is_some() || !self.wqueue.is_empty() || self.spin.budget().is_zero() {
             return;
         }
-        // What has come already is taken first: the loop's descriptor then polls readable
-        // only for other work.
+        // What has come already is taken first.
         self.read();
         gets.retain(|id| self.pending.contains_key(id));
         if gets.is_empty() || self.closed.is_some() {
             return;
         }
-        let Some(wait) = self
-            .spin
-            .begin(uv::turns(), Instant::now(), uv::other_io_ready())
-        else {
+        let other_io = uv::other_io_ready(self.fd.as_fd());
+        let Some(wait) = self.spin.begin(uv::turns(), Instant::now(), other_io) else {
             return;
         };
         // Cut short for the loop's other work: neither answered nor a reason to back off.
@@ -437,7 +435,7 @@ impl Conn {
                 RecvFlags::DONTWAIT,
             ) {
                 // Nothing yet: the loop's other work comes first, if it has any.
-                Ok(None) if uv::other_io_ready() => return None,
+                Ok(None) if uv::other_io_ready(self.fd.as_fd()) => return None,
                 Ok(None) => std::thread::yield_now(),
                 Ok(Some(0)) => {
                     self.take_frames();
@@ -468,8 +466,8 @@ impl Conn {
         }
     }
 
-    /// Waits begun, those that ended with every `get` answered, and the quiet budget in µs (see
-    /// `spin`).
+    /// Waits begun, those that ended with every `get` answered, the quiet budget in µs, and the
+    /// waits not begun or cut short for the loop's other I/O (see `spin`).
     pub(crate) fn spin_counts(&self) -> [f64; 4] {
         [
             self.spin.waits as f64,

@@ -158,8 +158,8 @@ pub fn expire() {
 /// Reads the replies to the `get`s sent since the last call, until they are all answered or
 /// `HERD_CACHE_SPIN_US` (default 100 µs) passes with nothing arriving, instead of leaving them
 /// to the event loop, and settles their Promises: the package calls it from a microtask after
-/// `get`s. Bounded per turn of the loop, and backs off while the primary does not answer in
-/// time (see the `spin` module).
+/// `get`s. Only while the loop has no other I/O ready, bounded per turn of the loop, and backs
+/// off while the primary does not answer in time (see the `spin` module).
 #[napi]
 pub fn spin() {
     conn::with_conn(|c| c.spin());

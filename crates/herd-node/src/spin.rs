@@ -15,7 +15,8 @@
 //! The policy ([`Spin`]) is pure (the caller gives it the loop's turn, the time and whether
 //! other I/O is ready), and bounded five ways:
 //! - **Only while the loop has nothing else to do**: no wait begins, and a wait ends, once the
-//!   event loop's own epoll descriptor polls readable for something else (`uv::other_io_ready`):
+//!   event loop's own epoll descriptor polls readable while the channel's socket does not
+//!   (`uv::other_io_ready`):
 //!   a server under load has other requests to serve while the primary answers, and waiting
 //!   then would cost it throughput (measured on 2 CPUs, an HTTP server doing a miss per request
 //!   under `wrk`: 20,000 requests/s with waits that ignored it, 33,000 without waits), so its

@@ -92,26 +92,40 @@ unsafe extern "C" fn count(_handle: *mut c_void) {
     TURNS.with(|t| t.set(t.get() + 1));
 }
 
-/// Whether this thread's event loop has I/O ready that it has not taken yet (its epoll
-/// descriptor polls readable), as it does when a busy server has requests waiting. Unknown
-/// (no loop noted, or the poll failed) counts as ready: no waiting then.
-pub(crate) fn other_io_ready() -> bool {
+/// Whether this thread's event loop has I/O ready other than on `own` (a descriptor it also
+/// watches), as it does when a busy server has requests waiting: its epoll descriptor polls
+/// readable while `own` does not. Both are polled in one call, the loop's first: data on `own`
+/// that made the loop's descriptor readable is still there when `own` is polled. Unknown (no
+/// loop noted, or the poll failed) counts as ready: no waiting then. A watcher whose events
+/// changed this turn (writability dropped) may count until the loop polls again.
+pub(crate) fn other_io_ready(own: std::os::fd::BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let fd = BACKEND.with(Cell::get);
     if fd < 0 {
         return true;
     }
-    // SAFETY: the loop's epoll descriptor, open as long as the loop, which outlives every
-    // call made from JavaScript on its thread; borrowed for this call only.
+    // SAFETY: the loop's epoll descriptor, open as long as the loop; every call comes from
+    // JavaScript on the loop's thread while its environment runs, and the descriptor is only
+    // borrowed for this poll. (An embedder that tears the environment down and keeps the
+    // thread would leave a stale number: polling it is then harmless, an error counts as
+    // ready, and the channel of that environment is gone too.)
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let mut pfd = [rustix::event::PollFd::new(
-        &fd,
-        rustix::event::PollFlags::IN,
-    )];
-    let zero = rustix::event::Timespec {
+    let mut pfd = [
+        PollFd::new(&fd, PollFlags::IN),
+        PollFd::new(&own, PollFlags::IN),
+    ];
+    let zero = Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    !matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(0))
+    match poll(&mut pfd, Some(&zero)) {
+        Ok(_) => {
+            let loop_ready = !pfd[0].revents().is_empty();
+            let own_ready = !pfd[1].revents().is_empty();
+            loop_ready && !own_ready
+        }
+        Err(_) => true,
+    }
 }
 
 /// Zeroed, 8-byte aligned memory for a handle of `kind` (whose libuv name must be `name`) on
