@@ -401,20 +401,25 @@ impl Conn {
         if self.closed.is_some() || !self.wqueue.is_empty() || self.spin.budget().is_zero() {
             return;
         }
+        // A loop with other work takes the replies with it, as many at a time as have come.
+        let fd = self.fd.as_fd();
+        let Some(wait) = self
+            .spin
+            .begin(uv::turns(), Instant::now(), || uv::other_io_ready(fd))
+        else {
+            return;
+        };
         // What has come already is taken first.
         self.read();
         gets.retain(|id| self.pending.contains_key(id));
         if gets.is_empty() || self.closed.is_some() {
+            self.spin.end(true, Instant::now());
             return;
         }
-        let other_io = uv::other_io_ready(self.fd.as_fd());
-        let Some(wait) = self.spin.begin(uv::turns(), Instant::now(), other_io) else {
-            return;
-        };
         // Cut short for the loop's other work: neither answered nor a reason to back off.
         match self.await_replies(&mut gets, wait) {
             Some(answered) => self.spin.end(answered, Instant::now()),
-            None => self.spin.yielded(),
+            None => self.spin.yielded(Instant::now()),
         }
         self.keep_alive();
     }
