@@ -147,17 +147,10 @@ p('|---|' + '---:|' * len(cols))
 
 
 def cell(c, metric, digits=2):
-    if c == 'floor-rust':
-        m = {'miss_us': 'rust_rtt_us', 'miss_p99_us': 'rust_rtt_p99_us'}.get(metric)
-        return fmt(vals('lat', 'floor', m), digits) if m else '-'
-    if c == 'floor-node':
-        m = {'miss_us': 'node_rtt_us', 'miss_p99_us': 'node_rtt_p99_us'}.get(metric)
-        return fmt(vals('lat', 'floor', m), digits) if m else '-'
-    if c == 'floor-tokio':
-        m = {'miss_us': 'tokio_rtt_us', 'miss_p99_us': 'tokio_rtt_p99_us'}.get(metric)
-        return fmt(vals('lat', 'floor', m), digits) if m else '-'
-    if c == 'floor-spin':
-        m = {'miss_us': 'spin_rtt_us', 'miss_p99_us': 'spin_rtt_p99_us'}.get(metric)
+    if c.startswith('floor-'):
+        # floor-rust -> rust_rtt_us / rust_rtt_p99_us, in the floor run's figures
+        name = c[len('floor-'):]
+        m = {'miss_us': f'{name}_rtt_us', 'miss_p99_us': f'{name}_rtt_p99_us'}.get(metric)
         return fmt(vals('lat', 'floor', m), digits) if m else '-'
     if c == 'node':
         m = {'peek_us': 'node_map_us', 'get_held_us': 'node_await_us'}.get(metric)

@@ -62,6 +62,16 @@ thread_local! {
     static CONN: RefCell<Option<Conn>> = const { RefCell::new(None) };
 }
 
+/// What one read of the channel gave ([`Conn::recv`]).
+enum Recv {
+    /// Nothing waiting.
+    Empty,
+    /// This many bytes, now in the read buffer.
+    Got(usize),
+    /// End-of-stream or an error: the channel is lost.
+    Lost,
+}
+
 struct Pending {
     call: Call,
     deferred: sys::napi_deferred,
@@ -416,12 +426,11 @@ impl Conn {
             self.spin.end(true, Instant::now());
             return;
         }
-        // Cut short for the loop's other work: neither answered nor a reason to back off.
+        // `None`: cut short for the loop's other work (which backs off too).
         match self.await_replies(&mut gets, wait) {
             Some(answered) => self.spin.end(answered, Instant::now()),
             None => self.spin.yielded(Instant::now()),
         }
-        self.keep_alive();
     }
 
     /// Reads the channel without blocking until no call of `ids` waits, or the wait's quiet
@@ -433,22 +442,12 @@ impl Conn {
         let end = start + wait.total;
         let mut quiet_until = start + wait.quiet;
         loop {
-            match recv_once(
-                &self.fd,
-                &mut self.scratch,
-                &mut self.fds,
-                RecvFlags::DONTWAIT,
-            ) {
+            match self.recv() {
                 // Nothing yet: the loop's other work comes first, if it has any.
-                Ok(None) if uv::other_io_ready(self.fd.as_fd()) => return None,
-                Ok(None) => std::thread::yield_now(),
-                Ok(Some(0)) => {
-                    self.take_frames();
-                    self.lose("the primary closed the cache channel".into());
-                    return Some(false);
-                }
-                Ok(Some(n)) => {
-                    self.rbuf.extend_from_slice(&self.scratch[..n]);
+                Recv::Empty if uv::other_io_ready(self.fd.as_fd()) => return None,
+                Recv::Empty => std::thread::yield_now(),
+                Recv::Lost => return Some(false),
+                Recv::Got(_) => {
                     self.take_frames();
                     if self.closed.is_some() {
                         return Some(false);
@@ -458,10 +457,6 @@ impl Conn {
                         return Some(true);
                     }
                     quiet_until = Instant::now() + wait.quiet;
-                }
-                Err(e) => {
-                    self.lose(e);
-                    return Some(false);
                 }
             }
             let now = Instant::now();
@@ -517,33 +512,42 @@ impl Conn {
     /// Reads until the socket would block, then takes every whole frame.
     fn read(&mut self) {
         loop {
-            match recv_once(
-                &self.fd,
-                &mut self.scratch,
-                &mut self.fds,
-                RecvFlags::DONTWAIT,
-            ) {
-                Ok(None) => break,
-                Ok(Some(0)) => {
-                    self.take_frames();
-                    self.lose("the primary closed the cache channel".into());
-                    return;
-                }
-                Ok(Some(n)) => {
-                    self.rbuf.extend_from_slice(&self.scratch[..n]);
-                    // Short: the socket is drained for now (libuv polls level-triggered, so
-                    // anything left wakes the loop again), without a read that would block.
-                    if n < self.scratch.len() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    self.lose(e);
-                    return;
-                }
+            match self.recv() {
+                Recv::Empty => break,
+                Recv::Lost => return,
+                // Short: the socket is drained for now (libuv polls level-triggered, so
+                // anything left wakes the loop again), without a read that would block.
+                Recv::Got(n) if n < self.scratch.len() => break,
+                Recv::Got(_) => {}
             }
         }
         self.take_frames();
+    }
+
+    /// One non-blocking `recvmsg` into the read buffer. At end-of-stream (after taking the
+    /// frames before it) or on an error, the channel is lost.
+    fn recv(&mut self) -> Recv {
+        match recv_once(
+            &self.fd,
+            &mut self.scratch,
+            &mut self.fds,
+            RecvFlags::DONTWAIT,
+        ) {
+            Ok(None) => Recv::Empty,
+            Ok(Some(0)) => {
+                self.take_frames();
+                self.lose("the primary closed the cache channel".into());
+                Recv::Lost
+            }
+            Ok(Some(n)) => {
+                self.rbuf.extend_from_slice(&self.scratch[..n]);
+                Recv::Got(n)
+            }
+            Err(e) => {
+                self.lose(e);
+                Recv::Lost
+            }
+        }
     }
 
     /// Takes every whole frame buffered: invalidations to the view, replies to their Promises.

@@ -128,9 +128,10 @@ impl Spin {
         self.budget
     }
 
-    /// Whether to wait now (`now`, in the loop's turn number `turn`, with other I/O ready for
-    /// the loop or not), and for how long. A wait skipped by the backoff counts toward it; one
-    /// refused for the turn's limit or for other I/O does not.
+    /// Whether to wait now (`now`, in the loop's turn number `turn`), and for how long;
+    /// `other_io` (whether the loop has other I/O ready) is asked last. A wait skipped by the
+    /// backoff counts toward it, and one refused for other I/O backs off as after a failed
+    /// one; one refused for the turn's limit does neither.
     pub(crate) fn begin(
         &mut self,
         turn: u64,
