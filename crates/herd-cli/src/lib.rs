@@ -1,7 +1,7 @@
 //! The `herd` command's library: its settings ([`config`]: flags and a TOML file, validated),
 //! its control protocol ([`control`]: the socket `herd status`, `reload`, `scale` and `stop`
 //! talk over), `herd run` itself ([`run`]), the demo ([`demo`]), and its exit codes and errors
-//! ([`exit`]). The binary (`main.rs`) is a thin layer over this: arguments, dispatch, exit codes.
+//! ([`exit`]); everything it prints goes through the non-blocking [`sink`]. The binary (`main.rs`) is a thin layer over this: arguments, dispatch, exit codes.
 
 #![deny(missing_docs)]
 
@@ -11,6 +11,7 @@ pub mod demo;
 pub mod exit;
 pub mod progress;
 pub mod run;
+pub mod sink;
 pub mod which;
 
 pub use exit::{Error, Exit, Result};

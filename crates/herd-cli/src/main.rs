@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herd_cli::control::{client, format_status};
-use herd_cli::{config, control, demo, run, Exit};
+use herd_cli::{config, control, demo, run, sink, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +86,9 @@ impl At {
     }
 }
 
+/// How long herd waits, when it exits, for a slow reader to take what it printed.
+const FLUSH: Duration = Duration::from_secs(2);
+
 /// How long a control command waits for its answer.
 const LIMIT: Duration = Duration::from_secs(3600);
 
@@ -119,7 +122,7 @@ fn main() {
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(sink::Logs);
     if json_logs {
         fmt.json().init();
     } else {
@@ -129,15 +132,20 @@ fn main() {
         Ok(runtime) => match runtime.block_on(dispatch(cli, &matches)) {
             Ok(exit) => exit,
             Err(e) => {
-                eprintln!("herd: {}", herd_cli::exit::report(&e));
+                let text = format!("herd: {}\n", herd_cli::exit::report(&e));
+                sink::global().write(sink::Stream::Err, printable(&text).into_bytes());
                 e.exit()
             }
         },
         Err(e) => {
-            eprintln!("herd: cannot start the runtime: {e}");
+            let text = format!("herd: cannot start the runtime: {e}\n");
+            sink::global().write(sink::Stream::Err, text.into_bytes());
             Exit::Failure
         }
     };
+    // What is queued is written if the reader takes it within the deadline; a stalled reader
+    // does not keep herd from exiting.
+    sink::global().flush(FLUSH);
     std::process::exit(exit.code());
 }
 
@@ -161,26 +169,51 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
             let report = client::status(&at.path(), LIMIT).await?;
             if json {
                 let text = serde_json::to_string(&report).expect("a report serialises");
-                println!("{text}");
+                say(&format!("{text}\n"))
             } else {
-                print!("{}", format_status(&report));
+                say(&format_status(&report))
             }
-            Ok(Exit::Success)
         }
         Command::Reload { at } => {
             let replaced = client::reload(&at.path(), LIMIT).await?;
-            println!("reloaded: {replaced} workers replaced");
-            Ok(Exit::Success)
+            say(&format!("reloaded: {replaced} workers replaced\n"))
         }
         Command::Stop { at } => {
             client::stop(&at.path(), LIMIT).await?;
-            println!("stopped");
-            Ok(Exit::Success)
+            say("stopped\n")
         }
         Command::Scale { workers, at } => {
             client::scale(&at.path(), workers, LIMIT).await?;
-            println!("scaled to {workers} workers");
-            Ok(Exit::Success)
+            say(&format!("scaled to {workers} workers\n"))
         }
     }
+}
+
+/// A client command's answer on stdout, with no control bytes (what a herd sent is not trusted
+/// to drive the terminal); a reader that closed the pipe (`herd status | head -0`) ends the
+/// command quietly.
+fn say(text: &str) -> herd_cli::Result<Exit> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(printable(text).as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => Ok(Exit::Success),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Exit::Success),
+        Err(e) => Err(herd_cli::Error::failure(format!("cannot write the answer: {e}"))),
+    }
+}
+
+/// `text` with every control character but newline and tab shown as `\u{..}`.
+fn printable(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            s.extend(c.escape_unicode());
+        } else {
+            s.push(c);
+        }
+    }
+    s
 }

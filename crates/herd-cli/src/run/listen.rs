@@ -41,7 +41,10 @@ pub(super) fn bind(s: &Settings) -> Result<Sockets> {
             herd::listen::bind(addr, s.reuseport).or_fail(|| format!("cannot listen on {addr}"))?;
         let real = herd::listen::local_addr(&fd).or_fail(|| format!("cannot listen on {addr}"))?;
         tracing::info!(address = %real, reuseport = s.reuseport, "listening");
-        eprintln!("herd: listening on {real}");
+        crate::sink::global().write(
+            crate::sink::Stream::Err,
+            format!("herd: listening on {real}\n").into_bytes(),
+        );
         sockets.listening.push(Listening {
             address: real.to_string(),
             reuseport: s.reuseport,

@@ -1,16 +1,17 @@
 //! What herd prints of its workers: their output lines (`[wN] line`, stderr's on stderr) and
 //! messages (one JSON object per line), or with `--log-format json` everything as JSON lines
-//! on stdout with a timestamp.
+//! on stdout with a timestamp. Everything goes through the [`crate::sink`], so printing never
+//! waits for the reader.
 
 use herd::{OutputStream, WorkerId};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+
+use crate::sink::{self, Sink, Stream};
 
 /// Prints worker output and messages to herd's stdout and stderr.
 pub(super) struct Printer {
     json: bool,
-    out: tokio::io::Stdout,
-    err: tokio::io::Stderr,
+    sink: &'static Sink,
 }
 
 /// Seconds since the epoch.
@@ -25,49 +26,37 @@ impl Printer {
     pub(super) fn new(json: bool) -> Printer {
         Printer {
             json,
-            out: tokio::io::stdout(),
-            err: tokio::io::stderr(),
+            sink: sink::global(),
         }
     }
 
     /// A line of a worker's output.
-    pub(super) async fn line(&mut self, worker: WorkerId, stream: OutputStream, line: &str) {
+    pub(super) fn line(&mut self, worker: WorkerId, stream: OutputStream, line: &str) {
         if self.json {
             let v =
                 json!({"ts": now(), "worker": worker.0, "stream": stream.as_str(), "line": line});
-            self.write(format!("{v}\n"), false).await;
+            self.write(format!("{v}\n"), false);
         } else {
             self.write(
                 format!("[w{worker}] {line}\n"),
                 stream == OutputStream::Stderr,
-            )
-            .await;
+            );
         }
     }
 
     /// A message from a worker.
-    pub(super) async fn message(&mut self, worker: WorkerId, message: serde_json::Value) {
+    pub(super) fn message(&mut self, worker: WorkerId, message: serde_json::Value) {
         let v = if self.json {
             json!({"ts": now(), "worker": worker.0, "message": message})
         } else {
             json!({"worker": worker.0, "message": message})
         };
-        self.write(format!("{v}\n"), false).await;
+        self.write(format!("{v}\n"), false);
     }
 
-    /// Makes sure everything printed is written.
-    pub(super) async fn flush(&mut self) {
-        let _ = self.out.flush().await;
-        let _ = self.err.flush().await;
-    }
-
-    async fn write(&mut self, text: String, to_err: bool) {
-        let r = if to_err {
-            self.err.write_all(text.as_bytes()).await
-        } else {
-            self.out.write_all(text.as_bytes()).await
-        };
-        // A reader that went away is not a reason to stop the workers.
-        let _ = r;
+    /// Queues `text`; dropped (and counted) if the reader is too far behind.
+    fn write(&mut self, text: String, to_err: bool) {
+        let stream = if to_err { Stream::Err } else { Stream::Out };
+        self.sink.write(stream, text.into_bytes());
     }
 }

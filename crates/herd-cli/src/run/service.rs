@@ -1,7 +1,9 @@
 //! Supervising the workers with `herd::service`: the only file of herd-cli that drives it. It
 //! turns the settings into the service's config, answers control calls, acts on signals
-//! (SIGHUP reloads; SIGINT or SIGTERM stops gracefully, a second one at once), prints the
-//! workers' output, and turns how the service ended into herd's exit code.
+//! (SIGHUP reloads; SIGINT or SIGTERM stops gracefully, a second one at once; SIGQUIT stops at
+//! once; SIGUSR2 logs a status line; SIGUSR1 reopens log files, of which there are none yet),
+//! prints the workers' output (queued, never awaited: see [`crate::sink`]), and turns how the
+//! service ended into herd's exit code. Nothing in the loop awaits a worker or an output sink.
 
 use std::sync::Arc;
 
@@ -61,6 +63,9 @@ pub(super) async fn supervise(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let service = herd::service::start(builder, config(s, reuseport))
         .await
         .or_fail(|| format!("cannot start {:?}", s.command[0]))?;
@@ -73,19 +78,30 @@ pub(super) async fn supervise(
                 // The last lines may still be queued (the queue closes after them).
                 let rest = async {
                     while let Some(ev) = events.recv().await {
-                        print(&mut printer, ev).await;
+                        print(&mut printer, ev);
                     }
                 };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rest).await;
-                printer.flush().await;
                 return exit(outcome.or_fail(|| "the service task failed".into())?);
             }
-            Some(ev) = events.recv() => print(&mut printer, ev).await,
+            Some(ev) = events.recv() => print(&mut printer, ev),
             Some(call) = calls.recv() => {
                 tokio::spawn(answer(handle.clone(), call, extras.clone()));
             }
             _ = sigint.recv() => stop_signal(&handle, &mut signals),
             _ = sigterm.recv() => stop_signal(&handle, &mut signals),
+            _ = sigquit.recv() => {
+                signals += 1;
+                tracing::warn!("SIGQUIT: killing every worker");
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.stop(true).await });
+            }
+            _ = sigusr1.recv() => {
+                tracing::info!("SIGUSR1: herd writes no log files, so there is nothing to reopen");
+            }
+            _ = sigusr2.recv() => {
+                tokio::spawn(log_status(handle.clone()));
+            }
             _ = sighup.recv() => {
                 let handle = handle.clone();
                 tokio::spawn(async move {
@@ -111,18 +127,18 @@ fn exit(outcome: Outcome) -> Result<Exit> {
 
 /// Prints a worker's output and messages; answers its requests with an error (`herd run` serves
 /// none); the service logs lifecycle and supervision events itself.
-async fn print(printer: &mut Printer, ev: ServiceEvent) {
+fn print(printer: &mut Printer, ev: ServiceEvent) {
     match ev {
         ServiceEvent::Worker(Event::Output {
             worker,
             stream,
             line,
-        }) => printer.line(worker, stream, &line).await,
+        }) => printer.line(worker, stream, &line),
         ServiceEvent::Worker(Event::Message { worker, message }) => {
             let message = message.json().unwrap_or_else(|_| {
                 serde_json::Value::String(format!("<{} bytes>", message.bytes().len()))
             });
-            printer.message(worker, message).await
+            printer.message(worker, message)
         }
         ServiceEvent::Worker(Event::Request { worker, request }) => {
             let why = format!("worker {worker}: herd run answers no requests");
@@ -137,7 +153,8 @@ async fn print(printer: &mut Printer, ev: ServiceEvent) {
 /// Answers one control call.
 async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
     let answer = match call.request {
-        Request::Status => service.status().await.map(|status| {
+        Request::Status => service.status().await.map(|mut status| {
+            status.output_dropped += crate::sink::global().dropped();
             Reply::Status(Box::new(Report {
                 status,
                 cache: extras.hub.as_ref().map(Hub::stats),
@@ -179,4 +196,22 @@ fn stop_signal(handle: &ServiceHandle, signals: &mut u32) {
     }
     let handle = handle.clone();
     tokio::spawn(async move { handle.stop(fast).await });
+}
+
+/// SIGUSR2: one log line saying how the service is.
+async fn log_status(service: ServiceHandle) {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), service.status()).await {
+        Ok(Ok(s)) => tracing::info!(
+            wanted = s.wanted,
+            live = s.workers.len(),
+            restarting = s.restarting.len(),
+            failed = s.failed.len(),
+            reloading = s.reloading,
+            reloads = s.reloads,
+            output_dropped = s.output_dropped + crate::sink::global().dropped(),
+            "SIGUSR2: status"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "SIGUSR2: no status"),
+        Err(_) => tracing::warn!("SIGUSR2: the service did not answer within 5 s"),
+    }
 }
