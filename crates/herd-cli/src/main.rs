@@ -201,7 +201,9 @@ fn say(text: &str) -> herd_cli::Result<Exit> {
     {
         Ok(()) => Ok(Exit::Success),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Exit::Success),
-        Err(e) => Err(herd_cli::Error::failure(format!("cannot write the answer: {e}"))),
+        Err(e) => Err(herd_cli::Error::failure(format!(
+            "cannot write the answer: {e}"
+        ))),
     }
 }
 

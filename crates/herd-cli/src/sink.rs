@@ -54,12 +54,14 @@ pub struct Sink {
 /// The process's sink, started on first use.
 pub fn global() -> &'static Sink {
     static SINK: OnceLock<Sink> = OnceLock::new();
-    SINK.get_or_init(|| Sink::start(|s| -> Box<dyn Write> {
-        match s {
-            Stream::Out => Box::new(std::io::stdout()),
-            Stream::Err => Box::new(std::io::stderr()),
-        }
-    }))
+    SINK.get_or_init(|| {
+        Sink::start(|s| -> Box<dyn Write> {
+            match s {
+                Stream::Out => Box::new(std::io::stdout()),
+                Stream::Err => Box::new(std::io::stderr()),
+            }
+        })
+    })
 }
 
 impl Sink {
@@ -260,7 +262,10 @@ mod tests {
         // The budget, plus the batch the writer may hold.
         assert!(kept <= BUDGET / 1024 + 64, "kept {kept}");
         assert_eq!(sink.dropped(), 20_000 - kept as u64);
-        assert!(!sink.flush(Duration::from_millis(50)), "flushed a stalled sink");
+        assert!(
+            !sink.flush(Duration::from_millis(50)),
+            "flushed a stalled sink"
+        );
         *go.0.lock().unwrap() = true;
         go.1.notify_all();
         assert!(sink.flush(Duration::from_secs(10)));

@@ -102,7 +102,9 @@ fn a_stalled_reader_of_herds_output_delays_no_control_call_and_no_signal() {
         }
         let _ = held_tx.send(out);
     });
-    let note = rx.recv_timeout(DEADLINE).expect("a note of the dropped lines");
+    let note = rx
+        .recv_timeout(DEADLINE)
+        .expect("a note of the dropped lines");
     assert!(note.starts_with("herd: "), "{note}");
     let out = held.recv_timeout(DEADLINE).expect("output flows again");
     // Stalled again (nobody reads stdout from here on): SIGTERM still stops herd promptly.
@@ -113,7 +115,9 @@ fn a_stalled_reader_of_herds_output_delays_no_control_call_and_no_signal() {
     .unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || tx.send(herd.wait().unwrap()));
-    let code = rx.recv_timeout(Duration::from_secs(20)).expect("herd exits");
+    let code = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("herd exits");
     assert_eq!(code.code(), Some(0), "{code:?}");
     assert!(!control.exists(), "the control socket is left behind");
     drop(out);
@@ -124,7 +128,11 @@ fn sigusr1_and_sigusr2_are_logged_and_sigquit_stops_at_once() {
     let mut herd = Herd::start("signals", &["-w", "1", "--", "sleep", "1000"]);
     herd.status_until("one worker", |s| common::running(s) == 1);
     herd.signal(Signal::USR2);
-    common::wait_line(&herd.err, |l| l.contains("SIGUSR2: status"), "SIGUSR2's line");
+    common::wait_line(
+        &herd.err,
+        |l| l.contains("SIGUSR2: status"),
+        "SIGUSR2's line",
+    );
     herd.signal(Signal::USR1);
     common::wait_line(&herd.err, |l| l.contains("SIGUSR1"), "SIGUSR1's line");
     assert_eq!(common::running(&herd.status()), 1, "herd survives both");
@@ -165,7 +173,8 @@ fn a_client_prints_no_control_bytes_from_the_socket() {
         for mut conn in listener.incoming().map_while(Result::ok) {
             let mut line = [0u8; 256];
             let _ = conn.read(&mut line);
-            let evil = "{\"ok\":false,\"error\":\"\\u001b]0;owned\\u0007\\u001b[2J\\u001b[31mred\"}\n";
+            let evil =
+                "{\"ok\":false,\"error\":\"\\u001b]0;owned\\u0007\\u001b[2J\\u001b[31mred\"}\n";
             let _ = conn.write_all(evil.as_bytes());
         }
     });
@@ -174,9 +183,16 @@ fn a_client_prints_no_control_bytes_from_the_socket() {
         c.args([cmd, "--control"]).arg(&path);
         let out = within(Duration::from_secs(10), c);
         let all = [&out.stdout[..], &out.stderr[..]].concat();
-        assert!(!all.contains(&0x1b), "{cmd}: {:?}", String::from_utf8_lossy(&all));
+        assert!(
+            !all.contains(&0x1b),
+            "{cmd}: {:?}",
+            String::from_utf8_lossy(&all)
+        );
         assert!(!all.contains(&0x07), "{cmd}");
-        assert!(String::from_utf8_lossy(&all).contains("red"), "{cmd}: the text is kept");
+        assert!(
+            String::from_utf8_lossy(&all).contains("red"),
+            "{cmd}: the text is kept"
+        );
         assert_ne!(out.status.code(), Some(0), "{cmd}");
     }
 }

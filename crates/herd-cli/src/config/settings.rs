@@ -10,6 +10,7 @@ use herd::service::{Readiness, Restart};
 use herd::Codec;
 
 use super::options::{Options, Workers};
+use crate::control::proto::MAX_WORKERS;
 use crate::exit::{Error, Result};
 
 /// Where the cache's data comes from.
@@ -73,13 +74,24 @@ fn parsed<T: std::str::FromStr<Err = String>>(
         .map_err(|e| bad(field, e))
 }
 
-fn seconds(field: &str, v: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| {
-        bad(
+/// An hour: the longest grace period, restart delay and readiness timeout.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// A day: the longest crash-loop window.
+pub const MAX_WINDOW: Duration = Duration::from_secs(86_400);
+/// A week: the longest a stale cache value may be served.
+pub const MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
+/// The most restarts a crash-loop window may allow.
+pub const MAX_RESTARTS: u32 = 1_000_000;
+
+/// `v` seconds, refused (naming `field`) unless it is a number from 0 to `max`.
+fn seconds(field: &str, v: f64, max: Duration) -> Result<Duration> {
+    match Duration::try_from_secs_f64(v) {
+        Ok(d) if d <= max => Ok(d),
+        _ => Err(bad(
             field,
-            format_args!("{v} is not a number of seconds (0 or more)"),
-        )
-    })
+            format_args!("{v} is not a number of seconds from 0 to {}", max.as_secs()),
+        )),
+    }
 }
 
 /// Fills in the defaults and checks everything.
@@ -99,8 +111,11 @@ pub fn settings(o: Options) -> Result<Settings> {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
     };
-    if workers == 0 {
-        return Err(bad("workers", "must be at least 1"));
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        return Err(bad(
+            "workers",
+            format_args!("must be 1 to {MAX_WORKERS}, not {workers}"),
+        ));
     }
     let listen = o
         .listen
@@ -132,7 +147,7 @@ pub fn settings(o: Options) -> Result<Settings> {
     if reuseport && listen.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         return Err(bad("reuseport", "works with TCP addresses only"));
     }
-    let grace = seconds("grace", o.grace.unwrap_or(5.0))?;
+    let grace = seconds("grace", o.grace.unwrap_or(5.0), MAX_WAIT)?;
     let stop = if o.shutdown_message.unwrap_or(false) {
         StopBy::Message
     } else {
@@ -186,8 +201,16 @@ pub fn settings(o: Options) -> Result<Settings> {
     }
     let r = o.restart;
     let restart_mode: Restart = parsed("restart.mode", r.mode, "always")?;
-    let backoff_min = seconds("restart.backoff_min", r.backoff_min.unwrap_or(0.1))?;
-    let backoff_max = seconds("restart.backoff_max", r.backoff_max.unwrap_or(30.0))?;
+    let backoff_min = seconds(
+        "restart.backoff_min",
+        r.backoff_min.unwrap_or(0.1),
+        MAX_WAIT,
+    )?;
+    let backoff_max = seconds(
+        "restart.backoff_max",
+        r.backoff_max.unwrap_or(30.0),
+        MAX_WAIT,
+    )?;
     if backoff_max < backoff_min {
         return Err(bad(
             "restart.backoff_max",
@@ -195,11 +218,20 @@ pub fn settings(o: Options) -> Result<Settings> {
         ));
     }
     let max_restarts = r.max_restarts.unwrap_or(5);
-    let window = seconds("restart.window", r.window.unwrap_or(60.0))?;
+    if max_restarts > MAX_RESTARTS {
+        return Err(bad(
+            "restart.max_restarts",
+            format_args!("must be at most {MAX_RESTARTS}, not {max_restarts}"),
+        ));
+    }
+    let window = seconds("restart.window", r.window.unwrap_or(60.0), MAX_WINDOW)?;
     let rl = o.reload;
     let reload_batch = rl.batch.unwrap_or(1);
-    if reload_batch == 0 {
-        return Err(bad("reload.batch", "must be at least 1"));
+    if !(1..=MAX_WORKERS).contains(&reload_batch) {
+        return Err(bad(
+            "reload.batch",
+            format_args!("must be 1 to {MAX_WORKERS}, not {reload_batch}"),
+        ));
     }
     let ready: Readiness = parsed("reload.ready", rl.ready, "listening")?;
     if let Readiness::Port(addr) = &ready {
@@ -214,7 +246,11 @@ pub fn settings(o: Options) -> Result<Settings> {
             ));
         }
     }
-    let ready_timeout = seconds("reload.ready_timeout", rl.ready_timeout.unwrap_or(30.0))?;
+    let ready_timeout = seconds(
+        "reload.ready_timeout",
+        rl.ready_timeout.unwrap_or(30.0),
+        MAX_WAIT,
+    )?;
     let c = o.cache;
     let mut sources = [
         c.dir.map(CacheSource::Dir),
@@ -234,7 +270,7 @@ pub fn settings(o: Options) -> Result<Settings> {
             "needs a cache source (dir, snapshot or redis)",
         ));
     }
-    let max_stale = seconds("cache.max_stale", c.max_stale.unwrap_or(300.0))?;
+    let max_stale = seconds("cache.max_stale", c.max_stale.unwrap_or(300.0), MAX_STALE)?;
     Ok(Settings {
         command,
         workers,

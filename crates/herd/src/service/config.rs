@@ -26,6 +26,9 @@ pub enum Readiness {
     Delay(Duration),
 }
 
+/// The longest `delay:SECS` readiness (an hour).
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 impl std::str::FromStr for Readiness {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -43,9 +46,11 @@ impl std::str::FromStr for Readiness {
                     d.trim_end_matches('s')
                         .parse::<f64>()
                         .ok()
-                        .filter(|d| d.is_finite() && *d >= 0.0)
+                        .filter(|d| (0.0..=MAX_DELAY.as_secs_f64()).contains(d))
                         .map(|d| Readiness::Delay(Duration::from_secs_f64(d)))
-                        .ok_or_else(|| format!("bad seconds in {s:?}"))
+                        .ok_or_else(|| {
+                            format!("bad seconds in {s:?} (0 to {})", MAX_DELAY.as_secs())
+                        })
                 } else {
                     Err(format!(
                         "unknown readiness {s:?} (use listening, online, notice, message, port:HOST:PORT or delay:SECS)"
