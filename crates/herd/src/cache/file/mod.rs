@@ -5,10 +5,13 @@
 //! A folder source maps key `a/b/c` to the file `<dir>/a/b/c` (see [`key`] for what is refused:
 //! nothing escapes the folder). It supports `store` (creating sub-folders as needed; atomic by
 //! rename) and `delete`, and follows its folder: files edited, created, moved or deleted by
-//! anyone become invalidations (see [`watch`]). A snapshot is read-only and never changes.
+//! anyone become invalidations (see [`watch`]). Files are opened beneath a descriptor of the
+//! folder, never through a symbolic link, and only regular files are read, up to a size cap
+//! (see [`open`]). A snapshot is read-only and never changes.
 
 mod glob;
 mod key;
+mod open;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -35,6 +38,10 @@ pub struct FileSource {
 enum Kind {
     Folder {
         dir: PathBuf,
+        /// The folder's descriptor, which every file is opened beneath.
+        folder: Arc<open::Folder>,
+        /// The largest file read as a value.
+        cap: u64,
         tuning: WatchTuning,
         /// Whether [`Source::invalidations`] was called (it starts the watch, once).
         watching: AtomicBool,
@@ -58,8 +65,12 @@ impl FileSource {
                 path.display()
             )));
         }
+        let folder = open::Folder::open(&path)
+            .map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
         Ok(FileSource {
             kind: Kind::Folder {
+                folder: Arc::new(folder),
+                cap: MAX_FILE,
                 dir: path,
                 tuning: WatchTuning::default(),
                 watching: AtomicBool::new(false),
@@ -67,6 +78,15 @@ impl FileSource {
             },
             calls: AtomicU64::new(0),
         })
+    }
+
+    /// The largest file a folder source reads as a value (default and at most 1 GiB, the
+    /// hub's own default limit): a larger one is refused from its size, before it is read.
+    pub fn max_value(mut self, bytes: u64) -> Self {
+        if let Kind::Folder { cap, .. } = &mut self.kind {
+            *cap = bytes.min(MAX_FILE);
+        }
+        self
     }
 
     /// How a folder's changes are coalesced, to be set before [`Source::invalidations`] starts
@@ -113,11 +133,30 @@ impl FileSource {
     }
 }
 
-/// Whether a read error means "no such key": the file is missing, is a folder (`a` when only
-/// `a/b` exists), or a parent is a file (`a/b` when `a` is a key).
-fn absent(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{IsADirectory, NotADirectory, NotFound};
-    matches!(e.kind(), NotFound | IsADirectory | NotADirectory)
+/// The largest file a folder source reads (1 GiB).
+pub const MAX_FILE: u64 = 1 << 30;
+
+/// How long a folder source waits for one file operation before it reports a failure.
+const FILE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs the blocking file operation `f` for `key` on tokio's blocking pool, within
+/// [`FILE_DEADLINE`]; its refusals and failures as [`SourceError::Failed`] naming `key`.
+async fn blocking<T: Send + 'static>(
+    key: &str,
+    f: impl FnOnce() -> Result<T, open::OpenError> + Send + 'static,
+) -> Result<Option<T>, SourceError> {
+    let failed = |why: String| SourceError::Failed(format!("key {key:?}: {why}"));
+    match tokio::time::timeout(FILE_DEADLINE, tokio::task::spawn_blocking(f)).await {
+        Err(_) => Err(failed(format!(
+            "its file did not answer within {} s",
+            FILE_DEADLINE.as_secs()
+        ))),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Ok(Ok(Ok(v))) => Ok(Some(v)),
+        Ok(Ok(Err(open::OpenError::Absent))) => Ok(None),
+        Ok(Ok(Err(open::OpenError::Refused(why)))) => Err(failed(format!("refused: {why}"))),
+        Ok(Ok(Err(open::OpenError::Io(e)))) => Err(failed(e.to_string())),
+    }
 }
 
 impl Source for FileSource {
@@ -136,16 +175,16 @@ impl Source for FileSource {
                     value: v.clone(),
                     ttl: None,
                 })),
-                Kind::Folder { dir, .. } => {
-                    let path = key_path(dir, key)?;
-                    match tokio::fs::read(&path).await {
-                        Ok(v) => Ok(Some(Loaded {
-                            value: Bytes::from(v),
-                            ttl: None,
-                        })),
-                        Err(e) if absent(&e) => Ok(None),
-                        Err(e) => Err(SourceError::Failed(format!("{}: {e}", path.display()))),
-                    }
+                Kind::Folder {
+                    dir, folder, cap, ..
+                } => {
+                    key_path(dir, key)?;
+                    let (folder, rel, cap) = (folder.clone(), key.to_owned(), *cap);
+                    let v = blocking(key, move || folder.read(&rel, cap)).await?;
+                    Ok(v.map(|v| Loaded {
+                        value: Bytes::from(v),
+                        ttl: None,
+                    }))
                 }
             }
         })
@@ -179,48 +218,40 @@ impl Source for FileSource {
         _ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(async move {
-            let Kind::Folder { dir, writes, .. } = &self.kind else {
+            let Kind::Folder {
+                dir,
+                folder,
+                writes,
+                ..
+            } = &self.kind
+            else {
                 return Err(SourceError::Unsupported("store into a snapshot file"));
             };
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let path = key_path(dir, key)?;
-            let fail = |e: std::io::Error| SourceError::Failed(format!("{}: {e}", path.display()));
-            // The key has at least one component, so the file has a parent under `dir`.
-            let parent = path.parent().unwrap_or(dir);
-            tokio::fs::create_dir_all(parent).await.map_err(fail)?;
+            key_path(dir, key)?;
             let n = writes.fetch_add(1, Ordering::Relaxed);
-            let tmp = parent.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-            if let Err(e) = tokio::fs::write(&tmp, &value).await {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(fail(e));
+            let tmp = format!("{TMP_PREFIX}{}-{n}", std::process::id());
+            let (folder, rel) = (folder.clone(), key.to_owned());
+            match blocking(key, move || folder.store(&rel, &tmp, &value)).await? {
+                Some(()) => Ok(()),
+                None => Err(SourceError::Failed(format!(
+                    "key {key:?}: a folder on its path is a file"
+                ))),
             }
-            if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(fail(e));
-            }
-            Ok(())
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, SourceError>> {
         Box::pin(async move {
-            let Kind::Folder { dir, .. } = &self.kind else {
+            let Kind::Folder { dir, folder, .. } = &self.kind else {
                 return Err(SourceError::Unsupported("delete from a snapshot file"));
             };
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let path = key_path(dir, key)?;
-            if tokio::fs::symlink_metadata(&path)
-                .await
-                .is_ok_and(|m| m.is_dir())
-            {
-                // A folder of keys, not a key.
-                return Ok(false);
-            }
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => Ok(true),
-                Err(e) if absent(&e) => Ok(false),
-                Err(e) => Err(SourceError::Failed(format!("{}: {e}", path.display()))),
-            }
+            key_path(dir, key)?;
+            let (folder, rel) = (folder.clone(), key.to_owned());
+            Ok(blocking(key, move || folder.delete(&rel))
+                .await?
+                .unwrap_or(false))
         })
     }
 
