@@ -48,14 +48,25 @@ async fn links_out_of_the_folder_are_refused_and_never_written_through() {
     refused(src.load("alias").await, "alias");
     let started = Instant::now();
     refused(src.load("zero").await, "zero");
-    assert!(started.elapsed() < Duration::from_secs(5), "/dev/zero was read");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/dev/zero was read"
+    );
     // A set through the linked folder writes nothing outside.
-    let r = src.store("out/planted", Bytes::from_static(b"x"), None).await;
+    let r = src
+        .store("out/planted", Bytes::from_static(b"x"), None)
+        .await;
     assert!(r.is_err(), "stored through a link");
-    assert!(!outside.join("planted").exists(), "a set wrote outside the folder");
+    assert!(
+        !outside.join("planted").exists(),
+        "a set wrote outside the folder"
+    );
     // A delete through it removes nothing outside; a delete of a link removes only the link.
     assert!(src.delete("out/shadow").await.is_err() || secret.exists());
-    assert!(secret.exists(), "a delete removed a file outside the folder");
+    assert!(
+        secret.exists(),
+        "a delete removed a file outside the folder"
+    );
     assert!(src.delete("shadow").await.unwrap());
     assert!(secret.exists());
     // Plain files and nested keys still work.
@@ -123,7 +134,10 @@ async fn a_file_over_the_cap_is_refused_from_its_size() {
     let started = Instant::now();
     let text = refused(src.load("big").await, "big");
     assert!(text.contains("more than"), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(2), "the file was read");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the file was read"
+    );
     assert_eq!(src.load("small").await.unwrap().unwrap().value.len(), 1000);
     std::fs::remove_dir_all(&dir).unwrap();
 }

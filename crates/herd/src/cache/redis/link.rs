@@ -205,6 +205,8 @@ impl Shared {
             *cur = None;
         }
         tracing::warn!(source = %self.describe, why, "redis connection lost");
+        // A read spanning the loss may have missed a change: it starts again.
+        self.events.changed(None);
         if self.config.track && !self.events.lost.swap(true, Ordering::AcqRel) {
             self.events.send(Invalidation::TrackingLost);
         }

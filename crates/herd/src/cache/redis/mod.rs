@@ -59,6 +59,9 @@ pub struct RedisConfig {
     /// How many invalidations may wait for the hub before they collapse into one
     /// [`Invalidation::All`] (default 4096).
     pub invalidation_buffer: usize,
+    /// The longest value read (default 1 GiB, the hub's own default limit): a longer one is
+    /// refused from its `STRLEN`, before any byte past its first read is fetched.
+    pub max_value: usize,
 }
 
 impl Default for RedisConfig {
@@ -73,6 +76,7 @@ impl Default for RedisConfig {
             backoff_max: Duration::from_secs(5),
             scan_count: 1000,
             invalidation_buffer: 4096,
+            max_value: 1 << 30,
         }
     }
 }

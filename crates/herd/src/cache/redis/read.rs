@@ -1,6 +1,15 @@
 //! Loading values from Redis with bounded replies: one pipelined round trip reads every key's
 //! TTL, length and first [`HEAD_LEN`] bytes; longer values continue in `GETRANGE` chunks, a
 //! bounded number in flight, assembled in an anonymous mapping when big.
+//!
+//! A chunked read is consistent: the key is watched ([`super::tracking::Events::watch`]) before
+//! its first chunk is read. Redis tracks the key for this connection from that read on, so a
+//! write between two chunks makes it queue an `invalidate` push on this connection *before* the
+//! reply to the next chunk, and the connection's task hands the push on before the reply. A
+//! read that saw its key change (or the connection drop, or the length differ) starts again from
+//! a fresh head, up to [`ATTEMPTS`] times; a key deleted meanwhile is then missing, not an
+//! error. The length limit is checked from `STRLEN` before any chunk is read. Without tracking
+//! (`track: false`) only a change of length is seen.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +28,9 @@ const HEAD_LEN: usize = 64 << 10;
 /// Values longer than this are assembled in an anonymous mapping (returned to the system when
 /// dropped) rather than on the heap, which would keep the high-water mark of a big load.
 const MAPPED_ABOVE: usize = 1 << 20;
+
+/// Reads of one value before herd gives up on a value that changes under every read.
+pub(super) const ATTEMPTS: usize = 8;
 
 impl Shared {
     /// The first chunk of each key with its TTL and length: one round trip for all of them.
@@ -67,29 +79,53 @@ impl Shared {
     pub(super) async fn finish(
         self: &Arc<Self>,
         key: &str,
-        h: Head,
+        mut h: Head,
     ) -> Result<Option<Loaded>, SourceError> {
-        if h.ttl == -2 {
-            return Ok(None);
+        for _ in 0..ATTEMPTS {
+            if h.ttl == -2 {
+                return Ok(None);
+            }
+            if h.len > self.config.max_value {
+                return Err(SourceError::Failed(format!(
+                    "{key:?} holds {} bytes, more than the {} a value may have",
+                    h.len, self.config.max_value
+                )));
+            }
+            let ttl = u64::try_from(h.ttl).ok().map(Duration::from_millis);
+            let value = if h.head.len() >= h.len {
+                Some(h.head)
+            } else {
+                self.read_rest(key, h.len).await?
+            };
+            if let Some(value) = value {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(Loaded { value, ttl }));
+            }
+            // It changed while it was read: from the start.
+            h = self
+                .heads(std::slice::from_ref(&key.to_owned()))
+                .await?
+                .pop()
+                .ok_or_else(|| SourceError::Failed(format!("no head for {key:?}")))?;
         }
-        let ttl = u64::try_from(h.ttl).ok().map(Duration::from_millis);
-        let value = if h.head.len() >= h.len {
-            h.head
-        } else {
-            self.read_rest(key, h).await?
-        };
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(Loaded { value, ttl }))
+        Err(SourceError::Failed(format!(
+            "{key:?} changed during each of {ATTEMPTS} reads"
+        )))
     }
 
-    /// Reads the rest of a value after its head, chunk by chunk, into one buffer of its length.
-    async fn read_rest(self: &Arc<Self>, key: &str, h: Head) -> Result<Bytes, SourceError> {
-        let mut buf = ValueBuf::new(h.len)?;
-        buf.as_mut()[..h.head.len()].copy_from_slice(&h.head);
+    /// Reads a value of `len` bytes chunk by chunk from its start, into one buffer of its
+    /// length; `None` if it changed meanwhile.
+    async fn read_rest(
+        self: &Arc<Self>,
+        key: &str,
+        len: usize,
+    ) -> Result<Option<Bytes>, SourceError> {
+        let watch = self.events.watch(key);
+        let mut buf = ValueBuf::new(len)?;
         let chunk = self.config.chunk_size.max(1);
-        let mut filled = h.head.len();
-        while filled < h.len {
-            let (start, end) = (filled, (filled + chunk).min(h.len) - 1);
+        let mut filled = 0;
+        while filled < len {
+            let (start, end) = (filled, (filled + chunk).min(len) - 1);
             let key_owned = key.to_string();
             let permit = self
                 .chunks
@@ -114,14 +150,14 @@ impl Shared {
             }
             buf.as_mut()[start..start + part.len()].copy_from_slice(&part);
             filled += part.len();
+            if watch.changed() {
+                return Ok(None);
+            }
         }
-        if filled != h.len {
-            return Err(SourceError::Failed(format!(
-                "{key:?} changed while it was read ({} bytes, then {filled})",
-                h.len
-            )));
+        if filled != len || watch.changed() {
+            return Ok(None);
         }
-        buf.freeze()
+        buf.freeze().map(Some)
     }
 }
 

@@ -1,7 +1,11 @@
 //! Redis's invalidation pushes (client tracking, RESP3) turned into [`Invalidation`]s, on a
 //! bounded stream to the hub: when the hub falls behind, the overflow collapses into one `All`.
+//! The keys being read in chunks are watched ([`Events::watch`]): an invalidation of one of them,
+//! or the loss of the connection, during the read tells the reader to start again.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
@@ -15,6 +19,40 @@ pub(super) struct Events {
     overflow: AtomicBool,
     /// Whether tracking is known to be down (`TrackingLost` sent, `TrackingRestored` not yet).
     pub(super) lost: AtomicBool,
+    /// Keys being read in chunks: how many reads watch each, and how often it changed.
+    watched: Arc<Mutex<HashMap<String, (usize, u64)>>>,
+}
+
+/// A key watched for changes while it is read; unwatched when dropped.
+pub(super) struct Watch {
+    watched: Arc<Mutex<HashMap<String, (usize, u64)>>>,
+    key: String,
+    seen: u64,
+}
+
+impl Watch {
+    /// Whether the key changed (or the connection was lost) since the watch began.
+    pub(super) fn changed(&self) -> bool {
+        lock(&self.watched)
+            .get(&self.key)
+            .is_some_and(|w| w.1 != self.seen)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut w = lock(&self.watched);
+        if let Some(e) = w.get_mut(&self.key) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                w.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Events {
@@ -23,6 +61,37 @@ impl Events {
             tx,
             overflow: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            watched: Arc::default(),
+        }
+    }
+
+    /// Watches `key` for changes from now on (see [`Watch::changed`]).
+    pub(super) fn watch(&self, key: &str) -> Watch {
+        let mut w = lock(&self.watched);
+        let e = w.entry(key.to_owned()).or_insert((0, 0));
+        e.0 += 1;
+        Watch {
+            watched: self.watched.clone(),
+            key: key.to_owned(),
+            seen: e.1,
+        }
+    }
+
+    /// Marks `keys` (every watched key if `None`) as changed.
+    pub(super) fn changed(&self, keys: Option<&[String]>) {
+        let mut w = lock(&self.watched);
+        if w.is_empty() {
+            return;
+        }
+        match keys {
+            Some(keys) => {
+                for k in keys {
+                    if let Some(e) = w.get_mut(k) {
+                        e.1 += 1;
+                    }
+                }
+            }
+            None => w.values_mut().for_each(|e| e.1 += 1),
         }
     }
 
@@ -59,6 +128,10 @@ impl Events {
                     // A nil key list: the whole keyspace was flushed.
                     _ => Invalidation::All,
                 };
+                match &inv {
+                    Invalidation::Keys(keys) => self.changed(Some(keys)),
+                    _ => self.changed(None),
+                }
                 self.send(inv);
                 false
             }

@@ -1,0 +1,127 @@
+//! Hardening (issue 19, item 3): a value read from Redis in chunks is never a mix of two
+//! versions. A writer rewrites a multi-chunk key with a same-length value (all `a`, then all
+//! `b`) while herd reads it; every value herd returns is one version whole. A key deleted
+//! meanwhile is missing, not torn; a value over the size limit is refused from its `STRLEN`,
+//! before any chunk is read. A real `redis-server` on a free port.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd::cache::{RedisConfig, RedisSource, Source};
+use herd_test_support::redis_server::RedisServer;
+
+const LEN: usize = 1 << 20;
+const CHUNK: usize = 64 << 10;
+
+fn source(server: &RedisServer, config: RedisConfig) -> RedisSource {
+    RedisSource::with_config(&server.url(), config).unwrap()
+}
+
+/// Rewrites `key` (all `a`, all `b`, and with `delete` removed now and then) until stopped,
+/// pausing between writes so that some reads can finish.
+fn writer(
+    server: &RedisServer,
+    key: &'static str,
+    delete: bool,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let mut c = server.connection().unwrap();
+    std::thread::spawn(move || {
+        let (a, b) = (vec![b'a'; LEN], vec![b'b'; LEN]);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let v = if n % 2 == 0 { &a } else { &b };
+            if delete && n % 3 == 2 {
+                let _: () = redis::cmd("DEL").arg(key).query(&mut c).unwrap();
+            } else {
+                let _: () = redis::cmd("SET").arg(key).arg(v).query(&mut c).unwrap();
+            }
+            n += 1;
+            // Pacing, not synchronisation: a read of 16 chunks must be able to fit between
+            // writes now and then.
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        n
+    })
+}
+
+/// Loads `key` for `run`; (whole values, missing, errors). Fails at the first torn value.
+async fn read_while_written(src: &RedisSource, key: &str, run: Duration) -> (u64, u64, u64) {
+    let (mut whole, mut missing, mut errors) = (0, 0, 0);
+    let started = Instant::now();
+    while started.elapsed() < run {
+        match src.load(key).await {
+            Ok(Some(l)) => {
+                let v = &l.value;
+                assert_eq!(v.len(), LEN);
+                let first = v[0];
+                let torn = v.iter().filter(|b| **b != first).count();
+                assert_eq!(
+                    torn, 0,
+                    "a torn value: {torn} of {LEN} bytes differ from the first"
+                );
+                whole += 1;
+            }
+            Ok(None) => missing += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("changed during each"), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    (whole, missing, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_rewritten_during_a_chunked_read_is_never_served_torn() {
+    let server = RedisServer::start();
+    server.cmd::<()>(&[b"SET", b"big", &vec![b'a'; LEN]]);
+    let config = RedisConfig {
+        chunk_size: CHUNK,
+        ..RedisConfig::default()
+    };
+    let src = source(&server, config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&server, "big", false, stop.clone());
+    let (whole, _, errors) = read_while_written(&src, "big", Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = w.join().unwrap();
+    eprintln!("{writes} writes; {whole} whole reads, {errors} gave up");
+    assert!(writes > 50, "the writer hardly wrote");
+    assert!(whole > 0, "no read ever finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_deleted_during_a_chunked_read_is_missing_not_torn() {
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        chunk_size: CHUNK,
+        ..RedisConfig::default()
+    };
+    let src = source(&server, config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&server, "big", true, stop.clone());
+    let (whole, missing, errors) = read_while_written(&src, "big", Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    eprintln!("{whole} whole, {missing} missing, {errors} gave up");
+    assert!(whole + missing > 0);
+}
+
+#[tokio::test]
+async fn a_value_over_the_limit_is_refused_before_its_chunks_are_read() {
+    let server = RedisServer::start();
+    server.cmd::<()>(&[b"SET", b"huge", &vec![b'h'; 8 << 20]]);
+    let config = RedisConfig {
+        chunk_size: CHUNK,
+        max_value: 1 << 20,
+        ..RedisConfig::default()
+    };
+    let src = source(&server, config);
+    let before = server.command_calls("getrange");
+    let e = src.load("huge").await.expect_err("refused");
+    assert!(e.to_string().contains("more than"), "{e}");
+    // The head only (one GETRANGE), not 128 chunks.
+    assert_eq!(server.command_calls("getrange") - before, 1);
+}
