@@ -31,7 +31,7 @@ fn writer(
         let (a, b) = (vec![b'a'; LEN], vec![b'b'; LEN]);
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let v = if n % 2 == 0 { &a } else { &b };
+            let v = if n.is_multiple_of(2) { &a } else { &b };
             if delete && n % 3 == 2 {
                 let _: () = redis::cmd("DEL").arg(key).query(&mut c).unwrap();
             } else {
