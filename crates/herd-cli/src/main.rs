@@ -129,7 +129,7 @@ fn main() {
         Ok(runtime) => match runtime.block_on(dispatch(cli, &matches)) {
             Ok(exit) => exit,
             Err(e) => {
-                eprintln!("herd: {}", herd_cli::exit::report(&e));
+                eprintln!("herd: {}", control::printable(&herd_cli::exit::report(&e)));
                 e.exit()
             }
         },
@@ -161,26 +161,40 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
             let report = client::status(&at.path(), LIMIT).await?;
             if json {
                 let text = serde_json::to_string(&report).expect("a report serialises");
-                println!("{text}");
+                say(&format!("{text}\n"))
             } else {
-                print!("{}", format_status(&report));
+                say(&format_status(&report))
             }
-            Ok(Exit::Success)
         }
         Command::Reload { at } => {
             let replaced = client::reload(&at.path(), LIMIT).await?;
-            println!("reloaded: {replaced} workers replaced");
-            Ok(Exit::Success)
+            say(&format!("reloaded: {replaced} workers replaced\n"))
         }
         Command::Stop { at } => {
             client::stop(&at.path(), LIMIT).await?;
-            println!("stopped");
-            Ok(Exit::Success)
+            say("stopped\n")
         }
         Command::Scale { workers, at } => {
             client::scale(&at.path(), workers, LIMIT).await?;
-            println!("scaled to {workers} workers");
-            Ok(Exit::Success)
+            say(&format!("scaled to {workers} workers\n"))
         }
+    }
+}
+
+/// Prints a control command's `text` (only its printable characters: it came from a socket).
+/// A closed stdout (`herd status | head -0`) ends the command quietly with success: the reader
+/// wanted no more.
+fn say(text: &str) -> herd_cli::Result<Exit> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(control::printable(text).as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("herd: cannot write to stdout: {e}");
+            Ok(Exit::Failure)
+        }
+        _ => Ok(Exit::Success),
     }
 }
