@@ -15,7 +15,10 @@ fn run_in(base: &std::path::Path) -> (Option<i32>, String) {
         .env("XDG_RUNTIME_DIR", base)
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
