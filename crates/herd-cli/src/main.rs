@@ -133,7 +133,7 @@ fn main() {
             Ok(exit) => exit,
             Err(e) => {
                 let text = format!("herd: {}\n", herd_cli::exit::report(&e));
-                sink::global().write(sink::Stream::Err, printable(&text).into_bytes());
+                sink::global().write(sink::Stream::Err, control::printable(&text).into_bytes());
                 e.exit()
             }
         },
@@ -196,7 +196,7 @@ fn say(text: &str) -> herd_cli::Result<Exit> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out
-        .write_all(printable(text).as_bytes())
+        .write_all(control::printable(text).as_bytes())
         .and_then(|()| out.flush())
     {
         Ok(()) => Ok(Exit::Success),
@@ -205,17 +205,4 @@ fn say(text: &str) -> herd_cli::Result<Exit> {
             "cannot write the answer: {e}"
         ))),
     }
-}
-
-/// `text` with every control character but newline and tab shown as `\u{..}`.
-fn printable(text: &str) -> String {
-    let mut s = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
-            s.extend(c.escape_unicode());
-        } else {
-            s.push(c);
-        }
-    }
-    s
 }

@@ -1,5 +1,7 @@
 //! The control socket's client side: what `herd status`, `reload`, `scale` and `stop` (and the
-//! demo) send, and the typed replies they get.
+//! demo) send, and the typed replies they get. The socket's directory is checked before
+//! connecting ([`check_dir`](super::check_dir)); what the answer says is untrusted, so its
+//! text reaches the terminal only through [`printable`](super::printable).
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +15,14 @@ use crate::exit::{Context, Error, Result};
 /// Sends `request` to the herd at `path` and returns its reply (waiting up to `limit`; for
 /// [`Request::Stop`], up to `limit` more for herd to exit).
 pub async fn request(path: &Path, request: Request, limit: Duration) -> Result<Reply> {
+    // Talk to no one's socket but ours: the directory is checked first (a missing one means
+    // no herd, which the connect reports).
+    if path
+        .parent()
+        .is_none_or(|d| d.as_os_str().is_empty() || std::fs::symlink_metadata(d).is_ok())
+    {
+        super::check_dir(path, false)?;
+    }
     let stream = UnixStream::connect(path).await.or_fail(|| {
         format!(
             "no herd answers at {} (is it running? --name or --control choose which)",
@@ -36,7 +46,9 @@ pub async fn request(path: &Path, request: Request, limit: Duration) -> Result<R
     }
     let answer: Answer =
         serde_json::from_str(&line).or_fail(|| "herd's answer is not understood".into())?;
-    let reply = answer.into_result().map_err(Error::failure)?;
+    let reply = answer
+        .into_result()
+        .map_err(|e| Error::failure(super::printable(&e)))?;
     if let Reply::Stopping { .. } = reply {
         // Wait for herd to finish stopping: it closes the connection when it exits.
         let mut rest = String::new();

@@ -8,19 +8,21 @@
 //! that fails (out of descriptors, say) is retried after a delay that doubles from
 //! [`ACCEPT_BACKOFF_MIN`] to [`ACCEPT_BACKOFF_MAX`], never in a tight loop.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{parse_request, Answer, Reply, Request, MAX_REQUEST, REQUEST_TIME};
 use crate::exit::{Context, Error, Result};
 
-/// Control connections served at once; more wait in the listen backlog until one ends.
+/// Control connections served at once; a newcomer beyond this drops the oldest idle one.
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection has to send its request line (at most the protocol's
 /// [`REQUEST_TIME`]): an idle connection holds a descriptor and a place for no more than this.
@@ -34,36 +36,6 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest delay after failed accepts: once descriptors are back, a waiting client is
 /// served within this.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// Makes sure `dir` exists, belongs to us and no one else can write to it.
-fn private_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(dir)
-        .or_fail(|| format!("cannot create {}", dir.display()))?;
-    let meta = std::fs::metadata(dir).or_fail(|| format!("cannot inspect {}", dir.display()))?;
-    let me = rustix::process::geteuid().as_raw();
-    let sticky = meta.mode() & 0o1000 != 0;
-    // A shared sticky directory (/tmp) is fine: no one else can replace our socket there, and
-    // the socket itself is 0600 with its peers checked. Otherwise the directory must be ours
-    // and closed to others' writes.
-    if !sticky && meta.uid() != me {
-        return Err(Error::failure(format!(
-            "{} belongs to uid {}, not to this user ({me}): refusing to put the control socket there",
-            dir.display(),
-            meta.uid()
-        )));
-    }
-    if !sticky && meta.mode() & 0o022 != 0 {
-        return Err(Error::failure(format!(
-            "{} is writable by others (mode {:o}): refusing to put the control socket there",
-            dir.display(),
-            meta.mode() & 0o777
-        )));
-    }
-    Ok(())
-}
 
 /// The bound control socket; its file is removed when this is dropped.
 pub struct ControlSocket {
@@ -79,18 +51,33 @@ impl Drop for ControlSocket {
 
 /// Binds the control socket at `path` (refusing if another herd answers there).
 pub async fn bind(path: &Path) -> Result<ControlSocket> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        private_dir(dir)?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(Error::failure(format!(
-                "another herd is running with the control socket {} (use --name to run a second one)",
-                path.display()
-            )));
+    super::check_dir(path, true)?;
+    if std::fs::symlink_metadata(path).is_ok() {
+        // Only a herd proved dead gives up its name: a refused connect (or no socket any more).
+        // Anything else (a full backlog answers EAGAIN) means the other herd is alive.
+        match UnixStream::connect(path).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).or_fail(|| {
+                            format!("cannot remove the stale socket {}", path.display())
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            _ => {
+                return Err(Error::failure(format!(
+                    "another herd is running with the control socket {} (use --name to run a second one)",
+                    path.display()
+                )))
+            }
         }
-        std::fs::remove_file(path)
-            .or_fail(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
     let listener =
         UnixListener::bind(path).or_fail(|| format!("cannot bind {}", path.display()))?;
@@ -129,14 +116,43 @@ struct Bounds {
     idle: Duration,
 }
 
+/// The connections still waiting for their request line, oldest first: when every place is
+/// taken, the oldest is dropped for the newcomer.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+/// Frees a connection's place (and its spot among the waiting) when it ends.
+struct Place {
+    id: u64,
+    waiting: Arc<Mutex<Waiting>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Place {
+    /// The request line has arrived: the connection is no longer idle.
+    fn busy(&self) {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        w.queue.retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.busy();
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bounds) {
-    let places = Arc::new(Semaphore::new(bounds.connections));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    let open = Arc::new(AtomicUsize::new(0));
     let mut delay = ACCEPT_BACKOFF_MIN;
     loop {
-        // Wait for a free place before accepting: beyond the cap, clients wait in the backlog.
-        let Ok(place) = places.clone().acquire_owned().await else {
-            return;
-        };
+        // The loop never waits for a connection: it accepts, hands the connection to a task
+        // of its own, and accepts again.
         let stream = match sock.listener.accept().await {
             Ok((stream, _)) => {
                 delay = ACCEPT_BACKOFF_MIN;
@@ -159,9 +175,31 @@ async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bo
         if calls.is_closed() {
             return;
         }
+        let (cancel_tx, cancel) = oneshot::channel();
+        let id = {
+            let mut w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if open.load(Ordering::Relaxed) >= bounds.connections {
+                // Full: the oldest idle connection makes way. If none is idle (all are being
+                // answered), the newcomer is turned away.
+                match w.queue.pop_front() {
+                    Some((_, oldest)) => drop(oldest.send(())),
+                    None => continue,
+                }
+            }
+            w.next += 1;
+            let id = w.next;
+            w.queue.push_back((id, cancel_tx));
+            id
+        };
+        open.fetch_add(1, Ordering::Relaxed);
+        let place = Place {
+            id,
+            waiting: waiting.clone(),
+            open: open.clone(),
+        };
         let calls = calls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, calls, bounds.idle).await {
+            if let Err(e) = connection(stream, calls, bounds.idle, &place, cancel).await {
                 tracing::debug!(error = %crate::exit::report(&e), "control connection");
             }
             drop(place);
@@ -169,7 +207,13 @@ async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bo
     }
 }
 
-async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, idle: Duration) -> Result<()> {
+async fn connection(
+    stream: UnixStream,
+    calls: mpsc::Sender<Call>,
+    idle: Duration,
+    place: &Place,
+    cancel: oneshot::Receiver<()>,
+) -> Result<()> {
     let cred =
         rustix::net::sockopt::socket_peercred(&stream).or_fail(|| "peer credentials".into())?;
     let me = rustix::process::geteuid();
@@ -184,10 +228,14 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, idle: Duratio
     } else {
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(MAX_REQUEST));
-        tokio::time::timeout(idle, reader.read_line(&mut line))
-            .await
-            .or_fail(|| "no request in time".into())?
-            .or_fail(|| "cannot read the request".into())?;
+        tokio::select! {
+            read = tokio::time::timeout(idle, reader.read_line(&mut line)) => {
+                read.or_fail(|| "no request in time".into())?
+                    .or_fail(|| "cannot read the request".into())?;
+            }
+            _ = cancel => return Err(Error::failure("idle, dropped for a newer connection")),
+        }
+        place.busy();
         match parse_request(&line) {
             Err(e) => Answer::err(e),
             Ok(request) => {
@@ -234,40 +282,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_are_capped_and_idle_ones_closed() {
+    async fn a_newcomer_beyond_the_cap_drops_the_oldest_idle_connection() {
         let dir = herd_test_support::process::TempDir::new("control-bounds");
         let path = dir.path().join("control.sock");
         let sock = bind(&path).await.unwrap();
         let (calls, _keep) = mpsc::channel(1);
         let bounds = Bounds {
             connections: 2,
-            idle: Duration::from_millis(300),
+            idle: Duration::from_secs(30),
         };
         tokio::spawn(serve_within(sock, calls, bounds));
         // Two idle connections take both places.
-        let mut idle = vec![
-            UnixStream::connect(&path).await.unwrap(),
-            UnixStream::connect(&path).await.unwrap(),
-        ];
+        let mut first = UnixStream::connect(&path).await.unwrap();
+        let _second = UnixStream::connect(&path).await.unwrap();
         let start = Instant::now();
-        // A third waits in the backlog: its request is not read while both places are taken.
+        // A third is served at once; the oldest idle one is closed for it.
         let mut third = UnixStream::connect(&path).await.unwrap();
         third.write_all(b"not json\n").await.unwrap();
-        assert_eq!(
-            line_within(&mut third, Duration::from_millis(150)).await,
-            None
-        );
-        // The idle ones are closed at their deadline; then the third is served.
-        for c in &mut idle {
-            let got = line_within(c, Duration::from_secs(10)).await;
-            assert_eq!(got.as_deref(), Some(""), "closed without an answer");
-        }
         let answer = line_within(&mut third, Duration::from_secs(10))
             .await
             .unwrap();
         assert!(answer.contains("bad request"), "{answer}");
+        let got = line_within(&mut first, Duration::from_secs(10)).await;
+        assert_eq!(got.as_deref(), Some(""), "closed without an answer");
         assert!(
-            start.elapsed() >= Duration::from_millis(250),
+            start.elapsed() < Duration::from_secs(5),
             "{:?}",
             start.elapsed()
         );
