@@ -43,7 +43,11 @@ fn thousands_of_idle_connections_do_not_block_status() {
     for _ in 0..5 {
         let started = Instant::now();
         let s = herd.try_status();
-        assert!(s.is_ok(), "status failed with {} idle connections: {s:?}", idle.len());
+        assert!(
+            s.is_ok(),
+            "status failed with {} idle connections: {s:?}",
+            idle.len()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "status took {:?} with {} idle connections",
@@ -91,5 +95,9 @@ fn a_second_herd_of_the_same_name_leaves_a_live_herd_reachable() {
     assert_ne!(code.code(), Some(0));
     drop(crowd);
     assert!(herd.control.exists(), "the first herd's socket was removed");
-    assert_eq!(common::running(&herd.status()), 1, "the first herd is reachable");
+    assert_eq!(
+        common::running(&herd.status()),
+        1,
+        "the first herd is reachable"
+    );
 }

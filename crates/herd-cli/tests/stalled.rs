@@ -36,6 +36,17 @@ fn within(limit: Duration, mut cmd: Command) -> Output {
     }
 }
 
+/// SIGKILLs a process when dropped (unless forgotten once it was reaped).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
 fn status(control: &std::path::Path) -> Output {
     let mut c = Command::new(HERD);
     c.args(["status", "--json", "--control"]).arg(control);
@@ -59,6 +70,8 @@ fn a_stalled_reader_of_herds_output_delays_no_control_call_and_no_signal() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave a herd spinning behind the test.
+    let guard = KillOnDrop(herd.id());
     let deadline = Instant::now() + DEADLINE;
     while !control.exists() {
         assert!(Instant::now() < deadline, "no control socket");
