@@ -131,6 +131,7 @@ fn a_stalled_reader_of_herds_output_delays_no_control_call_and_no_signal() {
     let code = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("herd exits");
+    std::mem::forget(guard);
     assert_eq!(code.code(), Some(0), "{code:?}");
     assert!(!control.exists(), "the control socket is left behind");
     drop(out);
