@@ -38,7 +38,9 @@ impl Shared {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // MULTI/EXEC: the TTL, length and head are of one version of each value.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let end = HEAD_LEN as i64 - 1;
         for k in keys {
             pipe.cmd("PTTL").arg(k);
@@ -92,7 +94,10 @@ impl Shared {
                 )));
             }
             let ttl = u64::try_from(h.ttl).ok().map(Duration::from_millis);
-            let value = if h.head.len() >= h.len {
+            let value = if h.head.len() != h.len.min(HEAD_LEN) {
+                // Not one version (cannot happen within MULTI/EXEC): read it again.
+                None
+            } else if h.head.len() >= h.len {
                 Some(h.head)
             } else {
                 self.read_rest(key, h.len).await?
