@@ -45,6 +45,14 @@ struct Inner {
     idle: Condvar,
 }
 
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The process-wide output sink (cheap to clone).
 #[derive(Clone)]
 pub struct Sink {
@@ -87,10 +95,7 @@ impl Sink {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock()
     }
 
     /// Queues `line` (which should end with a newline) for `stream`; false if it was dropped
@@ -138,15 +143,9 @@ impl Sink {
 fn writer(inner: &Inner, open: impl Fn(Stream) -> Box<dyn Write>) {
     let mut out = open(Stream::Out);
     let mut err = open(Stream::Err);
-    let lock = || {
-        inner
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
     loop {
         let (stream, batch, lost) = {
-            let mut s = lock();
+            let mut s = inner.lock();
             s.busy = false;
             while s.queue.is_empty() {
                 inner.idle.notify_all();

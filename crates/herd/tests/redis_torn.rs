@@ -73,20 +73,26 @@ async fn read_while_written(src: &RedisSource, key: &str, run: Duration) -> (u64
     (whole, missing, errors)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_rewritten_during_a_chunked_read_is_never_served_torn() {
-    let server = RedisServer::start();
-    server.cmd::<()>(&[b"SET", b"big", &vec![b'a'; LEN]]);
+/// Reads `big` for `run` while [`writer`] rewrites it (and with `delete` removes it now and
+/// then); the writer's count of writes and [`read_while_written`]'s counts.
+async fn contended(server: &RedisServer, delete: bool, run: Duration) -> (u64, (u64, u64, u64)) {
     let config = RedisConfig {
         chunk_size: CHUNK,
         ..RedisConfig::default()
     };
-    let src = source(&server, config);
+    let src = source(server, config);
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(&server, "big", false, stop.clone());
-    let (whole, _, errors) = read_while_written(&src, "big", Duration::from_secs(4)).await;
+    let w = writer(server, "big", delete, stop.clone());
+    let counts = read_while_written(&src, "big", run).await;
     stop.store(true, Ordering::Relaxed);
-    let writes = w.join().unwrap();
+    (w.join().unwrap(), counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_rewritten_during_a_chunked_read_is_never_served_torn() {
+    let server = RedisServer::start();
+    server.cmd::<()>(&[b"SET", b"big", &vec![b'a'; LEN]]);
+    let (writes, (whole, _, errors)) = contended(&server, false, Duration::from_secs(4)).await;
     eprintln!("{writes} writes; {whole} whole reads, {errors} gave up");
     assert!(writes > 50, "the writer hardly wrote");
     assert!(whole > 0, "no read ever finished");
@@ -95,16 +101,7 @@ async fn a_value_rewritten_during_a_chunked_read_is_never_served_torn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_deleted_during_a_chunked_read_is_missing_not_torn() {
     let server = RedisServer::start();
-    let config = RedisConfig {
-        chunk_size: CHUNK,
-        ..RedisConfig::default()
-    };
-    let src = source(&server, config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(&server, "big", true, stop.clone());
-    let (whole, missing, errors) = read_while_written(&src, "big", Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
+    let (_, (whole, missing, errors)) = contended(&server, true, Duration::from_secs(3)).await;
     eprintln!("{whole} whole, {missing} missing, {errors} gave up");
     assert!(whole + missing > 0);
 }
