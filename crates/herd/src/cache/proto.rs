@@ -14,6 +14,7 @@
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// A call from a replica.
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,10 +141,11 @@ pub(super) struct GetReply {
 
 /// The answer to [`CacheOp::Get`] for a Node peer.
 #[derive(Debug, Serialize)]
-pub(super) struct NodeGetReply {
+pub(super) struct NodeGetReply<'a> {
     pub(super) found: bool,
+    /// The value's JSON string, as [`NodeText`] made it (written as it is).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) value: Option<String>,
+    pub(super) value: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) encoding: Option<&'static str>,
     pub(super) ttl_ms: Option<u64>,
@@ -187,6 +189,30 @@ impl WireError {
     /// The wire error in a reply-error text, if it is one.
     pub(super) fn decode(text: &str) -> Option<WireError> {
         serde_json::from_str(text).ok()
+    }
+}
+
+/// A value as a Node peer gets it: a JSON string, already escaped, and its encoding.
+#[derive(Debug)]
+pub(super) struct NodeText {
+    /// The JSON string.
+    pub(super) json: Box<RawValue>,
+    /// `Some("base64")` when the value is not UTF-8.
+    pub(super) encoding: Option<&'static str>,
+}
+
+impl NodeText {
+    /// Encodes `v` (text as it is, anything else as base64).
+    pub(super) fn of(v: &[u8]) -> NodeText {
+        let (text, encoding) = node_value(v);
+        let json =
+            serde_json::value::to_raw_value(&text).expect("a string always serializes as JSON");
+        NodeText { json, encoding }
+    }
+
+    /// Bytes of its JSON text.
+    pub(super) fn len(&self) -> usize {
+        self.json.get().len()
     }
 }
 

@@ -1,7 +1,14 @@
-//! The worker-facing side of the hub, run by the primary: a worker's cache call (bounded per
-//! worker by [`CacheCalls`], past which the worker's channel is not read), its answer in the worker's codec (values inline, as Node text, or
-//! as a sealed memfd; errors as a [`WireError`] or, for Node, their text), and the forwarding of
-//! the hub's invalidations to each worker. The hub and its store know no codec: this does.
+//! The worker-facing side of the hub, run by the primary: a worker's cache call, its answer in
+//! the worker's codec (values inline, as Node text, or as a sealed memfd; errors as a
+//! [`WireError`](super::proto::WireError) or, for Node, their text), and the forwarding of the
+//! hub's invalidations to each worker. The hub and its store know no codec: this does.
+//!
+//! What one worker's calls may hold is bounded by [`CacheCalls`] in calls (past which the
+//! worker's channel is not read), in bytes of encoded replies not yet queued
+//! ([`MAX_REPLY_BYTES`]; the send queue bounds the queued ones) and in descriptors. A large
+//! value's Node text is encoded once and shared by every reply
+//! ([`SharedValue::node_text`](super::store::SharedValue::node_text)): a worker asking for it a
+//! thousand times without reading costs the budget, not a thousand copies.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::CacheError;
 use super::hub::{Hub, Push};
-use super::proto::{self, CacheOp, GetReply, NodeGetReply, WireValue};
+use super::proto::{self, CacheOp, GetReply, NodeGetReply, NodeText, WireValue};
 use super::store::{Found, Value};
 use crate::ipc::control::Control;
 use crate::ipc::Request;
@@ -26,6 +33,14 @@ const MAX_CACHE_CALLS: usize = 1024;
 /// The longest a worker's `ready` call is held by the hub.
 const MAX_READY_WAIT: Duration = Duration::from_secs(600);
 
+/// Bytes of encoded replies one worker's calls may hold while they wait for room in its send
+/// queue (which bounds the queued ones, 64 MiB by default). A reply larger than this waits until
+/// it is the only one held.
+pub(crate) const MAX_REPLY_BYTES: usize = 16 << 20;
+
+/// What a reply is charged beyond its value's bytes (its other fields, the frame's envelope).
+const REPLY_OVERHEAD: usize = 256;
+
 /// Replies carrying a shared value's descriptor that one worker's calls may hold while they
 /// wait for room in its send queue (past them such a call waits before duplicating the
 /// descriptor). With the send queue's own bound on queued descriptors (herd-wire charges each),
@@ -36,15 +51,35 @@ const MAX_SHARED_WAITING: usize = 64;
 /// when it is read until its reply is queued or fails (the reply's send deadline bounds that).
 pub(crate) struct CacheCalls {
     calls: Arc<Semaphore>,
-    /// Bounds the descriptors held by replies waiting for queue room ([`MAX_SHARED_WAITING`]).
-    shared: Arc<Semaphore>,
+    budget: Arc<Budget>,
+}
+
+/// What one worker's replies waiting for queue room may hold besides their call permits.
+struct Budget {
+    /// Bytes of encoded replies ([`MAX_REPLY_BYTES`]).
+    bytes: Semaphore,
+    /// Descriptors ([`MAX_SHARED_WAITING`]).
+    shared: Semaphore,
+}
+
+impl Budget {
+    /// Waits until a reply of about `len` value bytes may be encoded (cancel-safe: a dropped
+    /// wait gives up its place). Held until the reply is queued. `None` only if the semaphore
+    /// were closed, which it never is.
+    async fn bytes(&self, len: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let charge = len.saturating_add(REPLY_OVERHEAD).min(MAX_REPLY_BYTES);
+        self.bytes.acquire_many(charge as u32).await.ok()
+    }
 }
 
 impl Default for CacheCalls {
     fn default() -> Self {
         CacheCalls {
             calls: Arc::new(Semaphore::new(MAX_CACHE_CALLS)),
-            shared: Arc::new(Semaphore::new(MAX_SHARED_WAITING)),
+            budget: Arc::new(Budget {
+                bytes: Semaphore::new(MAX_REPLY_BYTES),
+                shared: Semaphore::new(MAX_SHARED_WAITING),
+            }),
         }
     }
 }
@@ -80,11 +115,11 @@ impl CacheCalls {
         permit: OwnedSemaphorePermit,
     ) {
         let hub = hub.cloned();
-        let shared = self.shared.clone();
+        let budget = self.budget.clone();
         let mut call = Box::pin(async move {
             let _permit: OwnedSemaphorePermit = permit;
             let sent = match hub {
-                Some(hub) => answer(&hub, codec, request, &shared).await,
+                Some(hub) => answer(&hub, codec, request, &budget).await,
                 None => reply_error(codec, request, &CacheError::NoHub).await,
             };
             if let Err(e) = sent {
@@ -105,7 +140,7 @@ async fn answer(
     hub: &Hub,
     codec: Codec,
     request: Request,
-    shared: &Semaphore,
+    budget: &Budget,
 ) -> Result<(), crate::Error> {
     let op: CacheOp = match request.decode() {
         Ok(op) => op,
@@ -116,7 +151,7 @@ async fn answer(
     };
     match op {
         CacheOp::Get { key } => match hub.lookup(&key).await {
-            Ok(f) => reply_found(codec, request, f, shared).await,
+            Ok(f) => reply_found(codec, request, f, budget).await,
             Err(e) => reply_error(codec, request, &e).await,
         },
         CacheOp::Set {
@@ -170,27 +205,31 @@ async fn reply_found(
     codec: Codec,
     request: Request,
     f: Found,
-    shared: &Semaphore,
+    budget: &Budget,
 ) -> Result<(), crate::Error> {
     let ttl_ms = f.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
     match codec {
         Codec::NodeJson => {
-            let (value, encoding) = match &f.value {
-                Some(v) => {
-                    let (s, e) = proto::node_value(&v.bytes());
-                    (Some(s), e)
+            // A shared value's text is made once; a small inline one is made for this reply.
+            let made;
+            let text = match &f.value {
+                Some(Value::Shared(s)) => Some(s.node_text()),
+                Some(Value::Inline(b)) => {
+                    made = NodeText::of(b);
+                    Some(&made)
                 }
-                None => (None, None),
+                None => None,
             };
             let reply = NodeGetReply {
                 found: f.value.is_some(),
-                value,
-                encoding,
+                value: text.map(|t| &*t.json),
+                encoding: text.and_then(|t| t.encoding),
                 ttl_ms,
                 seq: f.seq,
                 local: f.local,
                 stale: f.stale,
             };
+            let _bytes = budget.bytes(text.map_or(0, NodeText::len)).await;
             request.reply(&reply).await
         }
         Codec::Binary => {
@@ -208,11 +247,12 @@ async fn reply_found(
                 Some(v @ Value::Shared(s)) => {
                     reply.shared_len = Some(v.len() as u64);
                     // Held until the reply is queued (see MAX_SHARED_WAITING); never closed.
-                    let _room = shared.acquire().await.ok();
+                    let _room = budget.shared.acquire().await.ok();
                     let fd = s.fd().try_clone().map_err(crate::Error::Io)?;
                     request.reply_with_fds(&reply, vec![fd]).await
                 }
                 Some(Value::Inline(b)) => {
+                    let _bytes = budget.bytes(b.len()).await;
                     reply.value = Some(WireValue(b.clone()));
                     request.reply(&reply).await
                 }

@@ -1,0 +1,107 @@
+//! The "big values multiply in the primary" attack (issue 19, item 2), reproduced with a real
+//! worker process: a Node-json worker (`sh` writing exact lines to its channel, then sleeping)
+//! asks for a 1 MiB value 3,000 times and never reads a reply. The hub is in this process, so
+//! this process's resident set is the primary's: it must stay bounded in bytes (the per-worker
+//! reply budget, the send queue's own bound), not grow by a copy or two of the value per call in
+//! flight (before: about 2.2 GB for 1,024 calls). One test in its own binary, so no other test's
+//! memory muddies the figure (`cargo test -p herd --test cache_reply_bytes -- --nocapture`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herd::cache::{CacheConfig, FileSource, Hub, Progress};
+use herd::{Cluster, Codec};
+use herd_test_support::events::DEADLINE;
+
+/// The value's size: text, so a Node peer gets it as a JSON string.
+const VALUE: usize = 1 << 20;
+/// Calls the worker sends without reading.
+const CALLS: usize = 3000;
+/// The most the process may grow: the send queue (64 MiB), the reply budget, the socket
+/// buffers and the allocator's slack.
+const MAX_GROWTH: u64 = 200 << 20;
+
+/// This process's resident set, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in kB");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_reads_big_replies_costs_a_bounded_number_of_bytes() {
+    let data = BTreeMap::from([("big".to_string(), Bytes::from(vec![b'x'; VALUE]))]);
+    let hub = Hub::new(
+        FileSource::from_map("big", data),
+        CacheConfig {
+            progress: Progress::Off,
+            ..CacheConfig::default()
+        },
+    );
+    // Loaded once before the figure: the value itself is the hub's, not the attack's.
+    assert_eq!(hub.get("big").await.unwrap().unwrap().len(), VALUE);
+    let before = rss();
+
+    let script = format!(
+        r#"i=0; while [ $i -lt {CALLS} ]; do
+             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{{"op":"get","key":"big"}}}}\n' $((i+1))
+             i=$((i+1))
+           done >&3
+           exec sleep 120"#
+    );
+    let cluster = Cluster::builder()
+        .workers(1)
+        .program("sh")
+        .args(["-c", &script])
+        .codec(Codec::NodeJson)
+        .grace(Duration::from_millis(200))
+        .cache(hub.clone())
+        .start()
+        .await
+        .unwrap();
+
+    // The primary takes calls until the worker's permits are all held: watch its memory
+    // until its lookups pass that and stop growing (a debug build encodes slowly: at most a
+    // minute, then the figure is what it is).
+    let started = tokio::time::Instant::now();
+    let mut peak = 0;
+    let mut last = (0, tokio::time::Instant::now());
+    loop {
+        peak = peak.max(rss());
+        let s = hub.stats();
+        let seen = s.hits + s.misses;
+        if seen != last.0 {
+            last = (seen, tokio::time::Instant::now());
+        } else if seen > 1024 && last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        if started.elapsed() > DEADLINE.min(Duration::from_secs(60)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let growth = peak.saturating_sub(before);
+    let s = hub.stats();
+    println!(
+        "{} calls for a {VALUE}-byte value, none read: RSS {:.1} MB -> peak {:.1} MB \
+         (+{:.1} MB)",
+        s.hits + s.misses - 1,
+        before as f64 / 1e6,
+        peak as f64 / 1e6,
+        growth as f64 / 1e6,
+    );
+    assert!(
+        growth < MAX_GROWTH,
+        "one worker that does not read its replies grew the primary by {growth} bytes"
+    );
+    cluster.shutdown().await;
+}
