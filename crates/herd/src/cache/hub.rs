@@ -13,7 +13,8 @@
 //!   every lookup tries the source, and workers keep no local copies.
 //! - **Bounds.** Every entry, known-absent keys included, is charged its key, its value and
 //!   [`ENTRY_OVERHEAD`](super::ENTRY_OVERHEAD) against [`CacheConfig::max_bytes`] and counts
-//!   against [`CacheConfig::max_entries`]; beyond either, known-absent keys are evicted first,
+//!   against [`CacheConfig::max_entries`] (a known-absent key also against
+//!   [`CacheConfig::max_misses`]); beyond one, known-absent keys are evicted first,
 //!   then the least recently used values. A known-absent key lives [`CacheConfig::miss_ttl`].
 //! - **Outages.** When the source fails, a value cached within [`CacheConfig::max_stale`] is
 //!   served, marked stale; only keys never loaded (or too old) fail.

@@ -6,8 +6,8 @@
 //!
 //! **Bounds.** Every entry, a known-absent key included, is charged its key, its value and
 //! [`ENTRY_OVERHEAD`] against [`CacheConfig::max_bytes`], and counts against
-//! [`CacheConfig::max_entries`]. When either is exceeded, known-absent keys go first (oldest
-//! first), then values, least recently used first: two recency orders (`BTreeMap`s from a
+//! [`CacheConfig::max_entries`], a known-absent key also against [`CacheConfig::max_misses`].
+//! When one is exceeded, known-absent keys go first (oldest first), then values, least recently used first: two recency orders (`BTreeMap`s from a
 //! use tick to the key, the key shared with the map by `Arc<str>`), so a lookup, an insert and
 //! an eviction are O(log n). A known-absent key lives at most [`CacheConfig::miss_ttl`].
 
@@ -233,9 +233,18 @@ impl State {
         self.entries.insert(key, entry);
     }
 
-    /// Evicts until within both bounds: misses first, then least recently used values; how many.
-    fn evict(&mut self, max_bytes: usize, max_entries: usize) -> u64 {
+    /// Evicts until within every bound: misses first, then least recently used values; how
+    /// many.
+    fn evict(&mut self, max_bytes: usize, max_entries: usize, max_misses: usize) -> u64 {
         let mut evicted = 0;
+        while self.misses.len() > max_misses {
+            let Some((_, k)) = self.misses.first_key_value() else {
+                break;
+            };
+            let oldest = k.clone();
+            self.remove(&oldest);
+            evicted += 1;
+        }
         while self.bytes > max_bytes || self.entries.len() > max_entries {
             let oldest = match self.misses.first_key_value() {
                 Some((_, k)) => k.clone(),
@@ -281,6 +290,7 @@ pub(super) struct Store {
     pub(super) counters: Counters,
     max_bytes: usize,
     max_entries: usize,
+    max_misses: usize,
     max_stale: Duration,
     miss_ttl: Duration,
 }
@@ -303,6 +313,7 @@ impl Store {
             counters: Counters::default(),
             max_bytes: config.max_bytes,
             max_entries: config.max_entries,
+            max_misses: config.max_misses,
             max_stale: config.max_stale,
             miss_ttl: config.miss_ttl,
         }
@@ -411,7 +422,7 @@ impl Store {
             return f;
         }
         st.insert(key, entry);
-        let evicted = st.evict(self.max_bytes, self.max_entries);
+        let evicted = st.evict(self.max_bytes, self.max_entries, self.max_misses);
         if evicted > 0 {
             self.counters
                 .evictions
@@ -574,6 +585,23 @@ mod tests {
         // Larger than the whole budget: served, not kept, nothing evicted.
         let f = s.keep("huge", value(3 * one));
         assert!(f.value.is_some() && !held(&s, "huge") && held(&s, "z"));
+    }
+
+    #[test]
+    fn known_absent_keys_are_capped_apart_from_values() {
+        let s = Store::new(&CacheConfig {
+            max_entries: 100,
+            max_misses: 10,
+            ..CacheConfig::default()
+        });
+        s.keep("v", value(1));
+        for i in 0..50 {
+            s.keep(&format!("absent-{i}"), None);
+        }
+        let h = s.held();
+        assert_eq!((h.entries, h.misses_cached), (11, 10));
+        assert!(held(&s, "v") && held(&s, "absent-49") && !held(&s, "absent-39"));
+        assert_eq!(s.counters.evictions.load(Ordering::Relaxed), 40);
     }
 
     #[test]
