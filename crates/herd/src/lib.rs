@@ -65,6 +65,7 @@
 
 mod backoff;
 pub mod cache;
+mod deadline;
 pub mod env;
 pub mod error;
 pub mod ids;

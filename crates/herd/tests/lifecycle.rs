@@ -122,3 +122,27 @@ async fn a_failed_start_leaves_no_worker_behind() {
     let r = builder(2).program("/nonexistent/herd-worker").start().await;
     assert!(matches!(r, Err(Error::Spawn(_))), "{:?}", r.err());
 }
+
+/// A library user's "forever" (`Duration::MAX`) as the grace period and the handshake timeout
+/// is a far deadline, not a panic in the worker's supervisor: the cluster starts, shuts down
+/// within the deadline, and its workers exit as disconnected workers do.
+#[tokio::test]
+async fn forever_as_grace_and_handshake_timeout_still_shuts_down() {
+    let mut cluster = builder(2)
+        .grace(Duration::MAX)
+        .handshake_timeout(Duration::MAX)
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, cluster.shutdown())
+        .await
+        .expect("shutdown within the deadline");
+    let mut exits = 0;
+    while let Some(ev) = next(&mut cluster).await {
+        if let Event::Exit { status, .. } = ev {
+            assert_eq!(status.code, Some(0), "disconnected workers exit 0");
+            exits += 1;
+        }
+    }
+    assert_eq!(exits, 2);
+}

@@ -234,7 +234,8 @@ impl LocalView {
         if seq < self.seq.load(Ordering::Acquire) {
             return None;
         }
-        let expires = ttl.map(|t| Instant::now() + t);
+        // A TTL past the clock's end never expires.
+        let expires = ttl.and_then(|t| Instant::now().checked_add(t));
         if local.map.contains_key(key) {
             // The version it replaces is no longer held.
             self.changes.fetch_add(1, Ordering::Release);
@@ -453,7 +454,7 @@ impl Cache {
         };
         // The hub answers (ready or not) within that; the channel waits a little longer.
         let msg = self
-            .call_within(&op, timeout + Duration::from_secs(1))
+            .call_within(&op, timeout.saturating_add(Duration::from_secs(1)))
             .await?;
         let warm: bool = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
         if !warm {

@@ -404,7 +404,7 @@ impl Store {
         let len = value.as_ref().map_or(0, Value::len);
         let entry = Entry {
             value,
-            expires: ttl.map(|t| now + t),
+            expires: ttl.map(|t| crate::deadline::after(now, t)),
             verified: now,
             epoch: st.epoch,
             charge: charge(key.len(), len),

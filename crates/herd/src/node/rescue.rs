@@ -302,7 +302,7 @@ pub(crate) async fn watch(
     settle: Duration,
 ) {
     // Until then the worker serves its connections as usual (no request waits on it).
-    let settled = tokio::time::Instant::now() + settle;
+    let settled = crate::deadline::from_now(settle);
     let mut pause = Pause::Not;
     // Taken while it still runs (its exit not seen yet): a signal through it reaches the
     // worker, or no process at all.

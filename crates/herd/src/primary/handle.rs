@@ -95,7 +95,8 @@ impl WorkerHandle {
     /// ended ([`Error::Timeout`] only if the kernel did not reap it within 10 s after that).
     pub async fn disconnect(&self) -> Result<ExitStatus, Error> {
         let _ = self.inner.cmds.send(WorkerCmd::Disconnect).await;
-        self.wait_within(self.inner.grace + REAP_MARGIN).await
+        self.wait_within(self.inner.grace.saturating_add(REAP_MARGIN))
+            .await
     }
 
     /// Sends `signal` to the worker's process group; after the grace period, `SIGKILL`. Returns
@@ -103,7 +104,8 @@ impl WorkerHandle {
     /// that).
     pub async fn kill(&self, signal: Signal) -> Result<ExitStatus, Error> {
         let _ = self.inner.cmds.send(WorkerCmd::Kill(signal)).await;
-        self.wait_within(self.inner.grace + REAP_MARGIN).await
+        self.wait_within(self.inner.grace.saturating_add(REAP_MARGIN))
+            .await
     }
 
     /// Waits for the worker to exit, however long that takes, without asking it to.

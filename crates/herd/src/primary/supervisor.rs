@@ -144,7 +144,7 @@ impl Supervisor {
         if self.online {
             self.emit(Event::Online { worker: id });
         }
-        let handshake_deadline = Instant::now() + self.cfg.handshake_timeout;
+        let handshake_deadline = crate::deadline::from_now(self.cfg.handshake_timeout);
         let mut cmds_open = true;
         let mut exit_queued = false;
         loop {
@@ -392,7 +392,7 @@ impl Supervisor {
             // A worker asked to stop closed its channel (its servers are done). It normally exits
             // a moment later; one that lives on (a timer or a pool keeps it) gets the signal.
             let linger = (self.cfg.grace / 4).min(STOP_LINGER);
-            self.stop_signal_at = Some(Instant::now() + linger);
+            self.stop_signal_at = Some(crate::deadline::from_now(linger));
         }
         self.emit(Event::Disconnect { worker: self.id });
     }
@@ -412,7 +412,7 @@ impl Supervisor {
 
     fn arm_kill(&mut self) {
         if self.exited.is_none() && self.kill_at.is_none() {
-            self.kill_at = Some(Instant::now() + self.cfg.grace);
+            self.kill_at = Some(crate::deadline::from_now(self.cfg.grace));
         }
     }
 

@@ -369,7 +369,7 @@ async fn probe(
     report: mpsc::Sender<WorkerId>,
     limit: Duration,
 ) {
-    let deadline = Instant::now() + limit;
+    let deadline = crate::deadline::from_now(limit);
     while Instant::now() < deadline {
         let attempt = tokio::time::timeout(
             Duration::from_millis(500),

@@ -139,7 +139,7 @@ impl Shared {
             }
             Err(e) => {
                 let delay = link.backoff.fail();
-                link.retry_at = Some(now + delay);
+                link.retry_at = Some(crate::deadline::after(now, delay));
                 link.last_error = e.to_string();
                 if self.config.track && !self.events.lost.swap(true, Ordering::AcqRel) {
                     self.events.send(Invalidation::TrackingLost);

@@ -317,7 +317,7 @@ impl Balancer {
 
     /// Waits until every connection sent to `worker` is answered, or `limit` passes.
     pub(crate) async fn answered_all(&self, worker: WorkerId, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = crate::deadline::from_now(limit);
         loop {
             let notified = self.answers.notified();
             tokio::pin!(notified);

@@ -418,9 +418,12 @@ impl Machine {
                     fx.push(Effect::Kill(worker));
                     return;
                 };
-                *entry = Some((worker, now + self.config.ready_timeout));
+                *entry = Some((
+                    worker,
+                    crate::deadline::after(now, self.config.ready_timeout),
+                ));
                 match &self.config.readiness {
-                    Readiness::Delay(d) => member.ready_at = Some(now + *d),
+                    Readiness::Delay(d) => member.ready_at = Some(crate::deadline::after(now, *d)),
                     Readiness::Port(addr) => fx.push(Effect::Probe(worker, *addr)),
                     _ => {}
                 }
@@ -484,7 +487,9 @@ impl Machine {
         }
         let delay = Backoff::new(policy.backoff_min, policy.backoff_max, false).delay_for(n);
         tracing::warn!(slot, %why, restart_in_ms = delay.as_millis() as u64, "worker crashed; restarting");
-        s.state = SlotState::Restarting { at: now + delay };
+        s.state = SlotState::Restarting {
+            at: crate::deadline::after(now, delay),
+        };
         fx.push(Effect::Emit(ServiceEvent::Restarting {
             slot,
             worker,
@@ -506,7 +511,9 @@ impl Machine {
         s.start_failures = s.start_failures.saturating_add(1);
         let delay = Backoff::new(min, START_RETRY_MAX.max(min), false).delay_for(s.start_failures);
         tracing::warn!(slot, %why, retry_in_ms = delay.as_millis() as u64, failures = s.start_failures, "cannot start a worker for want of resources; retrying (not a crash)");
-        s.state = SlotState::Restarting { at: now + delay };
+        s.state = SlotState::Restarting {
+            at: crate::deadline::after(now, delay),
+        };
         fx.push(Effect::Emit(ServiceEvent::Restarting {
             slot,
             worker: None,

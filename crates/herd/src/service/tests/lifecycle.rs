@@ -56,3 +56,39 @@ fn the_outcome_waits_for_every_slot_to_be_done_or_failed() {
     // Nothing happens after the end.
     assert!(h.step(Input::Tick).is_empty());
 }
+
+/// A library user's durations past the clock's end (`Duration::MAX` as "forever") are far
+/// deadlines, never a panic: the readiness delay, the reload's ready timeout and the backoff.
+#[test]
+fn durations_past_the_clocks_end_are_far_deadlines() {
+    let forever = Duration::MAX;
+    let mut cfg = config(1);
+    cfg.restart.backoff_min = forever;
+    cfg.restart.backoff_max = forever;
+    cfg.ready_timeout = forever;
+    let mut h = Harness::start(cfg.clone());
+    // The reload's candidate waits "forever" to be ready: no panic, and nothing times out.
+    let (_, fx) = h.cmd(Cmd::Reload);
+    h.forks_succeed(fx);
+    let year = Duration::from_secs(86_400 * 365);
+    assert!(h.m.next_deadline().is_some_and(|d| d > h.now + year));
+    // A crash backs off "forever".
+    let fx = h.exit(1, CODE_1);
+    assert!(restart_delay(&fx).is_some());
+    assert!(forks(&h.advance(year)).is_empty());
+
+    // A readiness delay of "forever": the worker starts, and is never ready within a year.
+    cfg.readiness = Readiness::Delay(forever);
+    let (m, fx) = Machine::new(cfg);
+    let mut h = Harness {
+        m,
+        now: Instant::now(),
+        next_worker: 1,
+        next_token: 0,
+    };
+    h.forks_succeed(fx);
+    let (_, fx) = h.cmd(Cmd::Reload);
+    h.forks_succeed(fx);
+    let fx = h.advance(year);
+    assert!(kills(&fx).is_empty() && disconnects(&fx).is_empty());
+}
