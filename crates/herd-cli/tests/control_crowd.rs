@@ -101,3 +101,60 @@ fn a_second_herd_of_the_same_name_leaves_a_live_herd_reachable() {
         "the first herd is reachable"
     );
 }
+
+/// Two herds of one name started at the same moment over a stale socket (a herd that was
+/// SIGKILLed leaves one): exactly one keeps the name and stays reachable; the other refuses to
+/// start. Without a lock both see the stale socket refuse, both remove it and bind, and the
+/// second removes the first's live socket (or fails to bind). Fifty rounds.
+#[test]
+fn two_herds_racing_for_a_stale_name_leave_one_reachable() {
+    let dir = herd_test_support::process::TempDir::new("name-race");
+    for round in 0..50 {
+        let control = dir.path().join(format!("race-{round}.sock"));
+        // A stale socket: bound, never listened on again, not removed.
+        drop(std::os::unix::net::UnixListener::bind(&control).unwrap());
+        let start = || {
+            Command::new(HERD)
+                .arg("run")
+                .arg("--control")
+                .arg(&control)
+                .args(["-w", "1", "--", "sleep", "1000"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut herds = [start(), start()];
+        // The loser exits (non-zero, saying why); the winner runs on.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let loser = loop {
+            if let Some(i) = (0..2).find(|&i| herds[i].try_wait().unwrap().is_some()) {
+                break i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: both herds run under one name"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status = herds[loser].wait().unwrap();
+        let mut why = String::new();
+        std::io::Read::read_to_string(herds[loser].stderr.as_mut().unwrap(), &mut why).unwrap();
+        assert_ne!(status.code(), Some(0), "round {round}: {why}");
+        assert!(why.contains("another herd"), "round {round}: {why}");
+        let winner = &mut herds[1 - loser];
+        let out = Command::new(HERD)
+            .args(["status", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap();
+        let reachable = out.status.success();
+        let _ = winner.kill();
+        let _ = winner.wait();
+        assert!(
+            reachable,
+            "round {round}: the herd that runs is unreachable: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -37,10 +37,13 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// served within this.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// The bound control socket; its file is removed when this is dropped.
+/// The bound control socket; its file is removed when this is dropped (before its name's lock
+/// is released).
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// The name's lock ([`lock_name`]), held for as long as the socket is ours.
+    _lock: std::os::fd::OwnedFd,
 }
 
 impl Drop for ControlSocket {
@@ -49,9 +52,44 @@ impl Drop for ControlSocket {
     }
 }
 
-/// Binds the control socket at `path` (refusing if another herd answers there).
+/// The lock file beside a control socket: `NAME.sock.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the name's lock: an exclusive `flock` on [`lock_path`], never following a link, not
+/// inherited by workers. Held by the one herd that owns the name; released by the kernel when
+/// that herd ends, however it ends, so a stale socket is never a live herd's. The file itself
+/// stays (removing it would let two herds lock two files of one name).
+fn lock_name(path: &Path) -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+    let lock = lock_path(path);
+    let fd = open(
+        &lock,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(std::io::Error::from)
+    .or_fail(|| format!("cannot open the lock {}", lock.display()))?;
+    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::failure(format!(
+            "another herd is running with the control socket {} (use --name to run a second one)",
+            path.display()
+        ))),
+        Err(e) => {
+            Err(std::io::Error::from(e)).or_fail(|| format!("cannot lock {}", lock.display()))
+        }
+    }
+}
+
+/// Binds the control socket at `path` (refusing if another herd holds its name, or answers
+/// there).
 pub async fn bind(path: &Path) -> Result<ControlSocket> {
     super::check_dir(path, true)?;
+    let lock = lock_name(path)?;
     if std::fs::symlink_metadata(path).is_ok() {
         // Only a herd proved dead gives up its name: a refused connect (or no socket any more).
         // Anything else (a full backlog answers EAGAIN) means the other herd is alive.
@@ -86,6 +124,7 @@ pub async fn bind(path: &Path) -> Result<ControlSocket> {
     Ok(ControlSocket {
         listener,
         path: path.to_path_buf(),
+        _lock: lock,
     })
 }
 
