@@ -122,3 +122,33 @@ async fn a_value_over_the_limit_is_refused_before_its_chunks_are_read() {
     // The head only (one GETRANGE), not 128 chunks.
     assert_eq!(server.command_calls("getrange") - before, 1);
 }
+
+/// Many big keys loading at once share one assembling budget: with room for less than one
+/// value, eight 1 MiB values loaded together each wait their turn (one at a time, the longer
+/// than the budget taking all of it) and all arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_values_loading_together_wait_for_room_and_arrive_whole() {
+    let server = RedisServer::start();
+    for i in 0..8u8 {
+        server.cmd::<()>(&[b"SET", format!("big{i}").as_bytes(), &vec![b'0' + i; LEN]]);
+    }
+    let config = RedisConfig {
+        chunk_size: CHUNK,
+        max_assembling: LEN / 4,
+        ..RedisConfig::default()
+    };
+    let src = Arc::new(source(&server, config));
+    let loads = (0..8u8).map(|i| {
+        let src = src.clone();
+        tokio::spawn(async move { (i, src.load(&format!("big{i}")).await) })
+    });
+    for load in loads {
+        let (i, got) = tokio::time::timeout(Duration::from_secs(30), load)
+            .await
+            .expect("every load ends")
+            .unwrap();
+        let v = got.unwrap().expect("present").value;
+        assert_eq!(v.len(), LEN);
+        assert!(v.iter().all(|b| *b == b'0' + i), "big{i} is not whole");
+    }
+}

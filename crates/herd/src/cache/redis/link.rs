@@ -29,6 +29,10 @@ pub(super) struct Shared {
     pub(super) reads: AtomicU64,
     /// Bounds the chunks in flight (and so this client's output buffer in Redis).
     pub(super) chunks: tokio::sync::Semaphore,
+    /// Bounds the bytes of values being assembled, in KiB ([`RedisConfig::max_assembling`]).
+    pub(super) assembling: tokio::sync::Semaphore,
+    /// Its size, in KiB.
+    pub(super) assembling_kib: u32,
     pub(super) events: Events,
     /// Wakes the reconnect task.
     pub(super) wake: Arc<Notify>,
@@ -65,6 +69,10 @@ impl Shared {
         let (tx, rx) = mpsc::channel(config.invalidation_buffer.max(2));
         let chunks_in_flight = config.chunks_in_flight.max(1);
         let backoff = Backoff::new(config.backoff_min, config.backoff_max, true);
+        let assembling_kib = config
+            .max_assembling
+            .div_ceil(1024)
+            .clamp(1, u32::MAX as usize) as u32;
         Ok(Shared {
             client,
             describe,
@@ -79,6 +87,8 @@ impl Shared {
             calls: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             chunks: tokio::sync::Semaphore::new(chunks_in_flight),
+            assembling: tokio::sync::Semaphore::new(assembling_kib as usize),
+            assembling_kib,
             events: Events::new(tx),
             wake: Arc::new(Notify::new()),
             rx: Mutex::new(Some(rx)),

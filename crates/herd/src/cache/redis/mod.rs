@@ -62,6 +62,10 @@ pub struct RedisConfig {
     /// The longest value read (default 1 GiB, the hub's own default limit): a longer one is
     /// refused from its `STRLEN`, before any byte past its first read is fetched.
     pub max_value: usize,
+    /// Most bytes of chunked values being assembled at once, however many keys load together
+    /// (default 1 GiB): a read waits for room before it takes its buffer. A value longer than
+    /// this waits until it is the only one.
+    pub max_assembling: usize,
 }
 
 impl Default for RedisConfig {
@@ -77,6 +81,7 @@ impl Default for RedisConfig {
             scan_count: 1000,
             invalidation_buffer: 4096,
             max_value: 1 << 30,
+            max_assembling: 1 << 30,
         }
     }
 }

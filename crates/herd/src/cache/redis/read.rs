@@ -1,6 +1,7 @@
 //! Loading values from Redis with bounded replies: one pipelined round trip reads every key's
 //! TTL, length and first [`HEAD_LEN`] bytes; longer values continue in `GETRANGE` chunks, a
-//! bounded number in flight, assembled in an anonymous mapping when big.
+//! bounded number in flight, assembled in an anonymous mapping when big, at most
+//! [`RedisConfig::max_assembling`](super::RedisConfig::max_assembling) bytes of them at once.
 //!
 //! A chunked read is consistent: the key is watched ([`super::tracking::Events::watch`]) before
 //! its first chunk is read. Redis tracks the key for this connection from that read on, so a
@@ -125,6 +126,14 @@ impl Shared {
         key: &str,
         len: usize,
     ) -> Result<Option<Bytes>, SourceError> {
+        // Room for its buffer first (held until the value is handed on): many big keys loading
+        // at once fill one budget, not one buffer each.
+        let kib = len.div_ceil(1024).min(self.assembling_kib as usize) as u32;
+        let _room = self
+            .assembling
+            .acquire_many(kib)
+            .await
+            .map_err(|_| SourceError::Failed("the source is closing".into()))?;
         let watch = self.events.watch(key);
         let mut buf = ValueBuf::new(len)?;
         let chunk = self.config.chunk_size.max(1);
