@@ -119,10 +119,20 @@ impl Sink {
         self.lock().dropped
     }
 
-    /// Waits up to `limit` for every queued line to be written; whether they were.
+    /// Waits up to `limit` for every queued line to be written; whether they were. Drops not
+    /// yet reported get their note first (at exit no later line would carry it).
     pub fn flush(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit.min(Duration::from_secs(3600));
         let mut s = self.lock();
+        let lost = std::mem::take(&mut s.unreported);
+        if lost > 0 {
+            s.queue
+                .push_back((Stream::Err, drop_note(lost).into_bytes()));
+            s.bytes = s
+                .bytes
+                .saturating_add(s.queue.back().map_or(0, |l| l.1.len()));
+            self.inner.queued.notify_one();
+        }
         while !s.queue.is_empty() || s.busy {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -137,6 +147,11 @@ impl Sink {
         }
         true
     }
+}
+
+/// What herd says of `lost` lines it dropped.
+fn drop_note(lost: u64) -> String {
+    format!("herd: {lost} lines of output dropped: the reader was too slow\n")
 }
 
 /// The writer thread: takes what is queued, a batch per stream, and writes it.
@@ -168,7 +183,7 @@ fn writer(inner: &Inner, open: impl Fn(Stream) -> Box<dyn Write>) {
             (stream, batch, std::mem::take(&mut s.unreported))
         };
         if lost > 0 {
-            let note = format!("herd: {lost} lines of output dropped: the reader was too slow\n");
+            let note = drop_note(lost);
             let _ = err.write_all(note.as_bytes()).and_then(|()| err.flush());
         }
         let w = match stream {
@@ -272,5 +287,23 @@ mod tests {
         let text = String::from_utf8_lossy(&all);
         assert!(text.contains("lines of output dropped"), "no drop note");
         assert_eq!(text.matches('x').count(), kept * 1023);
+    }
+
+    #[test]
+    fn a_drop_with_nothing_after_it_is_still_told_at_the_final_flush() {
+        let go = Arc::new((Mutex::new(true), Condvar::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Sink::start(move |_| {
+            Box::new(Gate {
+                go: go.clone(),
+                wrote: tx.clone(),
+            })
+        });
+        // Larger than the whole budget: dropped at once, with nothing queued behind it.
+        assert!(!sink.write(Stream::Err, vec![b'y'; BUDGET + 1]));
+        assert!(sink.flush(Duration::from_secs(10)));
+        let all: Vec<u8> = rx.try_iter().flatten().collect();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.contains("herd: 1 lines of output dropped"), "{text}");
     }
 }
