@@ -141,3 +141,41 @@ async fn a_file_over_the_cap_is_refused_from_its_size() {
     assert_eq!(src.load("small").await.unwrap().unwrap().value.len(), 1000);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// inotify watches this process holds (every `inotify wd:` line of its inotify descriptors).
+fn inotify_watches() -> usize {
+    let mut n = 0;
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_inotify =
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"));
+        if is_inotify {
+            let info =
+                std::fs::read_to_string(PathBuf::from("/proc/self/fdinfo").join(fd.file_name()))
+                    .unwrap_or_default();
+            n += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    n
+}
+
+/// A link to a big tree (`/usr`) in the folder is not watched: the folder's watcher holds a
+/// watch per folder of its own, not one per folder of the tree the link names (which would
+/// spend the user's inotify watches, a limit shared by every program of that user).
+#[tokio::test]
+async fn the_folder_watcher_does_not_follow_links() {
+    let dir = folder("watch-links");
+    std::fs::create_dir_all(dir.join("a/b")).unwrap();
+    symlink("/usr", dir.join("usr")).unwrap();
+    let before = inotify_watches();
+    let src = FileSource::folder(&dir).unwrap();
+    let _rx = src.invalidations().expect("the folder is watched");
+    let watches = inotify_watches() - before;
+    assert!(
+        watches <= 3,
+        "{watches} inotify watches for a folder of 3 (the link to /usr followed?)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,7 +59,12 @@ pub(super) fn watch(
     // Events name canonical paths on some platforms (macOS's /private/var): match them.
     let dir = dir.canonicalize()?;
     let (raw_tx, raw_rx) = channel();
-    let mut watcher = notify::recommended_watcher(raw_tx)?;
+    // Links are not followed: a link in the folder to `/` must not make herd watch (and spend
+    // the user's inotify watches on) the whole filesystem. Keys never go through links either.
+    let mut watcher = notify::RecommendedWatcher::new(
+        raw_tx,
+        notify::Config::default().with_follow_symlinks(false),
+    )?;
     watcher.watch(&dir, RecursiveMode::Recursive)?;
     // Folders known now; a later event on one of them, gone, cannot be mapped to its keys.
     let dirs = walk(&dir).map(|(_, d)| d).unwrap_or_default();
