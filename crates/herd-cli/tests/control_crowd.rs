@@ -102,6 +102,18 @@ fn a_second_herd_of_the_same_name_leaves_a_live_herd_reachable() {
     );
 }
 
+/// Children killed and reaped when dropped.
+struct Reaped([std::process::Child; 2]);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Two herds of one name started at the same moment over a stale socket (a herd that was
 /// SIGKILLed leaves one): exactly one keeps the name and stays reachable; the other refuses to
 /// start. Without a lock both see the stale socket refuse, both remove it and bind, and the
@@ -124,7 +136,9 @@ fn two_herds_racing_for_a_stale_name_leave_one_reachable() {
                 .spawn()
                 .unwrap()
         };
-        let mut herds = [start(), start()];
+        // Killed however the round ends (a failed assertion included).
+        let mut herds = Reaped([start(), start()]);
+        let herds = &mut herds.0;
         // The loser exits (non-zero, saying why); the winner runs on.
         let deadline = Instant::now() + Duration::from_secs(20);
         let loser = loop {
