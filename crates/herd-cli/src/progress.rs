@@ -1,7 +1,7 @@
 //! The cache warm-up's progress bar: on a terminal, `herd run` draws one on stderr from the
 //! hub's progress reports; elsewhere the hub's log lines say the same.
 //!
-//! The bar is drawn through herd's output [sink](crate::sink), like everything else herd
+//! The bar is drawn through herd's output sink ([`crate::sink`]), like everything else herd
 //! prints: a terminal paused with Ctrl-S (or any stalled stderr) drops frames of the bar,
 //! counted, and never blocks the hub's task that reports progress.
 

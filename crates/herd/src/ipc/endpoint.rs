@@ -54,6 +54,34 @@ struct Shared {
     waiting_soon: std::sync::atomic::AtomicUsize,
 }
 
+/// Removes request `id`'s waiter when dropped.
+struct WaiterGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.waiters.remove(&self.id);
+        }
+    }
+}
+
+/// Releases the handle gate when dropped armed: the handle admitted was never queued.
+struct GateGuard<'a> {
+    peer: &'a Peer,
+    armed: bool,
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.peer.handle_acked();
+        }
+    }
+}
+
 /// Frames [`Peer::send_soon`] lets wait for room in a full queue; past that the peer is not
 /// reading, and more are dropped (and logged) rather than held: a peer that floods herd with
 /// messages it must answer, and never reads the answers, cannot grow the primary.
@@ -250,11 +278,15 @@ impl Peer {
         let limit = self.shared.send_timeout;
         match self.shared.gate.admit(frame, server, Some(tx)) {
             Admit::Now(frame) => {
+                // Until the frame is queued, the gate is released if this ends otherwise: a
+                // send that failed, or this future dropped while it waited for room (the frame
+                // is then never sent, so never acknowledged), lets the next handle go.
+                let mut unsent = GateGuard {
+                    peer: self,
+                    armed: true,
+                };
                 let sent = self.send_frame(frame).await;
-                if sent.is_err() {
-                    // Never sent, so never acknowledged: the next one may go.
-                    self.handle_acked();
-                }
+                unsent.armed = sent.is_err();
                 sent
             }
             Admit::Queued => match tokio::time::timeout(limit, rx).await {
@@ -382,19 +414,18 @@ impl Peer {
             }
             pending.waiters.insert(id, wtx);
         }
+        // From here the waiter is removed however this ends: answered, failed, or this future
+        // dropped inside a caller's `timeout` or `select!` (cancel safety).
+        let _waiter = WaiterGuard { shared: s, id };
         let frame = Frame::new(kind, format, payload).with_id(id).with_fds(fds);
-        let result = match self.send_frame(frame).await {
+        match self.send_frame(frame).await {
             Ok(()) => match tokio::time::timeout(timeout, wrx).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(_)) => Err(Error::ChannelClosed),
                 Err(_) => Err(Error::Timeout(timeout)),
             },
             Err(e) => Err(e),
-        };
-        if let Ok(mut p) = s.pending.lock() {
-            p.waiters.remove(&id);
         }
-        result
     }
 
     /// Routes a reply to its waiter. A reply nobody waits for is dropped.
@@ -507,6 +538,62 @@ mod tests {
         match peer.shared.gate.admit(handle(), None, None) {
             Admit::Now(_) => {}
             Admit::Queued => panic!("the gate still waits for the dropped handle"),
+            _ => panic!("the gate is closed or full"),
+        }
+    }
+
+    /// A request dropped mid-call (inside a caller's `timeout` or `select!`) frees its waiter:
+    /// more of them than the waiter bound, and a request after them is still tried (it fails
+    /// here for want of a reader) instead of failing `TooManyRequests`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_dropped_mid_call_frees_its_waiter() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let (tx, _rx) = herd_wire::channel(ours.into(), Codec::Binary, Limits::default()).unwrap();
+        let peer = Peer::new(tx, Duration::from_millis(50), Duration::from_millis(20));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..MAX_PENDING_REQUESTS + 10 {
+            let mut call =
+                Box::pin(peer.request_message(&1u8, Vec::new(), Duration::from_millis(20)));
+            // Polled once (waiting for its reply, or for room in the queue), then dropped.
+            assert!(std::future::Future::poll(call.as_mut(), &mut cx).is_pending());
+            drop(call);
+        }
+        assert_eq!(peer.shared.pending.lock().unwrap().waiters.len(), 0);
+        let r = peer
+            .request_message(&1u8, Vec::new(), Duration::from_millis(20))
+            .await;
+        assert!(!matches!(r, Err(Error::TooManyRequests(_))), "{r:?}");
+    }
+
+    /// A handle whose send is dropped while it waits for room in a full queue is never sent,
+    /// and the gate lets the next handle go instead of waiting for good for its acknowledgement.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_handle_send_dropped_while_waiting_for_room_frees_the_gate() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let limits = Limits {
+            send_queue_frames: 2,
+            ..Limits::default()
+        };
+        let (tx, _rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
+        let peer = Peer::new(tx, Duration::from_secs(30), Duration::from_secs(5));
+        // Big frames nobody reads: the socket's buffer fills and the queue stays full.
+        for _ in 0..8 {
+            let mut line = vec![b'"'];
+            line.extend(std::iter::repeat_n(b'x', 1 << 20));
+            line.push(b'"');
+            peer.send_soon(Frame::new(Kind::Message, Format::Json, Bytes::from(line)));
+        }
+        tokio::task::yield_now().await;
+        let (a, _b) = UnixStream::pair().unwrap();
+        let send = peer.send_with_fds(&"handle", vec![OwnedFd::from(a)]);
+        let r = tokio::time::timeout(Duration::from_millis(100), send).await;
+        assert!(r.is_err(), "the handle's send waited for room: {r:?}");
+        let (c, _d) = UnixStream::pair().unwrap();
+        let next = Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"{}"))
+            .with_fds(vec![OwnedFd::from(c)]);
+        match peer.shared.gate.admit(next, None, None) {
+            Admit::Now(_) => {}
+            Admit::Queued => panic!("the gate still waits for the handle that was never sent"),
             _ => panic!("the gate is closed or full"),
         }
     }
