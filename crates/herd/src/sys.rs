@@ -84,8 +84,11 @@ pub fn prepare_child(
         }
         rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
         if rustix::process::getppid() != Some(parent) {
-            // The primary died before we got here: PDEATHSIG will never fire.
-            return Err(io::Error::other("primary exited during spawn"));
+            // The primary died before we got here: PDEATHSIG will never fire. A raw errno, not
+            // `io::Error::other` (which allocates, and the allocator's lock may be held by a
+            // thread that does not exist in this child); std hands only the errno to the parent
+            // anyway.
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
         // Whatever this process inherited without close-on-exec stays behind at exec. The
         // targets are made afresh by dup2 below, which clears the flag on them alone.
@@ -124,7 +127,8 @@ pub fn prepare_child(
     // SAFETY: the closure runs in the child after fork and before exec. It only makes
     // async-signal-safe system calls (write, prctl, getppid, close_range, fcntl, dup2), takes no locks
     // and does not allocate: `moves`, `limit` and `park_at` were made before fork; `moves` is
-    // only written in place.
+    // only written in place; every error is a raw errno (`io::Error::from_raw_os_error`, or
+    // rustix's `Errno` converted the same way), never a boxed one.
     unsafe {
         cmd.pre_exec(closure);
     }
