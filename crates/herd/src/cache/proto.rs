@@ -211,8 +211,26 @@ impl NodeText {
     }
 
     /// Bytes of its JSON text.
-    pub(super) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.json.get().len()
+    }
+
+    /// Bytes [`NodeText::of`] would make of `v`, without making them: base64's length for a
+    /// value that is not UTF-8, else the JSON string's (quotes, and escapes as serde_json
+    /// writes them: 2 bytes for `"`, `\\` and the five short ones, 6 for other control bytes).
+    pub(super) fn len_of(v: &[u8]) -> usize {
+        if std::str::from_utf8(v).is_err() {
+            return v.len().div_ceil(3) * 4 + 2;
+        }
+        2 + v
+            .iter()
+            .map(|&b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            })
+            .sum::<usize>()
     }
 }
 
@@ -311,6 +329,22 @@ mod tests {
                 let _ = herd_wire::decode_value::<GetReply>(format, &data);
             }
         }
+    }
+
+    #[test]
+    fn node_text_len_is_told_without_encoding() {
+        for v in [
+            &b""[..],
+            b"plain",
+            b"q\"uo\\te\n\r\t\x08\x0c",
+            b"\x01\x02\x1f\x7f",
+            "caf\u{e9} \u{1f600}".as_bytes(),
+            &[0xff, 0x00, 0x01],
+            &[0xfe; 7],
+        ] {
+            assert_eq!(NodeText::len_of(v), NodeText::of(v).len(), "{v:?}");
+        }
+        assert_eq!(NodeText::len_of(&[1u8; 100]), 602);
     }
 
     #[test]

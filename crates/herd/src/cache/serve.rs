@@ -5,10 +5,10 @@
 //!
 //! What one worker's calls may hold is bounded by [`CacheCalls`] in calls (past which the
 //! worker's channel is not read), in bytes of encoded replies not yet queued
-//! ([`MAX_REPLY_BYTES`]; the send queue bounds the queued ones) and in descriptors. A large
-//! value's Node text is encoded once and shared by every reply
-//! ([`SharedValue::node_text`](super::store::SharedValue::node_text)): a worker asking for it a
-//! thousand times without reading costs the budget, not a thousand copies.
+//! ([`MAX_REPLY_BYTES`]: a reply takes its room before it is encoded; the send queue bounds the
+//! queued ones) and in descriptors. Keys are at most [`MAX_KEY`] bytes, so neither a miss nor an
+//! error text grows with what a worker sends. A value whose Node text would pass [`MAX_NODE_TEXT`]
+//! is refused to a Node-json worker (the frame could not be sent anyway).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +37,13 @@ const MAX_READY_WAIT: Duration = Duration::from_secs(600);
 /// queue (which bounds the queued ones, 64 MiB by default). A reply larger than this waits until
 /// it is the only one held.
 pub(crate) const MAX_REPLY_BYTES: usize = 16 << 20;
+
+/// The longest key a worker may ask for (bytes); a longer one is refused before any lookup.
+pub(crate) const MAX_KEY: usize = 64 << 10;
+
+/// The longest Node text of a value sent to a Node-json worker: herd-wire's default frame limit
+/// less room for the reply's other fields.
+pub(crate) const MAX_NODE_TEXT: usize = (256 << 20) - 4096;
 
 /// What a reply is charged beyond its value's bytes (its other fields, the frame's envelope).
 const REPLY_OVERHEAD: usize = 256;
@@ -120,7 +127,7 @@ impl CacheCalls {
             let _permit: OwnedSemaphorePermit = permit;
             let sent = match hub {
                 Some(hub) => answer(&hub, codec, request, &budget).await,
-                None => reply_error(codec, request, &CacheError::NoHub).await,
+                None => reply_error(codec, request, &CacheError::NoHub, &budget).await,
             };
             if let Err(e) = sent {
                 tracing::debug!(%worker, error = %chain(&e), "cache reply not sent");
@@ -146,13 +153,23 @@ async fn answer(
         Ok(op) => op,
         Err(e) => {
             let e = CacheError::BadCall(chain(&e));
-            return reply_error(codec, request, &e).await;
+            return reply_error(codec, request, &e, budget).await;
         }
     };
+    let key_len = match &op {
+        CacheOp::Get { key } | CacheOp::Set { key, .. } | CacheOp::Delete { key } => key.len(),
+        CacheOp::Ready { .. } | CacheOp::Stats => 0,
+    };
+    if key_len > MAX_KEY {
+        let e = CacheError::BadCall(format!(
+            "a key of {key_len} bytes is longer than the limit of {MAX_KEY}"
+        ));
+        return reply_error(codec, request, &e, budget).await;
+    }
     match op {
         CacheOp::Get { key } => match hub.lookup(&key).await {
-            Ok(f) => reply_found(codec, request, f, budget).await,
-            Err(e) => reply_error(codec, request, &e).await,
+            Ok(f) => reply_found(codec, &key, request, f, budget).await,
+            Err(e) => reply_error(codec, request, &e, budget).await,
         },
         CacheOp::Set {
             key,
@@ -163,7 +180,9 @@ async fn answer(
             let value = match codec {
                 Codec::NodeJson => match proto::from_node(value, encoding.as_deref()) {
                     Ok(v) => v,
-                    Err(e) => return reply_error(codec, request, &CacheError::BadCall(e)).await,
+                    Err(e) => {
+                        return reply_error(codec, request, &CacheError::BadCall(e), budget).await
+                    }
                 },
                 Codec::Binary => value.0,
             };
@@ -172,12 +191,12 @@ async fn answer(
                 .await
             {
                 Ok(()) => request.reply(&true).await,
-                Err(e) => reply_error(codec, request, &e).await,
+                Err(e) => reply_error(codec, request, &e, budget).await,
             }
         }
         CacheOp::Delete { key } => match hub.delete(&key).await {
             Ok(existed) => request.reply(&existed).await,
-            Err(e) => reply_error(codec, request, &e).await,
+            Err(e) => reply_error(codec, request, &e, budget).await,
         },
         CacheOp::Ready { timeout_ms } => {
             // Bounded: a worker may be gone, and warm-up may wait for a source that is down.
@@ -193,16 +212,23 @@ async fn answer(
 }
 
 /// Answers with `e`: its kind for a replica (binary codec), its text for a Node peer.
-async fn reply_error(codec: Codec, request: Request, e: &CacheError) -> Result<(), crate::Error> {
+async fn reply_error(
+    codec: Codec,
+    request: Request,
+    e: &CacheError,
+    budget: &Budget,
+) -> Result<(), crate::Error> {
     let text = match codec {
         Codec::Binary => e.to_wire().encode(),
         Codec::NodeJson => chain(e),
     };
+    let _bytes = budget.bytes(text.len()).await;
     request.reply_error(&text).await
 }
 
 async fn reply_found(
     codec: Codec,
+    key: &str,
     request: Request,
     f: Found,
     budget: &Budget,
@@ -210,26 +236,29 @@ async fn reply_found(
     let ttl_ms = f.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
     match codec {
         Codec::NodeJson => {
-            // A shared value's text is made once; a small inline one is made for this reply.
-            let made;
-            let text = match &f.value {
-                Some(Value::Shared(s)) => Some(s.node_text()),
-                Some(Value::Inline(b)) => {
-                    made = NodeText::of(b);
-                    Some(&made)
-                }
-                None => None,
-            };
+            let bytes = f.value.as_ref().map(Value::bytes);
+            let len = bytes.as_deref().map_or(0, NodeText::len_of);
+            if len > MAX_NODE_TEXT {
+                let e = CacheError::TooLarge {
+                    key: key.to_owned(),
+                    len,
+                    max: MAX_NODE_TEXT,
+                };
+                return reply_error(codec, request, &e, budget).await;
+            }
+            // Room first, then the text: a worker that does not read holds at most the budget
+            // of encoded replies (and one value's text beyond it), however many calls it makes.
+            let _bytes = budget.bytes(len).await;
+            let text = bytes.as_deref().map(NodeText::of);
             let reply = NodeGetReply {
                 found: f.value.is_some(),
-                value: text.map(|t| &*t.json),
-                encoding: text.and_then(|t| t.encoding),
+                value: text.as_ref().map(|t| &*t.json),
+                encoding: text.as_ref().and_then(|t| t.encoding),
                 ttl_ms,
                 seq: f.seq,
                 local: f.local,
                 stale: f.stale,
             };
-            let _bytes = budget.bytes(text.map_or(0, NodeText::len)).await;
             request.reply(&reply).await
         }
         Codec::Binary => {

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +23,6 @@ use tokio::time::Instant;
 
 use super::config::CacheConfig;
 use super::error::CacheError;
-use super::proto::NodeText;
 use super::source::Loaded;
 use crate::sys;
 
@@ -38,21 +37,12 @@ pub(super) enum Value {
 pub(super) struct SharedValue {
     fd: OwnedFd,
     map: Bytes,
-    /// The value as a Node peer gets it (a JSON string), made at the first such call and
-    /// shared by every later one: a reply to a Node-json worker copies it once into its frame,
-    /// never re-encodes it. Lives as long as the value.
-    node: OnceLock<NodeText>,
 }
 
 impl SharedValue {
     /// The sealed memfd (workers map it).
     pub(super) fn fd(&self) -> &OwnedFd {
         &self.fd
-    }
-
-    /// The value as Node text, encoded at most once.
-    pub(super) fn node_text(&self) -> &NodeText {
-        self.node.get_or_init(|| NodeText::of(&self.map))
     }
 }
 
@@ -68,7 +58,6 @@ impl Value {
         Ok(Value::Shared(Arc::new(SharedValue {
             fd,
             map: Bytes::from_owner(map),
-            node: OnceLock::new(),
         })))
     }
 
