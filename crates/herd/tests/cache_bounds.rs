@@ -15,17 +15,7 @@ const MAX_GROWTH: u64 = 24 << 20;
 
 /// This process's resident set, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS in kB");
-    kb * 1024
+    herd_test_support::process::rss_kb(std::process::id()) * 1024
 }
 
 /// An attacker's key: distinct, about as long as a URL path.

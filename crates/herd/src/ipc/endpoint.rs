@@ -498,34 +498,40 @@ mod tests {
 
     use super::*;
 
+    /// A Node-json peer with `send_timeout` whose other end never reads: big frames fill the
+    /// socket's buffer and its two-frame queue. The other end and the peer's receiver are
+    /// returned to be kept open.
+    fn stalled_node_peer(send_timeout: Duration) -> (Peer, (UnixStream, herd_wire::Receiver)) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let limits = Limits {
+            send_queue_frames: 2,
+            ..Limits::default()
+        };
+        let (tx, rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
+        let peer = Peer::new(tx, send_timeout, Duration::from_secs(5));
+        for _ in 0..8 {
+            let mut line = vec![b'"'];
+            line.extend(std::iter::repeat_n(b'x', 1 << 20));
+            line.push(b'"');
+            peer.send_soon(Frame::new(Kind::Message, Format::Json, Bytes::from(line)));
+        }
+        (peer, (theirs, rx))
+    }
+
+    /// A handle-carrying Node frame (one socket descriptor).
+    fn handle_frame() -> Frame {
+        let (a, _b) = UnixStream::pair().unwrap();
+        Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"{}"))
+            .with_fds(vec![OwnedFd::from(a)])
+    }
+
     /// A handle-carrying frame that cannot be written in time (the worker does not read) is
     /// dropped; it will never be acknowledged, so the gate lets the next handle go instead of
     /// waiting for good.
     #[tokio::test(flavor = "current_thread")]
     async fn a_dropped_handle_frees_the_gate() {
-        let (ours, _theirs) = UnixStream::pair().unwrap();
-        let limits = Limits {
-            send_queue_frames: 2,
-            ..Limits::default()
-        };
-        let (tx, _rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
-        let peer = Peer::new(tx, Duration::from_millis(50), Duration::from_secs(5));
-        // Big frames nobody reads: the socket's buffer fills and the queue stays full.
-        let big = || {
-            let mut line = vec![b'"'];
-            line.extend(std::iter::repeat_n(b'x', 1 << 20));
-            line.push(b'"');
-            Frame::new(Kind::Message, Format::Json, Bytes::from(line))
-        };
-        for _ in 0..8 {
-            peer.send_soon(big());
-        }
-        let handle = || {
-            let (a, _b) = UnixStream::pair().unwrap();
-            Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"{}"))
-                .with_fds(vec![OwnedFd::from(a)])
-        };
-        peer.send_handle_soon(handle()).unwrap();
+        let (peer, _open) = stalled_node_peer(Duration::from_millis(50));
+        peer.send_handle_soon(handle_frame()).unwrap();
         // Until the dropped handle frees it, the gate queues the next one.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while peer.shared.waiting_soon.load(Ordering::Acquire) > 0 {
@@ -535,7 +541,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        match peer.shared.gate.admit(handle(), None, None) {
+        match peer.shared.gate.admit(handle_frame(), None, None) {
             Admit::Now(_) => {}
             Admit::Queued => panic!("the gate still waits for the dropped handle"),
             _ => panic!("the gate is closed or full"),
@@ -569,29 +575,13 @@ mod tests {
     /// and the gate lets the next handle go instead of waiting for good for its acknowledgement.
     #[tokio::test(flavor = "current_thread")]
     async fn a_handle_send_dropped_while_waiting_for_room_frees_the_gate() {
-        let (ours, _theirs) = UnixStream::pair().unwrap();
-        let limits = Limits {
-            send_queue_frames: 2,
-            ..Limits::default()
-        };
-        let (tx, _rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
-        let peer = Peer::new(tx, Duration::from_secs(30), Duration::from_secs(5));
-        // Big frames nobody reads: the socket's buffer fills and the queue stays full.
-        for _ in 0..8 {
-            let mut line = vec![b'"'];
-            line.extend(std::iter::repeat_n(b'x', 1 << 20));
-            line.push(b'"');
-            peer.send_soon(Frame::new(Kind::Message, Format::Json, Bytes::from(line)));
-        }
+        let (peer, _open) = stalled_node_peer(Duration::from_secs(30));
         tokio::task::yield_now().await;
         let (a, _b) = UnixStream::pair().unwrap();
         let send = peer.send_with_fds(&"handle", vec![OwnedFd::from(a)]);
         let r = tokio::time::timeout(Duration::from_millis(100), send).await;
         assert!(r.is_err(), "the handle's send waited for room: {r:?}");
-        let (c, _d) = UnixStream::pair().unwrap();
-        let next = Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"{}"))
-            .with_fds(vec![OwnedFd::from(c)]);
-        match peer.shared.gate.admit(next, None, None) {
+        match peer.shared.gate.admit(handle_frame(), None, None) {
             Admit::Now(_) => {}
             Admit::Queued => panic!("the gate still waits for the handle that was never sent"),
             _ => panic!("the gate is closed or full"),
