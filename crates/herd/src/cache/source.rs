@@ -63,17 +63,25 @@ pub trait Source: Send + Sync + 'static {
     /// Loads one key; `Ok(None)` if it does not exist.
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Loaded>, SourceError>>;
 
-    /// Loads many keys at once (pipelined where the source can); the answer is in `keys` order.
-    fn load_many<'a>(
+    /// Loads many keys at once (pipelined where the source can), handing each key's outcome to
+    /// `each`, with its index in `keys`, as soon as it is read: the caller keeps or drops each
+    /// value before the next is read, so a batch of big values is never held at once. A key's
+    /// own failure (a value over the size limit, a key of another type) is its outcome and the
+    /// batch goes on; the call fails only when the source cannot go on (unreachable), after
+    /// handing on every key before the one it failed at.
+    fn load_each<'a>(
         &'a self,
         keys: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<Option<Loaded>>, SourceError>> {
+        each: &'a mut (dyn FnMut(usize, Result<Option<Loaded>, SourceError>) + Send),
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(async move {
-            let mut out = Vec::with_capacity(keys.len());
-            for k in keys {
-                out.push(self.load(k).await?);
+            for (i, k) in keys.iter().enumerate() {
+                match self.load(k).await {
+                    Err(e @ SourceError::Unavailable(_)) => return Err(e),
+                    outcome => each(i, outcome),
+                }
             }
-            Ok(out)
+            Ok(())
         })
     }
 

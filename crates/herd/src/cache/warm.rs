@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::config::{CacheConfig, Progress, WarmProgress};
-use super::source::{Source, SourceError};
+use super::error::CacheError;
+use super::source::{Loaded, Source, SourceError};
 use super::store::{self, Store};
 use crate::backoff::Backoff;
 use crate::report::chain;
@@ -41,39 +42,44 @@ pub(super) async fn warm_up(source: &dyn Source, store: &Store, cfg: &CacheConfi
         f(&progress);
     }
     for chunk in keys.chunks(cfg.warm_batch.max(1)) {
-        let values = loop {
-            match source.load_many(chunk).await {
-                Ok(v) if v.len() == chunk.len() => break v,
-                Ok(v) => {
+        // Each value is kept (or dropped) as soon as it is read; after a failure the batch goes
+        // on from the first key not yet handed on.
+        let mut next = 0;
+        while next < chunk.len() {
+            let mut handed = 0;
+            let mut each = |i: usize, outcome: Result<Option<Loaded>, SourceError>| {
+                let key = &chunk[next + i];
+                store.counters.loads.fetch_add(1, Ordering::Relaxed);
+                match outcome.map_err(|e| CacheError::source(key, e)) {
+                    Ok(loaded) => {
+                        progress.bytes += loaded.as_ref().map_or(0, |l| l.value.len() as u64);
+                        match store::fetched(key, loaded, cfg) {
+                            Ok(value) => store.keep_warm(key, value),
+                            Err(e) => {
+                                tracing::warn!(key, error = %chain(&e), "warm-up skipped a key")
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(key, error = %chain(&e), "warm-up skipped a key"),
+                }
+                handed += 1;
+            };
+            let result = source.load_each(&chunk[next..], &mut each).await;
+            next += handed;
+            match result {
+                Ok(()) if next < chunk.len() => {
                     tracing::error!(
                         asked = chunk.len(),
-                        got = v.len(),
-                        "source answered a batch with the wrong number of values"
+                        got = next,
+                        "source answered a batch with too few values"
                     );
-                    break v
-                        .into_iter()
-                        .chain(std::iter::repeat(None))
-                        .take(chunk.len())
-                        .collect();
+                    break;
                 }
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     let wait = backoff.fail();
                     tracing::warn!(error = %e, ?wait, "warm-up batch failed; retrying");
                     tokio::time::sleep(wait).await;
-                }
-            }
-        };
-        backoff.reset();
-        store
-            .counters
-            .loads
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        for (key, loaded) in chunk.iter().zip(values) {
-            progress.bytes += loaded.as_ref().map_or(0, |l| l.value.len() as u64);
-            match store::fetched(key, loaded, cfg) {
-                Ok(value) => store.keep_warm(key, value),
-                Err(e) => {
-                    tracing::warn!(key, error = %chain(&e), "warm-up skipped a key");
                 }
             }
         }

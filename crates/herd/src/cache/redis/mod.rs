@@ -127,27 +127,33 @@ impl Source for RedisSource {
 
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Loaded>, SourceError>> {
         Box::pin(async move {
-            let keys = [key.to_string()];
-            let mut heads = self.shared.heads(&keys).await?;
-            // `heads` checked that Redis answered once per key.
-            let h = heads
-                .pop()
-                .ok_or_else(|| SourceError::Failed("redis answered no reply".into()))?;
+            let h = self.shared.head(key).await?;
             self.shared.finish(key, h).await
         })
     }
 
-    fn load_many<'a>(
+    fn load_each<'a>(
         &'a self,
         keys: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<Option<Loaded>>, SourceError>> {
+        each: &'a mut (dyn FnMut(usize, Result<Option<Loaded>, SourceError>) + Send),
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(async move {
-            let heads = self.shared.heads(keys).await?;
-            let mut out = Vec::with_capacity(keys.len());
-            for (k, h) in keys.iter().zip(heads) {
-                out.push(self.shared.finish(k, h).await?);
+            let mut done = 0;
+            for group in keys.chunks(self.shared.heads_per_trip()) {
+                let heads = self.shared.heads(group).await?;
+                for (k, h) in group.iter().zip(heads) {
+                    let outcome = match h {
+                        Ok(h) => self.shared.finish(k, h).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e @ SourceError::Unavailable(_)) = outcome {
+                        return Err(e);
+                    }
+                    each(done, outcome);
+                    done += 1;
+                }
             }
-            Ok(out)
+            Ok(())
         })
     }
 

@@ -34,14 +34,30 @@ const MAPPED_ABOVE: usize = 1 << 20;
 pub(super) const ATTEMPTS: usize = 8;
 
 impl Shared {
+    /// Keys whose heads one round trip reads: their replies fit what the chunks in flight
+    /// may hold in Redis's output buffer for this client
+    /// ([`RedisConfig::chunk_size`](super::RedisConfig::chunk_size) times
+    /// [`RedisConfig::chunks_in_flight`](super::RedisConfig::chunks_in_flight)), and at least
+    /// one.
+    pub(super) fn heads_per_trip(&self) -> usize {
+        let room = self.config.chunk_size.max(1) * self.config.chunks_in_flight.max(1);
+        (room / HEAD_LEN).max(1)
+    }
+
     /// The first chunk of each key with its TTL and length: one round trip for all of them.
-    pub(super) async fn heads(self: &Arc<Self>, keys: &[String]) -> Result<Vec<Head>, SourceError> {
+    /// A key's own error (a key of another type) is its entry; the call fails only if the round
+    /// trip does.
+    pub(super) async fn heads(
+        self: &Arc<Self>,
+        keys: &[String],
+    ) -> Result<Vec<Result<Head, SourceError>>, SourceError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // MULTI/EXEC: the TTL, length and head are of one version of each value.
+        // MULTI/EXEC: the TTL, length and head are of one version of each value. A key's
+        // error does not fail the others'.
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.atomic().ignore_errors();
         let end = HEAD_LEN as i64 - 1;
         for k in keys {
             pipe.cmd("PTTL").arg(k);
@@ -60,22 +76,19 @@ impl Shared {
                 3 * keys.len()
             )));
         }
-        let mut out = Vec::with_capacity(keys.len());
-        for (key, v) in keys.iter().zip(values.chunks_exact(3)) {
-            let ttl = int(&v[0], "PTTL", key)?;
-            let len = int(&v[1], "STRLEN", key)?;
-            let head = match &v[2] {
-                Value::BulkString(b) => Bytes::copy_from_slice(b),
-                Value::Nil => Bytes::new(),
-                other => return Err(unexpected("GETRANGE", key, other)),
-            };
-            out.push(Head {
-                ttl,
-                len: usize::try_from(len).unwrap_or(0),
-                head,
-            });
-        }
-        Ok(out)
+        Ok(keys
+            .iter()
+            .zip(values.chunks_exact(3))
+            .map(|(key, v)| head(key, v))
+            .collect())
+    }
+
+    /// The head of one key: `heads` for one.
+    pub(super) async fn head(self: &Arc<Self>, key: &str) -> Result<Head, SourceError> {
+        self.heads(std::slice::from_ref(&key.to_owned()))
+            .await?
+            .pop()
+            .ok_or_else(|| SourceError::Failed(format!("no head for {key:?}")))?
     }
 
     /// Completes one value from its head: `None` if the key does not exist.
@@ -108,11 +121,7 @@ impl Shared {
                 return Ok(Some(Loaded { value, ttl }));
             }
             // It changed while it was read: from the start.
-            h = self
-                .heads(std::slice::from_ref(&key.to_owned()))
-                .await?
-                .pop()
-                .ok_or_else(|| SourceError::Failed(format!("no head for {key:?}")))?;
+            h = self.head(key).await?;
         }
         Err(SourceError::Failed(format!(
             "{key:?} changed during each of {ATTEMPTS} reads"
@@ -214,6 +223,22 @@ pub(super) struct Head {
     ttl: i64,
     len: usize,
     head: Bytes,
+}
+
+/// One key's head from its three replies (`PTTL`, `STRLEN`, `GETRANGE`).
+fn head(key: &str, v: &[Value]) -> Result<Head, SourceError> {
+    let ttl = int(&v[0], "PTTL", key)?;
+    let len = int(&v[1], "STRLEN", key)?;
+    let head = match &v[2] {
+        Value::BulkString(b) => Bytes::copy_from_slice(b),
+        Value::Nil => Bytes::new(),
+        other => return Err(unexpected("GETRANGE", key, other)),
+    };
+    Ok(Head {
+        ttl,
+        len: usize::try_from(len).unwrap_or(0),
+        head,
+    })
 }
 
 fn int(v: &Value, cmd: &str, key: &str) -> Result<i64, SourceError> {
