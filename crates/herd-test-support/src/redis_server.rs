@@ -149,6 +149,23 @@ impl RedisServer {
         self.spawn().expect("redis-server restarts on its port");
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as from a
+    /// server stuck in a long command or a network that stopped delivering.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("the server is running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child's pid");
+        rustix::process::kill_process(pid, sig).expect("signal redis-server");
+    }
+
     /// Whether it is running.
     pub fn running(&self) -> bool {
         self.child.is_some()

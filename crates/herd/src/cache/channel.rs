@@ -101,7 +101,12 @@ async fn serve_calls(
         };
         match peer.route(frame)? {
             Routed::Cache(request) => {
-                calls.serve(Some(hub), worker, Codec::Binary, request, permit)
+                // Room for its bytes too, before the next frame is read.
+                let Some(bytes) = calls.bytes(request.message().bytes().len()).await else {
+                    return Ok(());
+                };
+                let admission = CacheCalls::admission(permit, bytes);
+                calls.serve(Some(hub), worker, Codec::Binary, request, admission)
             }
             Routed::Handled | Routed::Control(Control::Unknown) => {}
             Routed::Incoming(_) | Routed::Control(_) | Routed::Node(_) => {

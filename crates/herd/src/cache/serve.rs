@@ -3,8 +3,8 @@
 //! [`WireError`](super::proto::WireError) or, for Node, their text), and the forwarding of the
 //! hub's invalidations to each worker. The hub and its store know no codec: this does.
 //!
-//! What one worker's calls may hold is bounded by [`CacheCalls`] in calls (past which the
-//! worker's channel is not read), in bytes of encoded replies not yet queued
+//! What one worker's calls may hold is bounded by [`CacheCalls`] in calls and in bytes of
+//! requests ([`MAX_REQUEST_BYTES`]; past either the worker's channel is not read), in bytes of encoded replies not yet queued
 //! ([`MAX_REPLY_BYTES`]: a reply takes its room before it is encoded; the send queue bounds the
 //! queued ones) and in descriptors. Keys are at most [`MAX_KEY`] bytes, so neither a miss nor an
 //! error text grows with what a worker sends. A value whose Node text would pass [`MAX_NODE_TEXT`]
@@ -38,12 +38,24 @@ const MAX_READY_WAIT: Duration = Duration::from_secs(600);
 /// it is the only one held.
 pub(crate) const MAX_REPLY_BYTES: usize = 16 << 20;
 
+/// Bytes of request frames one worker's calls in flight may hold (a `set` holds its value until
+/// the source has it, which a frozen Redis can make its command deadline): past it the worker's
+/// channel is not read until one is answered. A request larger than this waits until it is the
+/// only one held. A Node `set` in flight costs about five times its value (its frame, the
+/// decoded value, the Redis command and its encoding), so this is about 40 MB per worker
+/// (tests/cache_request_bytes.rs).
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 << 20;
+
 /// The longest key a worker may ask for (bytes); a longer one is refused before any lookup.
 pub(crate) const MAX_KEY: usize = 64 << 10;
 
 /// The longest Node text of a value sent to a Node-json worker: herd-wire's default frame limit
 /// less room for the reply's other fields.
 pub(crate) const MAX_NODE_TEXT: usize = (256 << 20) - 4096;
+
+/// The longest Node text encoded on the runtime's threads; longer ones are made on a blocking
+/// thread (tests/cache_reply_encoding.rs).
+const ENCODE_HERE: usize = 64 << 10;
 
 /// What a reply is charged beyond its value's bytes (its other fields, the frame's envelope).
 const REPLY_OVERHEAD: usize = 256;
@@ -58,7 +70,21 @@ const MAX_SHARED_WAITING: usize = 64;
 /// when it is read until its reply is queued or fails (the reply's send deadline bounds that).
 pub(crate) struct CacheCalls {
     calls: Arc<Semaphore>,
+    /// Bytes of requests in flight ([`MAX_REQUEST_BYTES`]).
+    requests: Arc<Semaphore>,
     budget: Arc<Budget>,
+}
+
+/// One call's admission: its place among the calls in flight and its request's bytes, held
+/// until its reply is queued or fails.
+pub(crate) struct Admission {
+    _call: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// What a request of `len` bytes is charged against [`MAX_REQUEST_BYTES`].
+fn request_charge(len: usize) -> u32 {
+    len.saturating_add(REPLY_OVERHEAD).min(MAX_REQUEST_BYTES) as u32
 }
 
 /// What one worker's replies waiting for queue room may hold besides their call permits.
@@ -83,6 +109,7 @@ impl Default for CacheCalls {
     fn default() -> Self {
         CacheCalls {
             calls: Arc::new(Semaphore::new(MAX_CACHE_CALLS)),
+            requests: Arc::new(Semaphore::new(MAX_REQUEST_BYTES)),
             budget: Arc::new(Budget {
                 bytes: Semaphore::new(MAX_REPLY_BYTES),
                 shared: Semaphore::new(MAX_SHARED_WAITING),
@@ -92,13 +119,34 @@ impl Default for CacheCalls {
 }
 
 impl CacheCalls {
-    /// A permit for one more call, if one is free now.
-    pub(crate) fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.calls.clone().try_acquire_owned().ok()
+    /// Admission for one more call whose request is `len` bytes, if there is room now.
+    pub(crate) fn try_admit(&self, len: usize) -> Option<Admission> {
+        let call = self.calls.clone().try_acquire_owned().ok()?;
+        let bytes = (self.requests.clone())
+            .try_acquire_many_owned(request_charge(len))
+            .ok()?;
+        Some(Admission {
+            _call: call,
+            _bytes: bytes,
+        })
     }
 
-    /// Waits for a permit (cancel-safe: dropping the future gives up its place). `None` only
-    /// if the semaphore were closed, which it never is.
+    /// Waits for admission of a call whose request is `len` bytes (cancel-safe: dropping the
+    /// future gives up its place and whatever it held). `None` only if a semaphore were
+    /// closed, which they never are.
+    pub(crate) fn admit(&self, len: usize) -> impl Future<Output = Option<Admission>> + 'static {
+        let call = self.permit();
+        let bytes = self.bytes(len);
+        async move {
+            let call = call.await?;
+            bytes.await.map(|bytes| Admission {
+                _call: call,
+                _bytes: bytes,
+            })
+        }
+    }
+
+    /// Waits for a place among the calls in flight, before the request is read (cancel-safe).
     pub(crate) fn permit(
         &self,
     ) -> impl std::future::Future<Output = Option<OwnedSemaphorePermit>> + 'static {
@@ -106,8 +154,23 @@ impl CacheCalls {
         async move { sem.acquire_owned().await.ok() }
     }
 
+    /// Waits for room for a request of `len` bytes (cancel-safe).
+    pub(crate) fn bytes(&self, len: usize) -> impl Future<Output = Option<OwnedSemaphorePermit>> {
+        let sem = self.requests.clone();
+        async move { sem.acquire_many_owned(request_charge(len)).await.ok() }
+    }
+
+    /// The admission of a call that has its place (`call`, from [`CacheCalls::permit`]) and
+    /// its request's room (`bytes`, from [`CacheCalls::bytes`]).
+    pub(crate) fn admission(call: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Admission {
+        Admission {
+            _call: call,
+            _bytes: bytes,
+        }
+    }
+
     /// Serves one call from `worker` on `hub`, or refuses it when there is no hub, holding
-    /// `permit` until the reply is queued or its deadline passes.
+    /// `admission` until the reply is queued or its deadline passes.
     ///
     /// The call runs at once, here, as far as it can without waiting: a value the hub holds is
     /// answered and its reply queued before this returns, with no task of its own (a miss
@@ -119,12 +182,12 @@ impl CacheCalls {
         worker: WorkerId,
         codec: Codec,
         request: Request,
-        permit: OwnedSemaphorePermit,
+        admission: Admission,
     ) {
         let hub = hub.cloned();
         let budget = self.budget.clone();
         let mut call = Box::pin(async move {
-            let _permit: OwnedSemaphorePermit = permit;
+            let _admission = admission;
             let sent = match hub {
                 Some(hub) => answer(&hub, codec, request, &budget).await,
                 None => reply_error(codec, request, &CacheError::NoHub, &budget).await,
@@ -237,7 +300,12 @@ async fn reply_found(
     match codec {
         Codec::NodeJson => {
             let bytes = f.value.as_ref().map(Value::bytes);
-            let len = bytes.as_deref().map_or(0, NodeText::len_of);
+            let len = match bytes.clone() {
+                None => 0,
+                Some(b) if b.len() <= ENCODE_HERE => NodeText::len_of(&b),
+                // Measuring the text is a pass over the value: off the runtime's threads too.
+                Some(b) => off_runtime(move || NodeText::len_of(&b)).await?,
+            };
             if len > MAX_NODE_TEXT {
                 let e = CacheError::TooLarge {
                     key: key.to_owned(),
@@ -249,17 +317,32 @@ async fn reply_found(
             // Room first, then the text: a worker that does not read holds at most the budget
             // of encoded replies (and one value's text beyond it), however many calls it makes.
             let _bytes = budget.bytes(len).await;
-            let text = bytes.as_deref().map(NodeText::of);
-            let reply = NodeGetReply {
-                found: f.value.is_some(),
-                value: text.as_ref().map(|t| &*t.json),
-                encoding: text.as_ref().and_then(|t| t.encoding),
-                ttl_ms,
-                seq: f.seq,
-                local: f.local,
-                stale: f.stale,
+            let (seq, local, stale) = (f.seq, f.local, f.stale);
+            let found = f.value.is_some();
+            let encode = move || {
+                let text = bytes.as_deref().map(NodeText::of);
+                let reply = NodeGetReply {
+                    found,
+                    value: text.as_ref().map(|t| &*t.json),
+                    encoding: text.as_ref().and_then(|t| t.encoding),
+                    ttl_ms,
+                    seq,
+                    local,
+                    stale,
+                };
+                herd_wire::encode_to_send(herd_wire::Codec::NodeJson, &reply)
             };
-            request.reply(&reply).await
+            if request.codec() != Some(herd_wire::Codec::NodeJson) {
+                return Err(crate::Error::ChannelClosed);
+            }
+            let (format, payload) = if len <= ENCODE_HERE {
+                encode()?
+            } else {
+                // Off the runtime's threads: escaping a big value takes long enough to stall
+                // the task that supervises the worker, and every task sharing its thread.
+                off_runtime(encode).await??
+            };
+            request.reply_encoded(format, payload).await
         }
         Codec::Binary => {
             let mut reply = GetReply {
@@ -289,6 +372,15 @@ async fn reply_found(
             }
         }
     }
+}
+
+/// Runs `work` on a blocking thread.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, crate::Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| crate::Error::Io(std::io::Error::other(e)))
 }
 
 /// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up (pushes

@@ -132,6 +132,23 @@ impl Request {
         Ok(tx.send_within(frame, self.send_timeout).await?)
     }
 
+    /// The codec the answer is written in.
+    pub(crate) fn codec(&self) -> Option<Codec> {
+        self.replier.as_ref().map(Sender::codec)
+    }
+
+    /// Answers with a payload already encoded in [`Request::codec`] (made off the runtime's
+    /// threads when it is big).
+    pub(crate) async fn reply_encoded(
+        mut self,
+        format: Format,
+        payload: Bytes,
+    ) -> Result<(), Error> {
+        let tx = self.replier.take().ok_or(Error::ChannelClosed)?;
+        let frame = Frame::new(Kind::Reply, format, payload).with_id(self.id);
+        Ok(tx.send_within(frame, self.send_timeout).await?)
+    }
+
     /// Answers with an error text; the requester's call fails with [`Error::Remote`].
     pub async fn reply_error(mut self, text: &str) -> Result<(), Error> {
         let tx = self.replier.take().ok_or(Error::ChannelClosed)?;

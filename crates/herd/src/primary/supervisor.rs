@@ -22,7 +22,7 @@ use std::time::Duration;
 use herd_wire::{Codec, Frame, Kind, Receiver};
 use rustix::process::{Pid, Signal};
 use tokio::process::Child;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::config::{Config, Stop};
@@ -30,7 +30,7 @@ use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
 use super::output;
 use super::reaper;
-use crate::cache::serve::CacheCalls;
+use crate::cache::serve::{Admission, CacheCalls};
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::Routed;
@@ -56,7 +56,7 @@ enum Step {
     DrainOver,
     NoHandshake,
     Output(Option<(OutputStream, String)>),
-    CachePermit(Option<OwnedSemaphorePermit>),
+    CachePermit(Option<Admission>),
 }
 
 /// One worker's state machine.
@@ -79,6 +79,8 @@ pub(super) struct Supervisor {
     cache_calls: CacheCalls,
     /// A cache call waiting for a permit; while it waits, the channel is not read.
     parked_call: Option<Request>,
+    /// Its request's length, which its admission is charged.
+    parked_len: usize,
     open: bool,
     exited: Option<ExitStatus>,
     kill_at: Option<Instant>,
@@ -123,6 +125,7 @@ impl Supervisor {
             outbox: VecDeque::new(),
             cache_calls: CacheCalls::default(),
             parked_call: None,
+            parked_len: 0,
             open: true,
             exited: None,
             kill_at: None,
@@ -174,7 +177,7 @@ impl Supervisor {
                 },
                 status = self.child.wait(), if self.exited.is_none() => Step::Exited(status),
                 cmd = self.cmds.recv(), if cmds_open => Step::Cmd(cmd),
-                permit = self.cache_calls.permit(), if self.open && self.parked_call.is_some() => Step::CachePermit(permit),
+                permit = self.cache_calls.admit(self.parked_len), if self.open && self.parked_call.is_some() => Step::CachePermit(permit),
                 frame = self.rx.recv(), if self.open && self.outbox.is_empty() && self.parked_call.is_none() => Step::Frame(frame),
                 _ = tokio::time::sleep_until(self.kill_at.unwrap_or(far)), if self.kill_at.is_some() && self.exited.is_none() => Step::KillNow,
                 _ = tokio::time::sleep_until(self.stop_signal_at.unwrap_or(far)), if self.stop_signal_at.is_some() && self.exited.is_none() => Step::StopSignalNow,
@@ -344,16 +347,20 @@ impl Supervisor {
 
     /// A cache call: served at once if a permit is free, else parked (backpressure).
     fn cache_call(&mut self, request: Request) {
-        match self.cache_calls.try_permit() {
-            Some(permit) => self.serve_cache_call(request, permit),
-            None => self.parked_call = Some(request),
+        let len = request.message().bytes().len();
+        match self.cache_calls.try_admit(len) {
+            Some(admission) => self.serve_cache_call(request, admission),
+            None => {
+                self.parked_len = len;
+                self.parked_call = Some(request);
+            }
         }
     }
 
-    fn serve_cache_call(&self, request: Request, permit: OwnedSemaphorePermit) {
+    fn serve_cache_call(&self, request: Request, admission: Admission) {
         let hub = self.cfg.cache.as_ref();
         self.cache_calls
-            .serve(hub, self.id, self.cfg.codec, request, permit);
+            .serve(hub, self.id, self.cfg.codec, request, admission);
     }
 
     fn handshake(&self, frame: herd_wire::Frame) -> Result<(), Error> {

@@ -1,0 +1,92 @@
+//! A big value's Node text is made off the runtime's threads (issue 19): two Node-json workers
+//! (`sh` writing exact lines to their channels) each ask for a 24 MiB text value a few times.
+//! Encoding such a reply takes a debug build the better part of a second; done on the task that
+//! supervises the worker, or on any of the runtime's worker threads, it stalls supervision, the
+//! service's control calls and every timer for that long. A ticker in the same runtime measures
+//! how late its 5 ms sleeps wake while the replies are made.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herd::cache::{CacheConfig, FileSource, Hub, Progress};
+use herd::{Cluster, Codec};
+
+/// The value's size: text, so a Node peer gets it as a JSON string.
+const VALUE: usize = 24 << 20;
+/// Calls each worker sends.
+const CALLS: usize = 4;
+/// The latest a 5 ms timer may wake while replies are encoded (the machine is shared and the
+/// build unoptimised; a reply encoded on a runtime thread costs several hundred ms).
+const MAX_LATE: Duration = Duration::from_millis(150);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoding_big_node_replies_never_stalls_the_runtime() {
+    let data = BTreeMap::from([("big".to_string(), Bytes::from(vec![b'x'; VALUE]))]);
+    let hub = Hub::new(
+        FileSource::from_map("big", data),
+        CacheConfig {
+            progress: Progress::Off,
+            ..CacheConfig::default()
+        },
+    );
+    // Loaded (one miss) before the workers ask.
+    assert_eq!(hub.get("big").await.unwrap().unwrap().len(), VALUE);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let worst = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let (stop, worst) = (stop.clone(), worst.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let late = t.elapsed().saturating_sub(Duration::from_millis(5));
+                worst.fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let script = format!(
+        r#"i=0; while [ $i -lt {CALLS} ]; do
+             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{{"op":"get","key":"big"}}}}\n' $((i+1))
+             i=$((i+1))
+           done >&3
+           exec sleep 120"#
+    );
+    let cluster = Cluster::builder()
+        .workers(2)
+        .program("sh")
+        .args(["-c", &script])
+        .codec(Codec::NodeJson)
+        .grace(Duration::from_millis(200))
+        .cache(hub.clone())
+        .start()
+        .await
+        .unwrap();
+
+    // Until every call was looked up and the replies that fit the workers' send queues (64 MiB
+    // each, so two per worker) have had time to be made.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hub.stats().hits < 2 * CALLS as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    ticker.await.unwrap();
+    let late = Duration::from_micros(worst.load(Ordering::Relaxed));
+    println!(
+        "{} lookups of a {VALUE}-byte value: a 5 ms timer woke at worst {late:?} late",
+        hub.stats().hits
+    );
+    // The first load was the one miss; every worker call is a hit.
+    let s = hub.stats();
+    assert_eq!(s.hits, 2 * CALLS as u64, "every call was looked up: {s:?}");
+    assert!(
+        late < MAX_LATE,
+        "a 5 ms timer woke {late:?} late while big replies were encoded"
+    );
+    cluster.shutdown().await;
+}

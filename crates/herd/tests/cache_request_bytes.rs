@@ -1,0 +1,106 @@
+//! Big writes wait in the primary bounded in bytes (issue 19, item 2, the request side): a
+//! Node-json worker (`sh` writing exact lines to its channel) sends 300 `set`s of a 1 MiB value
+//! while Redis is frozen (SIGSTOP), so no write can finish. The hub is in this process, so this
+//! process's resident set is the primary's: the worker's calls in flight hold at most the
+//! per-worker request budget, then its channel is not read; before, each of up to 1,024 calls
+//! held its frame, its decoded value and its Redis command (about 3 MB a call). One test in its
+//! own binary, so no other test's memory muddies the figure
+//! (`cargo test -p herd --test cache_request_bytes -- --nocapture`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
+use herd::{Cluster, Codec};
+use herd_test_support::events::DEADLINE;
+use herd_test_support::redis_server::RedisServer;
+
+/// The value's size.
+const VALUE: usize = 1 << 20;
+/// Writes the worker sends.
+const CALLS: usize = 300;
+/// The most the process may grow: the request budget (8 MiB) as frame, decoded value and
+/// Redis command, the frame the reader stopped at, socket buffers and the allocator's slack.
+const MAX_GROWTH: u64 = 100 << 20;
+
+/// This process's resident set, in bytes.
+fn rss() -> u64 {
+    herd_test_support::process::rss_kb(std::process::id()) * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_frozen_redis_cannot_take_hold_a_bounded_number_of_bytes() {
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        command_timeout: Duration::from_secs(120),
+        track: false,
+        ..RedisConfig::default()
+    };
+    let source = Arc::new(RedisSource::with_config(&server.url(), config).unwrap());
+    let hub = Hub::from_arc(
+        source,
+        CacheConfig {
+            progress: Progress::Off,
+            ..CacheConfig::default()
+        },
+    );
+    // Connected before Redis freezes (a connect would time out and fail fast instead).
+    hub.set("first", Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    server.pause();
+    let before = rss();
+
+    let script = format!(
+        r#"v=$(head -c {VALUE} /dev/zero | tr '\0' x)
+           i=0; while [ $i -lt {CALLS} ]; do
+             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{{"op":"set","key":"k%d","value":"%s"}}}}\n' $((i+1)) $i "$v"
+             i=$((i+1))
+           done >&3
+           exec sleep 120"#
+    );
+    let cluster = Cluster::builder()
+        .workers(1)
+        .program("sh")
+        .args(["-c", &script])
+        .codec(Codec::NodeJson)
+        .grace(Duration::from_millis(200))
+        .cache(hub.clone())
+        .start()
+        .await
+        .unwrap();
+
+    // Watch the primary's memory until it stops growing for 2 s (it has taken what it will
+    // take), at most a minute.
+    let started = tokio::time::Instant::now();
+    let mut peak = 0;
+    let mut last = (0, tokio::time::Instant::now());
+    loop {
+        let now = rss();
+        if now > last.0 + (1 << 20) {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        peak = peak.max(now);
+        if started.elapsed() > DEADLINE.min(Duration::from_secs(60)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let growth = peak.saturating_sub(before);
+    println!(
+        "{CALLS} writes of {VALUE} bytes to a frozen Redis: RSS {:.1} MB -> peak {:.1} MB \
+         (+{:.1} MB)",
+        before as f64 / 1e6,
+        peak as f64 / 1e6,
+        growth as f64 / 1e6,
+    );
+    server.resume();
+    assert!(
+        growth < MAX_GROWTH,
+        "one worker's writes to a frozen Redis grew the primary by {growth} bytes"
+    );
+    cluster.shutdown().await;
+}
