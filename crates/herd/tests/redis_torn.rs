@@ -152,3 +152,62 @@ async fn big_values_loading_together_wait_for_room_and_arrive_whole() {
         assert!(v.iter().all(|b| *b == b'0' + i), "big{i} is not whole");
     }
 }
+
+/// A write that lands after a value's head was read but before its chunks start (here while
+/// the read waits for assembling room behind another read of the same key) is seen too: a
+/// key that grows from 1 MiB of `a` to 2 MiB of `b` is never served as 1 MiB of `b`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_grows_between_its_head_and_its_chunks_is_never_served_cut() {
+    let server = RedisServer::start();
+    server.cmd::<()>(&[b"SET", b"grow", &vec![b'a'; LEN]]);
+    let config = RedisConfig {
+        chunk_size: CHUNK,
+        max_assembling: LEN,
+        ..RedisConfig::default()
+    };
+    let src = Arc::new(source(&server, config));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut c = server.connection().unwrap();
+    let w = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (a, b) = (vec![b'a'; LEN], vec![b'b'; 2 * LEN]);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = if n.is_multiple_of(2) { &a } else { &b };
+                let _: () = redis::cmd("SET").arg("grow").arg(v).query(&mut c).unwrap();
+                n += 1;
+                // Pacing, not synchronisation (as in `writer`).
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            n
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let src = src.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut whole = 0u64;
+                while started.elapsed() < Duration::from_secs(4) {
+                    if let Ok(Some(l)) = src.load("grow").await {
+                        let v = &l.value;
+                        let ok = (v.len() == LEN && v.iter().all(|b| *b == b'a'))
+                            || (v.len() == 2 * LEN && v.iter().all(|b| *b == b'b'));
+                        assert!(ok, "served {} bytes starting {:?}", v.len(), v[0] as char);
+                        whole += 1;
+                    }
+                }
+                whole
+            })
+        })
+        .collect();
+    let mut whole = 0;
+    for r in readers {
+        whole += r.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = w.join().unwrap();
+    eprintln!("{writes} writes; {whole} whole reads");
+    assert!(whole > 0, "no read ever finished");
+}

@@ -4,9 +4,11 @@
 //! [`RedisConfig::max_assembling`](super::RedisConfig::max_assembling) bytes of them at once.
 //!
 //! A chunked read is consistent: the key is watched ([`super::tracking::Events::watch`]) before
-//! its first chunk is read. Redis tracks the key for this connection from that read on, so a
-//! write between two chunks makes it queue an `invalidate` push on this connection *before* the
-//! reply to the next chunk, and the connection's task hands the push on before the reply. A
+//! its head is read, and the chunks go on from the head. Redis tracks the key for this
+//! connection from the head's read on, so a write at any time after it (between two chunks, or
+//! while the read waits for assembling room) makes it queue an `invalidate` push on this
+//! connection *before* the reply to the next chunk, and the connection's task hands the push on
+//! before the reply. A
 //! read that saw its key change (or the connection drop, or the length differ) starts again from
 //! a fresh head, up to [`ATTEMPTS`] times; a key deleted meanwhile is then missing, not an
 //! error. The length limit is checked from `STRLEN` before any chunk is read. Without tracking
@@ -20,6 +22,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::link::Shared;
+use super::tracking::Watch;
 use crate::cache::source::{Loaded, SourceError};
 
 /// How much of each value the first (pipelined) read fetches. Values up to this long take one
@@ -54,6 +57,9 @@ impl Shared {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // Watched from before the head is read: a write at any time after it (while the read
+        // waits for room, say) makes a chunked read start again.
+        let watches: Vec<Watch> = keys.iter().map(|k| self.events.watch(k)).collect();
         // MULTI/EXEC: the TTL, length and head are of one version of each value. A key's
         // error does not fail the others'.
         let mut pipe = redis::pipe();
@@ -79,7 +85,8 @@ impl Shared {
         Ok(keys
             .iter()
             .zip(values.chunks_exact(3))
-            .map(|(key, v)| head(key, v))
+            .zip(watches)
+            .map(|((key, v), watch)| head(key, v, watch))
             .collect())
     }
 
@@ -114,7 +121,7 @@ impl Shared {
             } else if h.head.len() >= h.len {
                 Some(h.head)
             } else {
-                self.read_rest(key, h.len).await?
+                self.read_rest(key, h).await?
             };
             if let Some(value) = value {
                 self.reads.fetch_add(1, Ordering::Relaxed);
@@ -128,13 +135,12 @@ impl Shared {
         )))
     }
 
-    /// Reads a value of `len` bytes chunk by chunk from its start, into one buffer of its
-    /// length; `None` if it changed meanwhile.
-    async fn read_rest(
-        self: &Arc<Self>,
-        key: &str,
-        len: usize,
-    ) -> Result<Option<Bytes>, SourceError> {
+    /// Reads the rest of a value after its head, chunk by chunk, into one buffer of its
+    /// length; `None` if it changed since its head was read.
+    async fn read_rest(self: &Arc<Self>, key: &str, h: Head) -> Result<Option<Bytes>, SourceError> {
+        let Head {
+            len, head, watch, ..
+        } = h;
         // Room for its buffer first (held until the value is handed on): many big keys loading
         // at once fill one budget, not one buffer each.
         let kib = len.div_ceil(1024).min(self.assembling_kib as usize) as u32;
@@ -143,10 +149,12 @@ impl Shared {
             .acquire_many(kib)
             .await
             .map_err(|_| SourceError::Failed("the source is closing".into()))?;
-        let watch = self.events.watch(key);
         let mut buf = ValueBuf::new(len)?;
+        // The head is of the version the watch began with: the chunks go on from it.
+        buf.as_mut()[..head.len()].copy_from_slice(&head);
+        let mut filled = head.len();
+        drop(head);
         let chunk = self.config.chunk_size.max(1);
-        let mut filled = 0;
         while filled < len {
             let (start, end) = (filled, (filled + chunk).min(len) - 1);
             let key_owned = key.to_string();
@@ -223,10 +231,12 @@ pub(super) struct Head {
     ttl: i64,
     len: usize,
     head: Bytes,
+    /// The key, watched since before its head was read.
+    watch: Watch,
 }
 
 /// One key's head from its three replies (`PTTL`, `STRLEN`, `GETRANGE`).
-fn head(key: &str, v: &[Value]) -> Result<Head, SourceError> {
+fn head(key: &str, v: &[Value], watch: Watch) -> Result<Head, SourceError> {
     let ttl = int(&v[0], "PTTL", key)?;
     let len = int(&v[1], "STRLEN", key)?;
     let head = match &v[2] {
@@ -238,6 +248,7 @@ fn head(key: &str, v: &[Value]) -> Result<Head, SourceError> {
         ttl,
         len: usize::try_from(len).unwrap_or(0),
         head,
+        watch,
     })
 }
 
