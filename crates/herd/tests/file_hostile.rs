@@ -179,3 +179,33 @@ async fn the_folder_watcher_does_not_follow_links() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same when the link is swapped in for a folder just made: folders that appear and are
+/// replaced by links to `/usr` before the watcher looks at them (a local user racing the
+/// watcher, 200 times) cost at most a watch or two each, never a watch per folder of `/usr`.
+#[tokio::test]
+async fn a_folder_swapped_for_a_link_while_it_is_watched_is_not_followed() {
+    let dir = folder("watch-race");
+    let before = inotify_watches();
+    let src = FileSource::folder(&dir).unwrap();
+    let _rx = src.invalidations().expect("the folder is watched");
+    let rounds = 200;
+    for i in 0..rounds {
+        let d = dir.join(format!("d{i}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+        symlink("/usr", &d).unwrap();
+    }
+    // The watcher catches up with the events (watching, for the old code, all of /usr).
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && peak <= 2 * rounds {
+        peak = peak.max(inotify_watches() - before);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        peak <= 2 * rounds,
+        "{peak} inotify watches after {rounds} folders swapped for links to /usr"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,7 +51,7 @@ const QUEUE: usize = 64;
 /// How often an idle debouncer checks whether its receiver is gone.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// Starts watching `dir` (recursively): the receiver of its invalidations.
+/// Starts watching `dir` and every folder under it: the receiver of its invalidations.
 pub(super) fn watch(
     dir: &Path,
     tuning: WatchTuning,
@@ -61,25 +61,27 @@ pub(super) fn watch(
     let (raw_tx, raw_rx) = channel();
     // Links are not followed: a link in the folder to `/` must not make herd watch (and spend
     // the user's inotify watches on) the whole filesystem. Keys never go through links either.
+    // Each folder is watched on its own (not recursively): a recursive watch walks a new folder
+    // from its path, and a folder swapped for a link just before that walk took all of the
+    // link's tree. The follower adds folders that appear, once `lstat` says they are folders.
     let mut watcher = notify::RecommendedWatcher::new(
         raw_tx,
         notify::Config::default().with_follow_symlinks(false),
     )?;
-    watcher.watch(&dir, RecursiveMode::Recursive)?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     // Folders known now; a later event on one of them, gone, cannot be mapped to its keys.
     let dirs = walk(&dir).map(|(_, d)| d).unwrap_or_default();
     let (tx, rx) = mpsc::channel(QUEUE);
-    let follower = Follower {
+    let mut follower = Follower {
         dir,
         tuning,
-        dirs: dirs.into_iter().collect(),
+        dirs: HashSet::new(),
+        watcher,
     };
+    follower.watch_dirs(dirs);
     std::thread::Builder::new()
         .name("herd-file-watch".into())
-        .spawn(move || {
-            let _watcher = watcher;
-            follower.run(raw_rx, tx);
-        })
+        .spawn(move || follower.run(raw_rx, tx))
         .map_err(notify::Error::io)?;
     Ok(rx)
 }
@@ -87,8 +89,11 @@ pub(super) fn watch(
 struct Follower {
     dir: PathBuf,
     tuning: WatchTuning,
-    /// Folders under `dir` (they hold keys; one moved or deleted changes all of those).
+    /// Folders under `dir` (they hold keys; one moved or deleted changes all of those), each
+    /// watched.
     dirs: HashSet<PathBuf>,
+    /// The watch (dropped with the follower).
+    watcher: notify::RecommendedWatcher,
 }
 
 /// What one burst changed.
@@ -99,6 +104,19 @@ struct Burst {
 }
 
 impl Follower {
+    /// Watches each of `dirs` (folders `walk` found, so no links) on its own. A folder that
+    /// went away meanwhile is skipped; one swapped for a link since costs one watch, on the
+    /// link's target, not one per folder under it.
+    fn watch_dirs(&mut self, dirs: Vec<PathBuf>) {
+        for d in dirs {
+            if let Err(e) = self.watcher.watch(&d, RecursiveMode::NonRecursive) {
+                tracing::debug!(dir = %d.display(), error = %e, "folder not watched");
+                continue;
+            }
+            self.dirs.insert(d);
+        }
+    }
+
     fn run(mut self, raw: Receiver<notify::Result<Event>>, tx: mpsc::Sender<Invalidation>) {
         loop {
             let first = match raw.recv_timeout(IDLE_CHECK) {
@@ -190,19 +208,29 @@ impl Follower {
             Ok(m) if m.is_dir() => {
                 // A folder appeared (made, or moved in): whatever it holds is new. Its files may
                 // predate the watch on it, so list them.
-                self.dirs.insert(path.to_path_buf());
+                self.watch_dirs(vec![path.to_path_buf()]);
                 let (Some(prefix), Ok((keys, dirs))) = (path_key(&self.dir, path), walk(path))
                 else {
                     return;
                 };
-                self.dirs.extend(dirs);
+                self.watch_dirs(dirs);
                 burst
                     .keys
                     .extend(keys.into_iter().map(|k| format!("{prefix}/{k}")));
             }
             _ if self.dirs.remove(path) => {
                 // A folder went away (or became a file): its keys are unknown now.
-                self.dirs.retain(|d| !d.starts_with(path));
+                let _ = self.watcher.unwatch(path);
+                let gone: Vec<PathBuf> = self
+                    .dirs
+                    .iter()
+                    .filter(|d| d.starts_with(path))
+                    .cloned()
+                    .collect();
+                for d in gone {
+                    let _ = self.watcher.unwatch(&d);
+                    self.dirs.remove(&d);
+                }
                 burst.all = true;
             }
             _ => {
