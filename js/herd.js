@@ -396,7 +396,8 @@ function connect(target) {
 
     // Rejects with err.code 'HERD_NOT_READY' if warm-up is not done within `timeout`.
     async ready({ timeout = DEFAULT_TIMEOUT_MS } = {}) {
-      const warm = await cacheCall({ op: 'ready', timeout_ms: timeout }, timeout + 1000);
+      // The hub answers within `timeout`; 5 s more for a loaded host to deliver it.
+      const warm = await cacheCall({ op: 'ready', timeout_ms: timeout }, timeout + 5000);
       if (warm !== true) {
         throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
       }

@@ -279,7 +279,8 @@ function nativeCache({ herdError, envLimit, defaultTimeout }) {
     },
 
     async ready({ timeout = defaultTimeout } = {}) {
-      const warm = await within(addon.ready(timeout), timeout + 1000, 'ready');
+      // The hub answers within `timeout`; 5 s more for a loaded host to deliver it.
+      const warm = await within(addon.ready(timeout), timeout + 5000, 'ready');
       if (warm !== true) {
         throw herdError(`herd.js: the cache's warm-up did not finish within ${timeout} ms`, 'HERD_NOT_READY');
       }

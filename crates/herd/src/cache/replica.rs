@@ -452,9 +452,10 @@ impl Cache {
         let op = CacheOp::Ready {
             timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
         };
-        // The hub answers (ready or not) within that; the channel waits a little longer.
+        // The hub answers (ready or not) within that; the channel waits 5 s longer (a loaded
+        // host may be that slow to deliver it).
         let msg = self
-            .call_within(&op, timeout.saturating_add(Duration::from_secs(1)))
+            .call_within(&op, timeout.saturating_add(Duration::from_secs(5)))
             .await?;
         let warm: bool = msg.decode().map_err(|e| CacheError::Channel(Box::new(e)))?;
         if !warm {
