@@ -41,9 +41,10 @@ pub(crate) const MAX_REPLY_BYTES: usize = 16 << 20;
 /// Bytes of request frames one worker's calls in flight may hold (a `set` holds its value until
 /// the source has it, which a frozen Redis can make its command deadline): past it the worker's
 /// channel is not read until one is answered. A request larger than this waits until it is the
-/// only one held. A Node `set` in flight costs about five times its value (its frame, the
-/// decoded value, the Redis command and its encoding), so this is about 40 MB per worker
-/// (tests/cache_request_bytes.rs).
+/// only one held (meanwhile the worker's channel is not read). A Node `set` in flight costs
+/// about five times its value (its frame, the decoded value, the Redis command and its
+/// encoding): about 40 MB per worker for sets up to this size (tests/cache_request_bytes.rs),
+/// and five times the one request for a bigger one (a frame is at most herd-wire's 256 MiB).
 pub(crate) const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// The longest key a worker may ask for (bytes); a longer one is refused before any lookup.
@@ -374,10 +375,18 @@ async fn reply_found(
     }
 }
 
-/// Runs `work` on a blocking thread.
+/// Runs `work` on a blocking thread, at most one per CPU at once for the whole process: the
+/// calls of every worker share them, so a flood of big replies neither takes the runtime's
+/// blocking pool (which the folder source's reads and the reaper use too) nor more CPUs than
+/// there are. Waiting for a turn is cancel-safe.
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, crate::Error> {
+    static TURNS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    let turns = TURNS.get_or_init(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
+    let _turn = turns.acquire().await;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| crate::Error::Io(std::io::Error::other(e)))

@@ -4,6 +4,7 @@
 //! temporary files. The reverse mapping (a path under the folder back to its key) serves scans
 //! and the watcher.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::cache::source::SourceError;
@@ -74,29 +75,57 @@ pub(super) fn path_key(dir: &Path, path: &Path) -> Option<String> {
     refusal(&key).is_none().then_some(key)
 }
 
-/// Every key (regular file) under `dir`, sorted, and every folder (as paths). Symbolic links are
-/// not followed (a link to a folder could loop). Unreadable sub-folders are skipped; an
-/// unreadable `dir` is an error.
+/// Every key (regular file) under `dir`, sorted, and every folder (as paths). Symbolic links
+/// under `dir` are not followed (a link to a folder could loop, or lead out): each folder is
+/// opened from its parent's descriptor with `O_NOFOLLOW`, so one swapped for a link while it is
+/// walked is not entered. Unreadable sub-folders are skipped; an unreadable `dir` is an error.
 pub(super) fn walk(dir: &Path) -> std::io::Result<(Vec<String>, Vec<PathBuf>)> {
+    walk_from(dir, true)
+}
+
+/// [`walk`] of a folder that just appeared under the source's folder: `dir` itself must not be
+/// a link either (it was one a moment ago, or is one now).
+pub(super) fn walk_new(dir: &Path) -> std::io::Result<(Vec<String>, Vec<PathBuf>)> {
+    walk_from(dir, false)
+}
+
+fn walk_from(dir: &Path, follow_top: bool) -> std::io::Result<(Vec<String>, Vec<PathBuf>)> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top_flags = if follow_top {
+        flags - OFlags::NOFOLLOW
+    } else {
+        flags
+    };
+    let top = rustix::fs::open(dir, top_flags, Mode::empty())?;
     let mut keys = Vec::new();
     let mut dirs = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if d == dir => return Err(e),
-            Err(_) => continue,
+    let mut todo = vec![(top, dir.to_path_buf())];
+    while let Some((fd, d)) = todo.pop() {
+        let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
+            continue;
         };
-        for entry in rd.flatten() {
-            let Ok(t) = entry.file_type() else { continue };
-            let path = entry.path();
-            if t.is_dir() {
-                dirs.push(path.clone());
-                todo.push(path);
-            } else if t.is_file() {
-                if let Some(key) = path_key(dir, &path) {
-                    keys.push(key);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let path = d.join(std::ffi::OsStr::from_bytes(name));
+            match entry.file_type() {
+                FileType::Directory => {
+                    if let Ok(sub) =
+                        rustix::fs::openat(&fd, entry.file_name(), flags, Mode::empty())
+                    {
+                        dirs.push(path.clone());
+                        todo.push((sub, path));
+                    }
                 }
+                FileType::RegularFile => {
+                    if let Some(key) = path_key(dir, &path) {
+                        keys.push(key);
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -21,7 +21,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::key::{path_key, walk};
+use super::key::{path_key, walk, walk_new};
 use crate::cache::source::Invalidation;
 
 /// How a folder source coalesces file system events into invalidations.
@@ -63,7 +63,10 @@ pub(super) fn watch(
     // the user's inotify watches on) the whole filesystem. Keys never go through links either.
     // Each folder is watched on its own (not recursively): a recursive watch walks a new folder
     // from its path, and a folder swapped for a link just before that walk took all of the
-    // link's tree. The follower adds folders that appear, once `lstat` says they are folders.
+    // link's tree. The follower adds folders that appear, once `lstat` says they are folders,
+    // and walks them without following links. (A folder swapped for a link between that
+    // `lstat` and its watch still gets one watch, on the link's target: notify has no
+    // IN_DONT_FOLLOW.)
     let mut watcher = notify::RecommendedWatcher::new(
         raw_tx,
         notify::Config::default().with_follow_symlinks(false),
@@ -78,7 +81,8 @@ pub(super) fn watch(
         dirs: HashSet::new(),
         watcher,
     };
-    follower.watch_dirs(dirs);
+    // One not watched is warned about; nothing is cached yet, so there is nothing to invalidate.
+    let _ = follower.watch_dirs(dirs);
     std::thread::Builder::new()
         .name("herd-file-watch".into())
         .spawn(move || follower.run(raw_rx, tx))
@@ -106,15 +110,23 @@ struct Burst {
 impl Follower {
     /// Watches each of `dirs` (folders `walk` found, so no links) on its own. A folder that
     /// went away meanwhile is skipped; one swapped for a link since costs one watch, on the
-    /// link's target, not one per folder under it.
-    fn watch_dirs(&mut self, dirs: Vec<PathBuf>) {
+    /// link's target (and its walk does not enter the link), not one per folder under it.
+    /// Whether every one is watched: a folder that cannot be (out of inotify watches, say) is
+    /// warned about, and its changes can be missed, so the caller invalidates everything.
+    fn watch_dirs(&mut self, dirs: Vec<PathBuf>) -> bool {
+        let mut all = true;
         for d in dirs {
             if let Err(e) = self.watcher.watch(&d, RecursiveMode::NonRecursive) {
-                tracing::debug!(dir = %d.display(), error = %e, "folder not watched");
+                if matches!(e.kind, notify::ErrorKind::PathNotFound) {
+                    continue;
+                }
+                tracing::warn!(dir = %d.display(), error = %e, "folder not watched: its changes may be missed");
+                all = false;
                 continue;
             }
             self.dirs.insert(d);
         }
+        all
     }
 
     fn run(mut self, raw: Receiver<notify::Result<Event>>, tx: mpsc::Sender<Invalidation>) {
@@ -208,12 +220,16 @@ impl Follower {
             Ok(m) if m.is_dir() => {
                 // A folder appeared (made, or moved in): whatever it holds is new. Its files may
                 // predate the watch on it, so list them.
-                self.watch_dirs(vec![path.to_path_buf()]);
-                let (Some(prefix), Ok((keys, dirs))) = (path_key(&self.dir, path), walk(path))
+                if !self.watch_dirs(vec![path.to_path_buf()]) {
+                    burst.all = true;
+                }
+                let (Some(prefix), Ok((keys, dirs))) = (path_key(&self.dir, path), walk_new(path))
                 else {
                     return;
                 };
-                self.watch_dirs(dirs);
+                if !self.watch_dirs(dirs) {
+                    burst.all = true;
+                }
                 burst
                     .keys
                     .extend(keys.into_iter().map(|k| format!("{prefix}/{k}")));

@@ -140,7 +140,23 @@ impl Source for RedisSource {
         Box::pin(async move {
             let mut done = 0;
             for group in keys.chunks(self.shared.heads_per_trip()) {
-                let heads = self.shared.heads(group).await?;
+                let heads = match self.shared.heads(group).await {
+                    Ok(heads) => heads,
+                    Err(e @ SourceError::Unavailable(_)) => return Err(e),
+                    // Redis refused the whole transaction (one key's ACL, say: EXECABORT):
+                    // each key on its own, so the others load and that one is its error.
+                    Err(_) if group.len() > 1 => {
+                        let mut one_by_one = Vec::with_capacity(group.len());
+                        for k in group {
+                            match self.shared.head(k).await {
+                                Err(e @ SourceError::Unavailable(_)) => return Err(e),
+                                h => one_by_one.push(h),
+                            }
+                        }
+                        one_by_one
+                    }
+                    Err(e) => vec![Err(e)],
+                };
                 for (k, h) in group.iter().zip(heads) {
                     let outcome = match h {
                         Ok(h) => self.shared.finish(k, h).await,

@@ -12,7 +12,8 @@
 //! read that saw its key change (or the connection drop, or the length differ) starts again from
 //! a fresh head, up to [`ATTEMPTS`] times; a key deleted meanwhile is then missing, not an
 //! error. The length limit is checked from `STRLEN` before any chunk is read. Without tracking
-//! (`track: false`) only a change of length is seen.
+//! (`track: false`) only a value cut short is seen: one rewritten at the same length, or grown,
+//! between its head and its last chunk can be served mixed or cut at its old length.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -119,7 +120,9 @@ impl Shared {
                 // Not one version (cannot happen within MULTI/EXEC): read it again.
                 None
             } else if h.head.len() >= h.len {
-                Some(h.head)
+                // Whole in its head; but a batch's later keys wait for the earlier ones'
+                // chunks, and one written meanwhile must not be kept as it was.
+                (!h.watch.changed()).then_some(h.head)
             } else {
                 self.read_rest(key, h).await?
             };
