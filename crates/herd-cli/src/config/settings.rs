@@ -36,6 +36,8 @@ pub struct Settings {
     /// socket per worker).
     pub balance: herd::Balance,
     pub grace: Duration,
+    /// `--unresponsive`: how long a running worker may go without answering a ping.
+    pub unresponsive: Option<Duration>,
     /// How a stopped worker is told to stop after its channel is closed.
     pub stop: StopBy,
     pub codec: Codec,
@@ -148,6 +150,23 @@ pub fn settings(o: Options) -> Result<Settings> {
         return Err(bad("reuseport", "works with TCP addresses only"));
     }
     let grace = seconds("grace", o.grace.unwrap_or(5.0), MAX_WAIT)?;
+    let unresponsive = match o.unresponsive.as_deref().map(str::trim) {
+        None => Some(Duration::from_secs(30)),
+        Some("off") => None,
+        Some(text) => {
+            let secs: f64 = text.parse().map_err(|_| {
+                bad(
+                    "unresponsive",
+                    format_args!("{text:?} is neither seconds nor off"),
+                )
+            })?;
+            let limit = seconds("unresponsive", secs, MAX_WAIT)?;
+            if limit < Duration::from_millis(100) {
+                return Err(bad("unresponsive", "must be at least 0.1 s, or off"));
+            }
+            Some(limit)
+        }
+    };
     let stop = if o.shutdown_message.unwrap_or(false) {
         StopBy::Message
     } else {
@@ -278,6 +297,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         reuseport,
         balance,
         grace,
+        unresponsive,
         stop,
         codec,
         name,

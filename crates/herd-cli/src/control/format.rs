@@ -52,7 +52,10 @@ pub fn format_status(report: &Report) -> String {
             &w.pid.to_string(),
             &w.state,
             &uptime(w.uptime_s),
-            &w.restarts.to_string(),
+            &match w.unresponsive {
+                0 => w.restarts.to_string(),
+                n => format!("{} ({n} hung)", w.restarts),
+            },
             &size(w.rss),
             &size(w.pss),
             &w.messages.to_string(),

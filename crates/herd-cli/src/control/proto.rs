@@ -282,6 +282,7 @@ mod tests {
                     state: "running".into(),
                     uptime_s: 61.5,
                     restarts: 1,
+                    unresponsive: 0,
                     rss: 10 << 20,
                     pss: 5 << 20,
                     messages: 7,

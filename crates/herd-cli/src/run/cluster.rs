@@ -43,6 +43,7 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
     let mut builder = Cluster::builder()
         .codec(s.codec)
         .grace(s.grace)
+        .unresponsive(s.unresponsive)
         .capture_output(true)
         .balance(s.balance)
         // What a worker leaves behind re-parents to herd, is killed with the worker's process

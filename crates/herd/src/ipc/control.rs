@@ -1,5 +1,6 @@
 //! herd's own notices between worker and primary ([`herd_wire::Kind::Control`] frames): a
-//! worker's listening and ready notices, and the cache hub's invalidation pushes. Unknown notices
+//! worker's listening and ready notices, liveness pings and their answers, and the cache hub's
+//! invalidation pushes. Unknown notices
 //! (from a newer peer during a rolling reload) decode as [`Control::Unknown`] and are ignored.
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,17 @@ pub(crate) enum Control {
     /// changed).
     CacheClear {
         /// The hub's invalidation sequence number.
+        seq: u64,
+    },
+    /// The primary: answer with [`Control::Pong`] (liveness; herd's workers answer from their
+    /// reader task, Node workers from their event loop through herd's preload).
+    Ping {
+        /// Echoed in the answer.
+        seq: u64,
+    },
+    /// The worker: the answer to [`Control::Ping`] `seq`.
+    Pong {
+        /// The ping's.
         seq: u64,
     },
     /// A notice this version does not know (a newer peer during a rolling reload).

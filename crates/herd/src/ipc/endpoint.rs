@@ -221,6 +221,24 @@ impl Peer {
         self.send_value(Kind::Control, c, Vec::new()).await
     }
 
+    /// Sends a control notice without waiting: queued if there is room, else dropped (the
+    /// notices sent this way, liveness pings and answers, are sent again).
+    pub(crate) fn control_soon(&self, c: &Control) {
+        match herd_wire::encode_value(self.codec(), c) {
+            Ok((format, bytes)) => {
+                if !matches!(
+                    self.shared
+                        .tx
+                        .try_send(Frame::new(Kind::Control, format, bytes)),
+                    Ok(None)
+                ) {
+                    tracing::debug!(notice = ?c, "no room in the send queue: control notice dropped");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "control notice not encoded"),
+        }
+    }
+
     /// Closes the sending side after everything queued: the peer reads end-of-stream.
     pub(crate) fn close(&self) {
         let _ = self.shared.tx.close();

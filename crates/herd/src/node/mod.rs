@@ -10,6 +10,7 @@ pub(crate) mod balance;
 pub(crate) mod cluster;
 pub(crate) mod envelope;
 pub(crate) mod handles;
+pub(crate) mod preload;
 pub(crate) mod rescue;
 pub(crate) mod session;
 

@@ -42,6 +42,7 @@ pub struct ClusterBuilder {
     subreaper: bool,
     cgroup: Option<PathBuf>,
     balance: Balance,
+    unresponsive: Option<Duration>,
 }
 
 impl Default for ClusterBuilder {
@@ -67,6 +68,7 @@ impl Default for ClusterBuilder {
             subreaper: false,
             cgroup: None,
             balance: Balance::default(),
+            unresponsive: None,
         }
     }
 }
@@ -116,6 +118,18 @@ impl ClusterBuilder {
     /// How long a binary worker has to complete its handshake (default 30 s).
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.handshake_timeout = t;
+        self
+    }
+
+    /// Replaces hung workers (default `None`: off). An online worker is pinged on its channel
+    /// every third of `limit` (at most every 10 s); once it has answered one ping, a worker
+    /// that then answers none for `limit` (stopped, or its event loop blocked) is reported
+    /// ([`Event::Unresponsive`](crate::Event::Unresponsive)), taken out of balancing and killed.
+    /// herd's own workers answer from their channel's reader task; a Node worker (json codec)
+    /// answers from its event loop through a preload herd adds to its `NODE_OPTIONS` (after the
+    /// user's own). A program that never answers is never judged.
+    pub fn unresponsive(mut self, limit: Option<Duration>) -> Self {
+        self.unresponsive = limit;
         self
     }
 
@@ -282,6 +296,13 @@ impl ClusterBuilder {
             node: node::session::Shared::new(self.balance),
             stop: self.stop,
             cgroup_procs,
+            preload: match (self.unresponsive, self.codec) {
+                (Some(_), Codec::NodeJson) => Some(Arc::new(
+                    node::preload::Preload::write().map_err(Error::Spawn)?,
+                )),
+                _ => None,
+            },
+            unresponsive: self.unresponsive,
         });
         check_numbers(&cfg, &[])?;
         if self.subreaper {

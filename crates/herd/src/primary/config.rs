@@ -40,6 +40,11 @@ pub(super) struct Config {
     /// The `cgroup.procs` of the cgroup every worker moves itself into before it runs
     /// ([`crate::ClusterBuilder::cgroup`]).
     pub(super) cgroup_procs: Option<Arc<OwnedFd>>,
+    /// How long an online worker that answers pings may go without answering one
+    /// ([`crate::ClusterBuilder::unresponsive`]).
+    pub(super) unresponsive: Option<Duration>,
+    /// The preload that answers pings from a Node worker's event loop, when pinged.
+    pub(super) preload: Option<Arc<crate::node::preload::Preload>>,
 }
 
 /// Checks that the descriptor numbers workers get are in range and distinct, and that they fit

@@ -69,6 +69,15 @@ pub enum Event {
         /// The line (invalid UTF-8 replaced).
         line: String,
     },
+    /// The worker answered no liveness ping for this long
+    /// ([`ClusterBuilder::unresponsive`](crate::ClusterBuilder::unresponsive)): it is taken out
+    /// of balancing and killed (its `Exit` follows).
+    Unresponsive {
+        /// Which worker.
+        worker: WorkerId,
+        /// How long it had not answered.
+        silent: std::time::Duration,
+    },
     /// Something went wrong with the worker (bad frames, a failed handshake). Its channel is
     /// closed; the primary and the other workers go on.
     Error {
@@ -92,6 +101,7 @@ impl Event {
             | Event::Disconnect { worker }
             | Event::Exit { worker, .. }
             | Event::Output { worker, .. }
+            | Event::Unresponsive { worker, .. }
             | Event::Error { worker, .. } => *worker,
         }
     }

@@ -4,10 +4,14 @@
 //! - `builder`: the settings, and starting a cluster; `config`: what every fork uses;
 //! - `dispatcher`: one task owns the table of live workers and serves the [`Cluster`] handle's
 //!   requests (fork, list, shut down);
-//! - `supervisor`: each worker has one task, a state machine that `select!`s over its child's
-//!   exit, the frames on its channel, commands (disconnect, kill) and deadlines (handshake, grace
-//!   before `SIGKILL`, draining the channel after exit). It alone emits that worker's events, so
-//!   they come in order: fork, online, messages, disconnect, exit;
+//! - `life`: each worker's life as a pure state machine (after the service's `state`): its
+//!   phase (starting, online, stopping, exited) and every timer of it (handshake, grace before
+//!   `SIGKILL`, the linger before the stop signal, draining the channel and the output after
+//!   exit), as `handle(now, input) -> effects`, unit-tested on a hand-moved clock;
+//! - `supervisor`: each worker has one task, the shell around its life, that `select!`s over
+//!   its child's exit, the frames on its channel, commands (disconnect, kill), its output and the
+//!   life's next deadline, and runs the effects. It alone emits that worker's events, so they
+//!   come in order: fork, online, messages, disconnect, exit;
 //! - `spawn`: a process-wide spawner thread does every fork, so the `PR_SET_PDEATHSIG` each
 //!   worker sets (it fires when the *thread* that forked it exits) stays armed for the process's
 //!   life; and what a worker inherits (environment, descriptors);
@@ -24,6 +28,7 @@ pub(crate) mod config;
 pub(crate) mod dispatcher;
 pub(crate) mod event;
 pub(crate) mod handle;
+pub(crate) mod life;
 pub(crate) mod output;
 pub(crate) mod reaper;
 pub(crate) mod spawn;

@@ -1,14 +1,9 @@
 //! Captured worker output: each pipe is read line by line (long lines in pieces) into a bounded
 //! queue the worker's supervisor turns into [`super::Event::Output`].
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 
 use super::event::{OutputStream, MAX_OUTPUT_LINE};
-
-/// How long a worker's output is still read after it exited (a grandchild may hold the pipe).
-pub(super) const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// The next captured line, or never when output is not captured.
 pub(super) async fn recv_output(

@@ -110,6 +110,16 @@ pub(super) async fn fork(
         cmd.env(env::HERD_LISTEN_FDS, cfg.listeners.len().to_string());
     }
     node::child_env(&mut cmd, cfg.codec, cfg.channel_fd, id);
+    if let Some(preload) = &cfg.preload {
+        // After the user's own options: the fork's, the cluster's, or this process's.
+        let name = std::ffi::OsStr::new("NODE_OPTIONS");
+        let user = (opts.env.iter().rev())
+            .chain(cfg.env.iter().rev())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os(name));
+        cmd.env(name, preload.node_options(user.as_deref()));
+    }
     if cfg.capture_output {
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

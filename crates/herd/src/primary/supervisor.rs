@@ -1,18 +1,19 @@
-//! One worker's supervisor: a task and a state machine that `select!`s over the child's exit,
-//! the frames on its channel, commands from its handles (disconnect, kill), captured output and
-//! deadlines (handshake, grace before `SIGKILL`, draining the channel after exit). It alone emits
-//! the worker's events, so they come in order: `Fork, Online, (Listening|Ready|Message|Request|
-//! Output)*, [Error], Disconnect, Exit`.
+//! One worker's supervisor: the async shell around the worker's [`Life`], a pure state
+//! machine. The task `select!`s over the child's exit, the frames on its channel, commands from
+//! its handles (disconnect, kill), captured output and the life's next deadline, hands each to
+//! the life as an [`Input`] and runs the [`Effect`]s it answers. It alone emits the worker's
+//! events, so they come in order: `Fork, Online, (Listening|Ready|Message|Request|Output)*,
+//! [Error], Disconnect, Exit`.
 //!
 //! **Backpressure**: events go into one bounded queue shared by all workers. When it is full the
 //! supervisor parks the event in a local outbox and stops reading the worker's channel until
 //! there is room; lifecycle handling (exit, kill, deadlines) goes on meanwhile. Likewise a cache
-//! call needs one of the worker's [`CacheCalls`] permits: when none is free the call is parked
-//! and the channel is not read until one is.
+//! call needs admission among the worker's [`CacheCalls`] (calls and bytes): when there is none
+//! the call is parked and the channel is not read until there is.
 //!
-//! **Containment**: a decode error, a failed handshake or a protocol violation becomes
-//! [`Event::Error`]; the channel is closed both ways, pending requests fail at once, and the
-//! worker gets the grace period before `SIGKILL`.
+//! **Containment**: a decode error, a failed handshake or a protocol violation ends the channel
+//! with an error ([`Event::Error`]); the channel is closed both ways, pending requests fail at
+//! once, and the worker gets the grace period before `SIGKILL`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use super::config::{Config, Stop};
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
+use super::life::{Effect, Input, Life, Phase, Rules, StopBy};
 use super::output;
 use super::reaper;
 use crate::cache::serve::{Admission, CacheCalls};
@@ -38,23 +40,13 @@ use crate::ipc::{handshake, Incoming, Message, Peer, Request};
 use crate::node::session::{NodeEvent, Session};
 use crate::Error;
 
-/// How long a worker that closed its channel after a stop request may take to exit by itself
-/// before it gets the stop signal.
-const STOP_LINGER: Duration = Duration::from_secs(1);
-
-/// How long a worker's channel is drained after the worker exited, for its last messages.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-
 /// What woke a supervisor.
 enum Step {
     Idle,
     Exited(std::io::Result<std::process::ExitStatus>),
     Cmd(Option<WorkerCmd>),
     Frame(Result<Option<herd_wire::Frame>, herd_wire::WireError>),
-    KillNow,
-    StopSignalNow,
-    DrainOver,
-    NoHandshake,
+    Deadline,
     Output(Option<(OutputStream, String)>),
     CachePermit(Option<Admission>),
 }
@@ -74,27 +66,20 @@ pub(super) struct Supervisor {
     cfg: Arc<Config>,
     /// Events waiting for room in the event queue; while any wait, the channel is not read.
     outbox: VecDeque<Event>,
-    online: bool,
+    /// Its life: phases and timers.
+    life: Life,
     /// Bounds this worker's cache calls in flight.
     cache_calls: CacheCalls,
     /// A cache call waiting for a permit; while it waits, the channel is not read.
     parked_call: Option<Request>,
     /// Its request's length, which its admission is charged.
     parked_len: usize,
-    open: bool,
-    exited: Option<ExitStatus>,
-    kill_at: Option<Instant>,
-    /// When a worker that closed its channel after a stop request gets the stop signal if it
-    /// still lives.
-    stop_signal_at: Option<Instant>,
-    drain_until: Option<Instant>,
-    /// Captured output lines, until both pipes close (or `output_until` passes after exit).
+    /// Captured output lines, until both pipes close (or the life lets them go after exit).
     output: Option<mpsc::Receiver<(OutputStream, String)>>,
-    output_until: Option<Instant>,
     /// A Node worker's side of Node's cluster protocol (json codec only).
     node: Option<Session>,
-    /// It was asked to stop (a disconnect).
-    stopping: bool,
+    /// Effects the life answered, not yet run (an effect can lead to another input).
+    effects: VecDeque<Effect>,
 }
 
 impl Supervisor {
@@ -110,6 +95,19 @@ impl Supervisor {
         output: Option<mpsc::Receiver<(OutputStream, String)>>,
         node: Option<Session>,
     ) -> Supervisor {
+        let rules = Rules {
+            grace: cfg.grace,
+            handshake_timeout: cfg.handshake_timeout,
+            stop: match cfg.stop {
+                Stop::EndOfStream => StopBy::EndOfStream,
+                Stop::Signal(sig) => StopBy::Signal(sig),
+                Stop::Message(_) => StopBy::Message,
+            },
+            online_at_start: cfg.codec == Codec::NodeJson,
+            node: node.is_some(),
+            unresponsive: cfg.unresponsive,
+        };
+        let (life, first) = Life::start(rules, Instant::now(), output.is_some());
         Supervisor {
             id: shared.id,
             pid: shared.pid,
@@ -120,48 +118,43 @@ impl Supervisor {
             cmds,
             events,
             exit,
-            online: cfg.codec == Codec::NodeJson,
+            life,
+            effects: first.into(),
             cfg,
             outbox: VecDeque::new(),
             cache_calls: CacheCalls::default(),
             parked_call: None,
             parked_len: 0,
-            open: true,
-            exited: None,
-            kill_at: None,
-            stop_signal_at: None,
-            drain_until: None,
             output,
-            output_until: None,
             node,
-            stopping: false,
         }
     }
 
     pub(super) async fn run(mut self) {
         let id = self.id;
+        // Fork first, then what the life began with (a Node worker is online at once).
+        let first: Vec<Effect> = self.effects.drain(..).collect();
         self.emit(Event::Fork {
             worker: id,
             pid: self.pid,
         });
-        if self.online {
-            self.emit(Event::Online { worker: id });
-        }
-        let handshake_deadline = crate::deadline::from_now(self.cfg.handshake_timeout);
+        self.run_effects(first);
         let mut cmds_open = true;
-        let mut exit_queued = false;
+        let mut reading = true;
         loop {
-            if !exit_queued && !self.open && self.output.is_none() {
-                if let Some(status) = self.exited {
-                    self.emit(Event::Exit { worker: id, status });
-                    let _ = self.exit.send(Some(status));
-                    exit_queued = true;
-                }
-            }
-            if exit_queued && self.outbox.is_empty() {
+            if self.life.done() && self.outbox.is_empty() {
                 break;
             }
             let far = Instant::now() + Duration::from_secs(86_400);
+            let open = self.life.channel_open();
+            // While the channel is not read (backpressure) no ping's answer can arrive.
+            let reads = open && self.outbox.is_empty() && self.parked_call.is_none();
+            if reads != reading && open {
+                reading = reads;
+                let effects = self.life.handle(Instant::now(), Input::Reading(reads));
+                self.run_effects(effects);
+            }
+            let deadline = self.life.next_deadline();
             let step = tokio::select! {
                 biased;
                 permit = self.events.reserve(), if !self.outbox.is_empty() => match permit {
@@ -175,97 +168,124 @@ impl Supervisor {
                         Step::Idle
                     }
                 },
-                status = self.child.wait(), if self.exited.is_none() => Step::Exited(status),
+                status = self.child.wait(), if self.life.running() => Step::Exited(status),
                 cmd = self.cmds.recv(), if cmds_open => Step::Cmd(cmd),
-                permit = self.cache_calls.admit(self.parked_len), if self.open && self.parked_call.is_some() => Step::CachePermit(permit),
-                frame = self.rx.recv(), if self.open && self.outbox.is_empty() && self.parked_call.is_none() => Step::Frame(frame),
-                _ = tokio::time::sleep_until(self.kill_at.unwrap_or(far)), if self.kill_at.is_some() && self.exited.is_none() => Step::KillNow,
-                _ = tokio::time::sleep_until(self.stop_signal_at.unwrap_or(far)), if self.stop_signal_at.is_some() && self.exited.is_none() => Step::StopSignalNow,
-                _ = tokio::time::sleep_until(self.drain_until.unwrap_or(far)), if self.drain_until.is_some() && self.open => Step::DrainOver,
-                _ = tokio::time::sleep_until(handshake_deadline), if !self.online && self.open => Step::NoHandshake,
+                permit = self.cache_calls.admit(self.parked_len), if open && self.parked_call.is_some() => Step::CachePermit(permit),
+                frame = self.rx.recv(), if open && self.outbox.is_empty() && self.parked_call.is_none() => Step::Frame(frame),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => Step::Deadline,
                 line = output::recv_output(&mut self.output), if self.output.is_some() && self.outbox.is_empty() => Step::Output(line),
-                _ = tokio::time::sleep_until(self.output_until.unwrap_or(far)), if self.output_until.is_some() && self.output.is_some() => Step::Output(None),
             };
-            match step {
-                Step::Idle => {}
+            let input = match step {
+                Step::Idle => None,
                 Step::Exited(status) => {
                     let status = status.map(ExitStatus::from).unwrap_or(ExitStatus {
                         code: None,
                         signal: None,
                     });
                     tracing::debug!(worker = %id, %status, "worker exited");
-                    self.exited = Some(status);
-                    self.kill_group_after_exit();
-                    if self.open {
-                        self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
-                    }
-                    self.output_until = Some(Instant::now() + output::OUTPUT_AFTER_EXIT);
+                    Some(Input::Exited(status))
                 }
-                Step::Cmd(Some(WorkerCmd::Disconnect)) => {
-                    self.stopping = true;
-                    if let (Stop::Message(value), true) = (&self.cfg.stop, self.open) {
-                        if let Ok((format, bytes)) = herd_wire::encode_value(self.cfg.codec, value)
-                        {
-                            self.peer
-                                .send_soon(Frame::new(Kind::Message, format, bytes));
-                        }
-                    }
-                    // A Node cluster worker is asked, as Node's primary asks it: it closes its
-                    // servers, finishes its connections, then closes the channel itself (and is
-                    // signalled if still alive then: see `lost_channel`).
-                    let asked =
-                        self.open && self.node.as_mut().is_some_and(|n| n.disconnect(&self.peer));
-                    if !asked {
-                        self.close_channel();
-                        self.stop_signal();
-                    }
-                    self.arm_kill();
+                Step::Cmd(Some(WorkerCmd::Disconnect)) => Some(Input::Stop),
+                Step::Cmd(Some(WorkerCmd::Kill(sig))) => Some(Input::Kill(sig)),
+                Step::Cmd(None) => {
+                    cmds_open = false;
+                    None
                 }
-                Step::Cmd(Some(WorkerCmd::Kill(sig))) => {
-                    self.signal(sig);
-                    self.arm_kill();
-                }
-                Step::Cmd(None) => cmds_open = false,
                 Step::Frame(Ok(Some(frame))) => {
-                    self.on_frame(frame);
+                    let input = self.on_frame(frame);
                     self.shared
                         .dropped_internal
                         .store(self.rx.ignored_internal(), Ordering::Relaxed);
+                    input
                 }
+                Step::Frame(Ok(None)) => Some(Input::ChannelEnded(None)),
+                Step::Frame(Err(e)) => Some(Input::ChannelEnded(Some(e.into()))),
                 Step::CachePermit(permit) => {
                     if let (Some(request), Some(permit)) = (self.parked_call.take(), permit) {
                         self.serve_cache_call(request, permit);
                     }
+                    None
                 }
-                Step::Frame(Ok(None)) => self.lost_channel(None),
-                Step::Frame(Err(e)) => self.lost_channel(Some(e.into())),
-                Step::StopSignalNow => {
-                    self.stop_signal_at = None;
-                    self.stop_signal();
+                Step::Deadline => Some(Input::Tick),
+                Step::Output(Some((stream, line))) => {
+                    self.emit(Event::Output {
+                        worker: id,
+                        stream,
+                        line,
+                    });
+                    None
                 }
-                Step::KillNow => {
-                    tracing::warn!(worker = %id, "worker did not exit within its grace period: SIGKILL");
-                    self.signal(Signal::KILL);
-                    self.kill_at = None;
-                }
-                Step::DrainOver => {
-                    // The process is gone but something else holds its channel open.
-                    self.drain_until = None;
-                    self.lost_channel(None);
-                }
-                Step::NoHandshake => {
-                    let why = format!("no handshake within {:?}", self.cfg.handshake_timeout);
-                    self.lost_channel(Some(Error::Handshake(why)));
-                }
-                Step::Output(Some((stream, line))) => self.emit(Event::Output {
-                    worker: id,
-                    stream,
-                    line,
-                }),
-                // Both pipes closed, or the worker is gone and its output time is over.
-                Step::Output(None) => self.output = None,
+                Step::Output(None) => Some(Input::OutputEnded),
+            };
+            if let Some(input) = input {
+                let effects = self.life.handle(Instant::now(), input);
+                self.run_effects(effects);
             }
         }
+    }
+
+    /// Runs the life's effects in order, and those of any input they lead to.
+    fn run_effects(&mut self, effects: Vec<Effect>) {
+        self.effects.extend(effects);
+        while let Some(effect) = self.effects.pop_front() {
+            if let Some(input) = self.run_effect(effect) {
+                let more = self.life.handle(Instant::now(), input);
+                self.effects.extend(more);
+            }
+        }
+    }
+
+    fn run_effect(&mut self, effect: Effect) -> Option<Input> {
+        let id = self.id;
+        match effect {
+            Effect::Online => self.emit(Event::Online { worker: id }),
+            Effect::SendStopMessage => {
+                if let Stop::Message(value) = &self.cfg.stop {
+                    if let Ok((format, bytes)) = herd_wire::encode_value(self.cfg.codec, value) {
+                        self.peer
+                            .send_soon(Frame::new(Kind::Message, format, bytes));
+                    }
+                }
+            }
+            Effect::AskNodeDisconnect => {
+                let asked = self.node.as_mut().is_some_and(|n| n.disconnect(&self.peer));
+                if !asked {
+                    return Some(Input::NodeDeclined);
+                }
+            }
+            Effect::CloseChannel => self.peer.close(),
+            Effect::ChannelGone => {
+                self.peer.fail_all();
+                if let Some(node) = &self.node {
+                    node.channel_lost();
+                }
+            }
+            Effect::Error(error) => {
+                tracing::warn!(worker = %id, error = %crate::error::chain(&error), "closing the worker's channel");
+                self.emit(Event::Error { worker: id, error });
+            }
+            Effect::Disconnected => self.emit(Event::Disconnect { worker: id }),
+            Effect::GraceOver => {
+                tracing::warn!(worker = %id, "worker did not exit within its grace period: SIGKILL");
+            }
+            Effect::Signal(sig) => self.signal(sig),
+            Effect::KillLeftovers => self.kill_group_after_exit(),
+            Effect::DropOutput => self.output = None,
+            Effect::Ping(seq) => self.peer.control_soon(&Control::Ping { seq }),
+            Effect::Unresponsive(silent) => {
+                tracing::warn!(worker = %id, silent_ms = silent.as_millis() as u64, "worker answered no ping: replacing it");
+                // No new connection goes to it; those it had not taken go to the others.
+                if let Some(node) = &self.node {
+                    node.channel_lost();
+                }
+                self.emit(Event::Unresponsive { worker: id, silent });
+            }
+            Effect::Exited(status) => {
+                self.emit(Event::Exit { worker: id, status });
+                let _ = self.exit.send(Some(status));
+            }
+        }
+        None
     }
 
     /// Queues an event, keeping order: straight into the event queue when nothing is waiting
@@ -282,17 +302,15 @@ impl Supervisor {
         }
     }
 
-    fn on_frame(&mut self, frame: herd_wire::Frame) {
+    /// A frame from the worker: its hello while it starts, then anything it may say; what it
+    /// means for its life, if anything.
+    fn on_frame(&mut self, frame: herd_wire::Frame) -> Option<Input> {
         let id = self.id;
-        if !self.online {
-            match self.handshake(frame) {
-                Ok(()) => {
-                    self.online = true;
-                    self.emit(Event::Online { worker: id });
-                }
-                Err(e) => self.lost_channel(Some(e)),
-            }
-            return;
+        if self.life.phase() == Phase::Starting {
+            return Some(match self.handshake(frame) {
+                Ok(()) => Input::Hello,
+                Err(e) => Input::ChannelEnded(Some(e)),
+            });
         }
         match self.peer.route(frame) {
             Ok(Routed::Incoming(Incoming::Message(message))) => {
@@ -314,23 +332,26 @@ impl Supervisor {
                 });
             }
             Ok(Routed::Control(Control::Ready)) => self.emit(Event::Ready { worker: id }),
+            Ok(Routed::Control(Control::Pong { seq })) => return Some(Input::Pong(seq)),
             Ok(Routed::Control(
-                Control::Unknown | Control::CacheInvalidate { .. } | Control::CacheClear { .. },
+                Control::Unknown
+                | Control::Ping { .. }
+                | Control::CacheInvalidate { .. }
+                | Control::CacheClear { .. },
             )) => {
                 tracing::debug!(worker = %id, "unknown control notice ignored");
             }
             Ok(Routed::Cache(request)) => self.cache_call(request),
-            Ok(Routed::Node(frame)) => self.node_line(frame),
+            Ok(Routed::Node(frame)) => return self.node_line(frame),
             Ok(Routed::Handled) => {}
-            Err(e) => self.lost_channel(Some(e)),
+            Err(e) => return Some(Input::ChannelEnded(Some(e))),
         }
+        None
     }
 
     /// One of Node's internal lines: answered by the worker's cluster session.
-    fn node_line(&mut self, frame: herd_wire::Frame) {
-        let Some(node) = self.node.as_mut() else {
-            return;
-        };
+    fn node_line(&mut self, frame: herd_wire::Frame) -> Option<Input> {
+        let node = self.node.as_mut()?;
         match node.on_frame(frame, &self.peer) {
             Ok(Some(NodeEvent::Listening(address))) => self.emit(Event::Listening {
                 worker: self.id,
@@ -341,8 +362,9 @@ impl Supervisor {
                 message: Message::from_frame(frame),
             }),
             Ok(None) => {}
-            Err(e) => self.lost_channel(Some(Error::Protocol(e.to_string()))),
+            Err(e) => return Some(Input::ChannelEnded(Some(Error::Protocol(e.to_string())))),
         }
+        None
     }
 
     /// A cache call: served at once if a permit is free, else parked (backpressure).
@@ -371,58 +393,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The channel is gone: at end-of-stream (`None`) or after an error, which is reported. Our
-    /// side is closed too, so the worker reads end-of-stream.
-    fn lost_channel(&mut self, error: Option<Error>) {
-        if !self.open {
-            return;
-        }
-        self.open = false;
-        self.drain_until = None;
-        self.peer.fail_all();
-        if let Some(node) = &self.node {
-            node.channel_lost();
-        }
-        if let Some(error) = error {
-            tracing::warn!(worker = %self.id, error = %crate::error::chain(&error), "closing the worker's channel");
-            self.emit(Event::Error {
-                worker: self.id,
-                error,
-            });
-            // A worker that broke the protocol cannot be managed any more: it gets the grace
-            // period to exit on its own (it reads end-of-stream), then SIGKILL.
-            self.arm_kill();
-        }
-        // Either way nothing more can be said to the worker: sends fail from now on.
-        self.close_channel();
-        if self.stopping && self.exited.is_none() {
-            // A worker asked to stop closed its channel (its servers are done). It normally exits
-            // a moment later; one that lives on (a timer or a pool keeps it) gets the signal.
-            let linger = (self.cfg.grace / 4).min(STOP_LINGER);
-            self.stop_signal_at = Some(crate::deadline::from_now(linger));
-        }
-        self.emit(Event::Disconnect { worker: self.id });
-    }
-
-    /// The stop signal, if the cluster has one, to a worker asked to stop.
-    fn stop_signal(&self) {
-        if let Stop::Signal(sig) = self.cfg.stop {
-            tracing::debug!(worker = %self.id, signal = ?sig, "stop signal");
-            self.signal(sig);
-        }
-    }
-
-    /// Closes our side after what is queued: the worker reads end-of-stream.
-    fn close_channel(&self) {
-        self.peer.close();
-    }
-
-    fn arm_kill(&mut self) {
-        if self.exited.is_none() && self.kill_at.is_none() {
-            self.kill_at = Some(crate::deadline::from_now(self.cfg.grace));
-        }
-    }
-
     /// Once the worker has been reaped: `SIGKILL` to what is left of its process group (its
     /// id is the worker's pid), whatever the worker started and left behind. A group's id is
     /// not reused while any member lives, so this reaches only them; when nobody is left the
@@ -443,10 +413,8 @@ impl Supervisor {
         }
     }
 
+    /// `sig` to the worker's process group (the life sends none once it has exited).
     fn signal(&self, sig: Signal) {
-        if self.exited.is_some() {
-            return;
-        }
         let Some(pid) = Pid::from_raw(self.pid as i32) else {
             return;
         };

@@ -273,6 +273,7 @@ impl Actor {
                 tracing::warn!(%worker, error = %crate::error::chain(error), "worker channel error");
                 None
             }
+            Event::Unresponsive { worker, .. } => Some(Input::Unresponsive(*worker)),
             _ => None,
         };
         self.forward(ServiceEvent::Worker(ev));

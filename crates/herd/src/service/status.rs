@@ -22,6 +22,9 @@ pub struct WorkerStatus {
     pub uptime_s: f64,
     /// Restarts of its slot so far.
     pub restarts: u32,
+    /// Of those, workers of its slot replaced for answering no liveness ping.
+    #[serde(default)]
+    pub unresponsive: u32,
     /// Resident memory (bytes), from /proc.
     pub rss: u64,
     /// Proportional set size (bytes; shared pages split among their users), from /proc.
@@ -97,6 +100,10 @@ pub(crate) fn build(
                     .slot
                     .and_then(|s| m.slots.get(s))
                     .map_or(0, |s| s.restarts),
+                unresponsive: w
+                    .slot
+                    .and_then(|s| m.slots.get(s))
+                    .map_or(0, |s| s.unresponsive),
                 rss: 0,
                 pss: 0,
                 messages: w.messages,

@@ -9,6 +9,7 @@
 //! over its slot only once ready (`reload`: reloads and scaling).
 
 mod reload;
+mod restart;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -18,7 +19,6 @@ use tokio::time::Instant;
 
 use super::config::{Readiness, Restart, ServiceConfig};
 use super::{Outcome, ServiceError, ServiceEvent};
-use crate::backoff::Backoff;
 use crate::{ExitStatus, WorkerId};
 
 /// The first delay before retrying a start that failed for want of resources.
@@ -60,6 +60,8 @@ pub(crate) struct Slot {
     crashes: VecDeque<Instant>,
     /// Restarts so far (a start retried after a shortage is not one more).
     pub(crate) restarts: u32,
+    /// Workers replaced because they answered no liveness ping (counted in `restarts` too).
+    pub(crate) unresponsive: u32,
     /// Starts that failed in a row for want of resources (retried, never a crash).
     start_failures: u32,
     /// How the slot's last worker ended, if one has.
@@ -75,6 +77,7 @@ impl Slot {
             state: SlotState::Starting,
             crashes: VecDeque::new(),
             restarts: 0,
+            unresponsive: 0,
             start_failures: 0,
             last_exit: None,
             listens: BTreeSet::new(),
@@ -104,6 +107,8 @@ pub(crate) struct Member {
     ready_at: Option<Instant>,
     /// The addresses it said it listens on (at most [`MAX_LISTENS`]).
     listening: BTreeSet<String>,
+    /// It answered no liveness ping and is being killed: its exit is a replacement, not a crash.
+    pub(crate) unresponsive: bool,
 }
 
 /// Addresses remembered per worker and per slot; more are not counted.
@@ -151,6 +156,8 @@ pub(crate) enum Input {
     Listening { worker: WorkerId, address: String },
     /// The worker sent a message; `ready` when it was PM2's `'ready'`.
     Message { worker: WorkerId, ready: bool },
+    /// The worker answered no liveness ping; it is being killed.
+    Unresponsive(WorkerId),
     /// The worker exited.
     Exited {
         worker: WorkerId,
@@ -361,6 +368,11 @@ impl Machine {
                     self.became_ready(worker, &mut fx);
                 }
             }
+            Input::Unresponsive(worker) => {
+                if let Some(m) = self.members.get_mut(&worker) {
+                    m.unresponsive = true;
+                }
+            }
             Input::Exited { worker, status } => self.exited(now, worker, status, &mut fx),
             Input::Tick => self.tick(now, &mut fx),
             Input::Cmd(Cmd::Reload(t)) => self.reload(t, &mut fx),
@@ -392,6 +404,7 @@ impl Machine {
             messages: 0,
             ready_at: None,
             listening: BTreeSet::new(),
+            unresponsive: false,
         };
         if let Some((fast, _)) = self.stopping {
             member.role = Role::Retiring;
@@ -449,79 +462,6 @@ impl Machine {
         }
     }
 
-    /// Slot `slot` lost its worker (or could not start one): restart after a backoff, or give
-    /// up after too many crashes within the window.
-    fn crashed(
-        &mut self,
-        now: Instant,
-        slot: usize,
-        worker: Option<WorkerId>,
-        status: Option<ExitStatus>,
-        why: String,
-        fx: &mut Vec<Effect>,
-    ) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let policy = &self.config.restart;
-        let s = &mut self.slots[slot];
-        s.start_failures = 0;
-        s.crashes.push_back(now);
-        while s
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
-            s.crashes.pop_front();
-        }
-        let n = s.crashes.len() as u32;
-        if n > policy.max_restarts {
-            let text = format!(
-                "crash loop: {n} crashes within {:?} (last: {why}); not restarting slot {slot}",
-                policy.window
-            );
-            tracing::error!(slot, "{text}");
-            s.state = SlotState::Failed(text.clone());
-            fx.push(Effect::Emit(ServiceEvent::CrashLoop { slot, why: text }));
-            return;
-        }
-        let delay = Backoff::new(policy.backoff_min, policy.backoff_max, false).delay_for(n);
-        tracing::warn!(slot, %why, restart_in_ms = delay.as_millis() as u64, "worker crashed; restarting");
-        s.state = SlotState::Restarting {
-            at: crate::deadline::after(now, delay),
-        };
-        fx.push(Effect::Emit(ServiceEvent::Restarting {
-            slot,
-            worker,
-            status,
-            delay,
-        }));
-    }
-
-    /// Slot `slot` could not start a worker for want of resources: try again after a backoff
-    /// of its own (from the policy's first delay, at least [`START_RETRY_MIN`], doubling up to
-    /// [`START_RETRY_MAX`]), with no crash counted.
-    fn start_later(&mut self, now: Instant, slot: usize, why: String, fx: &mut Vec<Effect>) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let policy = &self.config.restart;
-        let min = policy.backoff_min.max(START_RETRY_MIN);
-        let s = &mut self.slots[slot];
-        s.start_failures = s.start_failures.saturating_add(1);
-        let delay = Backoff::new(min, START_RETRY_MAX.max(min), false).delay_for(s.start_failures);
-        tracing::warn!(slot, %why, retry_in_ms = delay.as_millis() as u64, failures = s.start_failures, "cannot start a worker for want of resources; retrying (not a crash)");
-        s.state = SlotState::Restarting {
-            at: crate::deadline::after(now, delay),
-        };
-        fx.push(Effect::Emit(ServiceEvent::Restarting {
-            slot,
-            worker: None,
-            status: None,
-            delay,
-        }));
-    }
-
     fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus, fx: &mut Vec<Effect>) {
         let Some(m) = self.members.remove(&worker) else {
             return;
@@ -556,6 +496,10 @@ impl Machine {
         }
         let uptime_ms = now.duration_since(m.started).as_millis() as u64;
         tracing::warn!(%worker, slot, %status, uptime_ms, "worker exited");
+        if m.unresponsive {
+            self.replace_unresponsive(now, slot, worker, status, fx);
+            return;
+        }
         let why = format!("worker {worker} {status}");
         self.crashed(now, slot, Some(worker), Some(status), why, fx);
     }

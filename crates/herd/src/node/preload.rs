@@ -1,0 +1,128 @@
+//! The preload herd adds to a pinged Node worker's `NODE_OPTIONS` (`--require`, after the
+//! user's own options): it answers herd's liveness pings from the worker's event loop, so a
+//! loop blocked in `while (true) {}` is seen, with no change to the program. It also answers
+//! once as it loads, before the program runs, so the checks start with the worker: a worker
+//! stopped or spinning from its first moments is judged too (and a synchronous start longer
+//! than the limit is taken for a hang). PM2 wraps apps in
+//! its own container script for the same kind of reason; a preload keeps the program's own
+//! entry point, arguments and `require.main`.
+//!
+//! The script lives in a directory of this process's own (mode 0700, a fresh name under the
+//! temporary directory, refused if it exists), removed when the cluster is dropped.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+/// The script. It listens to Node's internal messages (the `NODE_` ones Node keeps from the
+/// program's `message` listeners), so it adds no `message` listener: a listener of that kind
+/// would keep a finished program's channel, and so the program, alive.
+const SCRIPT: &str = r#"'use strict';
+// herd: answers the primary's liveness pings from the event loop (see herd's node/preload.rs).
+// A first answer now, before the program runs: the checks start with the worker.
+if (process.connected) {
+  try {
+    process.send({ cmd: 'NODE_HERD_CTL', data: { type: 'pong', seq: 0 } });
+  } catch (_) {
+    // No channel: nothing to answer.
+  }
+}
+process.on('internalMessage', (m) => {
+  if (m === null || typeof m !== 'object' || m.cmd !== 'NODE_HERD_CTL') return;
+  const d = m.data;
+  if (d === null || typeof d !== 'object' || d.type !== 'ping' || !process.connected) return;
+  try {
+    process.send({ cmd: 'NODE_HERD_CTL', data: { type: 'pong', seq: d.seq } });
+  } catch (_) {
+    // The channel closed meanwhile: nothing to answer.
+  }
+});
+"#;
+
+/// The preload on disk, for the cluster's life.
+#[derive(Debug)]
+pub(crate) struct Preload {
+    dir: PathBuf,
+    script: PathBuf,
+}
+
+impl Preload {
+    /// Writes the script into a new private directory.
+    pub(crate) fn write() -> std::io::Result<Preload> {
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for attempt in 0..16u32 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir = base.join(format!(
+                "herd-preload-{}-{nanos:x}-{attempt}",
+                std::process::id()
+            ));
+            // A fresh name, made here with mode 0700: never one someone else made first.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    let script = dir.join("herd-preload.js");
+                    if let Err(e) = std::fs::write(&script, SCRIPT) {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e);
+                    }
+                    return Ok(Preload { dir, script });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no fresh directory for the preload")))
+    }
+
+    /// `NODE_OPTIONS` for a worker whose own is `user`: the user's options, then the preload.
+    pub(crate) fn node_options(&self, user: Option<&OsStr>) -> OsString {
+        let path = self.script.to_string_lossy();
+        // NODE_OPTIONS takes double-quoted values with backslash escapes.
+        let quoted = path.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = OsString::new();
+        if let Some(user) = user.filter(|u| !u.is_empty()) {
+            out.push(user);
+            out.push(" ");
+        }
+        out.push(format!("--require \"{quoted}\""));
+        out
+    }
+}
+
+impl Drop for Preload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preload_follows_the_users_options_in_a_private_directory() {
+        let p = Preload::write().unwrap();
+        let mode = std::fs::metadata(&p.dir).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o700
+        );
+        assert_eq!(std::fs::read_to_string(&p.script).unwrap(), SCRIPT);
+        let o = p.node_options(Some(OsStr::new("--max-old-space-size=512")));
+        let o = o.to_string_lossy();
+        assert!(
+            o.starts_with("--max-old-space-size=512 --require \""),
+            "{o}"
+        );
+        assert!(o.ends_with("herd-preload.js\""), "{o}");
+        assert!(p
+            .node_options(None)
+            .to_string_lossy()
+            .starts_with("--require "));
+        let dir = p.dir.clone();
+        drop(p);
+        assert!(!dir.exists(), "removed with the cluster");
+    }
+}

@@ -1,0 +1,506 @@
+//! One worker's life, pure: [`Life::handle`] turns the worker's state and one [`Input`] (its
+//! exit, a command, its channel's end or handshake, its output's end, the clock) into
+//! [`Effect`]s (signal it, close or ask to close its channel, report an event) for the
+//! supervisor's task to run. No `.await`, no processes, no channel: time is the `now` it is
+//! given, so the tests drive every phase on a hand-moved clock.
+//!
+//! A worker is in one [`Phase`] (starting, online, stopping, exited), and independently its
+//! channel is open or closed and its output pipes open or closed. Every timer of its life is a
+//! field here, and [`Life::next_deadline`] is the earliest: the shell sleeps until then and
+//! sends [`Input::Tick`]. The timers:
+//! - the **handshake** deadline, while a worker that must say hello has not;
+//! - the **grace** period after a stop or kill request (or a protocol error), then `SIGKILL`;
+//! - the **linger** after a worker asked to stop closed its channel, then the stop signal;
+//! - the **drain** after exit, for the worker's last frames, then the channel is closed;
+//! - the **output** time after exit, for its last lines, then its pipes are let go;
+//! - with [`Rules::unresponsive`], the **liveness** pings of an online worker and the verdict:
+//!   a worker that has answered a ping once and then answers none for that long is
+//!   unresponsive (stopped, or its event loop blocked). It is taken out of balancing and
+//!   killed, and its slot gets a new worker (not counted as a crash). A worker that never
+//!   answers (a program that does not speak herd's channel) is never judged: pings stop after
+//!   [`FIRST_ANSWER_WITHIN`]. While the shell does not read the channel (backpressure) no answer
+//!   can arrive, so the verdict waits for a fresh window after reading resumes.
+//!
+//! The worker is done ([`Effect::Exited`]) once it has exited, its channel is closed and its
+//! output is over: its events then end with its exit.
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tokio::time::Instant;
+
+use crate::ids::ExitStatus;
+use crate::Error;
+
+/// How long a worker that closed its channel after a stop request may take to exit by itself
+/// before it gets the stop signal.
+pub(crate) const STOP_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a worker's channel is drained after the worker exited, for its last messages.
+pub(crate) const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// How long a worker's output is read after it exited, for its last lines (a process it left
+/// behind may hold the pipes).
+pub(crate) const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// How long a worker that has never answered a ping is asked (it does not speak herd's channel,
+/// or has no preload: it is then never judged unresponsive). Long enough for a slow start on a
+/// loaded host: a Node worker answers once its event loop first turns.
+pub(crate) const FIRST_ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// How often an online worker is pinged, for an unresponsive limit of `limit`: a third of it,
+/// within 50 ms and 10 s.
+pub(crate) fn ping_every(limit: Duration) -> Duration {
+    (limit / 3).clamp(Duration::from_millis(50), Duration::from_secs(10))
+}
+
+/// How a worker is asked to stop, besides its channel closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopBy {
+    /// Nothing more: it reads end-of-stream and exits by itself.
+    EndOfStream,
+    /// This signal to its process group.
+    Signal(Signal),
+    /// A message on the channel before it closes.
+    Message,
+}
+
+/// What a worker's life needs to know of its cluster's settings.
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    /// From a stop or kill request to `SIGKILL`.
+    pub(crate) grace: Duration,
+    /// How long a worker may take to say hello.
+    pub(crate) handshake_timeout: Duration,
+    /// How it is asked to stop.
+    pub(crate) stop: StopBy,
+    /// It needs no hello (a Node worker): online at once.
+    pub(crate) online_at_start: bool,
+    /// It speaks Node's cluster protocol: a stop first asks it to disconnect.
+    pub(crate) node: bool,
+    /// How long an online worker that answers pings may go without answering one before it
+    /// is replaced (`None`: never pinged).
+    pub(crate) unresponsive: Option<Duration>,
+}
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Forked; its hello has not come yet.
+    Starting,
+    /// It said hello (or needs none) and has not been asked to stop.
+    Online,
+    /// Asked to stop; it has not exited yet.
+    Stopping,
+    /// It exited (its channel and output may still be read for a moment).
+    Exited,
+}
+
+/// What happened to the worker.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// Its process exited.
+    Exited(ExitStatus),
+    /// A request to stop it (disconnect).
+    Stop,
+    /// A request to signal it, then kill it after the grace period.
+    Kill(Signal),
+    /// Its hello was good.
+    Hello,
+    /// Its channel ended: at end-of-stream (`None`) or with this error (a bad hello, a frame
+    /// that could not be decoded, a protocol violation).
+    ChannelEnded(Option<Error>),
+    /// A Node worker would not be asked to disconnect (not a cluster worker, or asked
+    /// already): its channel is closed instead.
+    NodeDeclined,
+    /// Its output pipes closed.
+    OutputEnded,
+    /// It answered ping `seq`.
+    Pong(u64),
+    /// The shell reads the channel (`true`) or has stopped reading it for backpressure.
+    Reading(bool),
+    /// Time passed: deadlines due by `now` fire.
+    Tick,
+}
+
+/// What the shell does.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Report it online.
+    Online,
+    /// Send the stop message, before anything that closes the channel.
+    SendStopMessage,
+    /// Ask the Node worker to disconnect; answer [`Input::NodeDeclined`] if it cannot be.
+    AskNodeDisconnect,
+    /// Close our side of the channel after what is queued.
+    CloseChannel,
+    /// The channel is gone: fail the requests waiting on it, take the worker out of balancing.
+    ChannelGone,
+    /// Report this error (the channel is closed for it).
+    Error(Error),
+    /// Report the channel closed.
+    Disconnected,
+    /// Its grace period is over and it still runs (a `SIGKILL` follows): say so.
+    GraceOver,
+    /// Signal the worker's process group (it has not exited).
+    Signal(Signal),
+    /// It has been reaped: `SIGKILL` what is left of its process group.
+    KillLeftovers,
+    /// Stop reading its output.
+    DropOutput,
+    /// Ping it (sequence number `seq`), without waiting for room.
+    Ping(u64),
+    /// It answered no ping for this long: report it, take it out of balancing (a `SIGKILL`
+    /// follows).
+    Unresponsive(Duration),
+    /// Report its exit and publish it: its life is over.
+    Exited(ExitStatus),
+}
+
+/// One worker's life (see the [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct Life {
+    rules: Rules,
+    phase: Phase,
+    /// Its channel is open (frames are read, sends go out).
+    open: bool,
+    /// Its output pipes are read.
+    output: bool,
+    exit: Option<ExitStatus>,
+    /// Its exit was reported.
+    done: bool,
+    handshake_by: Option<Instant>,
+    kill_at: Option<Instant>,
+    stop_signal_at: Option<Instant>,
+    drain_until: Option<Instant>,
+    output_until: Option<Instant>,
+    alive: Alive,
+}
+
+/// The liveness checks of an online worker ([`Rules::unresponsive`]).
+#[derive(Debug, Default)]
+struct Alive {
+    /// When the next ping goes.
+    ping_at: Option<Instant>,
+    /// The next ping's sequence number.
+    seq: u64,
+    /// When the first ping went.
+    first_ping: Option<Instant>,
+    /// When it is judged unresponsive unless it answers first (set once it has answered).
+    verdict_at: Option<Instant>,
+    /// When it last answered.
+    heard_at: Option<Instant>,
+    /// The shell has stopped reading the channel: no verdict meanwhile.
+    paused: bool,
+}
+
+impl Life {
+    /// A worker just forked at `now`, with output pipes if `output`; what to do first.
+    pub(crate) fn start(rules: Rules, now: Instant, output: bool) -> (Life, Vec<Effect>) {
+        let online = rules.online_at_start;
+        let life = Life {
+            handshake_by: (!online).then(|| crate::deadline::after(now, rules.handshake_timeout)),
+            rules,
+            phase: if online {
+                Phase::Online
+            } else {
+                Phase::Starting
+            },
+            open: true,
+            output,
+            exit: None,
+            done: false,
+            kill_at: None,
+            stop_signal_at: None,
+            drain_until: None,
+            output_until: None,
+            alive: Alive::default(),
+        };
+        let mut life = life;
+        let effects = if online {
+            life.went_online(now);
+            vec![Effect::Online]
+        } else {
+            vec![]
+        };
+        (life, effects)
+    }
+
+    /// Where it is.
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether its channel is open.
+    pub(crate) fn channel_open(&self) -> bool {
+        self.open
+    }
+
+    /// Whether its output is still read.
+    #[cfg(test)]
+    pub(crate) fn output_open(&self) -> bool {
+        self.output
+    }
+
+    /// Whether its process is still to be waited for.
+    pub(crate) fn running(&self) -> bool {
+        self.exit.is_none()
+    }
+
+    /// Whether its life is over (its exit reported).
+    pub(crate) fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The earliest deadline, if any: send [`Input::Tick`] then.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.handshake_by,
+            self.kill_at,
+            self.stop_signal_at,
+            self.drain_until,
+            self.output_until,
+            self.alive.ping_at,
+            self.alive.verdict_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Takes one input at `now`.
+    pub(crate) fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if self.done {
+            return fx;
+        }
+        match input {
+            Input::Exited(status) => self.exited(now, status, &mut fx),
+            Input::Stop => self.stop(now, &mut fx),
+            Input::Kill(sig) => {
+                self.signal(sig, &mut fx);
+                self.arm_kill(now);
+            }
+            Input::Hello if self.phase == Phase::Starting && self.open => {
+                self.phase = Phase::Online;
+                self.handshake_by = None;
+                self.went_online(now);
+                fx.push(Effect::Online);
+            }
+            Input::Pong(seq) => self.pong(now, seq),
+            Input::Reading(reading) => self.reading(now, reading),
+            Input::Hello => {}
+            Input::ChannelEnded(error) => self.lost_channel(now, error, &mut fx),
+            Input::NodeDeclined => {
+                fx.push(Effect::CloseChannel);
+                self.stop_signal(&mut fx);
+            }
+            Input::OutputEnded => self.drop_output(&mut fx),
+            Input::Tick => self.tick(now, &mut fx),
+        }
+        self.finish(&mut fx);
+        fx
+    }
+
+    fn exited(&mut self, now: Instant, status: ExitStatus, fx: &mut Vec<Effect>) {
+        if self.exit.is_some() {
+            return;
+        }
+        self.exit = Some(status);
+        self.phase = Phase::Exited;
+        self.alive = Alive::default();
+        self.kill_at = None;
+        self.stop_signal_at = None;
+        fx.push(Effect::KillLeftovers);
+        if self.open {
+            self.drain_until = Some(now + DRAIN_AFTER_EXIT);
+        }
+        if self.output {
+            self.output_until = Some(now + OUTPUT_AFTER_EXIT);
+        }
+    }
+
+    fn stop(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.phase != Phase::Exited {
+            self.phase = Phase::Stopping;
+        }
+        // Its grace period rules from now on.
+        self.alive = Alive::default();
+        if self.rules.stop == StopBy::Message && self.open {
+            fx.push(Effect::SendStopMessage);
+        }
+        // A Node cluster worker is asked, as Node's primary asks it: it closes its servers,
+        // finishes its connections, then closes the channel itself (and is signalled if still
+        // alive then: see `lost_channel`).
+        if self.open && self.rules.node {
+            fx.push(Effect::AskNodeDisconnect);
+        } else {
+            fx.push(Effect::CloseChannel);
+            self.stop_signal(fx);
+        }
+        self.arm_kill(now);
+    }
+
+    /// The channel is gone: at end-of-stream (`None`) or after an error, which is reported.
+    fn lost_channel(&mut self, now: Instant, error: Option<Error>, fx: &mut Vec<Effect>) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        self.drain_until = None;
+        self.handshake_by = None;
+        self.alive = Alive::default();
+        fx.push(Effect::ChannelGone);
+        if let Some(error) = error {
+            fx.push(Effect::Error(error));
+            // A worker that broke the protocol cannot be managed any more: it gets the grace
+            // period to exit on its own (it reads end-of-stream), then SIGKILL.
+            self.arm_kill(now);
+        }
+        // Either way nothing more can be said to the worker: sends fail from now on.
+        fx.push(Effect::CloseChannel);
+        if self.phase == Phase::Stopping {
+            // A worker asked to stop closed its channel (its servers are done). It normally
+            // exits a moment later; one that lives on (a timer or a pool keeps it) gets the
+            // signal.
+            let linger = (self.rules.grace / 4).min(STOP_LINGER);
+            self.stop_signal_at = Some(now + linger);
+        }
+        fx.push(Effect::Disconnected);
+    }
+
+    fn tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.handshake_by) {
+            self.handshake_by = None;
+            let why = format!("no handshake within {:?}", self.rules.handshake_timeout);
+            self.lost_channel(now, Some(Error::Handshake(why)), fx);
+        }
+        if due(self.stop_signal_at) {
+            self.stop_signal_at = None;
+            self.stop_signal(fx);
+        }
+        if due(self.kill_at) {
+            self.kill_at = None;
+            if self.exit.is_none() {
+                fx.push(Effect::GraceOver);
+            }
+            self.signal(Signal::KILL, fx);
+        }
+        if due(self.drain_until) {
+            // The process is gone but something else holds its channel open.
+            self.drain_until = None;
+            self.lost_channel(now, None, fx);
+        }
+        if due(self.output_until) {
+            self.drop_output(fx);
+        }
+        if due(self.alive.verdict_at) {
+            let silent = self.alive.heard_at.map_or(Duration::ZERO, |t| now - t);
+            self.alive = Alive::default();
+            fx.push(Effect::Unresponsive(silent));
+            self.signal(Signal::KILL, fx);
+            self.arm_kill(now);
+        }
+        if due(self.alive.ping_at) {
+            self.ping(now, fx);
+        }
+    }
+
+    /// Online from `now`: the first ping goes at once (it is answered once the worker's loop
+    /// first turns).
+    fn went_online(&mut self, now: Instant) {
+        if self.rules.unresponsive.is_some() {
+            self.alive = Alive {
+                ping_at: Some(now),
+                ..Alive::default()
+            };
+        }
+    }
+
+    fn ping(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(limit) = self.rules.unresponsive else {
+            return;
+        };
+        let a = &mut self.alive;
+        if a.heard_at.is_none() {
+            let first = *a.first_ping.get_or_insert(now);
+            if now.duration_since(first) >= FIRST_ANSWER_WITHIN {
+                // It does not answer pings at all: never judged.
+                a.ping_at = None;
+                return;
+            }
+        }
+        fx.push(Effect::Ping(a.seq));
+        a.seq += 1;
+        a.ping_at = Some(now + ping_every(limit));
+    }
+
+    fn pong(&mut self, now: Instant, seq: u64) {
+        let Some(limit) = self.rules.unresponsive else {
+            return;
+        };
+        let a = &mut self.alive;
+        // Only an answer to a ping sent counts, or a first one given unasked (herd's Node
+        // preload answers 0 as it loads); none once the checks are over.
+        if seq > a.seq || (seq == a.seq && seq != 0) || a.ping_at.is_none() {
+            return;
+        }
+        a.heard_at = Some(now);
+        if !a.paused {
+            a.verdict_at = Some(crate::deadline::after(now, limit));
+        }
+    }
+
+    fn reading(&mut self, now: Instant, reading: bool) {
+        let Some(limit) = self.rules.unresponsive else {
+            return;
+        };
+        let a = &mut self.alive;
+        a.paused = !reading;
+        if !reading {
+            a.verdict_at = None;
+        } else if a.heard_at.is_some() && a.ping_at.is_some() {
+            // A fresh window: answers could not be read meanwhile.
+            a.verdict_at = Some(crate::deadline::after(now, limit));
+        }
+    }
+
+    fn drop_output(&mut self, fx: &mut Vec<Effect>) {
+        self.output_until = None;
+        if self.output {
+            self.output = false;
+            fx.push(Effect::DropOutput);
+        }
+    }
+
+    /// The stop signal, if the cluster has one, to a worker asked to stop.
+    fn stop_signal(&mut self, fx: &mut Vec<Effect>) {
+        if let StopBy::Signal(sig) = self.rules.stop {
+            self.signal(sig, fx);
+        }
+    }
+
+    fn signal(&mut self, sig: Signal, fx: &mut Vec<Effect>) {
+        if self.exit.is_none() {
+            fx.push(Effect::Signal(sig));
+        }
+    }
+
+    fn arm_kill(&mut self, now: Instant) {
+        if self.exit.is_none() && self.kill_at.is_none() {
+            self.kill_at = Some(crate::deadline::after(now, self.rules.grace));
+        }
+    }
+
+    /// Exited, channel closed and output over: the exit is reported, last.
+    fn finish(&mut self, fx: &mut Vec<Effect>) {
+        if let (false, false, Some(status)) = (self.open, self.output, self.exit) {
+            self.done = true;
+            fx.push(Effect::Exited(status));
+        }
+    }
+}
