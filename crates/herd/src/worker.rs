@@ -104,7 +104,9 @@ fn take_burst(
             }
             Ok(Routed::Control(Control::CacheClear { seq })) => view.clear(seq),
             // Answered here, by the reader task: a worker whose runtime is stuck does not.
-            Ok(Routed::Control(Control::Ping { seq })) => ep.control_soon(&Control::Pong { seq }),
+            Ok(Routed::Control(Control::Ping { seq })) => {
+                ep.control_soon(&Control::Pong { seq });
+            }
             Ok(Routed::Control(c)) => {
                 tracing::debug!(?c, "control notice from the primary ignored")
             }

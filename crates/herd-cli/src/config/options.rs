@@ -33,10 +33,10 @@ pub struct Options {
     /// Seconds a worker has to exit after a stop before it is killed (default 5).
     #[arg(long)]
     pub grace: Option<f64>,
-    /// Seconds a running worker may go without answering herd's liveness ping before it is
-    /// replaced (killed, and its slot restarted at once, not counted as a crash), or `off`
-    /// (default 30). A Node worker answers from its event loop, through a preload herd adds to
-    /// its NODE_OPTIONS; a program that never answers is never judged.
+    /// Seconds a running worker may leave herd's liveness ping unanswered, sending nothing,
+    /// before it is replaced (killed, and its slot restarted, not counted as a crash), or `off`
+    /// (default 30). A Node worker answers from its event loop, through a preload herd appends
+    /// to its NODE_OPTIONS; a program that never answers is never judged.
     #[arg(long, value_name = "SECS|off")]
     pub unresponsive: Option<String>,
     /// The signal a stopped worker gets once its channel is closed (a Node cluster worker: once

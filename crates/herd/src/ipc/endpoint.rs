@@ -222,20 +222,26 @@ impl Peer {
     }
 
     /// Sends a control notice without waiting: queued if there is room, else dropped (the
-    /// notices sent this way, liveness pings and answers, are sent again).
-    pub(crate) fn control_soon(&self, c: &Control) {
+    /// notices sent this way, liveness pings and answers, are sent again); whether it was
+    /// queued.
+    pub(crate) fn control_soon(&self, c: &Control) -> bool {
         match herd_wire::encode_value(self.codec(), c) {
             Ok((format, bytes)) => {
-                if !matches!(
+                let queued = matches!(
                     self.shared
                         .tx
                         .try_send(Frame::new(Kind::Control, format, bytes)),
                     Ok(None)
-                ) {
+                );
+                if !queued {
                     tracing::debug!(notice = ?c, "no room in the send queue: control notice dropped");
                 }
+                queued
             }
-            Err(e) => tracing::debug!(error = %e, "control notice not encoded"),
+            Err(e) => {
+                tracing::debug!(error = %e, "control notice not encoded");
+                false
+            }
         }
     }
 

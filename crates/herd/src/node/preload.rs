@@ -1,14 +1,19 @@
 //! The preload herd adds to a pinged Node worker's `NODE_OPTIONS` (`--require`, after the
 //! user's own options): it answers herd's liveness pings from the worker's event loop, so a
-//! loop blocked in `while (true) {}` is seen, with no change to the program. It also answers
-//! once as it loads, before the program runs, so the checks start with the worker: a worker
-//! stopped or spinning from its first moments is judged too (and a synchronous start longer
-//! than the limit is taken for a hang). PM2 wraps apps in
+//! loop blocked in `while (true) {}` is seen, with no change to the program itself (its
+//! processes inherit the option: a Node child of the worker has no channel of herd's and does
+//! nothing; behind a wrapper such as `npm start` it is npm's own loop that answers, so a hang
+//! of the server under it is not seen: run `node` directly). The first answer comes once the
+//! program's synchronous start is over and its loop turns, so a long start is no hang; a
+//! worker stopped before that is not judged (it is not told from a program that never
+//! answers). PM2 wraps apps in
 //! its own container script for the same kind of reason; a preload keeps the program's own
 //! entry point, arguments and `require.main`.
 //!
-//! The script lives in a directory of this process's own (mode 0700, a fresh name under the
-//! temporary directory, refused if it exists), removed when the cluster is dropped.
+//! The script (`.cjs`, so a `package.json` with `"type": "module"` above it changes nothing)
+//! lives in a directory of this process's own (mode 0700, a fresh name under the temporary
+//! directory, refused if it exists), written again before a fork if a temporary-files cleaner
+//! removed it, and removed when the cluster is dropped (not after a SIGKILL of herd).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::DirBuilderExt;
@@ -19,14 +24,6 @@ use std::path::PathBuf;
 /// would keep a finished program's channel, and so the program, alive.
 const SCRIPT: &str = r#"'use strict';
 // herd: answers the primary's liveness pings from the event loop (see herd's node/preload.rs).
-// A first answer now, before the program runs: the checks start with the worker.
-if (process.connected) {
-  try {
-    process.send({ cmd: 'NODE_HERD_CTL', data: { type: 'pong', seq: 0 } });
-  } catch (_) {
-    // No channel: nothing to answer.
-  }
-}
 process.on('internalMessage', (m) => {
   if (m === null || typeof m !== 'object' || m.cmd !== 'NODE_HERD_CTL') return;
   const d = m.data;
@@ -62,7 +59,7 @@ impl Preload {
             // A fresh name, made here with mode 0700: never one someone else made first.
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => {
-                    let script = dir.join("herd-preload.js");
+                    let script = dir.join("herd-preload.cjs");
                     if let Err(e) = std::fs::write(&script, SCRIPT) {
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e);
@@ -76,8 +73,13 @@ impl Preload {
         Err(last.unwrap_or_else(|| std::io::Error::other("no fresh directory for the preload")))
     }
 
-    /// `NODE_OPTIONS` for a worker whose own is `user`: the user's options, then the preload.
+    /// `NODE_OPTIONS` for a worker whose own is `user`: the user's options, then the preload
+    /// (written again first if something removed it; the user's alone if it cannot be).
     pub(crate) fn node_options(&self, user: Option<&OsStr>) -> OsString {
+        if !self.script.exists() && !self.rewrite() {
+            // Without it the worker runs unchecked rather than failing to start.
+            return user.map(OsStr::to_os_string).unwrap_or_default();
+        }
         let path = self.script.to_string_lossy();
         // NODE_OPTIONS takes double-quoted values with backslash escapes.
         let quoted = path.replace('\\', "\\\\").replace('"', "\\\"");
@@ -88,6 +90,25 @@ impl Preload {
         }
         out.push(format!("--require \"{quoted}\""));
         out
+    }
+}
+
+impl Preload {
+    /// Makes the directory and script again, into a directory that is ours alone (a name in
+    /// the temporary directory someone else took meanwhile is left alone, with a warning).
+    fn rewrite(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&self.dir);
+        let ours = std::fs::symlink_metadata(&self.dir).is_ok_and(|m| {
+            m.is_dir()
+                && m.uid() == rustix::process::geteuid().as_raw()
+                && m.mode() & 0o777 == 0o700
+        });
+        let written = ours && std::fs::write(&self.script, SCRIPT).is_ok();
+        if !written {
+            tracing::warn!(path = %self.script.display(), "cannot write the liveness preload again: new Node workers run without liveness checks");
+        }
+        written
     }
 }
 
@@ -116,7 +137,7 @@ mod tests {
             o.starts_with("--max-old-space-size=512 --require \""),
             "{o}"
         );
-        assert!(o.ends_with("herd-preload.js\""), "{o}");
+        assert!(o.ends_with("herd-preload.cjs\""), "{o}");
         assert!(p
             .node_options(None)
             .to_string_lossy()

@@ -123,7 +123,8 @@ impl ClusterBuilder {
 
     /// Replaces hung workers (default `None`: off). An online worker is pinged on its channel
     /// every third of `limit` (at most every 10 s); once it has answered one ping, a worker
-    /// that then answers none for `limit` (stopped, or its event loop blocked) is reported
+    /// that then leaves a ping unanswered for `limit`, sending nothing (stopped, or its event
+    /// loop blocked) is reported
     /// ([`Event::Unresponsive`](crate::Event::Unresponsive)), taken out of balancing and killed.
     /// herd's own workers answer from their channel's reader task; a Node worker (json codec)
     /// answers from its event loop through a preload herd adds to its `NODE_OPTIONS` (after the

@@ -3,7 +3,7 @@
 //! its handles (disconnect, kill), captured output and the life's next deadline, hands each to
 //! the life as an [`Input`] and runs the [`Effect`]s it answers. It alone emits the worker's
 //! events, so they come in order: `Fork, Online, (Listening|Ready|Message|Request|Output)*,
-//! [Error], Disconnect, Exit`.
+//! [Unresponsive], [Error], Disconnect, Exit`.
 //!
 //! **Backpressure**: events go into one bounded queue shared by all workers. When it is full the
 //! supervisor parks the event in a local outbox and stops reading the worker's channel until
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::config::{Config, Stop};
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
-use super::life::{Effect, Input, Life, Phase, Rules, StopBy};
+use super::life::{Effect, Input, Life, Rules, StopBy};
 use super::output;
 use super::reaper;
 use crate::cache::serve::{Admission, CacheCalls};
@@ -192,6 +192,10 @@ impl Supervisor {
                     None
                 }
                 Step::Frame(Ok(Some(frame))) => {
+                    if self.cfg.unresponsive.is_some() && self.life.been_online() {
+                        let effects = self.life.handle(Instant::now(), Input::Heard);
+                        self.run_effects(effects);
+                    }
                     let input = self.on_frame(frame);
                     self.shared
                         .dropped_internal
@@ -271,7 +275,11 @@ impl Supervisor {
             Effect::Signal(sig) => self.signal(sig),
             Effect::KillLeftovers => self.kill_group_after_exit(),
             Effect::DropOutput => self.output = None,
-            Effect::Ping(seq) => self.peer.control_soon(&Control::Ping { seq }),
+            Effect::Ping(seq) => {
+                if !self.peer.control_soon(&Control::Ping { seq }) {
+                    return Some(Input::PingDropped(seq));
+                }
+            }
             Effect::Unresponsive(silent) => {
                 tracing::warn!(worker = %id, silent_ms = silent.as_millis() as u64, "worker answered no ping: replacing it");
                 // No new connection goes to it; those it had not taken go to the others.
@@ -306,7 +314,7 @@ impl Supervisor {
     /// means for its life, if anything.
     fn on_frame(&mut self, frame: herd_wire::Frame) -> Option<Input> {
         let id = self.id;
-        if self.life.phase() == Phase::Starting {
+        if !self.life.been_online() {
             return Some(match self.handshake(frame) {
                 Ok(()) => Input::Hello,
                 Err(e) => Input::ChannelEnded(Some(e)),

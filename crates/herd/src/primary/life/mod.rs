@@ -14,12 +14,15 @@
 //! - the **drain** after exit, for the worker's last frames, then the channel is closed;
 //! - the **output** time after exit, for its last lines, then its pipes are let go;
 //! - with [`Rules::unresponsive`], the **liveness** pings of an online worker and the verdict:
-//!   a worker that has answered a ping once and then answers none for that long is
-//!   unresponsive (stopped, or its event loop blocked). It is taken out of balancing and
-//!   killed, and its slot gets a new worker (not counted as a crash). A worker that never
-//!   answers (a program that does not speak herd's channel) is never judged: pings stop after
-//!   [`FIRST_ANSWER_WITHIN`]. While the shell does not read the channel (backpressure) no answer
-//!   can arrive, so the verdict waits for a fresh window after reading resumes.
+//!   a worker that has answered a ping once, and then leaves a ping sent `limit` ago
+//!   unanswered with nothing else heard from it meanwhile, is unresponsive (stopped, or its
+//!   event loop blocked for at least `limit`). It is taken out of balancing and killed, and its
+//!   slot gets a new worker (not counted as a crash). A worker that never answers (a program
+//!   that does not speak herd's channel) is never judged: pings stop after
+//!   [`FIRST_ANSWER_WITHIN`]. No answer can arrive while the shell does not read the channel
+//!   (backpressure) or while herd itself is held up (a late tick), and a ping that could not be
+//!   queued was never asked: each of these starts a fresh window. Any frame from the worker
+//!   counts as an answer.
 //!
 //! The worker is done ([`Effect::Exited`]) once it has exited, its channel is closed and its
 //! output is over: its events then end with its exit.
@@ -27,6 +30,7 @@
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rustix::process::Signal;
@@ -120,6 +124,10 @@ pub(crate) enum Input {
     OutputEnded,
     /// It answered ping `seq`.
     Pong(u64),
+    /// It sent something (any frame): it is alive, whatever pings wait.
+    Heard,
+    /// Ping `seq` could not be queued (the send queue was full): not waited for.
+    PingDropped(u64),
     /// The shell reads the channel (`true`) or has stopped reading it for backpressure.
     Reading(bool),
     /// Time passed: deadlines due by `now` fire.
@@ -172,6 +180,8 @@ pub(crate) struct Life {
     exit: Option<ExitStatus>,
     /// Its exit was reported.
     done: bool,
+    /// It has been online (a hello is taken once).
+    been_online: bool,
     handshake_by: Option<Instant>,
     kill_at: Option<Instant>,
     stop_signal_at: Option<Instant>,
@@ -189,12 +199,27 @@ struct Alive {
     seq: u64,
     /// When the first ping went.
     first_ping: Option<Instant>,
-    /// When it is judged unresponsive unless it answers first (set once it has answered).
-    verdict_at: Option<Instant>,
-    /// When it last answered.
-    heard_at: Option<Instant>,
+    /// It has answered a ping: from now on it is judged.
+    armed: bool,
+    /// Pings queued and not answered yet (sequence number, when sent), oldest first, at most
+    /// [`MAX_WAITING_PINGS`].
+    waiting: VecDeque<(u64, Instant)>,
     /// The shell has stopped reading the channel: no verdict meanwhile.
     paused: bool,
+}
+
+/// Unanswered pings remembered; the verdict comes long before (a limit is three pings).
+const MAX_WAITING_PINGS: usize = 16;
+
+impl Alive {
+    /// When it is judged unless it answers first: a ping sent `limit` ago and still unanswered.
+    fn verdict_at(&self, limit: Duration) -> Option<Instant> {
+        if !self.armed || self.paused {
+            return None;
+        }
+        let (_, sent) = self.waiting.front()?;
+        Some(crate::deadline::after(*sent, limit))
+    }
 }
 
 impl Life {
@@ -213,6 +238,7 @@ impl Life {
             output,
             exit: None,
             done: false,
+            been_online: online,
             kill_at: None,
             stop_signal_at: None,
             drain_until: None,
@@ -230,8 +256,14 @@ impl Life {
     }
 
     /// Where it is.
+    #[cfg(test)]
     pub(crate) fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Whether it has been online (its hello taken, or none needed).
+    pub(crate) fn been_online(&self) -> bool {
+        self.been_online
     }
 
     /// Whether its channel is open.
@@ -264,7 +296,9 @@ impl Life {
             self.drain_until,
             self.output_until,
             self.alive.ping_at,
-            self.alive.verdict_at,
+            self.rules
+                .unresponsive
+                .and_then(|l| self.alive.verdict_at(l)),
         ]
         .into_iter()
         .flatten()
@@ -281,16 +315,24 @@ impl Life {
             Input::Exited(status) => self.exited(now, status, &mut fx),
             Input::Stop => self.stop(now, &mut fx),
             Input::Kill(sig) => {
+                // Its grace period rules from now on (a slow handler of `sig` is no hang).
+                self.alive = Alive::default();
                 self.signal(sig, &mut fx);
                 self.arm_kill(now);
             }
-            Input::Hello if self.phase == Phase::Starting && self.open => {
-                self.phase = Phase::Online;
+            // A hello read after a stop request or the exit still makes it online (once).
+            Input::Hello if !self.been_online && self.open => {
+                self.been_online = true;
                 self.handshake_by = None;
-                self.went_online(now);
+                if self.phase == Phase::Starting {
+                    self.phase = Phase::Online;
+                    self.went_online(now);
+                }
                 fx.push(Effect::Online);
             }
             Input::Pong(seq) => self.pong(now, seq),
+            Input::Heard => self.heard(),
+            Input::PingDropped(seq) => self.alive.waiting.retain(|(s, _)| *s != seq),
             Input::Reading(reading) => self.reading(now, reading),
             Input::Hello => {}
             Input::ChannelEnded(error) => self.lost_channel(now, error, &mut fx),
@@ -398,12 +440,20 @@ impl Life {
         if due(self.output_until) {
             self.drop_output(fx);
         }
-        if due(self.alive.verdict_at) {
-            let silent = self.alive.heard_at.map_or(Duration::ZERO, |t| now - t);
-            self.alive = Alive::default();
-            fx.push(Effect::Unresponsive(silent));
-            self.signal(Signal::KILL, fx);
-            self.arm_kill(now);
+        if let Some(limit) = self.rules.unresponsive {
+            if (self.alive.ping_at).is_some_and(|due| now > due + ping_every(limit)) {
+                // This tick comes late: herd itself was held up (stopped, paused, starved)
+                // and sent nothing meanwhile. What waits is not the worker's fault: a fresh
+                // window.
+                self.alive.waiting.clear();
+            }
+            if due(self.alive.verdict_at(limit)) {
+                let silent = self.alive.waiting.front().map_or(limit, |(_, t)| now - *t);
+                self.alive = Alive::default();
+                fx.push(Effect::Unresponsive(silent));
+                self.signal(Signal::KILL, fx);
+                self.arm_kill(now);
+            }
         }
         if due(self.alive.ping_at) {
             self.ping(now, fx);
@@ -425,8 +475,9 @@ impl Life {
         let Some(limit) = self.rules.unresponsive else {
             return;
         };
+        let every = ping_every(limit);
         let a = &mut self.alive;
-        if a.heard_at.is_none() {
+        if !a.armed {
             let first = *a.first_ping.get_or_insert(now);
             if now.duration_since(first) >= FIRST_ANSWER_WITHIN {
                 // It does not answer pings at all: never judged.
@@ -434,38 +485,37 @@ impl Life {
                 return;
             }
         }
+        if a.waiting.len() < MAX_WAITING_PINGS {
+            a.waiting.push_back((a.seq, now));
+        }
         fx.push(Effect::Ping(a.seq));
         a.seq += 1;
-        a.ping_at = Some(now + ping_every(limit));
+        a.ping_at = Some(now + every);
     }
 
-    fn pong(&mut self, now: Instant, seq: u64) {
-        let Some(limit) = self.rules.unresponsive else {
-            return;
-        };
+    fn pong(&mut self, _now: Instant, seq: u64) {
         let a = &mut self.alive;
-        // Only an answer to a ping sent counts, or a first one given unasked (herd's Node
-        // preload answers 0 as it loads); none once the checks are over.
-        if seq > a.seq || (seq == a.seq && seq != 0) || a.ping_at.is_none() {
+        // Only an answer to a ping sent counts; none once the checks are over.
+        if seq >= a.seq || a.ping_at.is_none() {
             return;
         }
-        a.heard_at = Some(now);
-        if !a.paused {
-            a.verdict_at = Some(crate::deadline::after(now, limit));
+        a.armed = true;
+        a.waiting.retain(|(s, _)| *s > seq);
+    }
+
+    /// Any frame from an armed worker: its loop runs, so nothing that waits counts against it.
+    fn heard(&mut self) {
+        if self.alive.armed {
+            self.alive.waiting.clear();
         }
     }
 
-    fn reading(&mut self, now: Instant, reading: bool) {
-        let Some(limit) = self.rules.unresponsive else {
-            return;
-        };
+    fn reading(&mut self, _now: Instant, reading: bool) {
         let a = &mut self.alive;
         a.paused = !reading;
-        if !reading {
-            a.verdict_at = None;
-        } else if a.heard_at.is_some() && a.ping_at.is_some() {
+        if reading {
             // A fresh window: answers could not be read meanwhile.
-            a.verdict_at = Some(crate::deadline::after(now, limit));
+            a.waiting.clear();
         }
     }
 

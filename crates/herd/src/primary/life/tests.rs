@@ -452,9 +452,11 @@ fn a_worker_that_stops_answering_is_unresponsive_after_the_limit_and_killed() {
     let mut w = pinged();
     w.on(Input::Tick);
     w.on(Input::Pong(0));
-    // Pings go on, unanswered.
+    // Pings go on, unanswered: judged once the first of them is `LIMIT` old.
     assert_eq!(w.next(), ["Ping(1)"]);
     assert_eq!(w.next(), ["Ping(2)"]);
+    assert_eq!(w.next(), ["Ping(3)"]);
+    assert_eq!(w.in_next(), Some(EVERY), "Ping(1) went 20 s ago");
     assert_eq!(w.next(), ["Unresponsive(30s)", "kill"]);
     assert_eq!(
         w.in_next(),
@@ -483,14 +485,86 @@ fn a_worker_that_never_answers_is_never_judged_and_pings_stop() {
 }
 
 #[test]
-fn a_first_answer_given_unasked_arms_the_checks() {
+fn an_answer_given_unasked_arms_nothing() {
     let mut w = pinged();
-    // herd's Node preload answers 0 as it loads, before the first ping went.
+    // Before any ping went: no answer to anything (a process beside the worker, say).
     w.on(Input::Pong(0));
     assert_eq!(w.on(Input::Tick), ["Ping(0)"]);
+    while w.in_next().is_some() {
+        assert!(w.next().iter().all(|f| f.starts_with("Ping(")));
+    }
+}
+
+#[test]
+fn a_block_shorter_than_the_limit_is_no_hang() {
+    let mut w = pinged();
+    w.on(Input::Tick);
+    w.on(Input::Pong(0));
+    // Its loop blocks right after answering, for 29 s.
     assert_eq!(w.next(), ["Ping(1)"]);
     assert_eq!(w.next(), ["Ping(2)"]);
-    assert_eq!(w.next(), ["Unresponsive(30s)", "kill"]);
+    w.now += Duration::from_secs(9);
+    w.on(Input::Pong(1));
+    w.on(Input::Pong(2));
+    assert_eq!(w.next(), ["Ping(3)"]);
+}
+
+#[test]
+fn anything_it_sends_counts_as_an_answer() {
+    let mut w = pinged();
+    w.on(Input::Tick);
+    w.on(Input::Pong(0));
+    w.next();
+    w.next();
+    w.on(Input::Heard);
+    assert_eq!(w.life.alive.verdict_at(LIMIT), None);
+    assert_eq!(w.next(), ["Ping(3)"]);
+}
+
+#[test]
+fn a_ping_that_could_not_be_queued_is_not_waited_for() {
+    let mut w = pinged();
+    w.on(Input::Tick);
+    w.on(Input::Pong(0));
+    w.next();
+    w.on(Input::PingDropped(1));
+    assert_eq!(w.life.alive.verdict_at(LIMIT), None);
+    w.next();
+    assert_eq!(w.life.alive.verdict_at(LIMIT), Some(w.now + LIMIT));
+}
+
+#[test]
+fn a_late_tick_after_herd_itself_was_held_up_judges_nobody() {
+    let mut w = pinged();
+    w.on(Input::Tick);
+    w.on(Input::Pong(0));
+    w.next();
+    // herd stopped for a minute: nothing was sent, so nothing could be answered.
+    assert_eq!(w.after(Duration::from_secs(60)), ["Ping(2)"]);
+    assert_eq!(w.in_next(), Some(EVERY));
+}
+
+#[test]
+fn a_kill_request_ends_the_checks_its_grace_rules() {
+    let mut w = pinged();
+    w.on(Input::Tick);
+    w.on(Input::Pong(0));
+    w.on(Input::Kill(Signal::TERM));
+    assert_eq!(w.in_next(), Some(GRACE));
+}
+
+#[test]
+fn a_hello_read_after_a_stop_request_or_the_exit_still_makes_it_online() {
+    let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+    w.on(Input::Exited(code(0)));
+    assert_eq!(w.on(Input::Hello), ["Online"]);
+    assert!(w.on(Input::Hello).is_empty());
+    let (mut w, _) = W::new(rules(StopBy::Signal(Signal::TERM), false));
+    w.on(Input::Stop);
+    assert_eq!(w.life.phase(), Phase::Stopping);
+    // Its channel is closed on our side, but its hello may still be read.
+    assert_eq!(w.on(Input::Hello), ["Online"]);
+    assert_eq!(w.life.phase(), Phase::Stopping);
 }
 
 #[test]
@@ -518,7 +592,8 @@ fn an_answer_to_a_ping_never_sent_counts_for_nothing() {
     w.on(Input::Pong(1));
     w.on(Input::Pong(2));
     assert_eq!(
-        w.life.alive.verdict_at, None,
+        w.life.alive.verdict_at(LIMIT),
+        None,
         "a lying pong does not arm the checks"
     );
 }
@@ -535,10 +610,11 @@ fn no_verdict_while_the_channel_is_not_read_and_a_fresh_window_after() {
     assert_eq!(w.after(EVERY), ["Ping(3)"]);
     assert_eq!(w.after(EVERY), ["Ping(4)"]);
     w.on(Input::Reading(true));
-    assert_eq!(w.life.alive.verdict_at, Some(w.now + LIMIT));
-    w.now += Duration::from_millis(1);
-    w.on(Input::Pong(4));
+    assert_eq!(w.life.alive.verdict_at(LIMIT), None, "a fresh window");
     assert_eq!(w.next(), ["Ping(5)"]);
+    assert_eq!(w.next(), ["Ping(6)"]);
+    assert_eq!(w.next(), ["Ping(7)"]);
+    assert_eq!(w.next(), ["Unresponsive(30s)", "kill"]);
 }
 
 #[test]

@@ -91,8 +91,10 @@ impl Machine {
         }));
     }
 
-    /// Slot `slot`'s worker was killed for answering no liveness ping: a new one starts at
-    /// once, counted as a restart and as a replaced worker, never as a crash.
+    /// Slot `slot`'s worker was killed for answering no liveness ping: a new one starts after
+    /// the restart policy's backoff for the slot's count of such replacements (at once the
+    /// first time, so a program that hangs again and again is not restarted in a tight loop),
+    /// counted as a restart and as a replaced worker, never as a crash.
     pub(super) fn replace_unresponsive(
         &mut self,
         now: Instant,
@@ -104,16 +106,23 @@ impl Machine {
         if self.stopping.is_some() {
             return;
         }
+        let policy = &self.config.restart;
         let s = &mut self.slots[slot];
         s.unresponsive = s.unresponsive.saturating_add(1);
         s.start_failures = 0;
-        tracing::warn!(%worker, slot, %status, "unresponsive worker killed; starting its replacement");
-        s.state = SlotState::Restarting { at: now };
+        let delay = match s.unresponsive {
+            1 => Duration::ZERO,
+            n => Backoff::new(policy.backoff_min, policy.backoff_max, false).delay_for(n - 1),
+        };
+        tracing::warn!(%worker, slot, %status, restart_in_ms = delay.as_millis() as u64, "unresponsive worker killed; starting its replacement");
+        s.state = SlotState::Restarting {
+            at: crate::deadline::after(now, delay),
+        };
         fx.push(Effect::Emit(ServiceEvent::Restarting {
             slot,
             worker: Some(worker),
             status: Some(status),
-            delay: Duration::ZERO,
+            delay,
         }));
     }
 }
