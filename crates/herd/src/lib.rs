@@ -95,3 +95,18 @@ pub use worker::{Worker, WorkerOptions};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// docs/library.md's code, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/library.md")]
+struct LibraryDoctests;
+
+/// docs/node.md's code, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/node.md")]
+struct NodeDoctests;
+
+/// docs/cli.md's code, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/cli.md")]
+struct CliDoctests;

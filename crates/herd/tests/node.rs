@@ -448,7 +448,7 @@ async fn a_listening_socket_sent_to_a_node_worker_serves_http() {
         }
     }
     // A listening Unix socket too (Node asks its primary by the worker's descriptor number),
-    // used as it arrives: a re-listen would leave two listeners in the worker (see README).
+    // used as it arrives: a re-listen would leave two listeners in the worker (see docs/node.md).
     let dir = std::env::temp_dir().join(format!("herd-node-handles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("http.sock");
