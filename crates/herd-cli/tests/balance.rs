@@ -147,17 +147,6 @@ fn scale(herd: &Herd, n: usize) {
     });
 }
 
-/// Stops herd gracefully (no client is connected any more): it exits 0.
-fn stop(mut herd: Herd) {
-    let out = herd.ctl(&["stop"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(herd.wait(), Some(0));
-}
-
 /// A reload or a scale change.
 #[derive(Clone, Copy, Debug)]
 enum Change {

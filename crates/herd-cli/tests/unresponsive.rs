@@ -21,18 +21,20 @@ fn server() -> String {
         .into_owned()
 }
 
-/// `herd run -w 2 --unresponsive 1.5` of the server, in `balance` mode, both workers running.
-fn start(name: &str, balance: &str) -> (Herd, SocketAddr) {
+/// `herd run -w WORKERS --balance BALANCE --unresponsive LIMIT` of the server, every worker
+/// running.
+fn start(name: &str, workers: usize, balance: &str, limit: &str) -> (Herd, SocketAddr) {
     let (listen, port) = demo_port();
+    let n = workers.to_string();
     let herd = Herd::start(
         name,
         &[
             "-w",
-            "2",
+            &n,
             "--balance",
             balance,
             "--unresponsive",
-            "1.5",
+            limit,
             "--listen",
             &listen,
             "--env",
@@ -43,8 +45,14 @@ fn start(name: &str, balance: &str) -> (Herd, SocketAddr) {
         ],
     );
     let addr = herd.listening();
-    herd.status_until("two workers running", |s| running(s) == 2);
+    herd.status_until("every worker running", |s| running(s) == workers);
     (herd, addr)
+}
+
+/// Sends `sig` to the process `pid`.
+fn signal(pid: u64, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
 }
 
 /// Waits until the slot of the worker with `pid` has a new worker counted as hung; how long
@@ -81,19 +89,8 @@ fn load(addr: SocketAddr) -> Load {
     })
 }
 
-/// `herd stop`: herd exits 0.
-fn stop(mut herd: Herd) {
-    let out = herd.ctl(&["stop"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(herd.wait(), Some(0));
-}
-
 fn a_spinning_event_loop_is_replaced(balance: &str) {
-    let (herd, addr) = start(&format!("hung-loop-{balance}"), balance);
+    let (herd, addr) = start(&format!("hung-loop-{balance}"), 2, balance, "1.5");
     let traffic = load(addr);
     // The request that hangs a worker (it never answers).
     let hang = std::thread::spawn(move || http_get(addr, "/hang"));
@@ -151,7 +148,7 @@ fn a_spinning_node_event_loop_is_replaced_shared() {
 
 #[test]
 fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile() {
-    let (herd, addr) = start("hung-stopped", "rr");
+    let (herd, addr) = start("hung-stopped", 2, "rr", "1.5");
     let victim = pids(&herd.status())[0];
     // Stopped once it serves (its loop has turned, so it has answered a ping: a worker stopped
     // before its first answer is not told from a program that never answers).
@@ -161,8 +158,7 @@ fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile() {
     }
     let traffic = load(addr);
     let started = Instant::now();
-    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    signal(victim, rustix::process::Signal::STOP);
     let took = replaced(&herd, victim, started);
     served_more(&traffic, 200);
     let (ok, failed) = traffic.stop();
@@ -181,31 +177,13 @@ fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile() {
 
 #[test]
 fn unresponsive_off_leaves_a_stopped_worker_alone() {
-    let (listen, port) = demo_port();
-    let herd = Herd::start(
-        "hung-off",
-        &[
-            "-w",
-            "1",
-            "--unresponsive",
-            "off",
-            "--listen",
-            &listen,
-            "--env",
-            &port,
-            "--",
-            "node",
-            &server(),
-        ],
-    );
-    herd.status_until("one worker running", |s| running(s) == 1);
+    let (herd, _) = start("hung-off", 1, "shared", "off");
     let victim = pids(&herd.status())[0];
-    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    signal(victim, rustix::process::Signal::STOP);
     // Longer than the shortest limit a test above uses, several times over.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(pids(&herd.status()), [victim], "nobody replaced it");
-    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    signal(victim, rustix::process::Signal::CONT);
     stop(herd);
 }
 

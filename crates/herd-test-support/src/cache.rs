@@ -46,6 +46,36 @@ pub async fn start_node(hub: &Hub, n: usize, script: &Path) -> (Cluster, Vec<Wor
     start_with(builder, hub, n).await
 }
 
+/// `n` Node-json workers that are only `sh` (a peer that never reads): each runs `setup`, then
+/// writes `calls` cache calls `{"cmd":"NODE_HERD_CACHE","id":N,"data":DATA}` to its channel
+/// (ids from 1), reads no reply and sleeps. `data` is a `printf` format, filled from `args`
+/// (shell words: `$i` is the call's index from 0); it must not contain `'`.
+pub async fn unread_calls(
+    hub: &Hub,
+    n: usize,
+    calls: usize,
+    (setup, data, args): (&str, &str, &str),
+) -> Cluster {
+    let script = format!(
+        r#"{setup}
+           i=0; while [ $i -lt {calls} ]; do
+             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{data}}}\n' $((i+1)) {args}
+             i=$((i+1))
+           done >&3
+           exec sleep 120"#
+    );
+    Cluster::builder()
+        .workers(n)
+        .program("sh")
+        .args(["-c", &script])
+        .codec(herd::Codec::NodeJson)
+        .grace(std::time::Duration::from_millis(200))
+        .cache(hub.clone())
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Sends `op` to every worker in `ids` at once and collects one answer from each.
 pub async fn ask_all(
     cluster: &mut Cluster,

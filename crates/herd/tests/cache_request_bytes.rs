@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
-use herd::{Cluster, Codec};
 use herd_test_support::events::DEADLINE;
 use herd_test_support::redis_server::RedisServer;
 
@@ -52,24 +51,17 @@ async fn writes_a_frozen_redis_cannot_take_hold_a_bounded_number_of_bytes() {
     server.pause();
     let before = rss();
 
-    let script = format!(
-        r#"v=$(head -c {VALUE} /dev/zero | tr '\0' x)
-           i=0; while [ $i -lt {CALLS} ]; do
-             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{{"op":"set","key":"k%d","value":"%s"}}}}\n' $((i+1)) $i "$v"
-             i=$((i+1))
-           done >&3
-           exec sleep 120"#
-    );
-    let cluster = Cluster::builder()
-        .workers(1)
-        .program("sh")
-        .args(["-c", &script])
-        .codec(Codec::NodeJson)
-        .grace(Duration::from_millis(200))
-        .cache(hub.clone())
-        .start()
-        .await
-        .unwrap();
+    let cluster = herd_test_support::cache::unread_calls(
+        &hub,
+        1,
+        CALLS,
+        (
+            &format!("v=$(head -c {VALUE} /dev/zero | tr '\\0' x)"),
+            r#"{"op":"set","key":"k%d","value":"%s"}"#,
+            r#"$i "$v""#,
+        ),
+    )
+    .await;
 
     // Watch the primary's memory until it stops growing for 2 s (it has taken what it will
     // take), at most a minute.

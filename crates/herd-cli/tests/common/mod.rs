@@ -318,6 +318,18 @@ pub fn rest(rx: &mpsc::Receiver<String>) -> Vec<String> {
     lines
 }
 
+/// `herd stop`: it succeeds and herd exits 0 (how the workers ended is not checked; see
+/// [`stop_gracefully`]).
+pub fn stop(mut herd: Herd) {
+    let out = herd.ctl(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(herd.wait(), Some(0));
+}
+
 /// `herd stop`, and checks it was graceful: herd exits 0, every worker exited 0 (retired with
 /// exit code 0), nothing was killed.
 pub fn stop_gracefully(herd: Herd, workers: usize) {

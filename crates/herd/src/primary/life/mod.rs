@@ -330,10 +330,10 @@ impl Life {
                 }
                 fx.push(Effect::Online);
             }
-            Input::Pong(seq) => self.pong(now, seq),
+            Input::Pong(seq) => self.pong(seq),
             Input::Heard => self.heard(),
             Input::PingDropped(seq) => self.alive.waiting.retain(|(s, _)| *s != seq),
-            Input::Reading(reading) => self.reading(now, reading),
+            Input::Reading(reading) => self.reading(reading),
             Input::Hello => {}
             Input::ChannelEnded(error) => self.lost_channel(now, error, &mut fx),
             Input::NodeDeclined => {
@@ -493,7 +493,7 @@ impl Life {
         a.ping_at = Some(now + every);
     }
 
-    fn pong(&mut self, _now: Instant, seq: u64) {
+    fn pong(&mut self, seq: u64) {
         let a = &mut self.alive;
         // Only an answer to a ping sent counts; none once the checks are over.
         if seq >= a.seq || a.ping_at.is_none() {
@@ -510,7 +510,7 @@ impl Life {
         }
     }
 
-    fn reading(&mut self, _now: Instant, reading: bool) {
+    fn reading(&mut self, reading: bool) {
         let a = &mut self.alive;
         a.paused = !reading;
         if reading {
