@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herd::cache::{CacheConfig, FileSource, Hub, Progress};
-use herd::{Cluster, Codec};
 use herd_test_support::events::DEADLINE;
 
 /// The value's size: text, so a Node peer gets it as a JSON string.
@@ -41,37 +40,30 @@ async fn a_worker_that_never_reads_big_replies_costs_a_bounded_number_of_bytes()
     assert_eq!(hub.get("big").await.unwrap().unwrap().len(), VALUE);
     let before = rss();
 
-    let script = format!(
-        r#"i=0; while [ $i -lt {CALLS} ]; do
-             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{{"op":"get","key":"big"}}}}\n' $((i+1))
-             i=$((i+1))
-           done >&3
-           exec sleep 120"#
-    );
-    let cluster = Cluster::builder()
-        .workers(1)
-        .program("sh")
-        .args(["-c", &script])
-        .codec(Codec::NodeJson)
-        .grace(Duration::from_millis(200))
-        .cache(hub.clone())
-        .start()
-        .await
-        .unwrap();
+    let cluster = herd_test_support::cache::unread_calls(
+        &hub,
+        1,
+        CALLS,
+        ("", r#"{"op":"get","key":"big"}"#, ""),
+    )
+    .await;
 
-    // The primary takes calls until the worker's permits are all held: watch its memory
-    // until its lookups pass that and stop growing (a debug build encodes slowly: at most a
-    // minute, then the figure is what it is).
+    // The primary takes calls until the worker's permits are all held, and encodes their
+    // replies (off the runtime, behind the lookups) until the budgets are full: watch its
+    // memory until its lookups pass that and neither they nor its memory have grown for 8 s
+    // (a debug build measures every waiting call's text before it encodes the first: seconds
+    // with nothing growing; at most a minute, then the figure is what it is).
     let started = tokio::time::Instant::now();
     let mut peak = 0;
-    let mut last = (0, tokio::time::Instant::now());
+    let mut last = (0, 0, tokio::time::Instant::now());
     loop {
-        peak = peak.max(rss());
+        let now = rss();
+        peak = peak.max(now);
         let s = hub.stats();
         let seen = s.hits + s.misses;
-        if seen != last.0 {
-            last = (seen, tokio::time::Instant::now());
-        } else if seen > 1024 && last.1.elapsed() > Duration::from_secs(1) {
+        if seen != last.0 || now > last.1 + (1 << 20) {
+            last = (seen, now.max(last.1), tokio::time::Instant::now());
+        } else if seen > 1024 && last.2.elapsed() > Duration::from_secs(8) {
             break;
         }
         if started.elapsed() > DEADLINE.min(Duration::from_secs(60)) {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herd::cache::{CacheConfig, FileSource, Hub, Progress};
-use herd::{Cluster, Codec};
 
 /// The value's size: text, so a Node peer gets it as a JSON string.
 const VALUE: usize = 24 << 20;
@@ -34,6 +33,7 @@ async fn encoding_big_node_replies_never_stalls_the_runtime() {
     );
     // Loaded (one miss) before the workers ask.
     assert_eq!(hub.get("big").await.unwrap().unwrap().len(), VALUE);
+    let before = herd_test_support::process::rss_kb(std::process::id()) << 10;
 
     let stop = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicU64::new(0));
@@ -49,31 +49,25 @@ async fn encoding_big_node_replies_never_stalls_the_runtime() {
         })
     };
 
-    let script = format!(
-        r#"i=0; while [ $i -lt {CALLS} ]; do
-             printf '{{"cmd":"NODE_HERD_CACHE","id":%d,"data":{{"op":"get","key":"big"}}}}\n' $((i+1))
-             i=$((i+1))
-           done >&3
-           exec sleep 120"#
-    );
-    let cluster = Cluster::builder()
-        .workers(2)
-        .program("sh")
-        .args(["-c", &script])
-        .codec(Codec::NodeJson)
-        .grace(Duration::from_millis(200))
-        .cache(hub.clone())
-        .start()
-        .await
-        .unwrap();
+    let cluster = herd_test_support::cache::unread_calls(
+        &hub,
+        2,
+        CALLS,
+        ("", r#"{"op":"get","key":"big"}"#, ""),
+    )
+    .await;
 
-    // Until every call was looked up and the replies that fit the workers' send queues (64 MiB
-    // each, so two per worker) have had time to be made.
+    // Until every call was looked up and replies were made: the workers' send queues (64 MiB
+    // each) hold at least four of them, so the primary has grown by that much.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while hub.stats().hits < 2 * CALLS as u64 && Instant::now() < deadline {
+    let made = || {
+        let rss = herd_test_support::process::rss_kb(std::process::id()) << 10;
+        rss.saturating_sub(before) >= 4 * VALUE as u64
+    };
+    while (hub.stats().hits < 2 * CALLS as u64 || !made()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(made(), "four replies were never made");
     stop.store(true, Ordering::Relaxed);
     ticker.await.unwrap();
     let late = Duration::from_micros(worst.load(Ordering::Relaxed));
