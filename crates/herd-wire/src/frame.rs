@@ -125,6 +125,10 @@ pub struct Frame {
     pub payload: Bytes,
     /// File descriptors attached to this frame, in order.
     pub fds: Vec<OwnedFd>,
+    /// More payload, written right after `payload` ([`Frame::with_trailer`]): a payload in two
+    /// parts, so that a large first part can be shared by many frames without a copy each.
+    /// Always empty on a frame read from a channel (its whole payload is in `payload`).
+    trailer: Bytes,
 }
 
 impl Frame {
@@ -136,7 +140,26 @@ impl Frame {
             format,
             payload,
             fds: Vec::new(),
+            trailer: Bytes::new(),
         }
+    }
+
+    /// Sends `trailer` right after the payload, as its last bytes: the peer reads one payload,
+    /// `payload` then `trailer`. Neither is copied to be sent, so a large `payload` made once can
+    /// go in many frames, each with its own few bytes at the end.
+    pub fn with_trailer(mut self, trailer: Bytes) -> Frame {
+        self.trailer = trailer;
+        self
+    }
+
+    /// The payload's trailer ([`Frame::with_trailer`]); empty unless one was set.
+    pub fn trailer(&self) -> &Bytes {
+        &self.trailer
+    }
+
+    /// Bytes of the whole payload, trailer included.
+    pub fn payload_len(&self) -> usize {
+        self.payload.len() + self.trailer.len()
     }
 
     /// Sets the request id.
@@ -299,14 +322,15 @@ pub fn decode(
         format: h.format,
         payload: frame.freeze(),
         fds: fds.take(h.nfds),
+        trailer: Bytes::new(),
     }))
 }
 
 /// Checks an outgoing frame against `limits`.
 pub fn validate_outgoing(frame: &Frame, limits: &Limits) -> Result<(), WireError> {
-    if frame.payload.len() > limits.max_frame_len {
+    if frame.payload_len() > limits.max_frame_len {
         return Err(WireError::FrameTooLarge {
-            len: frame.payload.len(),
+            len: frame.payload_len(),
             max: limits.max_frame_len,
         });
     }
@@ -328,7 +352,7 @@ pub fn validate_outgoing(frame: &Frame, limits: &Limits) -> Result<(), WireError
 /// Writes the header of `frame` into `out`. The payload is written separately so large payloads
 /// go out without a copy.
 pub fn encode_header(frame: &Frame, out: &mut impl BufMut) {
-    out.put_u32_le(frame.payload.len() as u32);
+    out.put_u32_le(frame.payload_len() as u32);
     out.put_u8(frame.kind as u8);
     out.put_u8(frame.format.to_bits());
     out.put_u16_le(frame.fds.len() as u16);
@@ -337,9 +361,10 @@ pub fn encode_header(frame: &Frame, out: &mut impl BufMut) {
 
 /// Encodes a whole frame (header and payload) into `out`; descriptors are not part of the bytes.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
-    out.reserve(HEADER_LEN + frame.payload.len());
+    out.reserve(HEADER_LEN + frame.payload_len());
     encode_header(frame, out);
     out.put_slice(&frame.payload);
+    out.put_slice(&frame.trailer);
 }
 
 #[cfg(test)]

@@ -242,10 +242,13 @@ pub fn encode_around(frame: &Frame, head: &mut BytesMut) -> Result<&'static [u8]
     if frame.kind == Kind::Node && frame.payload.first() != Some(&b'{') {
         return Err(malformed("a Node internal message is a JSON object"));
     }
-    if frame.payload.iter().all(|b| b.is_ascii_whitespace()) {
+    let blank = |b: &[u8]| b.iter().all(|b| b.is_ascii_whitespace());
+    if blank(&frame.payload) && blank(frame.trailer()) {
         return Err(malformed("empty json payload"));
     }
-    if memchr::memchr(b'\n', &frame.payload).is_some() {
+    if memchr::memchr(b'\n', &frame.payload).is_some()
+        || memchr::memchr(b'\n', frame.trailer()).is_some()
+    {
         return Err(malformed("json payload contains a raw newline"));
     }
     let Some((cmd, has_id, field)) = wrapper(frame.kind) else {

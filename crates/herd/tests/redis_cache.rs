@@ -335,10 +335,18 @@ async fn node_workers_share_the_cache_through_herd_js() {
     }
     let binary: Vec<u8> = (0..=255u8).rev().collect();
     server.cmd::<()>(&[b"SET", b"blob", &binary]);
+    // Big ones go to Node as one text shared by every reply of them (cache/node_text.rs).
     let big = vec![b'x'; 300 << 10];
     server.cmd::<()>(&[b"SET", b"big", &big]);
+    let bigbin: Vec<u8> = (0..200 << 10).map(|i| (i % 251) as u8 | 0x80).collect();
+    server.cmd::<()>(&[b"SET", b"bigbin", &bigbin]);
     let mut all = keys.clone();
-    all.extend(["blob".into(), "big".into(), "absent".into()]);
+    all.extend([
+        "blob".into(),
+        "big".into(),
+        "bigbin".into(),
+        "absent".into(),
+    ]);
 
     let src = source(&server, 4 << 20);
     let hub = hub(&src, quiet());
@@ -364,10 +372,26 @@ async fn node_workers_share_the_cache_through_herd_js() {
         assert_eq!(v["blob"]["sum"], json!(checksum(&binary).to_string()));
         assert_eq!(v["big"]["len"], json!(big.len()));
         assert_eq!(v["big"]["sum"], json!(checksum(&big).to_string()));
+        assert_eq!(v["bigbin"]["binary"], json!(true));
+        assert_eq!(v["bigbin"]["sum"], json!(checksum(&bigbin).to_string()));
         assert_eq!(v["absent"]["found"], json!(false));
     }
-    assert_eq!(src.reads(), 12);
-    assert_eq!(hub.stats().loads, 13);
+    assert_eq!(src.reads(), 13);
+    assert_eq!(hub.stats().loads, 14);
+
+    // A big value replaced in Redis reaches Node as the new one, not the text of the old.
+    let big2 = vec![b'y'; 300 << 10];
+    server.cmd::<()>(&[b"SET", b"big", &big2]);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let a = node_ask(&mut cluster, ids[0], json!({"op": "get", "key": "big"})).await;
+        if a["value"]["sum"] == json!(checksum(&big2).to_string()) {
+            break;
+        }
+        assert_eq!(a["value"]["sum"], json!(checksum(&big).to_string()), "{a}");
+        assert!(tokio::time::Instant::now() < deadline, "never invalidated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Then from the Node process's own copy; a change in Redis reaches it.
     let a = node_ask(&mut cluster, ids[1], json!({"op": "get", "key": "page:1"})).await;
@@ -404,7 +428,7 @@ async fn node_workers_share_the_cache_through_herd_js() {
     assert_eq!(a["value"]["found"], json!(false));
 
     let stats = node_ask(&mut cluster, ids[0], json!({"op": "stats"})).await["stats"].clone();
-    assert!(stats["local_misses"].as_u64().unwrap() >= 13, "{stats}");
+    assert!(stats["local_misses"].as_u64().unwrap() >= 14, "{stats}");
     assert_eq!(stats["hub"]["tracking"], json!(true));
     for (id, status) in cluster.disconnect_all().await {
         assert!(status.unwrap().success(), "node worker {id}");

@@ -32,6 +32,8 @@ impl Head {
 pub(super) struct Outgoing {
     pub(super) head: Head,
     pub(super) payload: Bytes,
+    /// The payload's own last bytes ([`Frame::with_trailer`]).
+    pub(super) trailer: Bytes,
     pub(super) tail: &'static [u8],
     pub(super) fds: Vec<OwnedFd>,
     pub(super) charged: u32,
@@ -64,9 +66,11 @@ impl Outgoing {
                 (Head::Json(head.freeze()), tail)
             }
         };
+        let trailer = frame.trailer().clone();
         Ok(Outgoing {
             head,
             payload: frame.payload,
+            trailer,
             tail,
             fds: frame.fds,
             charged: 0,
@@ -75,7 +79,7 @@ impl Outgoing {
 
     /// Bytes on the wire.
     pub(super) fn len(&self) -> usize {
-        self.head.as_slice().len() + self.payload.len() + self.tail.len()
+        self.head.as_slice().len() + self.payload.len() + self.trailer.len() + self.tail.len()
     }
 
     /// What it costs in the send queue (see [`queue_cost`]).
@@ -101,7 +105,7 @@ pub(super) fn wire_len(frame: &Frame, codec: Codec) -> usize {
         Codec::Binary => frame::HEADER_LEN,
         Codec::NodeJson => json::framing_len(frame.kind, frame.id),
     };
-    around + frame.payload.len()
+    around + frame.payload_len()
 }
 
 #[cfg(test)]

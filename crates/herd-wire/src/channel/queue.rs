@@ -167,7 +167,7 @@ impl SendQueue {
             return Err(WireError::Closed);
         }
         let was_empty = q.items.is_empty();
-        if out.fds.is_empty() && out.payload.len() < COPY_BELOW {
+        if out.fds.is_empty() && out.payload.len() + out.trailer.len() < COPY_BELOW {
             let len = out.len();
             let append = matches!(q.items.back(), Some(Item::Bytes { buf, .. })
                 if buf.len() + len <= BATCH_BYTES);
@@ -188,6 +188,7 @@ impl SendQueue {
             {
                 buf.extend_from_slice(out.head.as_slice());
                 buf.extend_from_slice(&out.payload);
+                buf.extend_from_slice(&out.trailer);
                 buf.extend_from_slice(out.tail);
                 *frames += 1;
                 *charged += out.charged as usize;

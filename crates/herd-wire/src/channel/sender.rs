@@ -281,4 +281,31 @@ mod tests {
             );
         }
     }
+    /// A payload in two parts (one shared by many frames, a trailer of each frame's own) reads
+    /// as one payload in both codecs, whether the frame is copied into the queue (small) or
+    /// written from its pieces (large), and the shared part is never copied to be queued.
+    #[tokio::test]
+    async fn a_trailer_is_read_as_the_end_of_its_payload() {
+        for codec in [Codec::Binary, Codec::NodeJson] {
+            let ((tx, _), (_, mut rx)) = pair(codec, Limits::default());
+            for len in [10usize, 200_000] {
+                let shared = Bytes::from(format!("[\"{}\"", "x".repeat(len)));
+                for i in 0..3u64 {
+                    let trailer = Bytes::from(format!(",{i}]"));
+                    let f = Frame::new(Kind::Reply, Format::Json, shared.clone())
+                        .with_id(i + 1)
+                        .with_trailer(trailer);
+                    assert_eq!(f.payload_len(), shared.len() + 3);
+                    tx.send(f).await.unwrap();
+                }
+                for i in 0..3u64 {
+                    let got = rx.recv().await.unwrap().unwrap();
+                    assert_eq!((got.kind, got.id), (Kind::Reply, i + 1));
+                    assert!(got.trailer().is_empty(), "read frames have no trailer");
+                    let want = [&shared[..], format!(",{i}]").as_bytes()].concat();
+                    assert_eq!(got.payload, want, "{codec:?}, {len} bytes");
+                }
+            }
+        }
+    }
 }

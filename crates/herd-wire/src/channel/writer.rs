@@ -84,13 +84,14 @@ async fn write_batch(sock: &UnixStream, batch: &mut [Item]) -> io::Result<()> {
         _ => Vec::new(),
     };
     // The batch as pieces, each written from where it lies.
-    let mut pieces: Vec<&[u8]> = Vec::with_capacity(batch.len() * 3);
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(batch.len() * 4);
     for item in batch.iter() {
         match item {
             Item::Bytes { buf, .. } => pieces.push(buf),
             Item::Frame(out) => {
                 pieces.push(out.head.as_slice());
                 pieces.push(&out.payload);
+                pieces.push(&out.trailer);
                 pieces.push(out.tail);
             }
             Item::Close => {}

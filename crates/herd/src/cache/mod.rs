@@ -25,6 +25,7 @@ mod config;
 pub(crate) mod error;
 mod file;
 mod hub;
+mod node_text;
 mod proto;
 #[cfg(feature = "redis")]
 mod redis;

@@ -19,12 +19,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::CacheError;
 use super::hub::{Hub, Push};
+use super::node_text;
 use super::proto::{self, CacheOp, GetReply, NodeGetReply, NodeText, WireValue};
 use super::store::{Found, Value};
 use crate::ipc::control::Control;
 use crate::ipc::Request;
 use crate::report::chain;
 use crate::{Codec, Peer, WorkerId};
+use herd_wire::Format;
 
 /// Cache calls one worker may have in flight at the hub, refusals included. Past it the
 /// worker's channel is not read until one is answered (backpressure).
@@ -301,6 +303,19 @@ async fn reply_found(
     match codec {
         Codec::NodeJson => {
             let bytes = f.value.as_ref().map(Value::bytes);
+            let own = node_text::Own {
+                ttl_ms,
+                seq: f.seq,
+                local: f.local,
+                stale: f.stale,
+            };
+            if let Some(shared) = bytes.as_ref().and_then(node_text::made) {
+                // Made for an earlier call: neither measured nor encoded again.
+                let _bytes = budget.bytes(shared.len()).await;
+                return request
+                    .reply_shared(Format::Json, shared, node_text::trailer(&own))
+                    .await;
+            }
             let len = match bytes.clone() {
                 None => 0,
                 Some(b) if b.len() <= ENCODE_HERE => NodeText::len_of(&b),
@@ -315,10 +330,22 @@ async fn reply_found(
                 };
                 return reply_error(codec, request, &e, budget).await;
             }
+            if request.codec() != Some(herd_wire::Codec::NodeJson) {
+                return Err(crate::Error::ChannelClosed);
+            }
             // Room first, then the text: a worker that does not read holds at most the budget
-            // of encoded replies (and one value's text beyond it), however many calls it makes.
+            // of replies (and one value's text beyond it), however many calls it makes.
             let _bytes = budget.bytes(len).await;
             let (seq, local, stale) = (f.seq, f.local, f.stale);
+            // A big value's text is made once and shared by every reply of it (`node_text`).
+            if let Some(slot) = bytes.as_ref().and_then(|b| node_text::slot(b, len)) {
+                let shared = slot
+                    .text(|v| async move { off_runtime(move || node_text::shared_part(&v)).await })
+                    .await?;
+                return request
+                    .reply_shared(Format::Json, shared, node_text::trailer(&own))
+                    .await;
+            }
             let found = f.value.is_some();
             let encode = move || {
                 let text = bytes.as_deref().map(NodeText::of);
@@ -333,9 +360,6 @@ async fn reply_found(
                 };
                 herd_wire::encode_to_send(herd_wire::Codec::NodeJson, &reply)
             };
-            if request.codec() != Some(herd_wire::Codec::NodeJson) {
-                return Err(crate::Error::ChannelClosed);
-            }
             let (format, payload) = if len <= ENCODE_HERE {
                 encode()?
             } else {

@@ -149,6 +149,21 @@ impl Request {
         Ok(tx.send_within(frame, self.send_timeout).await?)
     }
 
+    /// Answers with a payload already encoded in [`Request::codec`] in two parts: `shared`, the
+    /// same for many replies (not copied), then `trailer`, this reply's own bytes.
+    pub(crate) async fn reply_shared(
+        mut self,
+        format: Format,
+        shared: Bytes,
+        trailer: Bytes,
+    ) -> Result<(), Error> {
+        let tx = self.replier.take().ok_or(Error::ChannelClosed)?;
+        let frame = Frame::new(Kind::Reply, format, shared)
+            .with_id(self.id)
+            .with_trailer(trailer);
+        Ok(tx.send_within(frame, self.send_timeout).await?)
+    }
+
     /// Answers with an error text; the requester's call fails with [`Error::Remote`].
     pub async fn reply_error(mut self, text: &str) -> Result<(), Error> {
         let tx = self.replier.take().ok_or(Error::ChannelClosed)?;
