@@ -24,7 +24,6 @@ mod common;
 
 use common::http::*;
 use common::*;
-use herd_test_support::process::free_port;
 
 /// How herd balances connections in these tests, unless a test names the mode.
 const BALANCE: &str = "rr";
@@ -68,36 +67,7 @@ fn serve_command(
     command: &[&str],
     workers: usize,
 ) -> (Herd, SocketAddr) {
-    let port = free_port();
-    let env = format!("PORT={port}");
-    let n = workers.to_string();
-    let mut args = vec!["-w", &n];
-    args.extend(["--balance", balance]);
-    args.extend(["--env", &env, "--"]);
-    args.extend(command);
-    let herd = Herd::start(name, &args);
-    let deadline = Instant::now() + DEADLINE;
-    let mut listening = 0;
-    while listening < workers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match herd.out.recv_timeout(left) {
-            Ok(line) if line.contains("listening on") => {
-                assert!(line.ends_with(&format!("listening on {port}")), "{line}");
-                listening += 1;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                // herd exited (its output ends soon) or is silent (what it said so far).
-                let said: Vec<String> = match e {
-                    std::sync::mpsc::RecvTimeoutError::Disconnected => rest(&herd.err),
-                    std::sync::mpsc::RecvTimeoutError::Timeout => herd.err.try_iter().collect(),
-                };
-                panic!("{listening} of {workers} workers listening ({e}); herd said: {said:?}")
-            }
-        }
-    }
-    herd.status_until("every worker running", |s| running(s) == workers);
-    (herd, ([127, 0, 0, 1], port).into())
+    serve_port(name, &["--balance", balance], command, workers)
 }
 
 /// [`CLIENTS`] threads, each making one request after another on a new connection.

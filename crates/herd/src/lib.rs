@@ -86,6 +86,7 @@ pub use ids::{ExitStatus, WorkerId};
 pub use ipc::{Incoming, Message, Peer, Request};
 pub use node::balance::Balance;
 pub use node::envelope::NodeHandleError;
+pub use node::rescue::Rescue;
 pub use primary::spawn::ForkOptions;
 pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};
 pub use rustix::process::Signal;

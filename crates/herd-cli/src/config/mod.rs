@@ -269,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn rescue_modes() {
+        let s = merged("", &["--", "true"]).unwrap();
+        assert_eq!(s.rescue, herd::Rescue::End, "the default");
+        let s = merged("rescue = \"hold\"", &["--", "true"]).unwrap();
+        assert_eq!(s.rescue, herd::Rescue::Hold);
+        let s = merged("rescue = \"hold\"", &["--rescue", "off", "--", "true"]).unwrap();
+        assert_eq!(s.rescue, herd::Rescue::Off, "the flag over the file");
+        let e = merged("", &["--rescue", "always", "--", "true"]).unwrap_err();
+        assert!(format!("{e:#}").contains("rescue"), "{e:#}");
+    }
+
+    #[test]
     fn balance_modes() {
         let s = merged("", &["--", "true"]).unwrap();
         assert_eq!((s.balance, s.reuseport), (herd::Balance::Shared, false));

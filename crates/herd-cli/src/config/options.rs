@@ -30,6 +30,14 @@ pub struct Options {
     /// addresses (SO_REUSEPORT).
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub reuseport: Option<bool>,
+    /// What herd does with a retiring Node worker's client connections (a reload, a
+    /// scale-down, a stop): `end` (default: it keeps a copy of each, so one the worker lets go
+    /// of stays open and goes to another worker with its next request; after half the grace
+    /// period a worker left holding only connections whose next request waits is ended),
+    /// `hold` (kept and handed on, the worker never ended early) or `off` (Node's own
+    /// `server.close()`: idle keep-alive connections are closed).
+    #[arg(long, value_name = "end|hold|off")]
+    pub rescue: Option<String>,
     /// Seconds a worker has to exit after a stop before it is killed (default 5).
     #[arg(long)]
     pub grace: Option<f64>,

@@ -35,6 +35,8 @@ pub struct Settings {
     /// How Node workers' connections are spread (`--balance`; reuseport is `Shared` with a
     /// socket per worker).
     pub balance: herd::Balance,
+    /// `--rescue`: what is done with a retiring Node worker's connections.
+    pub rescue: herd::Rescue,
     pub grace: Duration,
     /// `--unresponsive`: how long a running worker may go without answering a ping.
     pub unresponsive: Option<Duration>,
@@ -149,6 +151,17 @@ pub fn settings(o: Options) -> Result<Settings> {
     if reuseport && listen.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         return Err(bad("reuseport", "works with TCP addresses only"));
     }
+    let rescue = match o.rescue.as_deref().map(str::trim) {
+        None | Some("end") => herd::Rescue::End,
+        Some("hold") => herd::Rescue::Hold,
+        Some("off") => herd::Rescue::Off,
+        Some(other) => {
+            return Err(bad(
+                "rescue",
+                format_args!("unknown mode {other:?} (use end, hold or off)"),
+            ))
+        }
+    };
     let grace = seconds("grace", o.grace.unwrap_or(5.0), MAX_WAIT)?;
     let unresponsive = match o.unresponsive.as_deref().map(str::trim) {
         None => Some(Duration::from_secs(30)),
@@ -296,6 +309,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         listen,
         reuseport,
         balance,
+        rescue,
         grace,
         unresponsive,
         stop,

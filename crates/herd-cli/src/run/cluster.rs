@@ -46,6 +46,7 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
         .unresponsive(s.unresponsive)
         .capture_output(true)
         .balance(s.balance)
+        .rescue(s.rescue)
         // What a worker leaves behind re-parents to herd, is killed with the worker's process
         // group once it exits, and is reaped here.
         .subreaper(true);

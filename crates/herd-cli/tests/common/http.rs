@@ -1,12 +1,16 @@
-//! The HTTP clients of the balancing tests (`balance.rs`): one response read with deadlines
-//! and a size cap, keep-alive and new-connection clients, and a tally of what each request got.
+//! The HTTP clients of the balancing tests (`balance.rs`, `rescue.rs`): one response read with
+//! deadlines and a size cap, keep-alive and new-connection clients, a tally of what each request
+//! got, and a herd serving a program on a free port.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::{rest, running, Herd, DEADLINE};
+use herd_test_support::process::free_port;
 
 /// How long a client waits to connect, to send, and for each read of a response.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -264,4 +268,45 @@ impl Tally {
     pub fn reasons(&self) -> Vec<String> {
         self.reasons.lock().unwrap().clone()
     }
+}
+
+/// `herd run -w N FLAGS --env PORT=P -- COMMAND` of a program that runs a server listening on
+/// `PORT` and prints `listening on PORT`, once every worker said so and the status shows them
+/// running; the address to reach them at.
+pub fn serve_port(
+    name: &str,
+    flags: &[&str],
+    command: &[&str],
+    workers: usize,
+) -> (Herd, SocketAddr) {
+    let port = free_port();
+    let env = format!("PORT={port}");
+    let n = workers.to_string();
+    let mut args = vec!["-w", &n];
+    args.extend(flags);
+    args.extend(["--env", &env, "--"]);
+    args.extend(command);
+    let herd = Herd::start(name, &args);
+    let deadline = Instant::now() + DEADLINE;
+    let mut listening = 0;
+    while listening < workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match herd.out.recv_timeout(left) {
+            Ok(line) if line.contains("listening on") => {
+                assert!(line.ends_with(&format!("listening on {port}")), "{line}");
+                listening += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // herd exited (its output ends soon) or is silent (what it said so far).
+                let said: Vec<String> = match e {
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => rest(&herd.err),
+                    std::sync::mpsc::RecvTimeoutError::Timeout => herd.err.try_iter().collect(),
+                };
+                panic!("{listening} of {workers} workers listening ({e}); herd said: {said:?}")
+            }
+        }
+    }
+    herd.status_until("every worker running", |s| running(s) == workers);
+    (herd, ([127, 0, 0, 1], port).into())
 }

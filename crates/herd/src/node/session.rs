@@ -21,7 +21,7 @@ use super::balance::{Balance, Balancer};
 use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
 use super::envelope;
 use super::handles::{Handles, Lent, MAX_KEYS};
-use super::rescue;
+use super::rescue::{self, Rescue};
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::Peer;
 use crate::listen::{self, ListenAddr};
@@ -35,13 +35,16 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     pub(crate) table: Arc<Handles>,
     pub(crate) balancer: Arc<Balancer>,
+    /// What is done with a retiring worker's connections.
+    pub(crate) rescue: Rescue,
 }
 
 impl Shared {
-    pub(crate) fn new(balance: Balance) -> Shared {
+    pub(crate) fn new(balance: Balance, rescue: Rescue) -> Shared {
         Shared {
             table: Arc::default(),
             balancer: Arc::new(Balancer::new(balance)),
+            rescue,
         }
     }
 }
@@ -50,6 +53,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("node::Shared")
             .field("balance", &self.balancer.mode())
+            .field("rescue", &self.rescue)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +90,7 @@ pub(crate) struct Session {
     disconnecting: bool,
     /// The worker's grace period: how long it has to stop once asked (`rescue` takes half).
     grace: Duration,
+    rescue: Rescue,
     /// A lost handle was reported already (later ones are logged at debug level).
     nack_seen: bool,
 }
@@ -112,6 +117,7 @@ impl Session {
             served: VecDeque::new(),
             disconnecting: false,
             grace,
+            rescue: shared.rescue,
             nack_seen: false,
         }
     }
@@ -223,9 +229,13 @@ impl Session {
         }
         let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
         let (exit, peer) = (self.exit.clone(), peer.clone());
-        let settle = self.grace / 2;
+        let (rescue, grace) = (self.rescue, self.grace);
         tokio::spawn(async move {
             balancer.answered_all(worker, ANSWER_LIMIT).await;
+            if rescue == Rescue::Off {
+                send(&peer, line);
+                return;
+            }
             // Reading /proc and taking descriptors are blocking calls: off the runtime.
             let skip = balancer.in_flight_inodes(worker);
             let grabbed = tokio::task::spawn_blocking(move || {
@@ -238,7 +248,7 @@ impl Session {
                 return;
             };
             send(&peer, line);
-            rescue::watch(balancer, worker, pid, keys, held, exit, settle).await;
+            rescue::watch(balancer, worker, pid, keys, held, exit, rescue, grace).await;
         });
         true
     }

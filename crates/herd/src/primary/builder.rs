@@ -15,7 +15,7 @@ use super::dispatcher::dispatcher;
 use super::{join_here, Cluster};
 use crate::cache::Hub;
 use crate::ipc::endpoint::SEND_TIMEOUT;
-use crate::node::{self, balance::Balance};
+use crate::node::{self, balance::Balance, rescue::Rescue};
 use crate::Error;
 
 /// Builds a [`Cluster`]. Defaults: one worker per CPU, this program re-executed with the same
@@ -42,6 +42,7 @@ pub struct ClusterBuilder {
     subreaper: bool,
     cgroup: Option<PathBuf>,
     balance: Balance,
+    rescue: Rescue,
     unresponsive: Option<Duration>,
 }
 
@@ -68,6 +69,7 @@ impl Default for ClusterBuilder {
             subreaper: false,
             cgroup: None,
             balance: Balance::default(),
+            rescue: Rescue::default(),
             unresponsive: None,
         }
     }
@@ -250,6 +252,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// What is done with a retiring Node cluster worker's client connections on the sockets
+    /// herd shares (a reload, a scale-down, a stop): [`Rescue::End`] (default: kept open when
+    /// the worker lets go of them and handed on with their next request, and a worker left
+    /// holding only connections whose next request waits is ended after half its grace
+    /// period), [`Rescue::Hold`] (kept and handed on, never ended early) or [`Rescue::Off`].
+    pub fn rescue(mut self, rescue: Rescue) -> Self {
+        self.rescue = rescue;
+        self
+    }
+
     /// Starts the dispatcher and forks the workers. Must be called inside a tokio runtime.
     ///
     /// If a fork fails, the workers already forked are killed (and reaped) before the error is
@@ -294,7 +306,7 @@ impl ClusterBuilder {
             listeners: self.listeners,
             capture_output: self.capture_output,
             send_timeout: self.send_timeout,
-            node: node::session::Shared::new(self.balance),
+            node: node::session::Shared::new(self.balance, self.rescue),
             stop: self.stop,
             cgroup_procs,
             preload: match (self.unresponsive, self.codec) {

@@ -20,13 +20,17 @@
 //!   taken and no listening socket, herd stops it (`SIGSTOP`), checks the connections again
 //!   (stopped, it cannot read one meanwhile) and ends it (`SIGKILL`, through a pidfd); they go
 //!   on as below. Otherwise it goes on (`SIGCONT`, also when anything cuts that short). If
-//!   that does not happen within [`PAUSE_LIMIT`], or cannot (a connection whose bytes are no
+//!   that does not happen within [`plan::PAUSE_LIMIT`], or cannot (a connection whose bytes are no
 //!   request line, a Unix socket, an incomplete scan), the marks go down and the worker serves
 //!   its connections as before, to its exit or grace period.
 //! - still held when the worker exits: handed on if a request line waits on it (its previous
 //!   one was answered: clients do not pipeline); else parked as one let go of idle.
 //! - closed by the client, or with bytes that are no request line (a WebSocket, the rest of a
 //!   body: no other worker could read them): closed.
+//!
+//! That is [`Rescue::End`], the default; [`Rescue::Hold`] keeps and hands on connections but
+//! never ends the worker early, and [`Rescue::Off`] takes nothing. When to pause, end or give
+//! up is decided by [`plan::Plan`], pure, on the clock it is given; [`watch`] is its shell.
 //!
 //! Nothing here is needed for the worker to stop: where `pidfd_getfd` is not allowed (another
 //! user, a ptrace policy) the worker retires as before, with a warning.
@@ -45,6 +49,7 @@ use tokio::sync::watch;
 use super::balance::Balancer;
 use crate::ids::{ExitStatus, WorkerId};
 use crate::listen::{self, ListenAddr};
+use plan::{Plan, Verdict};
 
 /// Connections taken from one retiring worker, at most.
 pub(crate) const MAX_HELD: usize = 4096;
@@ -54,15 +59,6 @@ pub(crate) const PARK: Duration = Duration::from_secs(2);
 
 /// How often the worker's descriptor table is read while it retires.
 const TICK: Duration = Duration::from_millis(10);
-
-/// Reads of the worker's table in a row that must find every connection it holds with a
-/// request waiting before it is ended.
-const ANSWERED_TICKS: u32 = 2;
-
-/// How long, at most, the connections' next requests wait while their marks are raised for a
-/// worker that has not answered them all: past it, the marks go down and the worker serves
-/// them as before, to its exit or grace period.
-const PAUSE_LIMIT: Duration = Duration::from_millis(500);
 
 /// Reads in a row that may find a request line cut short before the connection is opaque.
 const PARTIAL_TICKS: u8 = 10;
@@ -291,7 +287,10 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
 }
 
 /// Watches the retiring worker until it exits, and hands on, closes or ends it with each held
-/// connection as the module says. `keys` are the cluster's sockets it listened on.
+/// connection as the module says; when to pause and end is [`Plan`]'s to say (`mode`; its
+/// clock starts now, with the worker's `grace`). `keys` are the cluster's sockets it listened
+/// on.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn watch(
     balancer: Arc<Balancer>,
     worker: WorkerId,
@@ -299,17 +298,15 @@ pub(crate) async fn watch(
     keys: Vec<(String, ListenAddr)>,
     mut held: Vec<Held>,
     mut exit: watch::Receiver<Option<ExitStatus>>,
-    settle: Duration,
+    mode: Rescue,
+    grace: Duration,
 ) {
-    // Until then the worker serves its connections as usual (no request waits on it).
-    let settled = crate::deadline::from_now(settle);
-    let mut pause = Pause::Not;
+    let mut plan = Plan::new(mode, tokio::time::Instant::now(), grace);
     // Taken while it still runs (its exit not seen yet): a signal through it reaches the
     // worker, or no process at all.
     let pidfd = Pid::from_raw(pid as i32)
         .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
         .filter(|_| exit.borrow().is_none());
-    let mut answered = 0;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !held.is_empty() {
@@ -333,19 +330,12 @@ pub(crate) async fn watch(
             hand_on(&balancer, worker, h);
         }
         let now = tokio::time::Instant::now();
-        if matches!(pause, Pause::Not) && now >= settled && pidfd.is_some() {
+        if plan.pause_now(now, pidfd.is_some()) {
             kept.iter_mut().for_each(Held::pause);
-            pause = Pause::Since(now);
         }
-        if let Pause::Since(since) = pause {
-            answered = if all_answered(&mut kept) {
-                answered + 1
-            } else {
-                0
-            };
+        if plan.paused() {
             let mut verdict = Verdict::Later;
-            if answered >= ANSWERED_TICKS {
-                answered = 0;
+            if plan.looked(all_answered(&mut kept)) {
                 if let Some(pidfd) = &pidfd {
                     (kept, verdict) = end_if_done(&balancer, worker, pid, &keys, pidfd, kept).await;
                 }
@@ -353,11 +343,8 @@ pub(crate) async fn watch(
             // One that cannot be ended early (a connection herd cannot read, one left
             // unanswered) serves them all again rather than keep their requests waiting.
             let stuck = kept.iter().any(|h| !h.paused);
-            let give_up =
-                verdict == Verdict::Never || stuck || now.duration_since(since) >= PAUSE_LIMIT;
-            if give_up && verdict != Verdict::Ended {
+            if plan.settle(now, verdict, stuck) {
                 kept.iter_mut().for_each(Held::resume);
-                pause = Pause::GaveUp;
             }
         }
         held = kept;
@@ -382,28 +369,6 @@ fn hand_on(balancer: &Arc<Balancer>, worker: WorkerId, mut h: Held) {
         // them; closed, as the worker meant to.
         Peek::Other | Peek::Gone => {}
     }
-}
-
-/// What [`end_if_done`] found.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Verdict {
-    /// The worker was ended.
-    Ended,
-    /// Not now: look again.
-    Later,
-    /// It cannot be ended early (herd cannot see all it holds).
-    Never,
-}
-
-/// Where the marks of a retiring worker's connections are.
-#[derive(Clone, Copy)]
-enum Pause {
-    /// Not raised yet.
-    Not,
-    /// Raised at this instant.
-    Since(tokio::time::Instant),
-    /// Lowered again for good: the worker serves its connections to its exit.
-    GaveUp,
 }
 
 /// Ends the worker if it still has nothing to do but hold `kept`: no connection herd has not
@@ -555,146 +520,27 @@ async fn park(balancer: Arc<Balancer>, worker: WorkerId, h: Held) {
     balancer.rehome(&key, watched.into_inner(), worker);
 }
 
+mod plan;
 #[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
+mod tests;
 
-    use super::*;
-
-    #[test]
-    fn connections_are_matched_to_the_socket_they_were_accepted_on() {
-        let any: ListenAddr = ListenAddr::Tcp("0.0.0.0:80".parse().unwrap());
-        let local: ListenAddr = ListenAddr::Tcp("127.0.0.1:80".parse().unwrap());
-        let conn = ListenAddr::Tcp("127.0.0.1:80".parse().unwrap());
-        assert!(accepted_on(&any, &conn));
-        assert!(accepted_on(&local, &conn));
-        assert!(!accepted_on(
-            &ListenAddr::Tcp("127.0.0.2:80".parse().unwrap()),
-            &conn
-        ));
-        assert!(!accepted_on(
-            &ListenAddr::Tcp("127.0.0.1:81".parse().unwrap()),
-            &conn
-        ));
-        let unix = ListenAddr::Unix("/tmp/a.sock".into());
-        assert!(accepted_on(&unix, &unix));
-        assert!(!accepted_on(&unix, &conn));
-        let unnamed = ListenAddr::Unix("".into());
-        assert!(
-            !accepted_on(&unnamed, &unnamed),
-            "unnamed sockets match nothing"
-        );
-    }
-
-    /// This process stands in for the retiring worker: of its descriptors, only the connection
-    /// accepted on the listener is taken (not the listener, not the client's end), and a
-    /// request waiting on it shows.
-    #[test]
-    fn the_accepted_connections_a_process_holds_are_taken() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let mut client = TcpStream::connect(addr).unwrap();
-        let (accepted, _) = l.accept().unwrap();
-        accepted.set_nonblocking(true).unwrap();
-        let keys = vec![("k".to_string(), ListenAddr::Tcp(addr))];
-        let grabbed = grab(std::process::id(), &keys, &HashSet::new());
-        assert!(grabbed.complete, "every descriptor looked at");
-        assert!(
-            grabbed.listening,
-            "the listener on the key shows, and is not taken"
-        );
-        let held = grabbed.held;
-        assert_eq!(held.len(), 1, "the accepted connection only");
-        let h = &held[0];
-        assert_eq!(h.key, "k");
-        let peer = rustix::net::getpeername(&h.fd).unwrap().unwrap();
-        assert_eq!(
-            std::net::SocketAddr::try_from(peer).unwrap(),
-            client.local_addr().unwrap()
-        );
-        assert_eq!(peek(&h.fd), Peek::Idle);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while peek(&h.fd) != Peek::Request {
-            assert!(std::time::Instant::now() < deadline, "the request shows");
-            std::thread::yield_now();
-        }
-        drop(client);
-        assert!(
-            grab(std::process::id(), &[], &HashSet::new())
-                .held
-                .is_empty(),
-            "no keys, nothing taken"
-        );
-        let ino = rustix::fs::fstat(&h.fd).unwrap().st_ino;
-        let skip: HashSet<u64> = [ino].into();
-        let again = grab(std::process::id(), &keys, &skip);
-        assert!(
-            again.held.is_empty(),
-            "a connection still herd's to give is not taken"
-        );
-    }
-
-    #[test]
-    fn a_request_line_is_told_from_other_bytes() {
-        assert_eq!(request_start(b"GET / HT"), Peek::Request);
-        assert_eq!(request_start(b"OPTIONS *"), Peek::Request);
-        assert_eq!(request_start(b"GET http:"), Peek::Request, "absolute form");
-        assert_eq!(request_start(b"CONNECT a"), Peek::Request);
-        assert_eq!(request_start(b"GE"), Peek::Partial);
-        assert_eq!(request_start(b"GET "), Peek::Partial);
-        assert_eq!(
-            request_start(b"INFO star"),
-            Peek::Other,
-            "text, not a target"
-        );
-        assert_eq!(
-            request_start(b"OK"),
-            Peek::Partial,
-            "decided by its next read"
-        );
-        assert_eq!(
-            request_start(b"\x81\x85abc"),
-            Peek::Other,
-            "a WebSocket frame"
-        );
-        assert_eq!(request_start(b"get / HT"), Peek::Other);
-        assert_eq!(
-            request_start(b"AB / HTT"),
-            Peek::Other,
-            "too short a method"
-        );
-        assert_eq!(request_start(b"ABCDEFGH"), Peek::Other, "too long a method");
-    }
-
-    /// What a retiring worker relies on: with the low-water mark raised on its connection, a
-    /// request that arrives does not make the socket readable (its event loop never reads
-    /// it); lowered, it does at once.
-    #[test]
-    fn a_raised_low_water_mark_keeps_a_request_from_waking_its_reader() {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (accepted, _) = l.accept().unwrap();
-        let keys = vec![("k".to_string(), ListenAddr::Tcp(l.local_addr().unwrap()))];
-        let mut held = grab(std::process::id(), &keys, &HashSet::new()).held;
-        assert_eq!(held.len(), 1);
-        held[0].pause();
-        assert!(held[0].paused);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let readable = |ms: i64| {
-            let mut fds = [PollFd::new(&accepted, PollFlags::IN)];
-            let wait = Timespec {
-                tv_sec: ms / 1000,
-                tv_nsec: (ms % 1000) * 1_000_000,
-            };
-            poll(&mut fds, Some(&wait)).unwrap() > 0
-        };
-        // Waiting for nothing to happen: 200 ms in which the request has long arrived.
-        assert!(!readable(200), "the request woke the worker's poll");
-        assert_eq!(peek(&accepted), Peek::Request, "it waits in the socket");
-        held[0].resume();
-        assert!(readable(5000), "lowered again, the request is readable");
-    }
+/// What herd does with a retiring Node worker's connections (see the [module docs](self)):
+/// [`ClusterBuilder::rescue`](crate::ClusterBuilder::rescue), `herd run --rescue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Rescue {
+    /// Nothing: the worker closes its servers as Node does (since Node 19 that destroys its
+    /// idle keep-alive connections: their clients reconnect, and one that sent its next request
+    /// just then sees it fail), and serves its busy ones to its exit or grace period.
+    Off,
+    /// herd keeps a copy of each client connection the worker holds, so that one it lets go
+    /// of stays open and goes to another worker with its next request; the worker serves the
+    /// rest to its exit or grace period (whose `SIGKILL` may take the request it was answering).
+    Hold,
+    /// As [`Rescue::Hold`], and once half its grace period has passed, a worker left holding
+    /// only connections whose next request waits is ended (`SIGKILL`) so that those go to
+    /// other workers: a reload under keep-alive load takes about half the grace period per
+    /// worker, with no request lost. The default.
+    #[default]
+    End,
 }
