@@ -18,9 +18,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::control::Control;
+use super::envelope::{self, HandleType, NodeHandleError};
 use super::gate::{Admit, Gate};
 use super::message::{Incoming, Message, Request};
-use crate::node::envelope::{self, HandleType, NodeHandleError};
 use crate::Error;
 
 /// How long a send waits for room in the queue of a peer that does not read its channel.

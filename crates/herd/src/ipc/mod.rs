@@ -1,10 +1,12 @@
 //! The channel as both sides use it: [`Peer`] (sending, requests and their replies),
-//! [`Message`], [`Request`] and [`Incoming`] (what is received), herd's own control notices and
-//! the handshake. The bytes on the wire are the `herd-wire` crate's; this module gives them
+//! [`Message`], [`Request`] and [`Incoming`] (what is received), herd's own control notices,
+//! the handshake, and how a descriptor travels on a Node channel (`envelope`: Node's
+//! `NODE_HANDLE`; `gate`: one in flight, Node's rule). The bytes on the wire are the `herd-wire` crate's; this module gives them
 //! meaning.
 
 pub(crate) mod control;
 pub(crate) mod endpoint;
+pub(crate) mod envelope;
 pub(crate) mod gate;
 pub(crate) mod handshake;
 pub(crate) mod message;

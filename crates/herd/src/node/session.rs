@@ -19,11 +19,10 @@ use tokio::sync::watch;
 
 use super::balance::{Balance, Balancer};
 use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
-use super::envelope;
 use super::handles::{Handles, Lent, MAX_KEYS};
 use super::rescue::{self, Rescue};
 use crate::ids::{ExitStatus, WorkerId};
-use crate::ipc::Peer;
+use crate::ipc::{envelope, Peer};
 use crate::listen::{self, ListenAddr};
 
 /// How long a retiring worker has to answer for the connections sent to it before it is asked
