@@ -9,25 +9,19 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use herd_wire::{Format, Frame, Kind};
 use rustix::net::{sockopt, SocketType};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use super::balance::{Balance, Balancer};
 use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
 use super::handles::{Handles, Lent, MAX_KEYS};
-use super::rescue::{self, Rescue};
-use crate::ids::{ExitStatus, WorkerId};
+use super::rescue::{Rescue, Rescuer};
+use crate::ids::WorkerId;
 use crate::ipc::{envelope, Peer};
 use crate::listen::{self, ListenAddr};
-
-/// How long a retiring worker has to answer for the connections sent to it before it is asked
-/// to disconnect anyway.
-const ANSWER_LIMIT: Duration = Duration::from_secs(1);
 
 /// The cluster's side of every Node worker's session: its sockets and its balancer.
 #[derive(Clone)]
@@ -57,6 +51,16 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// What [`Session::disconnect`] did.
+pub(crate) enum Asked {
+    /// Not the way to stop this worker: close its channel.
+    Declined,
+    /// Asked.
+    Sent,
+    /// To be asked once its connections are rescued: the rescue's shell.
+    Retiring(Rescuer),
+}
+
 /// What a Node internal line means for the worker's events.
 #[derive(Debug)]
 pub(crate) enum NodeEvent {
@@ -73,7 +77,6 @@ pub(crate) struct Session {
     balancer: Arc<Balancer>,
     worker: WorkerId,
     pid: u32,
-    exit: watch::Receiver<Option<ExitStatus>>,
     /// What the worker inherited from herd, by descriptor number (for `listen({fd})`).
     inherited: Vec<(i32, Arc<OwnedFd>)>,
     /// It has spoken Node's cluster protocol (it is a cluster worker).
@@ -87,9 +90,8 @@ pub(crate) struct Session {
     served: VecDeque<(String, String)>,
     /// A disconnect was asked for (by us or by the worker).
     disconnecting: bool,
-    /// The worker's grace period: how long it has to stop once asked (`rescue` takes half).
-    grace: Duration,
-    rescue: Rescue,
+    /// Our disconnect, kept until the worker's connections are rescued.
+    disconnect_line: Option<Bytes>,
     /// A lost handle was reported already (later ones are logged at debug level).
     nack_seen: bool,
 }
@@ -99,24 +101,20 @@ impl Session {
         shared: &Shared,
         worker: WorkerId,
         pid: u32,
-        exit: watch::Receiver<Option<ExitStatus>>,
         inherited: Vec<(i32, Arc<OwnedFd>)>,
-        grace: Duration,
     ) -> Session {
         Session {
             table: shared.table.clone(),
             balancer: shared.balancer.clone(),
             worker,
             pid,
-            exit,
             inherited,
             cluster: false,
             seq: 0,
             lent_server: None,
             served: VecDeque::new(),
             disconnecting: false,
-            grace,
-            rescue: shared.rescue,
+            disconnect_line: None,
             nack_seen: false,
         }
     }
@@ -208,48 +206,46 @@ impl Session {
     }
 
     /// Asks a cluster worker to disconnect (it closes its servers, finishes its connections and
-    /// closes the channel). False when that is not the way: not a cluster worker, or asked
-    /// already (the caller then closes the channel).
-    pub(crate) fn disconnect(&mut self, peer: &Peer) -> bool {
+    /// closes the channel). No new connection goes to it from now on. Where it shares sockets
+    /// with the cluster, the disconnect waits ([`Session::send_disconnect`]) for its
+    /// connections to be answered for and rescued first ([`Asked::Retiring`]: the worker's life
+    /// runs the rescue). [`Asked::Declined`] when that is not the way: not a cluster worker,
+    /// or asked already (the caller then closes the channel).
+    pub(crate) fn disconnect(&mut self, peer: &Peer) -> Asked {
         if !self.cluster || self.disconnecting {
             tracing::debug!(cluster = self.cluster, "Node worker: closing its channel");
-            return false;
+            return Asked::Declined;
         }
         tracing::debug!("Node cluster worker: asking it to disconnect");
         self.disconnecting = true;
         let seq = self.next_seq();
         let line = cluster::disconnect(seq);
-        // No new connection goes to it; those sent are answered for first, and its
-        // connections on the cluster's sockets are held (`rescue`) before it closes its servers.
         let keys = self.balancer.retire(self.worker);
         if keys.is_empty() {
             send(peer, line);
-            return true;
+            return Asked::Sent;
         }
-        let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
-        let (exit, peer) = (self.exit.clone(), peer.clone());
-        let (rescue, grace) = (self.rescue, self.grace);
-        tokio::spawn(async move {
-            balancer.answered_all(worker, ANSWER_LIMIT).await;
-            if rescue == Rescue::Off {
-                send(&peer, line);
-                return;
-            }
-            // Reading /proc and taking descriptors are blocking calls: off the runtime.
-            let skip = balancer.in_flight_inodes(worker);
-            let grabbed = tokio::task::spawn_blocking(move || {
-                let held = rescue::grab(pid, &keys, &skip).held;
-                (keys, held)
-            })
-            .await;
-            let Ok((keys, held)) = grabbed else {
-                send(&peer, line);
-                return;
-            };
-            send(&peer, line);
-            rescue::watch(balancer, worker, pid, keys, held, exit, rescue, grace).await;
-        });
-        true
+        self.disconnect_line = Some(line);
+        Asked::Retiring(Rescuer::new(
+            self.balancer.clone(),
+            self.worker,
+            self.pid,
+            keys,
+        ))
+    }
+
+    /// Sends the disconnect [`Session::disconnect`] kept (once).
+    pub(crate) fn send_disconnect(&mut self, peer: &Peer) {
+        if let Some(line) = self.disconnect_line.take() {
+            send(peer, line);
+        }
+    }
+
+    /// Whether every connection sent to the worker is answered for (cancel-safe; no timer:
+    /// the worker's life bounds the wait).
+    pub(crate) fn answered_all(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let (balancer, worker) = (self.balancer.clone(), self.worker);
+        async move { balancer.answered_all(worker, crate::deadline::FAR).await }
     }
 
     /// The worker's channel is gone: it leaves the balancer, and connections it had not

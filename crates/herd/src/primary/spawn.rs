@@ -199,7 +199,7 @@ pub(super) async fn fork(
         dropped_internal: AtomicU64::new(0),
     });
     let node = (cfg.codec == Codec::NodeJson)
-        .then(|| node::session::Session::new(&cfg.node, id, pid, exit_rx, inherited, cfg.grace));
+        .then(|| node::session::Session::new(&cfg.node, id, pid, inherited));
     let sup = Supervisor::new(
         shared.clone(),
         child,

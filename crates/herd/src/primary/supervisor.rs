@@ -11,11 +11,17 @@
 //! call needs admission among the worker's [`CacheCalls`] (calls and bytes): when there is none
 //! the call is parked and the channel is not read until there is.
 //!
+//! **Rescue**: a retiring Node worker's connections ([`crate::Rescue`]) are held by a
+//! [`Rescuer`]; the life says what to do with them (`life::retire`), and each blocking step
+//! runs as the one job out, polled here beside everything else, its outcome an input.
+//!
 //! **Containment**: a decode error, a failed handshake or a protocol violation ends the channel
 //! with an error ([`Event::Error`]); the channel is closed both ways, pending requests fail at
 //! once, and the worker gets the grace period before `SIGKILL`.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +35,7 @@ use tokio::time::Instant;
 use super::config::{Config, Stop};
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
+use super::life::retire::{Outcome, Step as RetireStep};
 use super::life::{Effect, Input, Life, Rules, StopBy};
 use super::output;
 use super::reaper;
@@ -37,7 +44,8 @@ use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::Routed;
 use crate::ipc::{handshake, Incoming, Message, Peer, Request};
-use crate::node::session::{NodeEvent, Session};
+use crate::node::rescue::{Found, Held, Job, Rescuer};
+use crate::node::session::{Asked, NodeEvent, Session};
 use crate::Error;
 
 /// What woke a supervisor.
@@ -49,6 +57,10 @@ enum Step {
     Deadline,
     Output(Option<(OutputStream, String)>),
     CachePermit(Option<Admission>),
+    /// A rescue job came back with its connections and what it found.
+    Rescued(Vec<Held>, Found),
+    /// Every connection sent to the retiring worker is answered for.
+    Answered,
 }
 
 /// One worker's state machine.
@@ -80,6 +92,12 @@ pub(super) struct Supervisor {
     node: Option<Session>,
     /// Effects the life answered, not yet run (an effect can lead to another input).
     effects: VecDeque<Effect>,
+    /// A retiring Node worker's rescue: the connections held for it (`node::rescue`).
+    rescuer: Option<Rescuer>,
+    /// The rescue's job out, at most one (the life waits for it).
+    job: Option<Job>,
+    /// Waits until the retiring worker's connections sent are answered for (the life bounds it).
+    answering: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Supervisor {
@@ -106,6 +124,7 @@ impl Supervisor {
             online_at_start: cfg.codec == Codec::NodeJson,
             node: node.is_some(),
             unresponsive: cfg.unresponsive,
+            rescue: cfg.node.rescue,
         };
         let (life, first) = Life::start(rules, Instant::now(), output.is_some());
         Supervisor {
@@ -127,6 +146,9 @@ impl Supervisor {
             parked_len: 0,
             output,
             node,
+            rescuer: None,
+            job: None,
+            answering: None,
         }
     }
 
@@ -174,6 +196,8 @@ impl Supervisor {
                 frame = self.rx.recv(), if open && self.outbox.is_empty() && self.parked_call.is_none() => Step::Frame(frame),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => Step::Deadline,
                 line = output::recv_output(&mut self.output), if self.output.is_some() && self.outbox.is_empty() => Step::Output(line),
+                (held, found) = out(&mut self.job), if self.job.is_some() => Step::Rescued(held, found),
+                () = out(&mut self.answering), if self.answering.is_some() => Step::Answered,
             };
             let input = match step {
                 Step::Idle => None,
@@ -220,6 +244,21 @@ impl Supervisor {
                     None
                 }
                 Step::Output(None) => Some(Input::OutputEnded),
+                Step::Rescued(held, found) => {
+                    self.job = None;
+                    if let Some(r) = &mut self.rescuer {
+                        r.put_back(held);
+                    }
+                    Some(Input::Rescue(match found {
+                        Found::Grabbed { held, can_end } => Outcome::Grabbed { held, can_end },
+                        Found::Looked { held } => Outcome::Looked { held },
+                        Found::Tried { verdict, stuck } => Outcome::Tried { verdict, stuck },
+                    }))
+                }
+                Step::Answered => {
+                    self.answering = None;
+                    Some(Input::Rescue(Outcome::Answered))
+                }
             };
             if let Some(input) = input {
                 let effects = self.life.handle(Instant::now(), input);
@@ -252,11 +291,17 @@ impl Supervisor {
                 }
             }
             Effect::AskNodeDisconnect => {
-                let asked = self.node.as_mut().is_some_and(|n| n.disconnect(&self.peer));
-                if !asked {
-                    return Some(Input::NodeDeclined);
+                let asked = self.node.as_mut().map(|n| n.disconnect(&self.peer));
+                match asked {
+                    None | Some(Asked::Declined) => return Some(Input::NodeDeclined),
+                    Some(Asked::Sent) => {}
+                    Some(Asked::Retiring(rescuer)) => {
+                        self.rescuer = Some(rescuer);
+                        return Some(Input::Retiring);
+                    }
                 }
             }
+            Effect::Rescue(step) => return self.rescue(step),
             Effect::CloseChannel => self.peer.close(),
             Effect::ChannelGone => {
                 self.peer.fail_all();
@@ -292,6 +337,34 @@ impl Supervisor {
                 self.emit(Event::Exit { worker: id, status });
                 let _ = self.exit.send(Some(status));
             }
+        }
+        None
+    }
+
+    /// Runs one step of the retiring worker's rescue; a peek is answered at once.
+    fn rescue(&mut self, step: RetireStep) -> Option<Input> {
+        let (Some(node), Some(r)) = (self.node.as_mut(), self.rescuer.as_mut()) else {
+            return None;
+        };
+        match step {
+            RetireStep::AwaitAnswered => self.answering = Some(Box::pin(node.answered_all())),
+            RetireStep::Grab => {
+                self.answering = None;
+                self.job = Some(r.grab(self.life.running()));
+            }
+            RetireStep::SendDisconnect => {
+                self.answering = None;
+                node.send_disconnect(&self.peer);
+            }
+            RetireStep::Look => self.job = Some(r.look()),
+            RetireStep::Pause => r.pause(),
+            RetireStep::Peek => {
+                let (all, stuck) = r.peek();
+                return Some(Input::Rescue(Outcome::Peeked { all, stuck }));
+            }
+            RetireStep::TryEnd => self.job = Some(r.try_end()),
+            RetireStep::Resume => r.resume(),
+            RetireStep::HandOn => r.hand_on(),
         }
         None
     }
@@ -431,5 +504,14 @@ impl Supervisor {
             tracing::debug!(worker = %self.id, error = %e, "signal to process group failed; trying the process");
             let _ = rustix::process::kill_process(pid, sig);
         }
+    }
+}
+
+/// The future in `slot`, polled where it lies (cancel-safe: left there if another branch
+/// wins). Only called with one in it.
+async fn out<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }

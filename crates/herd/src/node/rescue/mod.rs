@@ -30,13 +30,16 @@
 //!
 //! That is [`Rescue::End`], the default; [`Rescue::Hold`] keeps and hands on connections but
 //! never ends the worker early, and [`Rescue::Off`] takes nothing. When to pause, end or give
-//! up is decided by [`plan::Plan`], pure, on the clock it is given; [`watch`] is its shell.
+//! up is decided by [`plan::Plan`], pure, within the worker's life (`primary::life::retire`,
+//! which owns every timer of it); [`Rescuer`] does the work it asks for.
 //!
 //! Nothing here is needed for the worker to stop: where `pidfd_getfd` is not allowed (another
 //! user, a ptrace policy) the worker retires as before, with a warning.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,21 +47,17 @@ use rustix::io::Errno;
 use rustix::net::{sockopt, RecvFlags, SocketType};
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
 use tokio::io::Interest;
-use tokio::sync::watch;
 
 use super::balance::Balancer;
-use crate::ids::{ExitStatus, WorkerId};
+use crate::ids::WorkerId;
 use crate::listen::{self, ListenAddr};
-use plan::{Plan, Verdict};
+use plan::Verdict;
 
 /// Connections taken from one retiring worker, at most.
 pub(crate) const MAX_HELD: usize = 4096;
 
 /// How long a connection the worker let go of idle is kept waiting for its next request.
 pub(crate) const PARK: Duration = Duration::from_secs(2);
-
-/// How often the worker's descriptor table is read while it retires.
-const TICK: Duration = Duration::from_millis(10);
 
 /// Reads in a row that may find a request line cut short before the connection is opaque.
 const PARTIAL_TICKS: u8 = 10;
@@ -286,68 +285,133 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
     grab
 }
 
-/// Watches the retiring worker until it exits, and hands on, closes or ends it with each held
-/// connection as the module says; when to pause and end is [`Plan`]'s to say (`mode`; its
-/// clock starts now, with the worker's `grace`). `keys` are the cluster's sockets it listened
-/// on.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn watch(
+/// What a job of the [`Rescuer`] found (the life's `retire::Outcome`).
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// `held` copies taken; `can_end`: herd can signal the worker.
+    Grabbed { held: usize, can_end: bool },
+    /// Its table read: `held` connections it still holds.
+    Looked { held: usize },
+    /// What an attempt to end it found; `stuck`: a held connection's mark is down.
+    Tried { verdict: Verdict, stuck: bool },
+}
+
+/// A job of the [`Rescuer`]: blocking work off the runtime's threads, and the connections it
+/// took, given back with what it found (cancel-safe: dropped, its connections close, and a
+/// stopped worker is continued by [`Stopped`]'s drop).
+pub(crate) type Job = Pin<Box<dyn Future<Output = (Vec<Held>, Found)> + Send>>;
+
+/// The shell's side of one retiring worker's rescue: the connections herd holds for it, and
+/// the work the worker's life asks for (`primary::life::retire`), one job at a time.
+pub(crate) struct Rescuer {
     balancer: Arc<Balancer>,
     worker: WorkerId,
     pid: u32,
+    /// The cluster's sockets it listened on.
     keys: Vec<(String, ListenAddr)>,
-    mut held: Vec<Held>,
-    mut exit: watch::Receiver<Option<ExitStatus>>,
-    mode: Rescue,
-    grace: Duration,
-) {
-    let mut plan = Plan::new(mode, tokio::time::Instant::now(), grace);
-    // Taken while it still runs (its exit not seen yet): a signal through it reaches the
-    // worker, or no process at all.
-    let pidfd = Pid::from_raw(pid as i32)
-        .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
-        .filter(|_| exit.borrow().is_none());
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !held.is_empty() {
-        let exited = tokio::select! {
-            _ = tick.tick() => exit.borrow().is_some(),
-            changed = exit.changed() => changed.is_err() || exit.borrow().is_some(),
-        };
-        if exited {
-            for h in held.drain(..) {
+    held: Vec<Held>,
+    /// Taken while it runs (not reaped): a signal through it reaches the worker or nothing.
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Rescuer {
+    pub(crate) fn new(
+        balancer: Arc<Balancer>,
+        worker: WorkerId,
+        pid: u32,
+        keys: Vec<(String, ListenAddr)>,
+    ) -> Rescuer {
+        Rescuer {
+            balancer,
+            worker,
+            pid,
+            keys,
+            held: Vec::new(),
+            pidfd: None,
+        }
+    }
+
+    /// Takes a copy of each client connection it holds but those still on their way to it;
+    /// `running`: it has not been reaped (its pid is still its own).
+    pub(crate) fn grab(&mut self, running: bool) -> Job {
+        self.pidfd = Pid::from_raw(self.pid as i32)
+            .filter(|_| running)
+            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
+            .map(Arc::new);
+        let can_end = self.pidfd.is_some();
+        let skip = self.balancer.in_flight_inodes(self.worker);
+        let (pid, keys) = (self.pid, self.keys.clone());
+        Box::pin(async move {
+            let held = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip).held)
+                .await
+                .unwrap_or_default();
+            let n = held.len();
+            (held, Found::Grabbed { held: n, can_end })
+        })
+    }
+
+    /// Reads its table: the connections it let go of are handed on, the others kept.
+    pub(crate) fn look(&mut self) -> Job {
+        let held = std::mem::take(&mut self.held);
+        let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
+        Box::pin(async move {
+            let Ok(Ok(table)) = tokio::task::spawn_blocking(move || sockets(pid)).await else {
+                let n = held.len();
+                return (held, Found::Looked { held: n });
+            };
+            let open: HashSet<u64> = table.into_iter().map(|(_, ino)| ino).collect();
+            let (kept, released): (Vec<Held>, Vec<Held>) =
+                held.into_iter().partition(|h| open.contains(&h.ino));
+            for h in released {
                 hand_on(&balancer, worker, h);
             }
-            return;
-        }
-        let Ok(Ok(table)) = tokio::task::spawn_blocking(move || sockets(pid)).await else {
-            continue;
-        };
-        let open: HashSet<u64> = table.into_iter().map(|(_, ino)| ino).collect();
-        let (mut kept, released): (Vec<Held>, Vec<Held>) =
-            held.into_iter().partition(|h| open.contains(&h.ino));
-        for h in released {
-            hand_on(&balancer, worker, h);
-        }
-        let now = tokio::time::Instant::now();
-        if plan.pause_now(now, pidfd.is_some()) {
-            kept.iter_mut().for_each(Held::pause);
-        }
-        if plan.paused() {
-            let mut verdict = Verdict::Later;
-            if plan.looked(all_answered(&mut kept)) {
-                if let Some(pidfd) = &pidfd {
-                    (kept, verdict) = end_if_done(&balancer, worker, pid, &keys, pidfd, kept).await;
-                }
-            }
-            // One that cannot be ended early (a connection herd cannot read, one left
-            // unanswered) serves them all again rather than keep their requests waiting.
+            let n = kept.len();
+            (kept, Found::Looked { held: n })
+        })
+    }
+
+    /// Ends it if it holds nothing more than connections whose next request waits.
+    pub(crate) fn try_end(&mut self) -> Job {
+        let kept = std::mem::take(&mut self.held);
+        let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
+        let (keys, pidfd) = (self.keys.clone(), self.pidfd.clone());
+        Box::pin(async move {
+            let (kept, verdict) = match pidfd {
+                Some(pidfd) => end_if_done(&balancer, worker, pid, &keys, &pidfd, kept).await,
+                None => (kept, Verdict::Never),
+            };
             let stuck = kept.iter().any(|h| !h.paused);
-            if plan.settle(now, verdict, stuck) {
-                kept.iter_mut().for_each(Held::resume);
-            }
+            (kept, Found::Tried { verdict, stuck })
+        })
+    }
+
+    /// The connections a job took, back.
+    pub(crate) fn put_back(&mut self, held: Vec<Held>) {
+        self.held.extend(held);
+    }
+
+    /// Raises the held connections' marks.
+    pub(crate) fn pause(&mut self) {
+        self.held.iter_mut().for_each(Held::pause);
+    }
+
+    /// Lowers them.
+    pub(crate) fn resume(&mut self) {
+        self.held.iter_mut().for_each(Held::resume);
+    }
+
+    /// Whether each held connection has its next request waiting, and whether one's mark is
+    /// down (herd cannot tell its requests).
+    pub(crate) fn peek(&mut self) -> (bool, bool) {
+        let all = all_answered(&mut self.held);
+        (all, self.held.iter().any(|h| !h.paused))
+    }
+
+    /// Hands on everything held (the worker exited).
+    pub(crate) fn hand_on(&mut self) {
+        for h in self.held.drain(..) {
+            hand_on(&self.balancer, self.worker, h);
         }
-        held = kept;
     }
 }
 
@@ -520,11 +584,11 @@ async fn park(balancer: Arc<Balancer>, worker: WorkerId, h: Held) {
     balancer.rehome(&key, watched.into_inner(), worker);
 }
 
-mod plan;
+pub(crate) mod plan;
 #[cfg(test)]
 mod tests;
 
-/// What herd does with a retiring Node worker's connections (see the [module docs](self)):
+/// What herd does with a retiring Node worker's connections (a reload, a scale-down, a stop):
 /// [`ClusterBuilder::rescue`](crate::ClusterBuilder::rescue), `herd run --rescue`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -73,10 +73,16 @@ impl Plan {
         matches!(self.pause, Pause::Since(_))
     }
 
-    /// A tick at `now`; `can_end`: herd can signal the worker. True when the marks go up now
-    /// (the shell raises them).
-    pub(crate) fn pause_now(&mut self, now: Instant, can_end: bool) -> bool {
-        if self.pause == Pause::Not && can_end && now >= self.settled {
+    /// herd cannot signal the worker (no pidfd): it is never paused or ended early.
+    pub(crate) fn never_end(&mut self) {
+        if self.pause == Pause::Not {
+            self.pause = Pause::GaveUp;
+        }
+    }
+
+    /// A look at `now`. True when the marks go up now (the shell raises them).
+    pub(crate) fn pause_now(&mut self, now: Instant) -> bool {
+        if self.pause == Pause::Not && now >= self.settled {
             self.pause = Pause::Since(now);
             return true;
         }
@@ -130,19 +136,20 @@ mod tests {
     fn nothing_is_paused_before_half_the_grace_period() {
         let t0 = Instant::now();
         let mut p = Plan::new(Rescue::End, t0, GRACE);
-        assert!(!p.pause_now(at(t0, 1999), true));
+        assert!(!p.pause_now(at(t0, 1999)));
         assert!(!p.looked(true), "not paused: no verdict");
         assert!(!p.settle(at(t0, 1999), Verdict::Later, false));
-        assert!(p.pause_now(at(t0, 2000), true), "settled");
+        assert!(p.pause_now(at(t0, 2000)), "settled");
         assert!(p.paused());
-        assert!(!p.pause_now(at(t0, 2010), true), "once");
+        assert!(!p.pause_now(at(t0, 2010)), "once");
     }
 
     #[test]
     fn a_worker_herd_cannot_signal_is_never_paused() {
         let t0 = Instant::now();
         let mut p = Plan::new(Rescue::End, t0, GRACE);
-        assert!(!p.pause_now(at(t0, 10_000), false));
+        p.never_end();
+        assert!(!p.pause_now(at(t0, 10_000)));
         assert!(!p.paused());
     }
 
@@ -150,7 +157,7 @@ mod tests {
     fn two_answered_looks_in_a_row_end_it_and_an_unanswered_one_starts_over() {
         let t0 = Instant::now();
         let mut p = Plan::new(Rescue::End, t0, GRACE);
-        assert!(p.pause_now(at(t0, 2000), true));
+        assert!(p.pause_now(at(t0, 2000)));
         assert!(!p.looked(true));
         assert!(
             !p.looked(false),
@@ -171,14 +178,11 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Plan::new(Rescue::End, t0, GRACE);
         let paused = at(t0, 2000);
-        assert!(p.pause_now(paused, true));
+        assert!(p.pause_now(paused));
         assert!(!p.settle(paused + PAUSE_LIMIT - MS, Verdict::Later, false));
         assert!(p.settle(paused + PAUSE_LIMIT, Verdict::Later, false));
         assert!(!p.paused());
-        assert!(
-            !p.pause_now(paused + PAUSE_LIMIT * 2, true),
-            "never raised again"
-        );
+        assert!(!p.pause_now(paused + PAUSE_LIMIT * 2), "never raised again");
         assert!(!p.looked(true));
     }
 
@@ -187,7 +191,7 @@ mod tests {
         let t0 = Instant::now();
         for (verdict, stuck) in [(Verdict::Never, false), (Verdict::Later, true)] {
             let mut p = Plan::new(Rescue::End, t0, GRACE);
-            assert!(p.pause_now(at(t0, 2000), true));
+            assert!(p.pause_now(at(t0, 2000)));
             assert!(
                 p.settle(at(t0, 2010), verdict, stuck),
                 "{verdict:?} {stuck}"
@@ -201,7 +205,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Plan::new(Rescue::Hold, t0, GRACE);
         for ms in [0, 2000, 10_000] {
-            assert!(!p.pause_now(at(t0, ms), true));
+            assert!(!p.pause_now(at(t0, ms)));
             assert!(!p.looked(true));
             assert!(!p.settle(at(t0, ms), Verdict::Later, false));
         }
@@ -211,6 +215,6 @@ mod tests {
     fn a_huge_grace_period_never_settles_and_never_overflows() {
         let t0 = Instant::now();
         let mut p = Plan::new(Rescue::End, t0, Duration::MAX);
-        assert!(!p.pause_now(at(t0, 1 << 39), true), "seventeen years on");
+        assert!(!p.pause_now(at(t0, 1 << 39)), "seventeen years on");
     }
 }

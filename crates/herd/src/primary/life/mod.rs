@@ -24,9 +24,18 @@
 //!   queued was never asked: each of these starts a fresh window. Any frame from the worker
 //!   counts as an answer.
 //!
-//! The worker is done ([`Effect::Exited`]) once it has exited, its channel is closed and its
-//! output is over: its events then end with its exit.
+//! - for a retiring Node worker whose sockets herd shares, the **rescue** of its connections
+//!   ([`retire`]): answering for those sent to it, taking copies, looking at its table every
+//!   10 ms, pausing and ending it as [`crate::Rescue`] says.
+//!
+//! The worker is done ([`Effect::Exited`]) once it has exited, its channel is closed, its
+//! output is over and no rescue job is out: its events then end with its exit.
 
+pub(crate) mod retire;
+#[cfg(test)]
+mod retire_tests;
+#[cfg(test)]
+mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +46,8 @@ use rustix::process::Signal;
 use tokio::time::Instant;
 
 use crate::ids::ExitStatus;
-use crate::Error;
+use crate::{Error, Rescue};
+use retire::{Outcome, Retire, Step};
 
 /// How long a worker that closed its channel after a stop request may take to exit by itself
 /// before it gets the stop signal.
@@ -88,6 +98,8 @@ pub(crate) struct Rules {
     /// How long an online worker that answers pings may go without answering one before it
     /// is replaced (`None`: never pinged).
     pub(crate) unresponsive: Option<Duration>,
+    /// What is done with a retiring Node worker's connections.
+    pub(crate) rescue: Rescue,
 }
 
 /// Where a worker is in its life.
@@ -122,6 +134,11 @@ pub(crate) enum Input {
     NodeDeclined,
     /// Its output pipes closed.
     OutputEnded,
+    /// It was asked to disconnect and herd shares sockets with it: its connections are to be
+    /// rescued ([`retire`]).
+    Retiring,
+    /// What the shell found for the rescue.
+    Rescue(Outcome),
     /// It answered ping `seq`.
     Pong(u64),
     /// It sent something (any frame): it is alive, whatever pings wait.
@@ -164,6 +181,8 @@ pub(crate) enum Effect {
     /// It answered no ping for this long: report it, take it out of balancing (a `SIGKILL`
     /// follows).
     Unresponsive(Duration),
+    /// A step of its connections' rescue ([`retire`]).
+    Rescue(Step),
     /// Report its exit and publish it: its life is over.
     Exited(ExitStatus),
 }
@@ -188,6 +207,8 @@ pub(crate) struct Life {
     drain_until: Option<Instant>,
     output_until: Option<Instant>,
     alive: Alive,
+    /// Its connections' rescue, once it retires.
+    retire: Option<Retire>,
 }
 
 /// The liveness checks of an online worker ([`Rules::unresponsive`]).
@@ -244,6 +265,7 @@ impl Life {
             drain_until: None,
             output_until: None,
             alive: Alive::default(),
+            retire: None,
         };
         let mut life = life;
         let effects = if online {
@@ -299,6 +321,7 @@ impl Life {
             self.rules
                 .unresponsive
                 .and_then(|l| self.alive.verdict_at(l)),
+            self.retire.as_ref().and_then(Retire::deadline),
         ]
         .into_iter()
         .flatten()
@@ -341,6 +364,21 @@ impl Life {
                 self.stop_signal(&mut fx);
             }
             Input::OutputEnded => self.drop_output(&mut fx),
+            Input::Retiring if self.retire.is_none() && self.exit.is_none() => {
+                let (retire, steps) = Retire::start(now);
+                self.retire = Some(retire);
+                fx.extend(steps.into_iter().map(Effect::Rescue));
+            }
+            // Exited already: nothing to rescue, but the disconnect it was asked for.
+            Input::Retiring => fx.push(Effect::Rescue(Step::SendDisconnect)),
+            Input::Rescue(outcome) => {
+                if let Some(retire) = &mut self.retire {
+                    let mut steps = Vec::new();
+                    let rules = (self.rules.rescue, self.rules.grace);
+                    retire.outcome(now, outcome, rules, &mut steps);
+                    fx.extend(steps.into_iter().map(Effect::Rescue));
+                }
+            }
             Input::Tick => self.tick(now, &mut fx),
         }
         self.finish(&mut fx);
@@ -353,6 +391,11 @@ impl Life {
         }
         self.exit = Some(status);
         self.phase = Phase::Exited;
+        if let Some(retire) = &mut self.retire {
+            let mut steps = Vec::new();
+            retire.exited(&mut steps);
+            fx.extend(steps.into_iter().map(Effect::Rescue));
+        }
         self.alive = Alive::default();
         self.kill_at = None;
         self.stop_signal_at = None;
@@ -458,6 +501,11 @@ impl Life {
         if due(self.alive.ping_at) {
             self.ping(now, fx);
         }
+        if let Some(retire) = &mut self.retire {
+            let mut steps = Vec::new();
+            retire.tick(now, self.rules.rescue, &mut steps);
+            fx.extend(steps.into_iter().map(Effect::Rescue));
+        }
     }
 
     /// Online from `now`: the first ping goes at once (it is answered once the worker's loop
@@ -546,8 +594,11 @@ impl Life {
         }
     }
 
-    /// Exited, channel closed and output over: the exit is reported, last.
+    /// Exited, channel closed, output over and no rescue job out: the exit is reported, last.
     fn finish(&mut self, fx: &mut Vec<Effect>) {
+        if self.retire.as_ref().is_some_and(Retire::job_out) {
+            return;
+        }
         if let (false, false, Some(status)) = (self.open, self.output, self.exit) {
             self.done = true;
             fx.push(Effect::Exited(status));
