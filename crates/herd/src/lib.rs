@@ -73,6 +73,7 @@ mod ipc;
 pub mod listen;
 mod node;
 pub mod primary;
+mod procfs;
 mod report;
 pub mod service;
 mod sys;

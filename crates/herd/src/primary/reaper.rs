@@ -106,37 +106,16 @@ pub(crate) fn enable() -> std::io::Result<()> {
     Ok(())
 }
 
-/// This process's children, from each of its threads' `children` list (a child is listed
-/// under the thread that forked it, an adopted one under the thread it was given to): a pass
-/// costs a read per thread and per child, not a read of every process on the host.
-fn children() -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return found;
-    };
-    for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        found.extend(
-            text.split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok()),
-        );
-    }
-    found
-}
-
 /// One reaping pass: reaps every zombie child that is neither herd's own worker nor in this
 /// process's group; how many.
 pub(crate) fn reap_adopted() -> usize {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let my_group = rustix::process::getpgrp().as_raw_nonzero().get();
-    let kids = children();
+    let kids = crate::procfs::children();
     let guard = own();
     let mut reaped = 0;
     for pid in kids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((state, ppid, pgrp)) = parse_stat(&stat) else {
+        let Some(crate::procfs::Stat { state, ppid, pgrp }) = crate::procfs::stat(pid) else {
             continue;
         };
         let ours = guard.0.as_ref().is_some_and(|s| s.contains(&(pid as u32)));
@@ -151,26 +130,4 @@ pub(crate) fn reap_adopted() -> usize {
         }
     }
     reaped
-}
-
-/// The state, parent and process group from a `/proc/PID/stat` line (the command name, in
-/// parentheses, may hold anything, so the fields are read after its last `)`).
-fn parse_stat(stat: &str) -> Option<(char, i32, i32)> {
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_stat;
-
-    #[test]
-    fn stat_fields_come_after_the_last_parenthesis() {
-        let line = "4242 (a) b) (c) Z 17 4240 4240 0 -1 4194564 0";
-        assert_eq!(parse_stat(line), Some(('Z', 17, 4240)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 }

@@ -162,33 +162,10 @@ fn accepted_on(listener: &ListenAddr, conn: &ListenAddr) -> bool {
     }
 }
 
-/// The socket inodes in `pid`'s descriptor table, by descriptor number.
-fn sockets(pid: u32) -> std::io::Result<Vec<(i32, u64)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(entry) = entry else { continue };
-        let Some(n) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(link) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let link = link.to_string_lossy();
-        if let Some(ino) = link
-            .strip_prefix("socket:[")
-            .and_then(|r| r.strip_suffix(']'))
-            .and_then(|i| i.parse().ok())
-        {
-            found.push((n, ino));
-        }
-    }
-    Ok(found)
-}
-
 /// How many more descriptors this process may hold and still have room for the rest of its
 /// work: half of what is left under its open-file limit.
 fn headroom() -> usize {
-    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let open = crate::procfs::open_fds();
     let limit = usize::try_from(crate::sys::fd_limit()).unwrap_or(usize::MAX);
     limit.saturating_sub(open) / 2
 }
@@ -225,7 +202,7 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
             return grab;
         }
     };
-    let Ok(table) = sockets(pid) else {
+    let Ok(table) = crate::procfs::socket_inodes(pid) else {
         return grab;
     };
     let mut seen = HashSet::new();
@@ -355,7 +332,9 @@ impl Rescuer {
         let held = std::mem::take(&mut self.held);
         let (balancer, worker, pid) = (self.balancer.clone(), self.worker, self.pid);
         Box::pin(async move {
-            let Ok(Ok(table)) = tokio::task::spawn_blocking(move || sockets(pid)).await else {
+            let Ok(Ok(table)) =
+                tokio::task::spawn_blocking(move || crate::procfs::socket_inodes(pid)).await
+            else {
                 let n = held.len();
                 return (held, Found::Looked { held: n });
             };
@@ -523,12 +502,7 @@ impl Drop for Stopped<'_> {
 fn wait_stopped(pid: u32) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_millis(100);
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(") ")
-                    .and_then(|(_, rest)| rest.chars().next())
-            });
+        let state = crate::procfs::stat(pid as i32).map(|s| s.state);
         match state {
             Some('T') => return true,
             None => return false,

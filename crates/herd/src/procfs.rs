@@ -1,0 +1,138 @@
+//! The one reader of `/proc` in the library: a process's state, parent and group (`stat`), its
+//! socket descriptors (`fd/`), this process's open descriptors and its children. Every read is
+//! a blocking file read: callers off the runtime's threads run them on a blocking thread.
+//! Nothing here trusts what it reads: a field that does not parse is no answer.
+
+use std::io;
+
+/// What herd reads of a process's `/proc/PID/stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stat {
+    /// `R`, `S`, `D`, `T` (stopped), `Z` (zombie), ...
+    pub(crate) state: char,
+    pub(crate) ppid: i32,
+    pub(crate) pgrp: i32,
+}
+
+/// `pid`'s stat, if it exists (a zombie's too, until it is reaped).
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The fields of a stat line, read after the command name's last `)` (the name, in
+/// parentheses, may hold anything, spaces and parentheses included).
+fn parse_stat(line: &str) -> Option<Stat> {
+    let mut fields = line.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid, pgrp })
+}
+
+/// The socket inodes in `pid`'s descriptor table, by descriptor number.
+pub(crate) fn socket_inodes(pid: u32) -> io::Result<Vec<(i32, u64)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(n) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        if let Some(ino) = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|i| i.parse().ok())
+        {
+            found.push((n, ino));
+        }
+    }
+    Ok(found)
+}
+
+/// Descriptors this process holds open now (0 if it cannot tell).
+pub(crate) fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// This process's children. From each of its threads' `children` list where the kernel has
+/// them (`CONFIG_PROC_CHILDREN`; a child is listed under the thread that forked it, an adopted
+/// one under the thread it was given to): a read per thread. Where it has not, every process's
+/// stat is read for its parent: a read per process on the host.
+pub(crate) fn children() -> Vec<i32> {
+    match task_children() {
+        Some(found) => found,
+        None => scan_children(rustix::process::getpid().as_raw_nonzero().get()),
+    }
+}
+
+/// From the threads' `children` files; `None` where the kernel has none.
+fn task_children() -> Option<Vec<i32>> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(text) => found.extend(
+                text.split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            // A thread that ended meanwhile.
+            Err(_) => {}
+        }
+    }
+    Some(found)
+}
+
+/// The processes whose parent is `parent`, from every process's stat.
+fn scan_children(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| stat(pid).is_some_and(|s| s.ppid == parent))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_come_after_the_last_parenthesis() {
+        let line = "4242 (a) b) (c) Z 17 4240 4240 0 -1 4194564 0";
+        let want = Stat {
+            state: 'Z',
+            ppid: 17,
+            pgrp: 4240,
+        };
+        assert_eq!(parse_stat(line), Some(want));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) R notanumber 1"), None);
+    }
+
+    /// Both ways of finding children find a child this process just started, with its
+    /// parent and state readable; the scan is what runs where the kernel lists no children.
+    #[test]
+    fn a_child_is_found_by_both_readers() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        assert!(scan_children(me).contains(&pid), "scan");
+        if let Some(listed) = task_children() {
+            assert!(listed.contains(&pid), "task lists");
+        }
+        assert!(children().contains(&pid));
+        let st = stat(pid).unwrap();
+        assert_eq!(st.ppid, me);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(stat(pid), None, "reaped: gone");
+        assert!(open_fds() > 2);
+    }
+}
