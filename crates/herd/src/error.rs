@@ -59,6 +59,9 @@ pub enum Error {
     /// A cache operation failed.
     #[error("cache")]
     Cache(#[from] CacheError),
+    /// Settings that cannot be used together, or at all (nothing was started).
+    #[error("bad settings: {0}")]
+    Config(String),
 }
 
 impl From<herd_wire::WireError> for Error {

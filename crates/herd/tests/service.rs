@@ -1,5 +1,5 @@
-//! The supervised service as a library, with real worker processes (`herd-test-worker`): the
-//! builder's own worker count is ignored, each worker knows its slot, cluster events (requests
+//! The supervised service as a library, with real worker processes (`herd-test-worker`): a
+//! builder's worker count that disagrees with the service's is refused, each worker knows its slot, cluster events (requests
 //! included) reach the user, crashes and reloads are reported as events, `workers()` hands out
 //! the serving workers. Every wait has a deadline; nothing sleeps to synchronise.
 
@@ -39,10 +39,46 @@ fn slot_of(pid: u32) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// The service forks its own workers: a builder's count it would not honour is refused before
+/// anything starts, the same count is taken.
+#[tokio::test]
+async fn a_builder_worker_count_the_service_would_not_honour_is_refused() {
+    let builder = |n| {
+        Cluster::builder()
+            .workers(n)
+            .program(test_worker())
+            .args(Vec::<String>::new())
+            .env("HERD_TEST_MODE", "echo")
+    };
+    let config = || ServiceConfig {
+        workers: 2,
+        ..ServiceConfig::default()
+    };
+    match herd::service::start(builder(5), config()).await {
+        Err(herd::Error::Config(why)) => assert!(why.contains("workers(5)"), "{why}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a count of 5 for a service of 2 was taken"),
+    }
+    let service = herd::service::start(builder(2), config()).await.unwrap();
+    let (handle, mut events) = (service.handle, service.events);
+    let mut serving = 0;
+    while serving < 2 {
+        until(&mut events, |ev| {
+            matches!(ev, ServiceEvent::Serving { .. }).then_some(())
+        })
+        .await;
+        serving += 1;
+    }
+    handle
+        .stop(herd::service::StopMode::Graceful)
+        .await
+        .unwrap();
+    assert_eq!(service.task.await.unwrap(), Outcome::Stopped);
+}
+
 #[tokio::test]
 async fn a_service_supervises_reports_and_hands_out_its_workers() {
     let builder = Cluster::builder()
-        .workers(5) // ignored: the service forks its own
         .program(test_worker())
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "echo")
@@ -146,7 +182,7 @@ async fn a_service_supervises_reports_and_hands_out_its_workers() {
     // Stop: every worker exits, the events end, the outcome is Stopped.
     let stop = tokio::spawn({
         let handle = handle.clone();
-        async move { handle.stop(false).await }
+        async move { handle.stop(herd::service::StopMode::Graceful).await }
     });
     let drained = tokio::time::timeout(DEADLINE, async { while events.recv().await.is_some() {} });
     drained.await.expect("the events end after the service");

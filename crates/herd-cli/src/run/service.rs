@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use herd::cache::Hub;
 use herd::listen::ListenAddr;
-use herd::service::{Outcome, RestartPolicy, ServiceConfig, ServiceEvent, ServiceHandle};
+use herd::service::{
+    Exits, Outcome, RestartPolicy, ServiceConfig, ServiceEvent, ServiceHandle, StopMode,
+};
 use herd::{ClusterBuilder, Event};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -94,7 +96,7 @@ pub(super) async fn supervise(
                 signals += 1;
                 tracing::warn!("SIGQUIT: killing every worker");
                 let handle = handle.clone();
-                tokio::spawn(async move { handle.stop(true).await });
+                tokio::spawn(async move { handle.stop(StopMode::Fast).await });
             }
             _ = sigusr1.recv() => {
                 tracing::info!("SIGUSR1: herd writes no log files, so there is nothing to reopen");
@@ -118,8 +120,8 @@ pub(super) async fn supervise(
 /// herd's exit code for how the service ended.
 fn exit(outcome: Outcome) -> Result<Exit> {
     match outcome {
-        Outcome::Stopped | Outcome::Exited(true) => Ok(Exit::Success),
-        Outcome::Exited(false) => Ok(Exit::Failure),
+        Outcome::Stopped | Outcome::Exited(Exits::AllSucceeded) => Ok(Exit::Success),
+        Outcome::Exited(Exits::SomeFailed) => Ok(Exit::Failure),
         Outcome::CrashLoop(why) => Err(Error::failure(format!("every worker gave up: {why}"))),
         other => Err(Error::failure(format!("the service ended: {other:?}"))),
     }
@@ -176,7 +178,7 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
             let _ = call
                 .answer
                 .send(Answer::Ok(Reply::Stopping { stopping: Bool }));
-            let _ = service.stop(false).await;
+            let _ = service.stop(StopMode::Graceful).await;
             return;
         }
     };
@@ -188,14 +190,18 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
 /// A stop signal: the first stops gracefully, the next ones at once.
 fn stop_signal(handle: &ServiceHandle, signals: &mut u32) {
     *signals += 1;
-    let fast = *signals > 1;
-    if fast {
+    let mode = if *signals > 1 {
+        StopMode::Fast
+    } else {
+        StopMode::Graceful
+    };
+    if mode == StopMode::Fast {
         tracing::warn!("second signal: killing every worker");
     } else {
         tracing::info!("stopping: workers get the grace period");
     }
     let handle = handle.clone();
-    tokio::spawn(async move { handle.stop(fast).await });
+    tokio::spawn(async move { handle.stop(mode).await });
 }
 
 /// SIGUSR2: one log line saying how the service is.

@@ -41,6 +41,8 @@ pub struct ClusterBuilder {
     stop: Stop,
     subreaper: bool,
     cgroup: Option<PathBuf>,
+    /// [`ClusterBuilder::workers`] was called (a service refuses a count it would not honour).
+    workers_given: bool,
     balance: Balance,
     rescue: Rescue,
     unresponsive: Option<Duration>,
@@ -68,6 +70,7 @@ impl Default for ClusterBuilder {
             send_timeout: SEND_TIMEOUT,
             subreaper: false,
             cgroup: None,
+            workers_given: false,
             balance: Balance::default(),
             rescue: Rescue::default(),
             unresponsive: None,
@@ -79,7 +82,13 @@ impl ClusterBuilder {
     /// How many workers [`ClusterBuilder::start`] forks (default: one per CPU).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self.workers_given = true;
         self
+    }
+
+    /// The count given with [`ClusterBuilder::workers`], if one was.
+    pub(crate) fn workers_given(&self) -> Option<usize> {
+        self.workers_given.then_some(self.workers)
     }
 
     /// The program workers run (default: this executable).

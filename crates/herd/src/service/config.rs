@@ -119,8 +119,8 @@ impl Default for RestartPolicy {
 /// break your code.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// Workers to keep running, one per slot (default: one per CPU). The cluster builder's own
-    /// [`crate::ClusterBuilder::workers`] count is ignored: the service forks every worker.
+    /// Workers to keep running, one per slot (default: one per CPU). The service forks every
+    /// worker: a [`crate::ClusterBuilder::workers`] count given too must be the same.
     pub workers: usize,
     /// Restarts after crashes.
     pub restart: RestartPolicy,

@@ -164,8 +164,28 @@ pub enum Outcome {
     /// Every slot gave up after crashing (or is done, and at least one gave up); the first
     /// slot's message.
     CrashLoop(String),
-    /// Every worker exited and none is to be restarted; whether all exited with code 0.
-    Exited(bool),
+    /// Every worker exited and none is to be restarted; how they exited.
+    Exited(Exits),
+}
+
+/// How the workers of a service that ended by itself exited ([`Outcome::Exited`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exits {
+    /// Every one with code 0.
+    AllSucceeded,
+    /// At least one otherwise (a code, a signal).
+    SomeFailed,
+}
+
+/// How [`ServiceHandle::stop`] stops the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StopMode {
+    /// Each is asked to stop and gets its grace period (`ClusterBuilder::grace`).
+    #[default]
+    Graceful,
+    /// Each is killed at once (`SIGKILL`).
+    Fast,
 }
 
 /// A running service: its handle, its events and the task that ends with its outcome.
@@ -221,16 +241,25 @@ impl ServiceHandle {
         self.call(|tx| actor::Call::Scale(workers, tx)).await?
     }
 
-    /// Stops every worker (gracefully, or at once if `fast`); returns once all have exited.
-    pub async fn stop(&self, fast: bool) -> Result<(), ServiceError> {
+    /// Stops every worker, as `mode` says; returns once all have exited.
+    pub async fn stop(&self, mode: StopMode) -> Result<(), ServiceError> {
+        let fast = mode == StopMode::Fast;
         self.call(|tx| actor::Call::Stop(fast, tx)).await
     }
 }
 
 /// Starts `builder`'s cluster with no worker of its own, then the service over it, which forks
-/// [`ServiceConfig::workers`] workers (the builder's [`ClusterBuilder::workers`] count is
-/// ignored). Must be called inside a tokio runtime.
+/// [`ServiceConfig::workers`] workers. A count given to the builder too
+/// ([`ClusterBuilder::workers`]) must be the same: [`Error::Config`] otherwise, before anything
+/// starts. Must be called inside a tokio runtime.
 pub async fn start(builder: ClusterBuilder, config: ServiceConfig) -> Result<Service, Error> {
+    if let Some(n) = builder.workers_given().filter(|&n| n != config.workers) {
+        return Err(Error::Config(format!(
+            "ClusterBuilder::workers({n}) and ServiceConfig::workers ({}) disagree: a service \
+             forks its own workers, set ServiceConfig::workers only",
+            config.workers
+        )));
+    }
     let cluster: Cluster = builder.workers(0).start().await?;
     let (calls, events, task) = actor::spawn(cluster, config);
     Ok(Service {

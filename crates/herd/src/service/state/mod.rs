@@ -618,7 +618,11 @@ impl Machine {
         }
         Some(match failed {
             Some(why) => Outcome::CrashLoop(why),
-            None => Outcome::Exited(success),
+            None => Outcome::Exited(if success {
+                super::Exits::AllSucceeded
+            } else {
+                super::Exits::SomeFailed
+            }),
         })
     }
 

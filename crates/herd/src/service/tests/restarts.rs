@@ -62,7 +62,10 @@ fn exit_0_ends_the_slot_under_on_failure() {
     assert_eq!(restart_delay(&fx), None);
     assert_eq!(finish(&fx), None, "slot 1 still runs");
     assert_eq!(h.m.slots[0].state, SlotState::Done { success: true });
-    assert_eq!(finish(&h.exit(2, CODE_0)), Some(Outcome::Exited(true)));
+    assert_eq!(
+        finish(&h.exit(2, CODE_0)),
+        Some(Outcome::Exited(Exits::AllSucceeded))
+    );
 }
 
 #[test]
@@ -87,7 +90,7 @@ fn nothing_is_restarted_under_never() {
     let fx = h.exit(2, CODE_1);
     assert_eq!(restart_delay(&fx), None);
     assert_eq!(h.m.slots[1].state, SlotState::Done { success: false });
-    assert_eq!(finish(&fx), Some(Outcome::Exited(false)));
+    assert_eq!(finish(&fx), Some(Outcome::Exited(Exits::SomeFailed)));
 }
 
 /// A start that fails through the program's fault (`retry: false`: no such program, say).
