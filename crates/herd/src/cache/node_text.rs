@@ -2,19 +2,18 @@
 //! JSON text of a value (its escaped string, or base64) is as big as the value, and making it
 //! for each call cost a pass over the value and a copy per reply in flight. The part of a
 //! reply that is the same for every call of one value (`{"found":true,"value":"…"`, with its
-//! `encoding`) is kept here for the values whose text is longer than
-//! [`SHARE_ABOVE`], at most [`MAX_TEXT_BYTES`] of texts and the values they were made of,
-//! least recently used first out; each reply adds its own few bytes (`ttl_ms`, `seq`,
-//! `local`, `stale`) as its frame's trailer ([`herd_wire::Frame::with_trailer`]).
+//! `encoding`) is kept with the value itself, for values the hub keeps in a sealed memfd (those
+//! over `CacheConfig::share_above`, 64 KiB by default): a [`TextCell`] in its `SharedValue`, so
+//! the text lives exactly as long as the value (an evicted, deleted or replaced value takes its
+//! text with it). Each reply adds its own few bytes (`ttl_ms`, `seq`, `local`, `stale`) as its
+//! frame's trailer ([`herd_wire::Frame::with_trailer`]).
 //!
-//! A text is found by the value it was made of: the address and length of the value's bytes,
-//! which the slot holds a reference to (so that no other value can come to lie there while the
-//! slot lives). A value replaced in the hub makes new bytes, so a new text; the old one ages
-//! out. Calls that want a text being made wait for it rather than make it again
-//! (`OnceCell`: cancel-safe, a dropped maker lets the next waiter make it).
+//! The texts kept are at most [`MAX_TEXT_BYTES`] for the whole process: past it a value's
+//! reply is made for each call, as a smaller value's is. Calls that want a text being made
+//! wait for it rather than make it again (`OnceCell`: cancel-safe, a dropped maker lets the
+//! next waiter make it).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -22,102 +21,79 @@ use tokio::sync::OnceCell;
 
 use super::proto::NodeText;
 
-/// Values whose Node text is at most this long are encoded for each reply (cheaper than a
-/// lookup here).
-pub(crate) const SHARE_ABOVE: usize = 64 << 10;
-
-/// Bytes of shared texts kept, with the values they hold on to (a value the hub has let go of
-/// stays alive while its text is kept): the whole process's, for every worker. A value whose
-/// text and bytes together pass half of it is encoded for each reply, as a small one is.
+/// Bytes of texts kept with their values, for the whole process.
 pub(crate) const MAX_TEXT_BYTES: usize = 256 << 20;
 
-/// One value's shared reply part, once made.
-pub(crate) struct Slot {
-    /// The value it is made of, held so that its address stays its own.
-    value: Bytes,
+/// Bytes of texts kept now.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// A value's shared reply part, made at most once, charged against [`MAX_TEXT_BYTES`] while
+/// the value lives.
+#[derive(Default)]
+pub(crate) struct TextCell {
     text: OnceCell<Bytes>,
-    /// What it is charged against [`MAX_TEXT_BYTES`].
-    charge: usize,
 }
 
-impl Slot {
-    /// The shared part of the value's reply: made by the first caller (on a blocking thread,
-    /// through `off_runtime`), waited for by the others.
-    pub(crate) async fn text<F, Fut>(&self, make: F) -> Result<Bytes, crate::Error>
+/// Why a text was not kept.
+pub(crate) enum NotKept {
+    /// The texts kept are at their bound: make this reply's own.
+    Full,
+    /// Making it failed.
+    Failed(crate::Error),
+}
+
+impl TextCell {
+    /// The shared part, if made already.
+    pub(crate) fn made(&self) -> Option<Bytes> {
+        self.text.get().cloned()
+    }
+
+    /// The shared part of the reply of `value`, whose Node text is `text_len` bytes: made by
+    /// the first caller with `make` (on a blocking thread, through `off_runtime`), waited for
+    /// by the others. [`NotKept::Full`] when the process keeps [`MAX_TEXT_BYTES`] already.
+    pub(crate) async fn text<F, Fut>(
+        &self,
+        value: Bytes,
+        text_len: usize,
+        make: F,
+    ) -> Result<Bytes, NotKept>
     where
         F: FnOnce(Bytes) -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, crate::Error>>,
     {
-        let value = self.value.clone();
-        self.text.get_or_try_init(|| make(value)).await.cloned()
+        let charge = text_len.saturating_add(64);
+        self.text
+            .get_or_try_init(|| async move {
+                let kept = KEPT.fetch_add(charge, Ordering::Relaxed);
+                if kept.saturating_add(charge) > MAX_TEXT_BYTES {
+                    KEPT.fetch_sub(charge, Ordering::Relaxed);
+                    return Err(NotKept::Full);
+                }
+                // Given back on failure; the cell's drop gives back what it keeps.
+                let made = make(value).await;
+                let made = made.map_err(NotKept::Failed);
+                match &made {
+                    Ok(text) => {
+                        KEPT.fetch_add(text.len(), Ordering::Relaxed);
+                        KEPT.fetch_sub(charge, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        KEPT.fetch_sub(charge, Ordering::Relaxed);
+                    }
+                }
+                made
+            })
+            .await
+            .cloned()
     }
 }
 
-type Key = (usize, usize);
-
-#[derive(Default)]
-struct Texts {
-    slots: HashMap<Key, Arc<Slot>>,
-    /// Least recently used first.
-    order: VecDeque<Key>,
-    bytes: usize,
-}
-
-fn texts() -> &'static Mutex<Texts> {
-    static TEXTS: OnceLock<Mutex<Texts>> = OnceLock::new();
-    TEXTS.get_or_init(Mutex::default)
-}
-
-/// The shared part of `value`'s reply, if it is made already (no pass over the value).
-pub(crate) fn made(value: &Bytes) -> Option<Bytes> {
-    if value.len() <= SHARE_ABOVE / 2 {
-        return None;
-    }
-    let key = (value.as_ptr() as usize, value.len());
-    let mut t = texts().lock().unwrap_or_else(|p| p.into_inner());
-    let text = t.slots.get(&key)?.text.get()?.clone();
-    touch(&mut t, key);
-    Some(text)
-}
-
-fn touch(t: &mut Texts, key: Key) {
-    if let Some(at) = t.order.iter().position(|k| *k == key) {
-        t.order.remove(at);
-    }
-    t.order.push_back(key);
-}
-
-/// The slot for `value`, whose Node text is `text_len` bytes: found, or made (evicting the
-/// least recently used past [`MAX_TEXT_BYTES`]). `None` for a value too small or too big to be
-/// shared.
-pub(crate) fn slot(value: &Bytes, text_len: usize) -> Option<Arc<Slot>> {
-    let charge = value.len().saturating_add(text_len).saturating_add(64);
-    if text_len <= SHARE_ABOVE || charge > MAX_TEXT_BYTES / 2 {
-        return None;
-    }
-    let key = (value.as_ptr() as usize, value.len());
-    let mut t = texts().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(slot) = t.slots.get(&key).cloned() {
-        touch(&mut t, key);
-        return Some(slot);
-    }
-    while t.bytes + charge > MAX_TEXT_BYTES {
-        let Some(old) = t.order.pop_front() else {
-            break;
-        };
-        if let Some(s) = t.slots.remove(&old) {
-            t.bytes -= s.charge;
+impl Drop for TextCell {
+    fn drop(&mut self) {
+        if let Some(text) = self.text.get() {
+            KEPT.fetch_sub(text.len(), Ordering::Relaxed);
         }
     }
-    let slot = Arc::new(Slot {
-        value: value.clone(),
-        text: OnceCell::new(),
-        charge,
-    });
-    t.bytes += charge;
-    t.slots.insert(key, slot.clone());
-    t.order.push_back(key);
-    Some(slot)
 }
 
 /// The part of a found value's reply that every call shares: `{"found":true,"value":TEXT`, and
@@ -153,10 +129,10 @@ pub(crate) fn trailer(own: &Own) -> Bytes {
     Bytes::from(out)
 }
 
-/// Bytes of shared texts kept now (for tests).
+/// Bytes of texts kept now (for tests).
 #[cfg(test)]
-fn kept() -> usize {
-    texts().lock().unwrap().bytes
+pub(crate) fn kept() -> usize {
+    KEPT.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -204,44 +180,36 @@ mod tests {
         );
     }
 
-    /// One slot per value, found again by the same bytes, not by equal ones; the kept bytes
-    /// stay under the bound however many values come, and small or huge values get none.
+    /// A text is made once, kept while its cell lives and given back with it; past the bound
+    /// none is kept. (One test: the count is the process's.)
     #[tokio::test]
-    async fn texts_are_found_by_their_value_and_bounded_in_bytes() {
-        let a = Bytes::from(vec![b'a'; 1 << 20]);
-        let len = a.len() + 2;
-        let s1 = slot(&a, len).unwrap();
-        let s2 = slot(&a.clone(), len).unwrap();
-        assert!(Arc::ptr_eq(&s1, &s2), "the same bytes find the same slot");
-        let equal = Bytes::from(vec![b'a'; 1 << 20]);
-        assert!(!Arc::ptr_eq(&s1, &slot(&equal, len).unwrap()));
+    async fn a_text_is_made_once_and_charged_while_its_value_lives() {
+        let value = Bytes::from(vec![b'a'; 1 << 20]);
+        let cell = TextCell::default();
         let made = std::sync::atomic::AtomicUsize::new(0);
-        for _ in 0..2 {
-            let t = s1
-                .text(|v| {
-                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let before = kept();
+        for _ in 0..3 {
+            let t = cell
+                .text(value.clone(), value.len() + 2, |v| {
+                    made.fetch_add(1, Ordering::Relaxed);
                     async move { Ok(shared_part(&v)) }
                 })
                 .await
+                .ok()
                 .unwrap();
             assert!(t.starts_with(b"{\"found\":true,\"value\":\"aaa"));
         }
-        assert_eq!(made.into_inner(), 1, "made once");
-        assert_eq!(
-            super::made(&a).unwrap(),
-            s1.text(|_| async { unreachable!() }).await.unwrap()
-        );
-        assert!(super::made(&equal).is_none(), "not made for equal bytes");
-        assert!(
-            slot(&Bytes::from(vec![b'b'; 1000]), 1002).is_none(),
-            "small"
-        );
-        let huge = Bytes::from(vec![b'c'; MAX_TEXT_BYTES / 2]);
-        assert!(slot(&huge, huge.len() + 2).is_none(), "too big to keep");
-        for _ in 0..100 {
-            let v = Bytes::from(vec![b'd'; 3 << 20]);
-            slot(&v, v.len() + 2).unwrap();
-            assert!(kept() <= MAX_TEXT_BYTES);
-        }
+        assert_eq!(made.load(Ordering::Relaxed), 1, "made once");
+        assert_eq!(cell.made().unwrap().len(), kept() - before);
+        drop(cell);
+        assert_eq!(kept(), before, "given back with its value");
+
+        let huge = TextCell::default();
+        let r = huge
+            .text(Bytes::new(), MAX_TEXT_BYTES, |_| async { unreachable!() })
+            .await;
+        assert!(matches!(r, Err(NotKept::Full)), "past the bound");
+        assert!(huge.made().is_none());
+        assert_eq!(kept(), before, "nothing kept for it");
     }
 }

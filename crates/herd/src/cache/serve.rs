@@ -302,6 +302,9 @@ async fn reply_found(
     let ttl_ms = f.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
     match codec {
         Codec::NodeJson => {
+            if request.codec() != Some(herd_wire::Codec::NodeJson) {
+                return Err(crate::Error::ChannelClosed);
+            }
             let bytes = f.value.as_ref().map(Value::bytes);
             let own = node_text::Own {
                 ttl_ms,
@@ -309,7 +312,8 @@ async fn reply_found(
                 local: f.local,
                 stale: f.stale,
             };
-            if let Some(shared) = bytes.as_ref().and_then(node_text::made) {
+            let cell = f.value.as_ref().and_then(Value::node_text);
+            if let Some(shared) = cell.and_then(node_text::TextCell::made) {
                 // Made for an earlier call: neither measured nor encoded again.
                 let _bytes = budget.bytes(shared.len()).await;
                 return request
@@ -330,21 +334,25 @@ async fn reply_found(
                 };
                 return reply_error(codec, request, &e, budget).await;
             }
-            if request.codec() != Some(herd_wire::Codec::NodeJson) {
-                return Err(crate::Error::ChannelClosed);
-            }
             // Room first, then the text: a worker that does not read holds at most the budget
             // of replies (and one value's text beyond it), however many calls it makes.
             let _bytes = budget.bytes(len).await;
             let (seq, local, stale) = (f.seq, f.local, f.stale);
             // A big value's text is made once and shared by every reply of it (`node_text`).
-            if let Some(slot) = bytes.as_ref().and_then(|b| node_text::slot(b, len)) {
-                let shared = slot
-                    .text(|v| async move { off_runtime(move || node_text::shared_part(&v)).await })
-                    .await?;
-                return request
-                    .reply_shared(Format::Json, shared, node_text::trailer(&own))
-                    .await;
+            if let (Some(cell), Some(b)) = (cell, &bytes) {
+                let made = cell.text(b.clone(), len, |v| async move {
+                    off_runtime(move || node_text::shared_part(&v)).await
+                });
+                match made.await {
+                    Ok(shared) => {
+                        return request
+                            .reply_shared(Format::Json, shared, node_text::trailer(&own))
+                            .await
+                    }
+                    Err(node_text::NotKept::Failed(e)) => return Err(e),
+                    // The process keeps as many texts as it may: this reply makes its own.
+                    Err(node_text::NotKept::Full) => {}
+                }
             }
             let found = f.value.is_some();
             let encode = move || {

@@ -37,6 +37,8 @@ pub(super) enum Value {
 pub(super) struct SharedValue {
     fd: OwnedFd,
     map: Bytes,
+    /// Its reply to Node-json workers, once made (`node_text`): it lives as long as the value.
+    node_text: super::node_text::TextCell,
 }
 
 impl SharedValue {
@@ -58,6 +60,7 @@ impl Value {
         Ok(Value::Shared(Arc::new(SharedValue {
             fd,
             map: Bytes::from_owner(map),
+            node_text: Default::default(),
         })))
     }
 
@@ -66,6 +69,14 @@ impl Value {
         match self {
             Value::Inline(b) => b.clone(),
             Value::Shared(s) => s.map.clone(),
+        }
+    }
+
+    /// Where its reply to Node-json workers is kept once made: a value in a memfd has one.
+    pub(super) fn node_text(&self) -> Option<&super::node_text::TextCell> {
+        match self {
+            Value::Inline(_) => None,
+            Value::Shared(s) => Some(&s.node_text),
         }
     }
 

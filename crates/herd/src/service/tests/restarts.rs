@@ -2,6 +2,7 @@
 //! program's fault: a crash; a shortage of resources: retried, never a crash).
 
 use super::*;
+use crate::service::Exits;
 
 #[test]
 fn crashes_back_off_doubling_then_give_up_in_a_crash_loop() {
