@@ -76,6 +76,7 @@ pub mod primary;
 mod procfs;
 mod report;
 pub mod service;
+mod signal;
 mod sys;
 pub mod worker;
 
@@ -88,9 +89,10 @@ pub use ipc::envelope::NodeHandleError;
 pub use ipc::{Incoming, Message, Peer, Request};
 pub use node::balance::Balance;
 pub use node::rescue::Rescue;
+pub use primary::config::StopBy;
 pub use primary::spawn::ForkOptions;
 pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};
-pub use rustix::process::Signal;
+pub use signal::{Signal, UnknownSignal};
 pub use worker::{Worker, WorkerOptions};
 
 /// The README's code, compiled as a doctest so it cannot drift from the API.

@@ -40,7 +40,7 @@ mod options;
 mod settings;
 
 pub use options::{AutoWord, CacheOptions, Options, ReloadOptions, RestartOptions, Workers};
-pub use settings::{settings, CacheSource, Settings, StopBy};
+pub use settings::{settings, CacheSource, Settings};
 
 /// `herd run`'s flags: a config file, and every setting.
 #[derive(clap::Args, Debug, Clone)]

@@ -41,7 +41,7 @@ pub struct Settings {
     /// `--unresponsive`: how long a running worker may go without answering a ping.
     pub unresponsive: Option<Duration>,
     /// How a stopped worker is told to stop after its channel is closed.
-    pub stop: StopBy,
+    pub stop: herd::StopBy,
     pub codec: Codec,
     pub name: String,
     pub control: PathBuf,
@@ -181,10 +181,10 @@ pub fn settings(o: Options) -> Result<Settings> {
         }
     };
     let stop = if o.shutdown_message.unwrap_or(false) {
-        StopBy::Message
+        herd::StopBy::Message("shutdown".into())
     } else {
         let text = o.kill_signal.unwrap_or_else(|| "SIGTERM".into());
-        StopBy::Signal(signal(&text).ok_or_else(|| {
+        herd::StopBy::Signal(signal(&text).ok_or_else(|| {
             bad(
                 "kill_signal",
                 format_args!("unknown signal {text:?} (use SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)"),
@@ -342,26 +342,8 @@ fn held_by_herd(listen: &ListenAddr, probe: &std::net::SocketAddr) -> bool {
     }
 }
 
-/// How a stopped worker is told to stop, after its channel is closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopBy {
-    /// A signal to its process group.
-    Signal(rustix::process::Signal),
-    /// PM2's `'shutdown'` message (sent first, then the channel is closed).
-    Message,
-}
-
-/// A stop signal by name, `SIGTERM` or `TERM`.
-fn signal(name: &str) -> Option<rustix::process::Signal> {
-    use rustix::process::Signal;
-    let name = name.trim().to_ascii_uppercase();
-    Some(match name.strip_prefix("SIG").unwrap_or(&name) {
-        "TERM" => Signal::TERM,
-        "INT" => Signal::INT,
-        "HUP" => Signal::HUP,
-        "QUIT" => Signal::QUIT,
-        "USR1" => Signal::USR1,
-        "USR2" => Signal::USR2,
-        _ => return None,
-    })
+/// A stop signal by name, `SIGTERM` or `TERM` (not `SIGKILL`, which no handler sees: the
+/// grace period ends with it anyway).
+fn signal(name: &str) -> Option<herd::Signal> {
+    name.parse().ok().filter(|s| *s != herd::Signal::KILL)
 }

@@ -5,7 +5,7 @@ use herd::cache::{CacheConfig, FileSource, Hub, RedisSource};
 use herd::{Cluster, ClusterBuilder};
 
 use super::listen::{self, Sockets};
-use crate::config::{CacheSource, Settings, StopBy};
+use crate::config::{CacheSource, Settings};
 use crate::exit::{Context, Result};
 
 /// The cache hub the settings ask for, if any.
@@ -50,10 +50,7 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
         // What a worker leaves behind re-parents to herd, is killed with the worker's process
         // group once it exits, and is reaped here.
         .subreaper(true);
-    builder = match s.stop {
-        StopBy::Signal(sig) => builder.stop_signal(sig),
-        StopBy::Message => builder.shutdown_message("shutdown"),
-    };
+    builder = builder.stop_by(s.stop.clone());
     builder = listen::program(builder, s, sockets)?;
     for (k, v) in &s.env {
         builder = builder.env(k, v);

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herd_wire::{Codec, Limits};
-use rustix::process::Signal;
 use tokio::sync::mpsc;
 
-use super::config::{check_numbers, first_free_fd, Config, Stop};
+use super::config::{check_numbers, first_free_fd, Config, StopBy};
 use super::dispatcher::dispatcher;
 use super::{join_here, Cluster};
 use crate::cache::Hub;
@@ -38,7 +37,7 @@ pub struct ClusterBuilder {
     listeners: Vec<Arc<OwnedFd>>,
     capture_output: bool,
     send_timeout: Duration,
-    stop: Stop,
+    stop: StopBy,
     subreaper: bool,
     cgroup: Option<PathBuf>,
     /// [`ClusterBuilder::workers`] was called (a service refuses a count it would not honour).
@@ -66,7 +65,7 @@ impl Default for ClusterBuilder {
             inherit: Vec::new(),
             listeners: Vec::new(),
             capture_output: false,
-            stop: Stop::EndOfStream,
+            stop: StopBy::EndOfStream,
             send_timeout: SEND_TIMEOUT,
             subreaper: false,
             cgroup: None,
@@ -205,21 +204,17 @@ impl ClusterBuilder {
         self
     }
 
-    /// Stopping a worker ([`crate::WorkerHandle::disconnect`]) also sends `signal` to its process
-    /// group once its channel is closed — at once for a program that does not speak Node's
-    /// cluster protocol; for a Node cluster worker, after it closed its servers, finished its
-    /// connections and closed the channel, if it is still alive then (a timer or a pool keeps
-    /// it) — so its own shutdown handlers run. The grace period still ends with `SIGKILL`.
-    /// Default: none (herd's own workers exit at end-of-stream). `herd run` uses `SIGTERM`.
-    pub fn stop_signal(mut self, signal: rustix::process::Signal) -> Self {
-        self.stop = Stop::Signal(signal);
-        self
-    }
-
-    /// Stopping a worker first sends it this message (PM2's `'shutdown'`, for programs that
-    /// listen for it instead of a signal), then disconnects it as usual.
-    pub fn shutdown_message(mut self, value: impl Into<serde_json::Value>) -> Self {
-        self.stop = Stop::Message(value.into());
+    /// How a worker is told to stop ([`crate::WorkerHandle::disconnect`]) besides its channel
+    /// closing. [`StopBy::Signal`] sends the signal to its process group once its channel is
+    /// closed — at once for a program that does not speak Node's cluster protocol; for a Node
+    /// cluster worker, after it closed its servers, finished its connections and closed the
+    /// channel, if it is still alive then (a timer or a pool keeps it) — so its own shutdown
+    /// handlers run. [`StopBy::Message`] sends the message first (PM2's `'shutdown'`), then
+    /// disconnects it as usual. The grace period still ends with `SIGKILL`. Default:
+    /// [`StopBy::EndOfStream`] (herd's own workers exit at end-of-stream); `herd run` uses
+    /// `SIGTERM`.
+    pub fn stop_by(mut self, stop: StopBy) -> Self {
+        self.stop = stop;
         self
     }
 
@@ -347,7 +342,7 @@ impl ClusterBuilder {
             match cluster.fork().await {
                 Ok(w) => forked.push(w),
                 Err(e) => {
-                    join_here(forked.iter().map(|w| w.kill(Signal::KILL))).await;
+                    join_here(forked.iter().map(|w| w.kill(crate::Signal::KILL))).await;
                     return Err(e);
                 }
             }

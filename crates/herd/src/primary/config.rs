@@ -35,8 +35,8 @@ pub(super) struct Config {
     /// balancer handing out their connections.
     pub(super) node: Shared,
     /// How a disconnected worker is told to stop once its channel is closed
-    /// ([`crate::ClusterBuilder::stop_signal`], [`crate::ClusterBuilder::shutdown_message`]).
-    pub(super) stop: Stop,
+    /// ([`crate::ClusterBuilder::stop_by`]).
+    pub(super) stop: StopBy,
     /// The `cgroup.procs` of the cgroup every worker moves itself into before it runs
     /// ([`crate::ClusterBuilder::cgroup`]).
     pub(super) cgroup_procs: Option<Arc<OwnedFd>>,
@@ -97,17 +97,22 @@ pub(super) fn first_free_fd(listeners: usize, taken: impl Iterator<Item = i32>) 
         .unwrap_or(sys::CHANNEL_FD)
 }
 
-/// The second step of stopping a worker, after its channel is closed (or, for a Node cluster
-/// worker, after it closed it itself once its servers were done): a worker still alive then is
-/// told to stop by a signal or a message, and is killed when the grace period ends.
-#[derive(Clone, Debug, Default)]
-pub(crate) enum Stop {
-    /// Nothing more: the worker reads end-of-stream and exits by itself (herd's own workers).
+/// How a worker is told to stop ([`crate::ClusterBuilder::stop_by`]), besides its channel
+/// closing: after its channel is closed (or, for a Node cluster worker, after it closed it
+/// itself once its servers were done), a worker still alive is told by a signal or a message,
+/// and is killed when the grace period ends.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub enum StopBy {
+    /// Nothing more: the worker reads end-of-stream and exits by itself (herd's own workers;
+    /// the default).
     #[default]
     EndOfStream,
-    /// This signal to its process group (`SIGTERM`, as systemd, Docker and Kubernetes send).
-    Signal(rustix::process::Signal),
-    /// This message on the channel, before it is closed (PM2's `'shutdown'`).
+    /// This signal to its process group (`SIGTERM`, as systemd, Docker and Kubernetes send;
+    /// `herd run`'s default).
+    Signal(crate::Signal),
+    /// This message on the channel, before it is closed (PM2's `'shutdown'`, for programs that
+    /// listen for it instead of a signal).
     Message(serde_json::Value),
 }
 

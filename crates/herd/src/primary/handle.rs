@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::Signal;
 use tokio::sync::{mpsc, watch};
 
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::{peer_methods, Peer};
-use crate::Error;
+use crate::{Error, Signal};
 
 /// What a handle asks of the worker's supervisor.
 pub(super) enum WorkerCmd {

@@ -32,11 +32,11 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::config::{Config, Stop};
+use super::config::{Config, StopBy};
 use super::event::{Event, OutputStream};
 use super::handle::{WorkerCmd, WorkerShared};
 use super::life::retire::{Outcome, Step as RetireStep};
-use super::life::{Effect, Input, Life, Rules, StopBy};
+use super::life::{Effect, Input, Life, Rules, StopWith};
 use super::output;
 use super::reaper;
 use crate::cache::serve::{Admission, CacheCalls};
@@ -117,9 +117,9 @@ impl Supervisor {
             grace: cfg.grace,
             handshake_timeout: cfg.handshake_timeout,
             stop: match cfg.stop {
-                Stop::EndOfStream => StopBy::EndOfStream,
-                Stop::Signal(sig) => StopBy::Signal(sig),
-                Stop::Message(_) => StopBy::Message,
+                StopBy::EndOfStream => StopWith::EndOfStream,
+                StopBy::Signal(sig) => StopWith::Signal(sig.to_rustix()),
+                StopBy::Message(_) => StopWith::Message,
             },
             online_at_start: cfg.codec == Codec::NodeJson,
             node: node.is_some(),
@@ -210,7 +210,7 @@ impl Supervisor {
                     Some(Input::Exited(status))
                 }
                 Step::Cmd(Some(WorkerCmd::Disconnect)) => Some(Input::Stop),
-                Step::Cmd(Some(WorkerCmd::Kill(sig))) => Some(Input::Kill(sig)),
+                Step::Cmd(Some(WorkerCmd::Kill(sig))) => Some(Input::Kill(sig.to_rustix())),
                 Step::Cmd(None) => {
                     cmds_open = false;
                     None
@@ -283,7 +283,7 @@ impl Supervisor {
         match effect {
             Effect::Online => self.emit(Event::Online { worker: id }),
             Effect::SendStopMessage => {
-                if let Stop::Message(value) = &self.cfg.stop {
+                if let StopBy::Message(value) = &self.cfg.stop {
                     if let Ok((format, bytes)) = herd_wire::encode_value(self.cfg.codec, value) {
                         self.peer
                             .send_soon(Frame::new(Kind::Message, format, bytes));

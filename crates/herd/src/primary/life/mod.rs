@@ -73,7 +73,7 @@ pub(crate) fn ping_every(limit: Duration) -> Duration {
 
 /// How a worker is asked to stop, besides its channel closing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StopBy {
+pub(crate) enum StopWith {
     /// Nothing more: it reads end-of-stream and exits by itself.
     EndOfStream,
     /// This signal to its process group.
@@ -90,7 +90,7 @@ pub(crate) struct Rules {
     /// How long a worker may take to say hello.
     pub(crate) handshake_timeout: Duration,
     /// How it is asked to stop.
-    pub(crate) stop: StopBy,
+    pub(crate) stop: StopWith,
     /// It needs no hello (a Node worker): online at once.
     pub(crate) online_at_start: bool,
     /// It speaks Node's cluster protocol: a stop first asks it to disconnect.
@@ -414,7 +414,7 @@ impl Life {
         }
         // Its grace period rules from now on.
         self.alive = Alive::default();
-        if self.rules.stop == StopBy::Message && self.open {
+        if self.rules.stop == StopWith::Message && self.open {
             fx.push(Effect::SendStopMessage);
         }
         // A Node cluster worker is asked, as Node's primary asks it: it closes its servers,
@@ -577,7 +577,7 @@ impl Life {
 
     /// The stop signal, if the cluster has one, to a worker asked to stop.
     fn stop_signal(&mut self, fx: &mut Vec<Effect>) {
-        if let StopBy::Signal(sig) = self.rules.stop {
+        if let StopWith::Signal(sig) = self.rules.stop {
             self.signal(sig, fx);
         }
     }

@@ -11,7 +11,7 @@ use crate::node::rescue::plan::{Verdict, PAUSE_LIMIT};
 /// A Node cluster worker asked to stop, with sockets herd shares: it waits for its
 /// connections sent to be answered for.
 fn retiring(rescue: Rescue) -> W {
-    let mut r = rules(StopBy::Signal(Signal::TERM), true);
+    let mut r = rules(StopWith::Signal(Signal::TERM), true);
     r.rescue = rescue;
     let (mut w, _) = W::new(r);
     assert_eq!(w.on(Input::Stop), ["AskNodeDisconnect"]);
@@ -209,7 +209,7 @@ fn nothing_held_ends_the_rescue() {
 
 #[test]
 fn a_worker_that_exited_before_it_retired_is_only_sent_its_disconnect() {
-    let (mut w, _) = W::new(rules(StopBy::Signal(Signal::TERM), true));
+    let (mut w, _) = W::new(rules(StopWith::Signal(Signal::TERM), true));
     w.on(Input::Exited(code(0)));
     assert_eq!(w.on(Input::Stop), ["AskNodeDisconnect"]);
     assert_eq!(w.on(Input::Retiring), ["Rescue(SendDisconnect)"]);

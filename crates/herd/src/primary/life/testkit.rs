@@ -10,7 +10,7 @@ use super::*;
 pub(super) const GRACE: Duration = Duration::from_secs(8);
 pub(super) const HELLO: Duration = Duration::from_secs(5);
 
-pub(super) fn rules(stop: StopBy, node: bool) -> Rules {
+pub(super) fn rules(stop: StopWith, node: bool) -> Rules {
     Rules {
         grace: GRACE,
         handshake_timeout: HELLO,
@@ -27,7 +27,7 @@ pub(super) const EVERY: Duration = Duration::from_secs(10);
 
 /// A herd worker that said hello, pinged with a limit of [`LIMIT`] (so every [`EVERY`]).
 pub(super) fn pinged() -> W {
-    let mut r = rules(StopBy::EndOfStream, false);
+    let mut r = rules(StopWith::EndOfStream, false);
     r.unresponsive = Some(LIMIT);
     let (mut w, _) = W::new(r);
     assert_eq!(w.on(Input::Hello), ["Online"]);
@@ -49,14 +49,14 @@ impl W {
 
     /// A herd worker (binary codec, end-of-stream stop) that said hello.
     pub(super) fn online() -> W {
-        let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+        let (mut w, _) = W::new(rules(StopWith::EndOfStream, false));
         w.on(Input::Hello);
         w
     }
 
     /// A Node cluster worker, SIGTERM as its stop signal.
     pub(super) fn node() -> W {
-        W::new(rules(StopBy::Signal(Signal::TERM), true)).0
+        W::new(rules(StopWith::Signal(Signal::TERM), true)).0
     }
 
     pub(super) fn on(&mut self, input: Input) -> Vec<String> {

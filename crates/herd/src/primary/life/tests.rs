@@ -9,12 +9,12 @@ use super::*;
 
 #[test]
 fn a_node_worker_is_online_at_once_and_a_herd_worker_after_its_hello() {
-    let (w, fx) = W::new(rules(StopBy::EndOfStream, true));
+    let (w, fx) = W::new(rules(StopWith::EndOfStream, true));
     assert_eq!(names(fx), ["Online"]);
     assert_eq!(w.life.phase(), Phase::Online);
     assert_eq!(w.in_next(), None, "no handshake deadline");
 
-    let (mut w, fx) = W::new(rules(StopBy::EndOfStream, false));
+    let (mut w, fx) = W::new(rules(StopWith::EndOfStream, false));
     assert!(fx.is_empty());
     assert_eq!(w.life.phase(), Phase::Starting);
     assert_eq!(w.in_next(), Some(HELLO));
@@ -25,7 +25,7 @@ fn a_node_worker_is_online_at_once_and_a_herd_worker_after_its_hello() {
 
 #[test]
 fn no_hello_in_time_closes_the_channel_with_an_error_and_kills_after_grace() {
-    let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+    let (mut w, _) = W::new(rules(StopWith::EndOfStream, false));
     let fx = w.after(HELLO);
     assert_eq!(
         fx,
@@ -43,14 +43,14 @@ fn no_hello_in_time_closes_the_channel_with_an_error_and_kills_after_grace() {
 
 #[test]
 fn a_deadline_not_yet_due_does_nothing() {
-    let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+    let (mut w, _) = W::new(rules(StopWith::EndOfStream, false));
     assert!(w.after(HELLO - Duration::from_millis(1)).is_empty());
     assert!(w.life.channel_open());
 }
 
 #[test]
 fn a_bad_hello_is_an_error_and_the_worker_gets_its_grace() {
-    let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+    let (mut w, _) = W::new(rules(StopWith::EndOfStream, false));
     let fx = w.on(Input::ChannelEnded(Some(Error::Handshake("bad".into()))));
     assert_eq!(fx[0], "ChannelGone");
     assert!(fx[1].starts_with("error: "), "{fx:?}");
@@ -68,7 +68,7 @@ fn stop_by_end_of_stream_closes_the_channel_and_arms_the_grace() {
 
 #[test]
 fn stop_by_signal_sends_it_and_kills_after_grace() {
-    let (mut w, _) = W::new(rules(StopBy::Signal(Signal::TERM), false));
+    let (mut w, _) = W::new(rules(StopWith::Signal(Signal::TERM), false));
     w.on(Input::Hello);
     assert_eq!(w.on(Input::Stop), ["CloseChannel", "term"]);
     assert_eq!(
@@ -81,7 +81,7 @@ fn stop_by_signal_sends_it_and_kills_after_grace() {
 
 #[test]
 fn stop_by_message_sends_it_before_the_channel_closes() {
-    let (mut w, _) = W::new(rules(StopBy::Message, false));
+    let (mut w, _) = W::new(rules(StopWith::Message, false));
     w.on(Input::Hello);
     assert_eq!(w.on(Input::Stop), ["SendStopMessage", "CloseChannel"]);
 }
@@ -127,7 +127,7 @@ fn a_node_worker_that_exits_by_itself_after_disconnecting_is_not_signalled() {
 
 #[test]
 fn a_short_grace_shortens_the_linger() {
-    let mut r = rules(StopBy::Signal(Signal::TERM), true);
+    let mut r = rules(StopWith::Signal(Signal::TERM), true);
     r.grace = Duration::from_millis(400);
     let (mut w, _) = W::new(r);
     w.on(Input::Stop);
@@ -176,7 +176,7 @@ fn a_kill_request_signals_and_arms_the_grace() {
 
 #[test]
 fn an_exit_while_starting_drains_the_channel_then_ends() {
-    let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+    let (mut w, _) = W::new(rules(StopWith::EndOfStream, false));
     assert_eq!(w.on(Input::Exited(code(1))), ["KillLeftovers"]);
     assert_eq!(w.life.phase(), Phase::Exited);
     // The channel drains (its last frames), the output too; the handshake timer still runs
@@ -285,7 +285,7 @@ fn a_process_left_holding_the_output_is_let_go_after_the_output_time() {
 #[test]
 fn a_worker_without_output_pipes_ends_with_its_channel() {
     let now = Instant::now();
-    let (mut life, _) = Life::start(rules(StopBy::EndOfStream, true), now, false);
+    let (mut life, _) = Life::start(rules(StopWith::EndOfStream, true), now, false);
     life.handle(now, Input::Exited(code(3)));
     let fx = names(life.handle(now, Input::ChannelEnded(None)));
     assert_eq!(fx.last().map(String::as_str), Some("exited exit code 3"));
@@ -302,7 +302,7 @@ fn a_protocol_error_after_exit_reports_the_error_but_arms_no_kill() {
 
 #[test]
 fn a_grace_of_thirty_years_does_not_overflow_the_clock() {
-    let mut r = rules(StopBy::EndOfStream, false);
+    let mut r = rules(StopWith::EndOfStream, false);
     r.grace = Duration::from_secs(u64::MAX);
     r.handshake_timeout = Duration::from_secs(u64::MAX);
     let (mut w, _) = W::new(r);
@@ -454,11 +454,11 @@ fn a_kill_request_ends_the_checks_its_grace_rules() {
 
 #[test]
 fn a_hello_read_after_a_stop_request_or_the_exit_still_makes_it_online() {
-    let (mut w, _) = W::new(rules(StopBy::EndOfStream, false));
+    let (mut w, _) = W::new(rules(StopWith::EndOfStream, false));
     w.on(Input::Exited(code(0)));
     assert_eq!(w.on(Input::Hello), ["Online"]);
     assert!(w.on(Input::Hello).is_empty());
-    let (mut w, _) = W::new(rules(StopBy::Signal(Signal::TERM), false));
+    let (mut w, _) = W::new(rules(StopWith::Signal(Signal::TERM), false));
     w.on(Input::Stop);
     assert_eq!(w.life.phase(), Phase::Stopping);
     // Its channel is closed on our side, but its hello may still be read.
@@ -528,7 +528,7 @@ fn a_stopping_worker_is_not_pinged_its_grace_rules() {
 
 #[test]
 fn a_worker_still_starting_is_not_pinged_its_handshake_deadline_rules() {
-    let mut r = rules(StopBy::EndOfStream, false);
+    let mut r = rules(StopWith::EndOfStream, false);
     r.unresponsive = Some(LIMIT);
     let (w, _) = W::new(r);
     assert_eq!(w.in_next(), Some(HELLO));
@@ -536,7 +536,7 @@ fn a_worker_still_starting_is_not_pinged_its_handshake_deadline_rules() {
 
 #[test]
 fn a_node_worker_is_pinged_from_its_fork() {
-    let mut r = rules(StopBy::Signal(Signal::TERM), true);
+    let mut r = rules(StopWith::Signal(Signal::TERM), true);
     r.unresponsive = Some(LIMIT);
     let (mut w, fx) = W::new(r);
     assert_eq!(names(fx), ["Online"]);
