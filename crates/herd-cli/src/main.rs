@@ -113,7 +113,7 @@ fn main() {
         }
     };
     let json_logs = matches!(&cli.command, Command::Run(r)
-        if r.options.log_format.as_deref() == Some("json"));
+        if r.options.log_format == Some(herd_cli::config::LogFormat::Json));
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
         .unwrap_or_else(|_| "herd=info,herd_cli=info".into());
     // Colour only for a person at a terminal: a pipe, a file or journald gets plain text.

@@ -39,7 +39,10 @@ use crate::exit::{Context, Error, Result};
 mod options;
 mod settings;
 
-pub use options::{AutoWord, CacheOptions, Options, ReloadOptions, RestartOptions, Workers};
+pub use options::{
+    AutoWord, BalanceMode, CacheOptions, CodecName, LogFormat, Options, ReloadOptions, RescueMode,
+    RestartOptions, Workers,
+};
 pub use settings::{settings, CacheSource, Settings};
 
 /// `herd run`'s flags: a config file, and every setting.
@@ -103,6 +106,14 @@ mod tests {
         Flags::augment_args(clap::Command::new("run"))
             .try_get_matches_from(std::iter::once("run").chain(args.iter().copied()))
             .unwrap()
+    }
+
+    /// What the flag parser says of `args` it refuses.
+    fn refused(args: &[&str]) -> String {
+        Flags::augment_args(clap::Command::new("run"))
+            .try_get_matches_from(std::iter::once("run").chain(args.iter().copied()))
+            .unwrap_err()
+            .to_string()
     }
 
     fn merged(file: &str, args: &[&str]) -> Result<Settings> {
@@ -276,8 +287,13 @@ mod tests {
         assert_eq!(s.rescue, herd::Rescue::Hold);
         let s = merged("rescue = \"hold\"", &["--rescue", "off", "--", "true"]).unwrap();
         assert_eq!(s.rescue, herd::Rescue::Off, "the flag over the file");
-        let e = merged("", &["--rescue", "always", "--", "true"]).unwrap_err();
-        assert!(format!("{e:#}").contains("rescue"), "{e:#}");
+        let e = refused(&["--rescue", "always", "--", "true"]);
+        assert!(
+            e.contains("--rescue") && e.contains("end, hold, off"),
+            "{e}"
+        );
+        let e = parse("rescue = \"always\"").unwrap_err().to_string();
+        assert!(e.contains("rescue") && e.contains("`end`"), "{e}");
     }
 
     #[test]
@@ -290,10 +306,14 @@ mod tests {
         assert_eq!(s.balance, herd::Balance::Shared, "the flag over the file");
         let s = merged("", &["--balance", "reuseport", "-l", ":0", "--", "true"]).unwrap();
         assert_eq!((s.balance, s.reuseport), (herd::Balance::Shared, true));
+        let e = refused(&["--balance", "random", "--", "true"]);
+        assert!(
+            e.contains("--balance") && e.contains("rr, shared, reuseport"),
+            "{e}"
+        );
         for (args, field) in [
-            (&["--balance", "random", "--", "true"][..], "balance"),
             (
-                &["--balance", "rr", "--reuseport", "-l", ":0", "--", "true"],
+                &["--balance", "rr", "--reuseport", "-l", ":0", "--", "true"][..],
                 "reuseport",
             ),
             (&["--balance", "reuseport", "--", "true"], "reuseport"),

@@ -24,8 +24,8 @@ pub struct Options {
     /// How connections reach Node workers' servers: `shared` (default: every worker accepts
     /// on the same socket), `rr` (herd accepts and hands each to the next worker, as Node's own
     /// primary does) or `reuseport` (a socket per worker on the --listen addresses).
-    #[arg(long, value_name = "rr|shared|reuseport")]
-    pub balance: Option<String>,
+    #[arg(long)]
+    pub balance: Option<BalanceMode>,
     /// Same as `--balance reuseport`: each worker gets a socket of its own on the --listen
     /// addresses (SO_REUSEPORT).
     #[arg(long, num_args = 0, default_missing_value = "true")]
@@ -36,8 +36,8 @@ pub struct Options {
     /// period a worker left holding only connections whose next request waits is ended),
     /// `hold` (kept and handed on, the worker never ended early) or `off` (Node's own
     /// `server.close()`: idle keep-alive connections are closed).
-    #[arg(long, value_name = "end|hold|off")]
-    pub rescue: Option<String>,
+    #[arg(long)]
+    pub rescue: Option<RescueMode>,
     /// Seconds a worker has to exit after a stop before it is killed (default 5).
     #[arg(long)]
     pub grace: Option<f64>,
@@ -58,7 +58,7 @@ pub struct Options {
     /// Channel codec: `json` (Node's format, any language; default) or `binary` (herd's Rust
     /// workers).
     #[arg(long)]
-    pub codec: Option<String>,
+    pub codec: Option<CodecName>,
     /// This herd's name, for its control socket (default `herd`).
     #[arg(long)]
     pub name: Option<String>,
@@ -67,7 +67,7 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// `text` (worker lines prefixed `[wN]`) or `json` (one JSON object per line).
     #[arg(long)]
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// An environment variable for the workers (KEY=VALUE). Repeatable; the file's is a table.
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = env_var)]
     #[serde(deserialize_with = "env_table")]
@@ -81,6 +81,51 @@ pub struct Options {
     /// The `[cache]` table.
     #[command(flatten)]
     pub cache: CacheOptions,
+}
+
+/// `--balance`: how connections reach Node workers' servers.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BalanceMode {
+    /// herd accepts and hands each connection to the next worker (Node's round-robin).
+    Rr,
+    /// Every worker accepts on the same socket (the default).
+    Shared,
+    /// A socket per worker on the --listen addresses (SO_REUSEPORT).
+    Reuseport,
+}
+
+/// `--rescue`: what is done with a retiring Node worker's connections.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RescueMode {
+    /// Kept and handed on; a worker holding only connections whose next request waits is
+    /// ended after half its grace period (the default).
+    End,
+    /// Kept and handed on; the worker is never ended early.
+    Hold,
+    /// Nothing: Node's own `server.close()`.
+    Off,
+}
+
+/// `--codec`: the channel's format.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecName {
+    /// Node's JSON lines (any language; the default).
+    Json,
+    /// herd's binary frames (herd's Rust workers).
+    Binary,
+}
+
+/// `--log-format`: how herd writes its own and its workers' lines.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Worker lines prefixed `[wN]` (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// When crashed workers are restarted: the `[restart]` table.

@@ -126,22 +126,15 @@ pub fn settings(o: Options) -> Result<Settings> {
         .iter()
         .map(|a| a.parse::<ListenAddr>().map_err(|e| bad("listen", e)))
         .collect::<Result<Vec<_>>>()?;
-    let (balance, reuseport) = match (o.balance.as_deref(), o.reuseport) {
-        (Some("rr"), None | Some(false)) => (herd::Balance::RoundRobin, false),
-        (None, None | Some(false)) | (Some("shared"), None | Some(false)) => {
-            (herd::Balance::Shared, false)
-        }
-        (Some("reuseport"), _) | (None, Some(true)) => (herd::Balance::Shared, true),
-        (Some("rr" | "shared"), Some(true)) => {
+    use super::options::{BalanceMode, CodecName, LogFormat, RescueMode};
+    let (balance, reuseport) = match (o.balance, o.reuseport) {
+        (Some(BalanceMode::Rr), None | Some(false)) => (herd::Balance::RoundRobin, false),
+        (None | Some(BalanceMode::Shared), None | Some(false)) => (herd::Balance::Shared, false),
+        (Some(BalanceMode::Reuseport), _) | (None, Some(true)) => (herd::Balance::Shared, true),
+        (Some(BalanceMode::Rr | BalanceMode::Shared), Some(true)) => {
             return Err(bad(
                 "reuseport",
                 "is --balance reuseport, which contradicts the --balance given",
-            ))
-        }
-        (Some(other), _) => {
-            return Err(bad(
-                "balance",
-                format_args!("unknown mode {other:?} (use rr, shared or reuseport)"),
             ))
         }
     };
@@ -151,16 +144,10 @@ pub fn settings(o: Options) -> Result<Settings> {
     if reuseport && listen.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         return Err(bad("reuseport", "works with TCP addresses only"));
     }
-    let rescue = match o.rescue.as_deref().map(str::trim) {
-        None | Some("end") => herd::Rescue::End,
-        Some("hold") => herd::Rescue::Hold,
-        Some("off") => herd::Rescue::Off,
-        Some(other) => {
-            return Err(bad(
-                "rescue",
-                format_args!("unknown mode {other:?} (use end, hold or off)"),
-            ))
-        }
+    let rescue = match o.rescue {
+        None | Some(RescueMode::End) => herd::Rescue::End,
+        Some(RescueMode::Hold) => herd::Rescue::Hold,
+        Some(RescueMode::Off) => herd::Rescue::Off,
     };
     let grace = seconds("grace", o.grace.unwrap_or(5.0), MAX_WAIT)?;
     let unresponsive = match o.unresponsive.as_deref().map(str::trim) {
@@ -191,13 +178,10 @@ pub fn settings(o: Options) -> Result<Settings> {
             )
         })?)
     };
-    let codec_text = o.codec.unwrap_or_else(|| "json".into());
-    let codec = Codec::parse(&codec_text).ok_or_else(|| {
-        bad(
-            "codec",
-            format_args!("unknown codec {codec_text:?} (use json or binary)"),
-        )
-    })?;
+    let codec = match o.codec {
+        None | Some(CodecName::Json) => Codec::NodeJson,
+        Some(CodecName::Binary) => Codec::Binary,
+    };
     let name = o.name.unwrap_or_else(|| "herd".into());
     if name.is_empty()
         || !name
@@ -213,16 +197,7 @@ pub fn settings(o: Options) -> Result<Settings> {
     let control = o
         .control
         .unwrap_or_else(|| crate::control::default_path(&name));
-    let json_logs = match o.log_format.as_deref().unwrap_or("text") {
-        "text" => false,
-        "json" => true,
-        other => {
-            return Err(bad(
-                "log_format",
-                format_args!("unknown format {other:?} (use text or json)"),
-            ))
-        }
-    };
+    let json_logs = o.log_format == Some(LogFormat::Json);
     // Later entries (the flags') win.
     let env: BTreeMap<String, String> = o.env.into_iter().collect();
     if let Some(bad_key) = env.keys().find(|k| k.is_empty() || k.contains('=')) {
