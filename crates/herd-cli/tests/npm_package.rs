@@ -247,7 +247,10 @@ fn cache_json_under_herd(addon: &str) {
 #[test]
 fn the_types_pass_tsc_strict() {
     let Some(tsc) = std::env::var_os("HERD_TSC") else {
-        eprintln!("HERD_TSC is not set (the path of a tsc): the TypeScript check is skipped");
+        herd_test_support::skip(
+            "npm_package::the_types_pass_tsc_strict",
+            "HERD_TSC is not set (the path of a tsc)",
+        );
         return;
     };
     let tsc = tsc.into_string().unwrap();

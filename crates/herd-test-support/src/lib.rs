@@ -17,3 +17,21 @@ pub mod redis_server;
 mod worker;
 
 pub use worker::{echo_cluster, test_worker};
+
+/// Says that the calling test cannot run what it is for here, and why (a tool or an other Node
+/// version it needs is not installed): on stderr, and as a line in the file named by
+/// `HERD_SKIP_LOG` when it is set, which `.ci/run` sets and counts at the end, so a skipped
+/// test is reported as skipped, not as passed. The caller then returns.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(path) = std::env::var_os("HERD_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
