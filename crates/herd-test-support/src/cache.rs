@@ -153,8 +153,7 @@ pub fn checksum(b: &[u8]) -> u64 {
 
 /// The default cache config without progress output.
 pub fn quiet() -> CacheConfig {
-    CacheConfig {
-        progress: Progress::Off,
-        ..CacheConfig::default()
-    }
+    let mut config = CacheConfig::default();
+    config.progress = Progress::Off;
+    config
 }

@@ -33,10 +33,8 @@ async fn primary() -> Result<(), Box<dyn std::error::Error>> {
     let source = FileSource::from_map("example", data.into_iter().collect());
     let hub = Hub::new(source, CacheConfig::default());
     let cluster = Cluster::builder().listener(listener).cache(hub);
-    let config = ServiceConfig {
-        workers: 2,
-        ..ServiceConfig::default()
-    };
+    let mut config = ServiceConfig::default();
+    config.workers = 2;
     let mut service = herd::service::start(cluster, config).await?;
     while let Some(event) = service.events.recv().await {
         if let ServiceEvent::Restarting {

@@ -21,6 +21,7 @@ use crate::{env, sys, Error};
 
 /// Options for [`Worker::connect_with`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WorkerOptions {
     /// Channel limits.
     pub limits: Limits,

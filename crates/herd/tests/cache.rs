@@ -203,12 +203,10 @@ async fn warm_up_loads_once_and_later_workers_read_nothing_from_the_source() {
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     let dir = folder("warm", &refs);
-    let config = CacheConfig {
-        warm_patterns: vec!["item:*".into()],
-        warm_batch: 16,
-        progress: Progress::Log,
-        ..CacheConfig::default()
-    };
+    let mut config = CacheConfig::default();
+    config.warm_patterns = vec!["item:*".into()];
+    config.warm_batch = 16;
+    config.progress = Progress::Log;
     let hub = Hub::new(FileSource::folder(&dir).unwrap(), config);
     let (mut cluster, ids) = start(&hub, 2).await;
     ask_ok(&mut cluster, ids[0], json!({"op": "cache_ready"})).await;

@@ -25,10 +25,8 @@ fn key(i: usize) -> String {
 
 #[tokio::test]
 async fn a_million_missing_keys_stay_within_the_budget() {
-    let config = CacheConfig {
-        progress: Progress::Off,
-        ..CacheConfig::default()
-    };
+    let mut config = CacheConfig::default();
+    config.progress = Progress::Off;
     let hub = Hub::new(FileSource::from_map("empty", BTreeMap::new()), config);
     // Settle the runtime and allocator before the first figure.
     for i in 0..1000 {

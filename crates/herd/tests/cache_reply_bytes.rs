@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herd::cache::{CacheConfig, FileSource, Hub, Progress};
+use herd::cache::{FileSource, Hub};
 use herd_test_support::events::DEADLINE;
 
 /// The value's size: text, so a Node peer gets it as a JSON string.
@@ -33,10 +33,7 @@ async fn a_worker_that_never_reads_big_replies_costs_a_bounded_number_of_bytes()
     let data = BTreeMap::from([("big".to_string(), Bytes::from(vec![b'x'; VALUE]))]);
     let hub = Hub::new(
         FileSource::from_map("big", data),
-        CacheConfig {
-            progress: Progress::Off,
-            ..CacheConfig::default()
-        },
+        herd_test_support::cache::quiet(),
     );
     // Loaded once before the figure: the value itself is the hub's, not the attack's.
     assert_eq!(hub.get("big").await.unwrap().unwrap().len(), VALUE);

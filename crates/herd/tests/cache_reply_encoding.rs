@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herd::cache::{CacheConfig, FileSource, Hub, Progress};
+use herd::cache::{FileSource, Hub};
 
 /// The value's size: text, so a Node peer gets it as a JSON string.
 const VALUE: usize = 24 << 20;
@@ -30,10 +30,7 @@ async fn encoding_big_node_replies_never_stalls_the_runtime() {
         .collect();
     let hub = Hub::new(
         FileSource::from_map("big", data),
-        CacheConfig {
-            progress: Progress::Off,
-            ..CacheConfig::default()
-        },
+        herd_test_support::cache::quiet(),
     );
     // Loaded (one miss each) before the workers ask.
     for i in 0..CALLS {

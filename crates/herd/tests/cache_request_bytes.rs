@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herd::cache::{CacheConfig, Hub, Progress, RedisConfig, RedisSource};
+use herd::cache::{Hub, RedisConfig, RedisSource};
 use herd_test_support::events::DEADLINE;
 use herd_test_support::redis_server::RedisServer;
 
@@ -31,19 +31,11 @@ fn rss() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_a_frozen_redis_cannot_take_hold_a_bounded_number_of_bytes() {
     let server = RedisServer::start();
-    let config = RedisConfig {
-        command_timeout: Duration::from_secs(120),
-        track: false,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.command_timeout = Duration::from_secs(120);
+    config.track = false;
     let source = Arc::new(RedisSource::with_config(&server.url(), config).unwrap());
-    let hub = Hub::from_arc(
-        source,
-        CacheConfig {
-            progress: Progress::Off,
-            ..CacheConfig::default()
-        },
-    );
+    let hub = Hub::from_arc(source, herd_test_support::cache::quiet());
     // Connected before Redis freezes (a connect would time out and fail fast instead).
     hub.set("first", Bytes::from_static(b"1"), None)
         .await

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herd::cache::{CacheConfig, FileSource, Hub, Progress};
+use herd::cache::{FileSource, Hub};
 
 const VALUE: usize = 6 << 20;
 const KEYS: usize = 24;
@@ -29,14 +29,11 @@ async fn texts_of_values_the_hub_let_go_of_go_with_them() {
     let data: BTreeMap<String, Bytes> = (0..KEYS)
         .map(|i| (format!("big{i}"), Bytes::from(vec![b'a' + i as u8; VALUE])))
         .collect();
-    let hub = Hub::new(
-        FileSource::from_map("big", data),
-        CacheConfig {
-            progress: Progress::Off,
-            max_bytes: 8 << 20,
-            ..CacheConfig::default()
-        },
-    );
+    let hub = Hub::new(FileSource::from_map("big", data), {
+        let mut config = herd_test_support::cache::quiet();
+        config.max_bytes = 8 << 20;
+        config
+    });
     let before = rss();
     let cluster = herd_test_support::cache::unread_calls(
         &hub,

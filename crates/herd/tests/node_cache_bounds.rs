@@ -20,13 +20,11 @@ const PER_ASK: u64 = 20_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herd_js_keeps_a_bounded_map_under_a_flood_of_missing_keys() {
     let data = BTreeMap::from([("hot".to_string(), Bytes::from_static(b"in use"))]);
-    let hub = Hub::new(
-        FileSource::from_map("flood", data),
-        CacheConfig {
-            miss_ttl: Duration::from_millis(500),
-            ..quiet()
-        },
-    );
+    let hub = Hub::new(FileSource::from_map("flood", data), {
+        let mut c = quiet();
+        c.miss_ttl = Duration::from_millis(500);
+        c
+    });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/cache_flood.js");
     let (mut cluster, ids) = start_node(&hub, 1, &script).await;
     let id = ids[0];

@@ -15,12 +15,10 @@ use herd_test_support::redis_server::RedisServer;
 use serde_json::{json, Value};
 
 fn source(server: &RedisServer, chunk_size: usize) -> Arc<RedisSource> {
-    let config = RedisConfig {
-        chunk_size,
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.chunk_size = chunk_size;
+    config.backoff_min = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
     Arc::new(RedisSource::with_config(&server.url(), config).unwrap())
 }
 
@@ -238,15 +236,13 @@ async fn warm_up_scans_a_pattern_and_later_workers_read_nothing_from_redis() {
     }
     server.cmd::<()>(&[b"SET", b"other", b"not warmed"]);
     let src = source(&server, 4 << 20);
-    let hub = hub(
-        &src,
-        CacheConfig {
-            warm_patterns: vec!["item:*".into()],
-            warm_keys: vec!["other".into()],
-            warm_batch: 64,
-            ..quiet()
-        },
-    );
+    let hub = hub(&src, {
+        let mut c = quiet();
+        c.warm_patterns = vec!["item:*".into()];
+        c.warm_keys = vec!["other".into()];
+        c.warm_batch = 64;
+        c
+    });
     assert!(hub.ready(DEADLINE).await, "warm-up finishes");
     assert_eq!(src.reads(), 301);
     // Pipelined: a few round trips of 64 keys, not 301 single reads.
@@ -440,14 +436,12 @@ async fn warm_up_waits_out_a_redis_outage_and_finishes_when_it_is_back() {
     let mut server = RedisServer::start();
     let src = source(&server, 4 << 20);
     server.stop();
-    let hub = hub(
-        &src,
-        CacheConfig {
-            warm_patterns: vec!["w:*".into()],
-            warm_keys: vec!["w:extra".into()],
-            ..quiet()
-        },
-    );
+    let hub = hub(&src, {
+        let mut c = quiet();
+        c.warm_patterns = vec!["w:*".into()];
+        c.warm_keys = vec!["w:extra".into()];
+        c
+    });
     // Redis is down: warm-up is not done, and nothing crashes while it retries.
     assert!(!hub.ready(Duration::from_millis(500)).await);
     assert!(!hub.stats().warm);

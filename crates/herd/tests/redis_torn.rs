@@ -76,10 +76,8 @@ async fn read_while_written(src: &RedisSource, key: &str, run: Duration) -> (u64
 /// Reads `big` for `run` while [`writer`] rewrites it (and with `delete` removes it now and
 /// then); the writer's count of writes and [`read_while_written`]'s counts.
 async fn contended(server: &RedisServer, delete: bool, run: Duration) -> (u64, (u64, u64, u64)) {
-    let config = RedisConfig {
-        chunk_size: CHUNK,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.chunk_size = CHUNK;
     let src = source(server, config);
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(server, "big", delete, stop.clone());
@@ -110,11 +108,9 @@ async fn a_value_deleted_during_a_chunked_read_is_missing_not_torn() {
 async fn a_value_over_the_limit_is_refused_before_its_chunks_are_read() {
     let server = RedisServer::start();
     server.cmd::<()>(&[b"SET", b"huge", &vec![b'h'; 8 << 20]]);
-    let config = RedisConfig {
-        chunk_size: CHUNK,
-        max_value: 1 << 20,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.chunk_size = CHUNK;
+    config.max_value = 1 << 20;
     let src = source(&server, config);
     let before = server.command_calls("getrange");
     let e = src.load("huge").await.expect_err("refused");
@@ -132,11 +128,9 @@ async fn big_values_loading_together_wait_for_room_and_arrive_whole() {
     for i in 0..8u8 {
         server.cmd::<()>(&[b"SET", format!("big{i}").as_bytes(), &vec![b'0' + i; LEN]]);
     }
-    let config = RedisConfig {
-        chunk_size: CHUNK,
-        max_assembling: LEN / 4,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.chunk_size = CHUNK;
+    config.max_assembling = LEN / 4;
     let src = Arc::new(source(&server, config));
     let loads = (0..8u8).map(|i| {
         let src = src.clone();
@@ -160,11 +154,9 @@ async fn big_values_loading_together_wait_for_room_and_arrive_whole() {
 async fn a_value_that_grows_between_its_head_and_its_chunks_is_never_served_cut() {
     let server = RedisServer::start();
     server.cmd::<()>(&[b"SET", b"grow", &vec![b'a'; LEN]]);
-    let config = RedisConfig {
-        chunk_size: CHUNK,
-        max_assembling: LEN,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.chunk_size = CHUNK;
+    config.max_assembling = LEN;
     let src = Arc::new(source(&server, config));
     let stop = Arc::new(AtomicBool::new(false));
     let mut c = server.connection().unwrap();

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd::cache::{CacheConfig, Hub, RedisConfig, RedisSource, Source};
+use herd::cache::{Hub, RedisConfig, RedisSource, Source};
 use herd_test_support::cache::quiet;
 use herd_test_support::events::DEADLINE;
 use herd_test_support::redis_server::RedisServer;
@@ -48,19 +48,15 @@ async fn a_warm_up_batch_of_big_values_holds_the_budgets_not_the_batch() {
             &vec![b'a' + i as u8; 16 * MIB],
         ]);
     }
-    let config = RedisConfig {
-        max_assembling: 32 * MIB,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.max_assembling = 32 * MIB;
     let src = Arc::new(RedisSource::with_config(&server.url(), config).unwrap());
-    let hub = Hub::from_arc(
-        src.clone(),
-        CacheConfig {
-            warm_patterns: vec!["big:*".into()],
-            max_bytes: 32 * MIB,
-            ..quiet()
-        },
-    );
+    let hub = Hub::from_arc(src.clone(), {
+        let mut c = quiet();
+        c.warm_patterns = vec!["big:*".into()];
+        c.max_bytes = 32 * MIB;
+        c
+    });
     reset_peak();
     let before = resident_kb();
     hub.start();
@@ -85,18 +81,14 @@ async fn a_key_of_another_type_or_too_long_is_skipped_and_the_rest_of_its_batch_
     server.cmd::<()>(&[b"HSET", b"w:hash", b"field", b"value"]);
     server.cmd::<()>(&[b"SET", b"w:long", &vec![b'x'; 2 * MIB]]);
     server.cmd::<()>(&[b"SET", b"w:2", b"two"]);
-    let config = RedisConfig {
-        max_value: MIB,
-        ..RedisConfig::default()
-    };
+    let mut config = RedisConfig::default();
+    config.max_value = MIB;
     let src = Arc::new(RedisSource::with_config(&server.url(), config).unwrap());
-    let hub = Hub::from_arc(
-        src.clone(),
-        CacheConfig {
-            warm_patterns: vec!["w:*".into()],
-            ..quiet()
-        },
-    );
+    let hub = Hub::from_arc(src.clone(), {
+        let mut c = quiet();
+        c.warm_patterns = vec!["w:*".into()];
+        c
+    });
     hub.start();
     assert!(
         hub.ready(Duration::from_secs(10)).await,

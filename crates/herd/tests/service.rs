@@ -50,9 +50,10 @@ async fn a_builder_worker_count_the_service_would_not_honour_is_refused() {
             .args(Vec::<String>::new())
             .env("HERD_TEST_MODE", "echo")
     };
-    let config = || ServiceConfig {
-        workers: 2,
-        ..ServiceConfig::default()
+    let config = || {
+        let mut config = ServiceConfig::default();
+        config.workers = 2;
+        config
     };
     match herd::service::start(builder(5), config()).await {
         Err(herd::Error::Config(why)) => assert!(why.contains("workers(5)"), "{why}"),
@@ -83,10 +84,8 @@ async fn a_service_supervises_reports_and_hands_out_its_workers() {
         .args(Vec::<String>::new())
         .env("HERD_TEST_MODE", "echo")
         .grace(Duration::from_secs(2));
-    let mut config = ServiceConfig {
-        workers: 2,
-        ..ServiceConfig::default()
-    };
+    let mut config = ServiceConfig::default();
+    config.workers = 2;
     config.restart.backoff_min = Duration::from_millis(20);
     let service = herd::service::start(builder, config).await.unwrap();
     let (handle, mut events, task) = (service.handle, service.events, service.task);

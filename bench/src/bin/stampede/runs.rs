@@ -27,19 +27,13 @@ async fn start_host(mode: &str, url: &str, workers: usize, cache: bool) -> Resul
         .env("STAMPEDE_REDIS", url)
         .request_timeout(DEADLINE);
     let hub = if cache {
-        let config = RedisConfig {
-            command_timeout: Duration::from_secs(60),
-            ..RedisConfig::default()
-        };
+        let mut config = RedisConfig::default();
+        config.command_timeout = Duration::from_secs(60);
         let source = Arc::new(RedisSource::with_config(url, config)?);
-        let hub = Hub::from_arc(
-            source.clone(),
-            CacheConfig {
-                progress: Progress::Off,
-                load_timeout: DEADLINE,
-                ..CacheConfig::default()
-            },
-        );
+        let mut hub_config = CacheConfig::default();
+        hub_config.progress = Progress::Off;
+        hub_config.load_timeout = DEADLINE;
+        let hub = Hub::from_arc(source.clone(), hub_config);
         hub.start();
         b = b.cache(hub.clone());
         Some((hub, source))

@@ -13,12 +13,10 @@ fn hub(s: &Settings) -> Result<Option<Hub>> {
     let Some(src) = &s.cache else {
         return Ok(None);
     };
-    let config = CacheConfig {
-        warm_patterns: s.warm.clone(),
-        max_stale: s.max_stale,
-        progress: crate::progress::warm_up(),
-        ..CacheConfig::default()
-    };
+    let mut config = CacheConfig::default();
+    config.warm_patterns = s.warm.clone();
+    config.max_stale = s.max_stale;
+    config.progress = crate::progress::warm_up();
     let hub = match src {
         CacheSource::Dir(d) => Hub::new(
             FileSource::folder(d).or_fail(|| format!("cache dir {}", d.display()))?,

@@ -34,22 +34,21 @@ pub(super) struct Extras {
 
 /// The service's config from the settings; `reuseport`: the addresses each worker binds.
 fn config(s: &Settings, reuseport: Vec<ListenAddr>) -> ServiceConfig {
-    ServiceConfig {
-        workers: s.workers,
-        restart: RestartPolicy {
-            mode: s.restart_mode,
-            backoff_min: s.backoff_min,
-            backoff_max: s.backoff_max,
-            max_restarts: s.max_restarts,
-            window: s.window,
-        },
-        readiness: s.ready.clone(),
-        ready_timeout: s.ready_timeout,
-        reload_batch: s.reload_batch,
-        reuseport,
-        reuseport_fd: super::listen::FIRST_FD,
-        ..ServiceConfig::default()
-    }
+    let mut restart = RestartPolicy::default();
+    restart.mode = s.restart_mode;
+    restart.backoff_min = s.backoff_min;
+    restart.backoff_max = s.backoff_max;
+    restart.max_restarts = s.max_restarts;
+    restart.window = s.window;
+    let mut config = ServiceConfig::default();
+    config.workers = s.workers;
+    config.restart = restart;
+    config.readiness = s.ready.clone();
+    config.ready_timeout = s.ready_timeout;
+    config.reload_batch = s.reload_batch;
+    config.reuseport = reuseport;
+    config.reuseport_fd = super::listen::FIRST_FD;
+    config
 }
 
 /// Runs the service over the cluster `builder` describes until it ends, answering `calls`;

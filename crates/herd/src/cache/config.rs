@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// How the hub behaves. Every field has a sensible default.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Values larger than this many bytes are shared as sealed memfds (default 64 KiB).
     pub share_above: usize,

@@ -75,6 +75,7 @@ async fn spawn(cmd: Command) -> std::io::Result<Child> {
 
 /// What one fork gets besides the cluster's own settings.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct ForkOptions {
     /// Descriptors this worker alone inherits, each at its number (a `SO_REUSEPORT` socket of
     /// its own, say).

@@ -89,6 +89,7 @@ impl std::str::FromStr for Restart {
 
 /// How crashed workers are restarted.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RestartPolicy {
     /// Which exits are restarted (default [`Restart::Always`], as PM2: a server that exits on its
     /// own, even with code 0, is not serving).
@@ -118,6 +119,7 @@ impl Default for RestartPolicy {
 /// A service's settings. Build it with `..ServiceConfig::default()` so that new fields do not
 /// break your code.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServiceConfig {
     /// Workers to keep running, one per slot (default: one per CPU). The service forks every
     /// worker: a [`crate::ClusterBuilder::workers`] count given too must be the same.

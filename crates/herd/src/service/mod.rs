@@ -6,7 +6,8 @@
 //! use herd::{Cluster, Event};
 //!
 //! # async fn run() -> Result<(), herd::Error> {
-//! let config = ServiceConfig { workers: 4, ..ServiceConfig::default() };
+//! let mut config = ServiceConfig::default();
+//! config.workers = 4;
 //! let mut service = herd::service::start(Cluster::builder(), config).await?;
 //! while let Some(ev) = service.events.recv().await {
 //!     match ev {

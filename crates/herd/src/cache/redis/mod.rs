@@ -37,6 +37,7 @@ use link::{keep_connected, lock, Shared};
 
 /// How [`RedisSource`] talks to Redis.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// The deadline for opening a connection (default 1 s).
     pub connect_timeout: Duration,
