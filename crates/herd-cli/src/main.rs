@@ -60,8 +60,9 @@ enum Command {
     Demo,
     /// Change the number of workers of a running herd.
     Scale {
-        /// The new number of workers.
-        workers: usize,
+        /// The new number of workers (1 to 4096), or a change to it: `+2`, `-1` (as PM2's).
+        #[arg(allow_hyphen_values = true, value_parser = control::client::Count::parse)]
+        workers: control::client::Count,
         #[command(flatten)]
         at: At,
     },
@@ -183,8 +184,8 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
             say("stopped\n")
         }
         Command::Scale { workers, at } => {
-            client::scale(&at.path(), workers, LIMIT).await?;
-            say(&format!("scaled to {workers} workers\n"))
+            let n = client::scale(&at.path(), workers, LIMIT).await?;
+            say(&format!("scaled to {n} workers\n"))
         }
     }
 }

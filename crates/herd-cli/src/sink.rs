@@ -190,8 +190,12 @@ fn writer(inner: &Inner, open: impl Fn(Stream) -> Box<dyn Write>) {
             Stream::Out => &mut out,
             Stream::Err => &mut err,
         };
-        // A reader that went away (EPIPE) is not a reason to stop: the line is lost.
-        let _ = w.write_all(&batch).and_then(|()| w.flush());
+        // A reader that went away (EPIPE: `herd run ... | head`) is not a reason to stop: the
+        // lines are lost, and counted as dropped (`herd status` shows them).
+        if w.write_all(&batch).and_then(|()| w.flush()).is_err() {
+            let lines = batch.iter().filter(|&&b| b == b'\n').count().max(1);
+            inner.lock().dropped += lines as u64;
+        }
     }
 }
 
@@ -305,5 +309,26 @@ mod tests {
         let all: Vec<u8> = rx.try_iter().flatten().collect();
         let text = String::from_utf8_lossy(&all);
         assert!(text.contains("herd: 1 lines of output dropped"), "{text}");
+    }
+
+    /// A reader that is gone (`herd run ... | head -2`: every write fails with EPIPE): the
+    /// lines are lost and counted, and the sink goes on.
+    #[test]
+    fn lines_a_closed_reader_loses_are_counted_as_dropped() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::start(|_| Box::new(Closed));
+        for i in 0..100 {
+            assert!(sink.write(Stream::Out, format!("line {i}\n").into_bytes()));
+        }
+        assert!(sink.flush(Duration::from_secs(10)));
+        assert_eq!(sink.dropped(), 100);
     }
 }

@@ -103,3 +103,33 @@ fn every_exit_is_restarted_by_default_and_status_shows_the_last_one() {
         "{table}"
     );
 }
+
+/// `pm2 scale app +2` is relative: so is `herd scale +2` (and `-1`), applied to the number of
+/// workers wanted now; a count out of 1 to 4096, or a change that would leave one, is refused
+/// before anything is asked (exit 2), and nothing changes.
+#[test]
+fn scale_takes_a_count_or_a_change_and_refuses_what_is_out_of_bounds() {
+    let herd = Herd::start("pm2-scale", &["-w", "2", "--", "sleep", "600"]);
+    herd.status_until("2 running", |s| running(s) == 2);
+    let scaled = |args: &[&str]| {
+        let out = herd.ctl(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(scaled(&["scale", "+2"]), "scaled to 4 workers");
+    herd.status_until("4 running", |s| running(s) == 4 && s.status.wanted == 4);
+    assert_eq!(scaled(&["scale", "-3"]), "scaled to 1 workers");
+    herd.status_until("1 running", |s| running(s) == 1 && s.status.wanted == 1);
+    for bad in [
+        &["scale", "-1"][..],
+        &["scale", "1000000"],
+        &["scale", "+0"],
+        &["scale", "two"],
+    ] {
+        let out = herd.ctl(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{bad:?} says why");
+    }
+    assert_eq!(herd.status().status.wanted, 1, "nothing changed");
+    stop(herd);
+}

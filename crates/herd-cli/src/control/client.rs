@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::proto::{Answer, Reply, Report, Request, MAX_ANSWER};
+use super::proto::{Answer, Reply, Report, Request, MAX_ANSWER, MAX_WORKERS};
 use crate::exit::{Context, Error, Result};
 
 /// Sends `request` to the herd at `path` and returns its reply (waiting up to `limit`; for
@@ -77,10 +77,61 @@ pub async fn reload(path: &Path, limit: Duration) -> Result<usize> {
     }
 }
 
-/// Scales the herd at `path` to `workers` workers.
-pub async fn scale(path: &Path, workers: usize, limit: Duration) -> Result<()> {
+/// What `herd scale` is given: a number of workers, or a change to the number wanted now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// This many (1 to [`MAX_WORKERS`]).
+    To(usize),
+    /// The number wanted now, plus this (`+2`, `-1`).
+    By(i64),
+}
+
+impl Count {
+    /// `4`, `+2` or `-1`; anything else (a count out of 1 to [`MAX_WORKERS`], a word, `+0`) is
+    /// refused with what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<Count, String> {
+        let t = text.trim();
+        let digits = t.trim_start_matches(['+', '-']);
+        let sign = &t[..t.len() - digits.len()];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || sign.len() > 1 {
+            return Err(format!(
+                "{text:?} is not a number of workers (4) or a change (+2, -1)"
+            ));
+        }
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is too large"))?;
+        let in_range = |n: u64| (1..=MAX_WORKERS as u64).contains(&n);
+        match sign {
+            "" if in_range(n) => Ok(Count::To(n as usize)),
+            "" => Err(format!("workers must be 1 to {MAX_WORKERS}, not {n}")),
+            _ if n == 0 || n > MAX_WORKERS as u64 => Err(format!(
+                "a change must be 1 to {MAX_WORKERS} workers, not {digits}"
+            )),
+            "+" => Ok(Count::By(n as i64)),
+            _ => Ok(Count::By(-(n as i64))),
+        }
+    }
+}
+
+/// Scales the herd at `path` as `count` says; the number of workers asked for. A change is
+/// applied to the number the herd wants now, and must leave 1 to [`MAX_WORKERS`].
+pub async fn scale(path: &Path, count: Count, limit: Duration) -> Result<usize> {
+    let workers = match count {
+        Count::To(n) => n,
+        Count::By(d) => {
+            let now = status(path, limit).await?.status.wanted as i64;
+            let n = now + d;
+            if !(1..=MAX_WORKERS as i64).contains(&n) {
+                return Err(Error::usage(format!(
+                    "{now} workers {d:+} is {n}: workers must be 1 to {MAX_WORKERS}"
+                )));
+            }
+            n as usize
+        }
+    };
     match request(path, Request::Scale { workers }, limit).await? {
-        Reply::Scaled { .. } => Ok(()),
+        Reply::Scaled { .. } => Ok(workers),
         other => Err(unexpected(Request::Scale { workers }, other)),
     }
 }
@@ -90,5 +141,24 @@ pub async fn stop(path: &Path, limit: Duration) -> Result<()> {
     match request(path, Request::Stop, limit).await? {
         Reply::Stopping { .. } => Ok(()),
         other => Err(unexpected(Request::Stop, other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_is_a_number_or_a_change() {
+        assert_eq!(Count::parse("4"), Ok(Count::To(4)));
+        assert_eq!(Count::parse("+2"), Ok(Count::By(2)));
+        assert_eq!(Count::parse("-1"), Ok(Count::By(-1)));
+        assert_eq!(Count::parse("4096"), Ok(Count::To(4096)));
+        for bad in [
+            "0", "4097", "1000000", "+0", "-0", "++2", "+-2", "two", "", "2.5", "-",
+        ] {
+            assert!(Count::parse(bad).is_err(), "{bad:?} was taken");
+        }
+        assert!(Count::parse("99999999999999999999999").is_err());
     }
 }

@@ -62,15 +62,24 @@ pub fn check_dir(path: &Path, create: bool) -> Result<()> {
             Err(e) => return Err(e).or_fail(|| format!("cannot create {}", dir.display())),
         }
     }
+    let meta =
+        std::fs::symlink_metadata(dir).or_fail(|| format!("cannot inspect {}", dir.display()))?;
+    // Another user's (in a sticky /tmp only they or root can remove it): another place is the
+    // way out.
+    let theirs = meta.uid() != me && meta.uid() != 0;
     let refuse = |why: String| {
+        let fix = if theirs {
+            "another user made it, so only they or root can remove it: choose another place \
+             with XDG_RUNTIME_DIR or --control (and tell root)"
+        } else {
+            "remove it (or fix it: a directory of this user's, mode 0700) or choose another \
+             with XDG_RUNTIME_DIR or --control"
+        };
         Error::usage(format!(
-            "unsafe control directory {}: {why}; remove it (or fix it: a directory of this user's, \
-             mode 0700) or choose another with XDG_RUNTIME_DIR or --control",
+            "unsafe control directory {}: {why}; {fix}",
             dir.display()
         ))
     };
-    let meta =
-        std::fs::symlink_metadata(dir).or_fail(|| format!("cannot inspect {}", dir.display()))?;
     if meta.file_type().is_symlink() {
         return Err(refuse("it is a symbolic link".into()));
     }

@@ -14,7 +14,7 @@ use crate::report::chain;
 pub enum CacheError {
     /// The source failed and nothing usable is cached (never loaded, or older than
     /// [`crate::cache::CacheConfig::max_stale`]).
-    #[error("cannot load {key:?}")]
+    #[error("the source failed on {key:?}")]
     Source {
         /// The key.
         key: String,

@@ -235,7 +235,7 @@ impl Source for FileSource {
             match blocking(key, move || folder.store(&rel, &tmp, &value)).await? {
                 Some(()) => Ok(()),
                 None => Err(SourceError::Failed(format!(
-                    "key {key:?}: a folder on its path is a file"
+                    "key {key:?}: a folder on its path is not a folder (a file, or a symbolic link, which is not followed)"
                 ))),
             }
         })
