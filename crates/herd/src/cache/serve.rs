@@ -410,18 +410,24 @@ async fn reply_found(
 /// Runs `work` on a blocking thread, at most one per CPU at once for the whole process: the
 /// calls of every worker share them, so a flood of big replies neither takes the runtime's
 /// blocking pool (which the folder source's reads and the reaper use too) nor more CPUs than
-/// there are. Waiting for a turn is cancel-safe.
+/// there are. Waiting for a turn is cancel-safe; the turn is held by the blocking work itself,
+/// so a caller that gives up does not free it while the work still runs.
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, crate::Error> {
-    static TURNS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    static TURNS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
     let turns = TURNS.get_or_init(|| {
-        Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ))
     });
-    let _turn = turns.acquire().await;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| crate::Error::Io(std::io::Error::other(e)))
+    let turn = turns.clone().acquire_owned().await;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| crate::Error::Io(std::io::Error::other(e)))
 }
 
 /// Sends the hub's invalidations to one worker, in order. A worker too slow to keep up (pushes
