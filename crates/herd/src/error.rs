@@ -55,7 +55,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// A descriptor cannot go to a Node worker (nothing was sent).
     #[error("cannot send this descriptor to a Node worker")]
-    NodeHandle(#[from] crate::ipc::envelope::NodeHandleError),
+    NodeHandle(#[from] crate::node::envelope::NodeHandleError),
     /// A cache operation failed.
     #[error("cache")]
     Cache(#[from] CacheError),

@@ -17,6 +17,7 @@ use crate::ids::WorkerId;
 use crate::ipc::control::Control;
 use crate::ipc::endpoint::{Routed, SEND_TIMEOUT};
 use crate::ipc::{handshake, peer_methods, Incoming, Message, Peer};
+use crate::node::handle_channel::HandleChannel;
 use crate::{env, sys, Error};
 
 /// Options for [`Worker::connect_with`].
@@ -49,6 +50,8 @@ impl Default for WorkerOptions {
 pub struct Worker {
     id: WorkerId,
     peer: Peer,
+    /// On a Node channel (a Node primary): descriptors go in Node's envelope, one at a time.
+    handles: Option<HandleChannel>,
     incoming: mpsc::Receiver<Batch>,
     /// The rest of the batch taken last from `incoming`.
     batch: std::vec::IntoIter<Result<Incoming, Error>>,
@@ -64,13 +67,21 @@ const RECV_BATCH: usize = 64;
 /// What the reader task hands to [`Worker::recv`] at once.
 type Batch = Vec<Result<Incoming, Error>>;
 
-async fn read_loop(mut rx: Receiver, ep: Peer, out: mpsc::Sender<Batch>, view: Arc<LocalView>) {
+async fn read_loop(
+    mut rx: Receiver,
+    ep: Peer,
+    handles: Option<HandleChannel>,
+    out: mpsc::Sender<Batch>,
+    view: Arc<LocalView>,
+) {
     loop {
         // One frame read from the socket, then whatever else is already buffered, handed over
         // as one batch: a burst of small messages costs one queue operation and one wake-up.
         let mut batch = Vec::new();
         let stop = match rx.recv().await {
-            Ok(Some(frame)) => take_burst(frame, &mut rx, &ep, &view, &mut batch),
+            Ok(Some(frame)) => {
+                take_burst(frame, &mut rx, (&ep, handles.as_ref()), &view, &mut batch)
+            }
             // End-of-stream: the primary is gone.
             Ok(None) => break,
             Err(e) => {
@@ -86,6 +97,9 @@ async fn read_loop(mut rx: Receiver, ep: Peer, out: mpsc::Sender<Batch>, view: A
         }
     }
     ep.fail_all();
+    if let Some(h) = &handles {
+        h.close();
+    }
 }
 
 /// Routes `frame` and the frames already buffered after it (up to a batch) into `batch`;
@@ -93,7 +107,7 @@ async fn read_loop(mut rx: Receiver, ep: Peer, out: mpsc::Sender<Batch>, view: A
 fn take_burst(
     mut frame: Frame,
     rx: &mut Receiver,
-    ep: &Peer,
+    (ep, handles): (&Peer, Option<&HandleChannel>),
     view: &LocalView,
     batch: &mut Batch,
 ) -> bool {
@@ -119,14 +133,16 @@ fn take_burst(
             }
             // A Node primary's handles and acknowledgements; its cluster messages are ignored
             // (this worker is herd's, not Node's cluster's).
-            Ok(Routed::Node(frame)) => match crate::node::session::from_node_primary(frame, ep) {
-                Ok(Some(f)) => batch.push(Ok(Incoming::Message(Message::from_frame(f)))),
-                Ok(None) => {}
-                Err(e) => {
-                    batch.push(Err(Error::Protocol(e.to_string())));
-                    return true;
+            Ok(Routed::Node(frame)) => {
+                match crate::node::session::from_node_primary(frame, ep, handles) {
+                    Ok(Some(f)) => batch.push(Ok(Incoming::Message(Message::from_frame(f)))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        batch.push(Err(Error::Protocol(e.to_string())));
+                        return true;
+                    }
                 }
-            },
+            }
             Ok(Routed::Handled) => {}
             Err(e) => {
                 batch.push(Err(e));
@@ -177,10 +193,18 @@ impl Worker {
         }
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
         let view = Arc::new(LocalView::default());
-        tokio::spawn(read_loop(rx, peer.clone(), in_tx, view.clone()));
+        let handles = (peer.codec() == Codec::NodeJson).then(|| HandleChannel::new(peer.clone()));
+        tokio::spawn(read_loop(
+            rx,
+            peer.clone(),
+            handles.clone(),
+            in_tx,
+            view.clone(),
+        ));
         Ok(Worker {
             id,
             peer,
+            handles,
             incoming: in_rx,
             batch: Vec::new().into_iter(),
             view,
@@ -226,6 +250,21 @@ impl Worker {
 
     pub(crate) fn peer_ref(&self) -> &Peer {
         &self.peer
+    }
+
+    /// Sends a value with descriptors (a listener, a stream, a file); they arrive
+    /// close-on-exec. To a Node primary (the json codec) this is Node's
+    /// `subprocess.send(msg, handle)`: one socket, in Node's envelope, one at a time (see
+    /// [`crate::WorkerHandle::send_with_fds`]).
+    pub async fn send_with_fds<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(), Error> {
+        match &self.handles {
+            Some(h) if !fds.is_empty() => h.send_with_fds(value, fds).await,
+            _ => self.peer.send_with_fds(value, fds).await,
+        }
     }
 
     /// The next message or request from the primary; `Ok(None)` once the primary disconnected

@@ -18,8 +18,6 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::control::Control;
-use super::envelope::{self, HandleType, NodeHandleError};
-use super::gate::{Admit, Gate};
 use super::message::{Incoming, Message, Request};
 use crate::Error;
 
@@ -47,8 +45,6 @@ struct Shared {
     send_timeout: Duration,
     /// Messages and requests sent.
     sent: AtomicU64,
-    /// One handle in flight (Node json channels).
-    gate: Gate,
     /// Frames waiting in tasks for room in the queue ([`Peer::send_soon`]), at most
     /// [`MAX_WAITING_SOON`].
     waiting_soon: std::sync::atomic::AtomicUsize,
@@ -64,20 +60,6 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut p) = self.shared.pending.lock() {
             p.waiters.remove(&self.id);
-        }
-    }
-}
-
-/// Releases the handle gate when dropped armed: the handle admitted was never queued.
-struct GateGuard<'a> {
-    peer: &'a Peer,
-    armed: bool,
-}
-
-impl Drop for GateGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.peer.handle_acked();
         }
     }
 }
@@ -125,7 +107,6 @@ impl Peer {
                 max_pending: MAX_PENDING_REQUESTS,
                 send_timeout,
                 sent: AtomicU64::new(0),
-                gate: Gate::default(),
                 waiting_soon: std::sync::atomic::AtomicUsize::new(0),
             }),
             request_timeout,
@@ -154,17 +135,8 @@ impl Peer {
     }
 
     /// Sends a value with descriptors (a listener, a stream, a file: anything as `OwnedFd`).
-    /// They arrive close-on-exec.
-    ///
-    /// To a Node worker (the json codec) this is Node's `process.send(msg, handle)`: exactly one
-    /// descriptor, a TCP, Unix stream or UDP socket, which the worker's
-    /// `process.on('message', (msg, handle) => ...)` gets as a `net.Server` (a listening
-    /// socket), a `net.Socket` or a `dgram.Socket`. Anything else (a file, a memfd, a pipe) is
-    /// refused before anything is written ([`NodeHandleError`]): Node would abort on it. The
-    /// socket is made non-blocking (libuv expects it; the file description is shared). As
-    /// Node does, the next handle waits for the worker's acknowledgement of the previous one
-    /// (at most 16 wait, and each at most the send timeout: [`Error::Timeout`], after which it
-    /// is dropped unsent unless it was already on its way).
+    /// They arrive close-on-exec. On the binary codec only: a descriptor goes to a Node worker
+    /// in Node's envelope, one at a time, through [`crate::WorkerHandle::send_with_fds`].
     pub async fn send_with_fds<T: Serialize + ?Sized>(
         &self,
         value: &T,
@@ -261,9 +233,6 @@ impl Peer {
         value: &T,
         fds: Vec<OwnedFd>,
     ) -> Result<(), Error> {
-        if self.codec() == Codec::NodeJson && !fds.is_empty() && kind == Kind::Message {
-            return self.send_node_handle(value, fds).await;
-        }
         let (format, payload) = herd_wire::encode_to_send(self.codec(), value)?;
         let mut frame = Frame::new(kind, format, payload);
         if !fds.is_empty() {
@@ -279,97 +248,34 @@ impl Peer {
         }
     }
 
-    /// Node's `process.send(msg, handle)`: the `NODE_HANDLE` envelope, through the gate.
-    async fn send_node_handle<T: Serialize + ?Sized>(
-        &self,
-        value: &T,
-        fds: Vec<OwnedFd>,
-    ) -> Result<(), Error> {
-        let [fd] =
-            <[OwnedFd; 1]>::try_from(fds).map_err(|fds| NodeHandleError::Count(fds.len()))?;
-        let ty = HandleType::of(&fd)?;
-        // libuv takes a received socket as it is, and shares its file description with the
-        // sender: blocking, one `accept` or `write` would hold the worker's event loop.
-        rustix::io::ioctl_fionbio(&fd, true).map_err(std::io::Error::from)?;
-        let server = match ty {
-            HandleType::Server => Some(fd.try_clone()?),
-            _ => None,
-        };
-        let (_, payload) = herd_wire::encode_to_send(Codec::NodeJson, value)?;
-        let line = envelope::wrap(&payload, ty);
-        let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![fd]);
-        let (tx, rx) = oneshot::channel();
-        let limit = self.shared.send_timeout;
-        match self.shared.gate.admit(frame, server, Some(tx)) {
-            Admit::Now(frame) => {
-                // Until the frame is queued, the gate is released if this ends otherwise: a
-                // send that failed, or this future dropped while it waited for room (the frame
-                // is then never sent, so never acknowledged), lets the next handle go.
-                let mut unsent = GateGuard {
-                    peer: self,
-                    armed: true,
-                };
-                let sent = self.send_frame(frame).await;
-                unsent.armed = sent.is_err();
-                sent
-            }
-            Admit::Queued => match tokio::time::timeout(limit, rx).await {
-                Ok(Ok(())) => {
-                    self.shared.sent.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Ok(Err(_)) => Err(Error::ChannelClosed),
-                Err(_) => Err(Error::Timeout(limit)),
-            },
-            Admit::Full(_) => Err(NodeHandleError::Busy(super::gate::MAX_WAITING).into()),
-            Admit::Closed => Err(Error::ChannelClosed),
-        }
+    /// The send timeout: how long a send waits for room.
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.shared.send_timeout
     }
 
-    /// Queues one of herd's own handle-carrying frames (Node's cluster answers) behind the
-    /// handle in flight; the frame comes back when too many wait.
-    pub(crate) fn send_handle_soon(&self, frame: Frame) -> Result<(), Frame> {
-        match self.shared.gate.admit(frame, None, None) {
-            Admit::Now(frame) => {
-                self.send_soon(frame);
-                Ok(())
-            }
-            Admit::Queued | Admit::Closed => Ok(()),
-            Admit::Full(frame) => Err(frame),
-        }
+    /// Counts a message sent by other means (a frame queued by someone else on its behalf).
+    pub(crate) fn count_sent(&self) {
+        self.shared.sent.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Node worker acknowledged the handle in flight (`NODE_HANDLE_ACK`): the next one goes.
-    /// Returns the listening socket just acknowledged, if it was one.
-    pub(crate) fn handle_acked(&self) -> Option<OwnedFd> {
-        self.handle_answered().0
-    }
-
-    /// The Node worker did not get the handle in flight (`NODE_HANDLE_NACK`): the next one
-    /// goes. Returns what the lost frame said (its JSON line).
-    pub(crate) fn handle_nacked(&self) -> Option<bytes::Bytes> {
-        self.handle_answered().1
-    }
-
-    fn handle_answered(&self) -> (Option<OwnedFd>, Option<bytes::Bytes>) {
-        let (acked, said, next) = self.shared.gate.acked();
-        if let Some(frame) = next {
-            self.send_soon(frame);
-        }
-        (acked, said)
+    /// Frames waiting in tasks for room in the queue ([`Peer::send_soon`]).
+    #[cfg(test)]
+    pub(crate) fn waiting_soon(&self) -> usize {
+        self.shared.waiting_soon.load(Ordering::Acquire)
     }
 
     /// Queues a frame without awaiting: at once when the queue has room, else from a task that
     /// waits at most the send timeout (at most [`MAX_WAITING_SOON`] such tasks per peer; past
     /// that the frame is dropped). A frame that cannot be sent (the channel is gone) is dropped
     /// and logged.
-    ///
-    /// A frame carrying descriptors is the handle in flight at the gate (on a Node channel, every
-    /// such frame passes the gate): dropped, it was never written, so it will never be
-    /// acknowledged, and the gate lets the next one go instead of waiting for good.
     pub(crate) fn send_soon(&self, frame: Frame) {
+        self.send_soon_or(frame, || {});
+    }
+
+    /// [`Peer::send_soon`], calling `unsent` if the frame is dropped without being queued (a
+    /// sender of descriptors gives its gate back that way).
+    pub(crate) fn send_soon_or(&self, frame: Frame, unsent: impl FnOnce() + Send + 'static) {
         let tx = &self.shared.tx;
-        let handle = !frame.fds.is_empty();
         match tx.try_send(frame) {
             Ok(None) => {}
             Ok(Some(frame)) => {
@@ -380,9 +286,7 @@ impl Peer {
                         "the peer is not reading its channel: an answer to it was dropped \
                          ({MAX_WAITING_SOON} already wait for room)"
                     );
-                    if handle {
-                        self.handle_acked();
-                    }
+                    unsent();
                     return;
                 }
                 let peer = self.clone();
@@ -392,17 +296,13 @@ impl Peer {
                     peer.shared.waiting_soon.fetch_sub(1, Ordering::AcqRel);
                     if let Err(e) = sent {
                         tracing::debug!(error = %e, "frame not sent");
-                        if handle {
-                            peer.handle_acked();
-                        }
+                        unsent();
                     }
                 });
             }
             Err(e) => {
                 tracing::debug!(error = %e, "frame not sent");
-                if handle {
-                    self.handle_acked();
-                }
+                unsent();
             }
         }
     }
@@ -482,7 +382,6 @@ impl Peer {
             p.closed = true;
             p.waiters.clear();
         }
-        self.shared.gate.close();
     }
 
     /// Turns a received frame into what user code sees. Replies go to their waiters; control
@@ -522,56 +421,6 @@ mod tests {
 
     use super::*;
 
-    /// A Node-json peer with `send_timeout` whose other end never reads: big frames fill the
-    /// socket's buffer and its two-frame queue. The other end and the peer's receiver are
-    /// returned to be kept open.
-    fn stalled_node_peer(send_timeout: Duration) -> (Peer, (UnixStream, herd_wire::Receiver)) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let limits = Limits {
-            send_queue_frames: 2,
-            ..Limits::default()
-        };
-        let (tx, rx) = herd_wire::channel(ours.into(), Codec::NodeJson, limits).unwrap();
-        let peer = Peer::new(tx, send_timeout, Duration::from_secs(5));
-        for _ in 0..8 {
-            let mut line = vec![b'"'];
-            line.extend(std::iter::repeat_n(b'x', 1 << 20));
-            line.push(b'"');
-            peer.send_soon(Frame::new(Kind::Message, Format::Json, Bytes::from(line)));
-        }
-        (peer, (theirs, rx))
-    }
-
-    /// A handle-carrying Node frame (one socket descriptor).
-    fn handle_frame() -> Frame {
-        let (a, _b) = UnixStream::pair().unwrap();
-        Frame::new(Kind::Node, Format::Json, Bytes::from_static(b"{}"))
-            .with_fds(vec![OwnedFd::from(a)])
-    }
-
-    /// A handle-carrying frame that cannot be written in time (the worker does not read) is
-    /// dropped; it will never be acknowledged, so the gate lets the next handle go instead of
-    /// waiting for good.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_dropped_handle_frees_the_gate() {
-        let (peer, _open) = stalled_node_peer(Duration::from_millis(50));
-        peer.send_handle_soon(handle_frame()).unwrap();
-        // Until the dropped handle frees it, the gate queues the next one.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while peer.shared.waiting_soon.load(Ordering::Acquire) > 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sends never gave up"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        match peer.shared.gate.admit(handle_frame(), None, None) {
-            Admit::Now(_) => {}
-            Admit::Queued => panic!("the gate still waits for the dropped handle"),
-            _ => panic!("the gate is closed or full"),
-        }
-    }
-
     /// A request dropped mid-call (inside a caller's `timeout` or `select!`) frees its waiter:
     /// more of them than the waiter bound, and a request after them is still tried (it fails
     /// here for want of a reader) instead of failing `TooManyRequests`.
@@ -593,22 +442,5 @@ mod tests {
             .request_message(&1u8, Vec::new(), Duration::from_millis(20))
             .await;
         assert!(!matches!(r, Err(Error::TooManyRequests(_))), "{r:?}");
-    }
-
-    /// A handle whose send is dropped while it waits for room in a full queue is never sent,
-    /// and the gate lets the next handle go instead of waiting for good for its acknowledgement.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_handle_send_dropped_while_waiting_for_room_frees_the_gate() {
-        let (peer, _open) = stalled_node_peer(Duration::from_secs(30));
-        tokio::task::yield_now().await;
-        let (a, _b) = UnixStream::pair().unwrap();
-        let send = peer.send_with_fds(&"handle", vec![OwnedFd::from(a)]);
-        let r = tokio::time::timeout(Duration::from_millis(100), send).await;
-        assert!(r.is_err(), "the handle's send waited for room: {r:?}");
-        match peer.shared.gate.admit(handle_frame(), None, None) {
-            Admit::Now(_) => {}
-            Admit::Queued => panic!("the gate still waits for the handle that was never sent"),
-            _ => panic!("the gate is closed or full"),
-        }
     }
 }

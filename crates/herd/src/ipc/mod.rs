@@ -1,13 +1,11 @@
 //! The channel as both sides use it: [`Peer`] (sending, requests and their replies),
-//! [`Message`], [`Request`] and [`Incoming`] (what is received), herd's own control notices,
-//! the handshake, and how a descriptor travels on a Node channel (`envelope`: Node's
-//! `NODE_HANDLE`; `gate`: one in flight, Node's rule). The bytes on the wire are the `herd-wire` crate's; this module gives them
+//! [`Message`], [`Request`] and [`Incoming`] (what is received), herd's own control notices and
+//! the handshake: transport only (how a descriptor travels to a Node worker, in Node's
+//! envelope and one at a time, is `node::handle_channel`'s). The bytes on the wire are the `herd-wire` crate's; this module gives them
 //! meaning.
 
 pub(crate) mod control;
 pub(crate) mod endpoint;
-pub(crate) mod envelope;
-pub(crate) mod gate;
 pub(crate) mod handshake;
 pub(crate) mod message;
 
@@ -40,15 +38,6 @@ macro_rules! peer_methods {
                 value: &T,
             ) -> Result<(), crate::Error> {
                 self.peer_ref().send(value).await
-            }
-
-            /// Sends a value with descriptors; see [`Peer::send_with_fds`](crate::Peer::send_with_fds).
-            pub async fn send_with_fds<T: serde::Serialize + ?Sized>(
-                &self,
-                value: &T,
-                fds: Vec<std::os::fd::OwnedFd>,
-            ) -> Result<(), crate::Error> {
-                self.peer_ref().send_with_fds(value, fds).await
             }
 
             /// Sends opaque bytes; see [`Peer::send_bytes`](crate::Peer::send_bytes).

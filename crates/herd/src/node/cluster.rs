@@ -39,7 +39,7 @@ pub(crate) enum ClusterError {
     Field(&'static str),
     /// A `NODE_HANDLE` the worker sent cannot be opened.
     #[error(transparent)]
-    Handle(#[from] crate::ipc::envelope::EnvelopeError),
+    Handle(#[from] super::envelope::EnvelopeError),
 }
 
 /// What a Node worker asks its primary, one `Kind::Node` line.

@@ -2,14 +2,18 @@
 //! Node's `child_process` and `cluster` read, and herd as the cluster primary Node workers
 //! expect (`cluster`: the protocol's messages; `handles`: the primary's listening sockets;
 //! `session`: one worker's side; `balance`: connections handed out by round-robin; `rescue`:
-//! a retiring worker's connections kept alive). It sits on the channel (`ipc`), which owns how
-//! a descriptor travels on a Node channel (`ipc::envelope`, Node's `NODE_HANDLE`, and
-//! `ipc::gate`, one in flight), and never the other way round (`.ci/module-cycles`). The json
-//! codec's envelopes (`NODE_HERD_*`) are the `herd-wire` crate's `json` module; the worker-side
-//! client is `js/herd.js`.
+//! a retiring worker's connections kept alive; `envelope`: Node's `NODE_HANDLE` around a
+//! message that carries a descriptor, both ways; `gate` and `handle_channel`: one handle in
+//! flight, Node's rule, for every sender of handles to a worker: the user's, the cluster's
+//! answers, round-robin's `newconn`). It sits on the channel (`ipc`, transport only), never
+//! the other way round (`.ci/module-cycles`). The json codec's envelopes (`NODE_HERD_*`) are
+//! the `herd-wire` crate's `json` module; the worker-side client is `js/herd.js`.
 
 pub(crate) mod balance;
 pub(crate) mod cluster;
+pub(crate) mod envelope;
+pub(crate) mod gate;
+pub(crate) mod handle_channel;
 pub(crate) mod handles;
 pub(crate) mod preload;
 pub(crate) mod rescue;

@@ -17,10 +17,12 @@ use serde_json::Value;
 
 use super::balance::{Balance, Balancer};
 use super::cluster::{self, uv, ClusterError, FromWorker, Query, Target};
+use super::envelope;
+use super::handle_channel::HandleChannel;
 use super::handles::{Handles, Lent, MAX_KEYS};
 use super::rescue::{Rescue, Rescuer};
 use crate::ids::WorkerId;
-use crate::ipc::{envelope, Peer};
+use crate::ipc::Peer;
 use crate::listen::{self, ListenAddr};
 
 /// The cluster's side of every Node worker's session: its sockets and its balancer.
@@ -73,6 +75,8 @@ pub(crate) enum NodeEvent {
 
 /// One Node worker's side of the cluster protocol.
 pub(crate) struct Session {
+    /// The worker's channel with its handle gate (shared with its `WorkerHandle`).
+    chan: HandleChannel,
     table: Arc<Handles>,
     balancer: Arc<Balancer>,
     worker: WorkerId,
@@ -102,8 +106,10 @@ impl Session {
         worker: WorkerId,
         pid: u32,
         inherited: Vec<(i32, Arc<OwnedFd>)>,
+        chan: HandleChannel,
     ) -> Session {
         Session {
+            chan,
             table: shared.table.clone(),
             balancer: shared.balancer.clone(),
             worker,
@@ -154,7 +160,7 @@ impl Session {
                 send(peer, cluster::ack(seq, seq_ours));
             }
             FromWorker::HandleAck => {
-                if let Some(server) = peer.handle_acked() {
+                if let Some(server) = self.chan.acked() {
                     self.lent_server = Some(server);
                 }
             }
@@ -162,7 +168,7 @@ impl Session {
             // it from the message). A connection herd handed it goes to another worker, as if
             // refused; the worker's next handle goes on.
             FromWorker::HandleNack => {
-                let lost = peer.handle_nacked();
+                let lost = self.chan.nacked();
                 let seq = lost.as_deref().and_then(cluster::newconn_seq);
                 let first = !std::mem::replace(&mut self.nack_seen, true);
                 if first {
@@ -252,6 +258,7 @@ impl Session {
     /// answered for go to the other workers.
     pub(crate) fn channel_lost(&self) {
         self.balancer.gone(self.worker);
+        self.chan.close();
     }
 
     fn answer(&mut self, q: &Query, peer: &Peer) {
@@ -294,7 +301,7 @@ impl Session {
         // A stream socket herd holds: the balancer knows the worker listens on it (for
         // round-robin, and for a retiring worker's connections).
         if !lent.udp && !q.is_listen_on_handle() {
-            if let Err(errno) = self.balancer.join(&key, &lent.fd, self.worker, peer) {
+            if let Err(errno) = self.balancer.join(&key, &lent.fd, self.worker, &self.chan) {
                 send(peer, cluster::error_answer(&key, q.seq, seq, errno));
                 return;
             }
@@ -312,7 +319,7 @@ impl Session {
         }
         let line = cluster::handle_answer(&key, q.seq, seq, lent.udp);
         let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![lent.fd]);
-        if peer.send_handle_soon(frame).is_err() {
+        if self.chan.send_handle_soon(frame).is_err() {
             tracing::warn!(
                 key,
                 "a Node worker asked for too many sockets at once; refused with EAGAIN"
@@ -388,7 +395,11 @@ impl Drop for Session {
 /// returned as a json [`Kind::Message`] frame holding the descriptor; an acknowledgement of
 /// ours lets our next handle go; anything else is ignored. A `NODE_HANDLE` that cannot be
 /// opened is an error.
-pub(crate) fn from_node_primary(frame: Frame, peer: &Peer) -> Result<Option<Frame>, ClusterError> {
+pub(crate) fn from_node_primary(
+    frame: Frame,
+    peer: &Peer,
+    handles: Option<&HandleChannel>,
+) -> Result<Option<Frame>, ClusterError> {
     if !frame.fds.is_empty() {
         let opened = envelope::open(&frame.payload, frame.fds.len())?;
         send(peer, Bytes::from_static(envelope::ACK));
@@ -401,7 +412,9 @@ pub(crate) fn from_node_primary(frame: Frame, peer: &Peer) -> Result<Option<Fram
     }
     match cluster::parse(&frame.payload) {
         Ok(FromWorker::HandleAck | FromWorker::HandleNack) => {
-            peer.handle_acked();
+            if let Some(h) = handles {
+                h.acked();
+            }
         }
         _ => tracing::debug!("Node cluster message from the primary ignored"),
     }

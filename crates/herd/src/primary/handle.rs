@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ids::{ExitStatus, WorkerId};
 use crate::ipc::{peer_methods, Peer};
+use crate::node::handle_channel::HandleChannel;
 use crate::{Error, Signal};
 
 /// What a handle asks of the worker's supervisor.
@@ -24,6 +25,8 @@ pub(super) struct WorkerShared {
     pub(super) id: WorkerId,
     pub(super) pid: u32,
     pub(super) peer: Peer,
+    /// A Node worker's channel with its handle gate (shared with its cluster session).
+    pub(super) handles: Option<HandleChannel>,
     pub(super) cmds: mpsc::Sender<WorkerCmd>,
     pub(super) exit: watch::Receiver<Option<ExitStatus>>,
     pub(super) grace: Duration,
@@ -77,6 +80,30 @@ impl WorkerHandle {
 
     pub(crate) fn peer_ref(&self) -> &Peer {
         &self.inner.peer
+    }
+
+    /// Sends a value with descriptors (a listener, a stream, a file: anything as `OwnedFd`).
+    /// They arrive close-on-exec.
+    ///
+    /// To a Node worker (the json codec) this is Node's `process.send(msg, handle)`: exactly one
+    /// descriptor, a TCP, Unix stream or UDP socket, which the worker's
+    /// `process.on('message', (msg, handle) => ...)` gets as a `net.Server` (a listening
+    /// socket), a `net.Socket` or a `dgram.Socket`. Anything else (a file, a memfd, a pipe) is
+    /// refused before anything is written ([`crate::NodeHandleError`]): Node would abort on
+    /// it. The socket is made non-blocking (libuv expects it; the file description is shared).
+    /// As Node does, the next handle waits for the worker's acknowledgement of the previous one
+    /// (at most 16 wait, and each at most the send timeout: [`Error::Timeout`], after which it
+    /// is dropped unsent unless it was already on its way). Cancel-safe: dropped before its
+    /// frame is queued, nothing is sent and the next handle goes.
+    pub async fn send_with_fds<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(), Error> {
+        match &self.inner.handles {
+            Some(h) if !fds.is_empty() => h.send_with_fds(value, fds).await,
+            _ => self.inner.peer.send_with_fds(value, fds).await,
+        }
     }
 
     /// Node's own internal messages the worker sent so far that herd drops (a `cmd` starting

@@ -190,17 +190,22 @@ pub(super) async fn fork(
             exit_rx.clone(),
         )?;
     }
+    // A Node worker's handles (the user's, the cluster's) share one gate.
+    let handles = (cfg.codec == Codec::NodeJson)
+        .then(|| node::handle_channel::HandleChannel::new(peer.clone()));
     let shared = Arc::new(WorkerShared {
         id,
         pid,
         peer: peer.clone(),
+        handles: handles.clone(),
         cmds: cmd_tx,
         exit: exit_rx.clone(),
         grace: cfg.grace,
         dropped_internal: AtomicU64::new(0),
     });
-    let node = (cfg.codec == Codec::NodeJson)
-        .then(|| node::session::Session::new(&cfg.node, id, pid, inherited));
+    let node = handles
+        .clone()
+        .map(|chan| node::session::Session::new(&cfg.node, id, pid, inherited, chan));
     let sup = Supervisor::new(
         shared.clone(),
         child,

@@ -27,9 +27,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::cluster::{self, uv};
+use super::handle_channel::HandleChannel;
 use super::handles::MAX_KEYS;
 use crate::ids::WorkerId;
-use crate::ipc::Peer;
 use crate::listen::{self, ListenAddr};
 
 /// How the primary spreads connections over Node workers that listen on the same address.
@@ -97,7 +97,7 @@ impl Conn {
 
 struct Member {
     worker: WorkerId,
-    peer: Peer,
+    chan: HandleChannel,
     /// Sent, not yet answered, by seq.
     in_flight: HashMap<u64, Conn>,
     /// Its server listens: not closed, not retiring.
@@ -171,7 +171,7 @@ impl Balancer {
         key: &str,
         listener: &OwnedFd,
         worker: WorkerId,
-        peer: &Peer,
+        chan: &HandleChannel,
     ) -> Result<(), i64> {
         let pool = {
             let mut pools = self.pools.lock().map_err(|_| uv::EAGAIN)?;
@@ -206,7 +206,7 @@ impl Balancer {
             Some(m) => m.open = !m.retiring,
             None => st.members.push(Member {
                 worker,
-                peer: peer.clone(),
+                chan: chan.clone(),
                 in_flight: HashMap::new(),
                 open: true,
                 retiring: false,
@@ -399,7 +399,7 @@ impl Pool {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let line = cluster::newconn(&self.key, seq);
             let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![copy]);
-            if m.peer.send_handle_soon(frame).is_err() {
+            if m.chan.send_handle_soon(frame).is_err() {
                 continue;
             }
             m.in_flight.insert(seq, conn);

@@ -10,10 +10,10 @@ use super::*;
 const W1: WorkerId = WorkerId(1);
 const W2: WorkerId = WorkerId(2);
 
-/// A worker's channel: herd's `Peer` on one end, the worker's receiver on the other (the
-/// two unused halves are kept open).
+/// A worker's channel: herd's side (with its handle gate) on one end, the worker's receiver on
+/// the other (the two unused halves are kept open).
 struct Fake {
-    peer: Peer,
+    chan: HandleChannel,
     rx: Receiver,
     _unused: (Receiver, herd_wire::Sender),
 }
@@ -24,7 +24,11 @@ fn fake() -> Fake {
     let (their_tx, rx) =
         herd_wire::channel(theirs.into(), Codec::NodeJson, Limits::default()).unwrap();
     Fake {
-        peer: Peer::new(tx, Duration::from_secs(5), Duration::from_secs(5)),
+        chan: HandleChannel::new(crate::ipc::Peer::new(
+            tx,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )),
         rx,
         _unused: (our_rx, their_tx),
     }
@@ -75,31 +79,31 @@ async fn turns_refusals_and_deaths() {
     let b = Balancer::new(Balance::RoundRobin);
     let (l, addr) = listener();
     let (mut w1, mut w2) = (fake(), fake());
-    b.join("k", &l, W1, &w1.peer).unwrap();
-    b.join("k", &l, W2, &w2.peer).unwrap();
+    b.join("k", &l, W1, &w1.chan).unwrap();
+    b.join("k", &l, W2, &w2.chan).unwrap();
     // In turn.
     let (_c1, p1) = client(addr);
     let (s1, got) = newconn(&mut w1).await;
     assert_eq!(got, p1);
-    w1.peer.handle_acked();
+    w1.chan.acked();
     b.answered(W1, s1, true);
     let (_c2, p2) = client(addr);
     let (s2, got) = newconn(&mut w2).await;
     assert_eq!(got, p2);
     // Worker 2 refuses it (at maxConnections): the same connection goes to worker 1.
-    w2.peer.handle_acked();
+    w2.chan.acked();
     b.answered(W2, s2, false);
     let (s3, got) = newconn(&mut w1).await;
     assert_eq!(got, p2, "the refused connection, handed on");
     assert!(s3 > s2, "a new seq");
-    w1.peer.handle_acked();
+    w1.chan.acked();
     // Worker 1 dies before answering: back to worker 2, which refused it once; it is
     // offered again a moment later (every worker refused it).
     b.gone(W1);
     let (s4, got) = newconn(&mut w2).await;
     assert_eq!(got, p2);
     assert_eq!(b.in_flight(W2), 1);
-    w2.peer.handle_acked();
+    w2.chan.acked();
     b.answered(W2, s4, true);
     assert_eq!(b.in_flight(W2), 0);
 }
@@ -111,16 +115,16 @@ async fn seqs_are_unique_across_a_workers_servers() {
     let b = Balancer::new(Balance::RoundRobin);
     let ((la, addr_a), (lb, addr_b)) = (listener(), listener());
     let mut w1 = fake();
-    b.join("a", &la, W1, &w1.peer).unwrap();
-    b.join("b", &lb, W1, &w1.peer).unwrap();
+    b.join("a", &la, W1, &w1.chan).unwrap();
+    b.join("b", &lb, W1, &w1.chan).unwrap();
     let (_ca, pa) = client(addr_a);
     let (sa, got) = newconn(&mut w1).await;
     assert_eq!(got, pa);
-    w1.peer.handle_acked();
+    w1.chan.acked();
     let (_cb, pb) = client(addr_b);
     let (sb, got) = newconn(&mut w1).await;
     assert_eq!(got, pb);
-    w1.peer.handle_acked();
+    w1.chan.acked();
     assert_ne!(sa, sb);
     b.answered(W1, sa, true);
     assert_eq!(b.in_flight(W1), 1, "b's connection is still in flight");
@@ -136,12 +140,12 @@ async fn a_worker_without_room_gets_nothing_until_it_answers() {
     let b = Balancer::new(Balance::RoundRobin);
     let (l, addr) = listener();
     let mut w1 = fake();
-    b.join("k", &l, W1, &w1.peer).unwrap();
+    b.join("k", &l, W1, &w1.chan).unwrap();
     let clients: Vec<_> = (0..WINDOW + 2).map(|_| client(addr)).collect();
     let mut seqs = Vec::new();
     for _ in 0..WINDOW {
         let (seq, _) = newconn(&mut w1).await;
-        w1.peer.handle_acked();
+        w1.chan.acked();
         seqs.push(seq);
     }
     nothing(&mut w1).await;
@@ -156,8 +160,8 @@ async fn a_retiring_worker_gets_no_connection_and_its_answers_are_awaited() {
     let b = Balancer::new(Balance::RoundRobin);
     let (l, addr) = listener();
     let (mut w1, mut w2) = (fake(), fake());
-    b.join("k", &l, W1, &w1.peer).unwrap();
-    b.join("k", &l, W2, &w2.peer).unwrap();
+    b.join("k", &l, W1, &w1.chan).unwrap();
+    b.join("k", &l, W2, &w2.chan).unwrap();
     let _c = client(addr);
     let (s1, _) = newconn(&mut w1).await;
     let keys = b.retire(W1);
@@ -166,7 +170,7 @@ async fn a_retiring_worker_gets_no_connection_and_its_answers_are_awaited() {
     for _ in 0..3 {
         let _c = client(addr);
         let (s, _) = newconn(&mut w2).await;
-        w2.peer.handle_acked();
+        w2.chan.acked();
         b.answered(W2, s, true);
     }
     nothing(&mut w1).await;

@@ -1,7 +1,7 @@
 //! One handle in flight on a Node json channel, Node's rule (`_handleQueue` in Node's
 //! `lib/internal/child_process.js`): a message carrying a descriptor is sent only once the
 //! worker has acknowledged the previous one (`NODE_HANDLE_ACK`); the others wait in a bounded
-//! queue. Both herd's cluster answers and user sends (`Peer::send_with_fds`) pass through it.
+//! queue. Both herd's cluster answers and user sends (`WorkerHandle::send_with_fds`, through `handle_channel`) pass through it.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
