@@ -15,7 +15,6 @@
 //! runs only as long as the reloads, scale changes or kills it accompanies.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,12 +34,7 @@ const CLIENTS: usize = 4;
 const RELOADS: usize = 10;
 
 fn app(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/balance_apps")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_string()
+    balance_app(name)
 }
 
 /// `herd run -w N` of the app `script` balanced by [`BALANCE`], once every worker said it

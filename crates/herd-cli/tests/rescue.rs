@@ -11,7 +11,6 @@
 //!   period's `SIGKILL`, which takes the requests it was answering (4 seen).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,15 +18,6 @@ mod common;
 
 use common::http::*;
 use common::*;
-
-fn app(script: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/balance_apps")
-        .join(script)
-        .to_str()
-        .unwrap()
-        .to_string()
-}
 
 /// `herd reload`, answered once the new workers are in place.
 fn reload(herd: &Herd) {
@@ -44,7 +34,12 @@ fn reload(herd: &Herd) {
 /// connection, its reconnects and its failures.
 fn one_slow_client(mode: &str) -> (BTreeSet<u64>, u64, u64, Vec<String>) {
     let name = format!("rescue-slow-{mode}");
-    let (herd, addr) = serve_port(&name, &["--rescue", mode], &["node", &app("server.js")], 2);
+    let (herd, addr) = serve_port(
+        &name,
+        &["--rescue", mode],
+        &["node", &balance_app("server.js")],
+        2,
+    );
     let mut client = KeepAlive::new(addr);
     let mut first_conn = BTreeSet::new();
     let (mut failed, mut reasons) = (0, Vec::new());
@@ -117,7 +112,7 @@ fn end_and_hold_keep_an_idle_keep_alive_connection_across_a_reload_and_off_does_
 fn busy_clients(mode: &str) -> (bool, bool, u64, Vec<String>) {
     let name = format!("rescue-busy-{mode}");
     let flags = ["--rescue", mode, "--grace", "3"];
-    let (herd, addr) = serve_port(&name, &flags, &["node", &app("slow.js")], 1);
+    let (herd, addr) = serve_port(&name, &flags, &["node", &balance_app("slow.js")], 1);
     let tally = Arc::new(Tally::default());
     let clients: Arc<Vec<Mutex<KeepAlive>>> =
         Arc::new((0..4).map(|_| Mutex::new(KeepAlive::new(addr))).collect());

@@ -102,7 +102,7 @@ fn a_crashed_worker_is_restarted_and_status_shows_it() {
         "if [ -e {m} ]; then echo up; exec cat <&$NODE_CHANNEL_FD >/dev/null; else touch {m}; echo crashing >&2; exit 7; fi",
         m = mark.display()
     );
-    let mut herd = Herd::start(
+    let herd = Herd::start(
         "restart",
         &[
             "-w",
@@ -131,13 +131,7 @@ fn a_crashed_worker_is_restarted_and_status_shows_it() {
         "{table}"
     );
     // `herd stop` returns once herd is done; nothing is left running.
-    let out = herd.ctl(&["stop"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(herd.wait(), Some(0));
+    stop(herd);
     assert!(!pid_alive(pid), "the worker is gone");
 }
 

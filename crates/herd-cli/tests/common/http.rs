@@ -310,3 +310,13 @@ pub fn serve_port(
     herd.status_until("every worker running", |s| running(s) == workers);
     (herd, ([127, 0, 0, 1], port).into())
 }
+
+/// The path of one of the Node servers in `tests/balance_apps`.
+pub fn balance_app(script: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/balance_apps")
+        .join(script)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
