@@ -145,3 +145,8 @@ pub fn rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// This test process's own resident set size, in bytes.
+pub fn own_rss() -> u64 {
+    rss_kb(std::process::id()) * 1024
+}

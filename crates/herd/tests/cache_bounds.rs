@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use herd::cache::{CacheConfig, FileSource, Hub, Progress};
+use herd_test_support::process::own_rss;
 
 /// The attack's size.
 const KEYS: usize = 1_000_000;
@@ -14,10 +15,6 @@ const KEYS: usize = 1_000_000;
 const MAX_GROWTH: u64 = 24 << 20;
 
 /// This process's resident set, in bytes.
-fn rss() -> u64 {
-    herd_test_support::process::rss_kb(std::process::id()) * 1024
-}
-
 /// An attacker's key: distinct, about as long as a URL path.
 fn key(i: usize) -> String {
     format!("/products/search?q=attack-{i:07}&page=1&sort=price")
@@ -32,12 +29,12 @@ async fn a_million_missing_keys_stay_within_the_budget() {
     for i in 0..1000 {
         assert_eq!(hub.get(&format!("warm-{i}")).await.unwrap(), None);
     }
-    let before = rss();
+    let before = own_rss();
     let started = Instant::now();
     for i in 0..KEYS {
         assert_eq!(hub.get(&key(i)).await.unwrap(), None);
     }
-    let after = rss();
+    let after = own_rss();
     let growth = after.saturating_sub(before);
     let s = hub.stats();
     println!(

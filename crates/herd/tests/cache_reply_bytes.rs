@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herd::cache::{FileSource, Hub};
 use herd_test_support::events::DEADLINE;
+use herd_test_support::process::own_rss;
 
 /// The value's size: text, so a Node peer gets it as a JSON string.
 const VALUE: usize = 1 << 20;
@@ -24,10 +25,6 @@ const CALLS: usize = 3000;
 const MAX_GROWTH: u64 = 32 << 20;
 
 /// This process's resident set, in bytes.
-fn rss() -> u64 {
-    herd_test_support::process::rss_kb(std::process::id()) * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_reads_big_replies_costs_a_bounded_number_of_bytes() {
     let data = BTreeMap::from([("big".to_string(), Bytes::from(vec![b'x'; VALUE]))]);
@@ -37,7 +34,7 @@ async fn a_worker_that_never_reads_big_replies_costs_a_bounded_number_of_bytes()
     );
     // Loaded once before the figure: the value itself is the hub's, not the attack's.
     assert_eq!(hub.get("big").await.unwrap().unwrap().len(), VALUE);
-    let before = rss();
+    let before = own_rss();
 
     let cluster = herd_test_support::cache::unread_calls(
         &hub,
@@ -56,7 +53,7 @@ async fn a_worker_that_never_reads_big_replies_costs_a_bounded_number_of_bytes()
     let mut peak = 0;
     let mut last = (0, 0, tokio::time::Instant::now());
     loop {
-        let now = rss();
+        let now = own_rss();
         peak = peak.max(now);
         let s = hub.stats();
         let seen = s.hits + s.misses;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herd::cache::{Hub, RedisConfig, RedisSource};
 use herd_test_support::events::DEADLINE;
+use herd_test_support::process::own_rss;
 use herd_test_support::redis_server::RedisServer;
 
 /// The value's size.
@@ -24,10 +25,6 @@ const CALLS: usize = 300;
 const MAX_GROWTH: u64 = 100 << 20;
 
 /// This process's resident set, in bytes.
-fn rss() -> u64 {
-    herd_test_support::process::rss_kb(std::process::id()) * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_a_frozen_redis_cannot_take_hold_a_bounded_number_of_bytes() {
     let server = RedisServer::start();
@@ -41,7 +38,7 @@ async fn writes_a_frozen_redis_cannot_take_hold_a_bounded_number_of_bytes() {
         .await
         .unwrap();
     server.pause();
-    let before = rss();
+    let before = own_rss();
 
     let cluster = herd_test_support::cache::unread_calls(
         &hub,
@@ -61,7 +58,7 @@ async fn writes_a_frozen_redis_cannot_take_hold_a_bounded_number_of_bytes() {
     let mut peak = 0;
     let mut last = (0, tokio::time::Instant::now());
     loop {
-        let now = rss();
+        let now = own_rss();
         if now > last.0 + (1 << 20) {
             last = (now, tokio::time::Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(2) {

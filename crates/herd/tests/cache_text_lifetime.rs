@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herd::cache::{FileSource, Hub};
+use herd_test_support::process::own_rss;
 
 const VALUE: usize = 6 << 20;
 const KEYS: usize = 24;
@@ -19,10 +20,6 @@ const KEYS: usize = 24;
 /// the allocator's slack, which dominates (+59 to +78 MB seen, the same with no text kept at
 /// all); the table of the first build kept about 200 MB more.
 const MAX_LEFT: u64 = 128 << 20;
-
-fn rss() -> u64 {
-    herd_test_support::process::rss_kb(std::process::id()) * 1024
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn texts_of_values_the_hub_let_go_of_go_with_them() {
@@ -34,7 +31,7 @@ async fn texts_of_values_the_hub_let_go_of_go_with_them() {
         config.max_bytes = 8 << 20;
         config
     });
-    let before = rss();
+    let before = own_rss();
     let cluster = herd_test_support::cache::unread_calls(
         &hub,
         1,
@@ -47,14 +44,14 @@ async fn texts_of_values_the_hub_let_go_of_go_with_them() {
         assert!(Instant::now() < deadline, "never asked for every value");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let during = rss();
+    let during = own_rss();
     cluster.shutdown().await;
     // Until what the worker's replies held is let go of (at most 10 s).
     let settle = Instant::now() + Duration::from_secs(10);
-    let mut after = rss();
+    let mut after = own_rss();
     while after.saturating_sub(before) >= MAX_LEFT && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        after = rss();
+        after = own_rss();
     }
     let s = hub.stats();
     println!(

@@ -191,12 +191,12 @@ impl Supervisor {
                     }
                 },
                 status = self.child.wait(), if self.life.running() => Step::Exited(status),
+                (held, found) = out(&mut self.job), if self.job.is_some() => Step::Rescued(held, found),
                 cmd = self.cmds.recv(), if cmds_open => Step::Cmd(cmd),
                 permit = self.cache_calls.admit(self.parked_len), if open && self.parked_call.is_some() => Step::CachePermit(permit),
                 frame = self.rx.recv(), if open && self.outbox.is_empty() && self.parked_call.is_none() => Step::Frame(frame),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => Step::Deadline,
                 line = output::recv_output(&mut self.output), if self.output.is_some() && self.outbox.is_empty() => Step::Output(line),
-                (held, found) = out(&mut self.job), if self.job.is_some() => Step::Rescued(held, found),
                 () = out(&mut self.answering), if self.answering.is_some() => Step::Answered,
             };
             let input = match step {
@@ -252,6 +252,7 @@ impl Supervisor {
                     Some(Input::Rescue(match found {
                         Found::Grabbed { held, can_end } => Outcome::Grabbed { held, can_end },
                         Found::Looked { held } => Outcome::Looked { held },
+                        Found::LookFailed => Outcome::LookFailed,
                         Found::Tried { verdict, stuck } => Outcome::Tried { verdict, stuck },
                     }))
                 }
@@ -296,7 +297,8 @@ impl Supervisor {
                     None | Some(Asked::Declined) => return Some(Input::NodeDeclined),
                     Some(Asked::Sent) => {}
                     Some(Asked::Retiring(rescuer)) => {
-                        self.rescuer = Some(rescuer);
+                        // The first rescue is kept (it may hold connections).
+                        self.rescuer.get_or_insert(rescuer);
                         return Some(Input::Retiring);
                     }
                 }
@@ -341,10 +343,13 @@ impl Supervisor {
         None
     }
 
-    /// Runs one step of the retiring worker's rescue; a peek is answered at once.
+    /// Runs one step of the retiring worker's rescue; a peek is answered at once. Without a
+    /// rescuer (which the life never asks of a worker that has none) each step answers that
+    /// nothing is held, so that the life goes on.
     fn rescue(&mut self, step: RetireStep) -> Option<Input> {
         let (Some(node), Some(r)) = (self.node.as_mut(), self.rescuer.as_mut()) else {
-            return None;
+            tracing::warn!(worker = %self.id, ?step, "a rescue step without a rescuer");
+            return nothing_held(step).map(Input::Rescue);
         };
         match step {
             RetireStep::AwaitAnswered => self.answering = Some(Box::pin(node.answered_all())),
@@ -365,6 +370,7 @@ impl Supervisor {
             RetireStep::TryEnd => self.job = Some(r.try_end()),
             RetireStep::Resume => r.resume(),
             RetireStep::HandOn => r.hand_on(),
+            RetireStep::DropJob => self.job = None,
         }
         None
     }
@@ -514,4 +520,29 @@ async fn out<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
+}
+
+/// What a rescue step finds where nothing is held.
+fn nothing_held(step: RetireStep) -> Option<Outcome> {
+    Some(match step {
+        RetireStep::AwaitAnswered => Outcome::Answered,
+        RetireStep::Grab => Outcome::Grabbed {
+            held: 0,
+            can_end: false,
+        },
+        RetireStep::Look => Outcome::Looked { held: 0 },
+        RetireStep::Peek => Outcome::Peeked {
+            all: false,
+            stuck: true,
+        },
+        RetireStep::TryEnd => Outcome::Tried {
+            verdict: crate::node::rescue::plan::Verdict::Never,
+            stuck: true,
+        },
+        RetireStep::SendDisconnect
+        | RetireStep::Pause
+        | RetireStep::Resume
+        | RetireStep::HandOn
+        | RetireStep::DropJob => return None,
+    })
 }

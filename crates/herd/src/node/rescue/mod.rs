@@ -181,27 +181,24 @@ pub(crate) struct Grab {
     pub(crate) listening: bool,
 }
 
-/// Takes a copy of every client connection `pid` holds that was accepted on one of `keys`'
-/// sockets, but those in `skip` (still herd's to hand out), at most [`MAX_HELD`] and half of
-/// this process's descriptor headroom. Incomplete (with a warning) past those limits or where
-/// the kernel does not allow it.
-pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>) -> Grab {
+/// Takes a copy of every client connection the worker (`pid`, open as `pidfd`) holds that was
+/// accepted on one of `keys`' sockets, but those in `skip` (still herd's to hand out), at most
+/// [`MAX_HELD`] and half of this process's descriptor headroom. Incomplete (with a warning)
+/// past those limits or where the kernel does not allow it. Each copy comes through the pidfd,
+/// so from the worker itself even if its pid was reaped and reused after the table was read
+/// (a copy whose inode is not the table's is skipped).
+pub(crate) fn grab(
+    pid: u32,
+    pidfd: &OwnedFd,
+    keys: &[(String, ListenAddr)],
+    skip: &HashSet<u64>,
+) -> Grab {
     let mut grab = Grab::default();
     if keys.is_empty() {
         grab.complete = true;
         return grab;
     }
     let most = MAX_HELD.min(headroom());
-    let Some(pid_) = Pid::from_raw(pid as i32) else {
-        return grab;
-    };
-    let pidfd = match rustix::process::pidfd_open(pid_, PidfdFlags::empty()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(pid, error = %e, "cannot open the retiring worker's pidfd");
-            return grab;
-        }
-    };
     let Ok(table) = crate::procfs::socket_inodes(pid) else {
         return grab;
     };
@@ -219,9 +216,11 @@ pub(crate) fn grab(pid: u32, keys: &[(String, ListenAddr)], skip: &HashSet<u64>)
             );
             return grab;
         }
-        let fd = match rustix::process::pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()) {
+        let fd = match rustix::process::pidfd_getfd(pidfd, n, PidfdGetfdFlags::empty()) {
             Ok(fd) => fd,
             Err(Errno::BADF) => continue,
+            // It exited meanwhile: nothing more to take.
+            Err(Errno::SRCH) => return grab,
             Err(e) => {
                 tracing::warn!(pid, error = %e, "cannot take the retiring worker's connections (pidfd_getfd); its idle ones may be reset");
                 return grab;
@@ -269,6 +268,8 @@ pub(crate) enum Found {
     Grabbed { held: usize, can_end: bool },
     /// Its table read: `held` connections it still holds.
     Looked { held: usize },
+    /// Its table could not be read.
+    LookFailed,
     /// What an attempt to end it found; `stuck`: a held connection's mark is down.
     Tried { verdict: Verdict, stuck: bool },
 }
@@ -317,9 +318,12 @@ impl Rescuer {
             .map(Arc::new);
         let can_end = self.pidfd.is_some();
         let skip = self.balancer.in_flight_inodes(self.worker);
-        let (pid, keys) = (self.pid, self.keys.clone());
+        let (pid, keys, pidfd) = (self.pid, self.keys.clone(), self.pidfd.clone());
         Box::pin(async move {
-            let held = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip).held)
+            let Some(pidfd) = pidfd else {
+                return (Vec::new(), Found::Grabbed { held: 0, can_end });
+            };
+            let held = tokio::task::spawn_blocking(move || grab(pid, &pidfd, &keys, &skip).held)
                 .await
                 .unwrap_or_default();
             let n = held.len();
@@ -335,8 +339,7 @@ impl Rescuer {
             let Ok(Ok(table)) =
                 tokio::task::spawn_blocking(move || crate::procfs::socket_inodes(pid)).await
             else {
-                let n = held.len();
-                return (held, Found::Looked { held: n });
+                return (held, Found::LookFailed);
             };
             let open: HashSet<u64> = table.into_iter().map(|(_, ino)| ino).collect();
             let (kept, released): (Vec<Held>, Vec<Held>) =
@@ -423,15 +426,15 @@ async fn end_if_done(
     worker: WorkerId,
     pid: u32,
     keys: &[(String, ListenAddr)],
-    pidfd: &OwnedFd,
+    pidfd: &Arc<OwnedFd>,
     mut kept: Vec<Held>,
 ) -> (Vec<Held>, Verdict) {
     if balancer.in_flight(worker) > 0 {
         return (kept, Verdict::Later);
     }
     let skip: HashSet<u64> = kept.iter().map(|h| h.ino).collect();
-    let keys = keys.to_vec();
-    let Ok(more) = tokio::task::spawn_blocking(move || grab(pid, &keys, &skip)).await else {
+    let (keys, fd) = (keys.to_vec(), pidfd.clone());
+    let Ok(more) = tokio::task::spawn_blocking(move || grab(pid, &fd, &keys, &skip)).await else {
         return (kept, Verdict::Never);
     };
     if !more.complete {

@@ -41,7 +41,7 @@ fn the_accepted_connections_a_process_holds_are_taken() {
     let (accepted, _) = l.accept().unwrap();
     accepted.set_nonblocking(true).unwrap();
     let keys = vec![("k".to_string(), ListenAddr::Tcp(addr))];
-    let grabbed = grab(std::process::id(), &keys, &HashSet::new());
+    let grabbed = grab(std::process::id(), &me(), &keys, &HashSet::new());
     assert!(grabbed.complete, "every descriptor looked at");
     assert!(
         grabbed.listening,
@@ -65,14 +65,14 @@ fn the_accepted_connections_a_process_holds_are_taken() {
     }
     drop(client);
     assert!(
-        grab(std::process::id(), &[], &HashSet::new())
+        grab(std::process::id(), &me(), &[], &HashSet::new())
             .held
             .is_empty(),
         "no keys, nothing taken"
     );
     let ino = rustix::fs::fstat(&h.fd).unwrap().st_ino;
     let skip: HashSet<u64> = [ino].into();
-    let again = grab(std::process::id(), &keys, &skip);
+    let again = grab(std::process::id(), &me(), &keys, &skip);
     assert!(
         again.held.is_empty(),
         "a connection still herd's to give is not taken"
@@ -121,7 +121,7 @@ fn a_raised_low_water_mark_keeps_a_request_from_waking_its_reader() {
     let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (accepted, _) = l.accept().unwrap();
     let keys = vec![("k".to_string(), ListenAddr::Tcp(l.local_addr().unwrap()))];
-    let mut held = grab(std::process::id(), &keys, &HashSet::new()).held;
+    let mut held = grab(std::process::id(), &me(), &keys, &HashSet::new()).held;
     assert_eq!(held.len(), 1);
     held[0].pause();
     assert!(held[0].paused);
@@ -139,4 +139,10 @@ fn a_raised_low_water_mark_keeps_a_request_from_waking_its_reader() {
     assert_eq!(peek(&accepted), Peek::Request, "it waits in the socket");
     held[0].resume();
     assert!(readable(5000), "lowered again, the request is readable");
+}
+
+/// A pidfd of this process, which stands in for the worker.
+fn me() -> OwnedFd {
+    let pid = rustix::process::getpid();
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).unwrap()
 }

@@ -370,7 +370,11 @@ impl Life {
                 fx.extend(steps.into_iter().map(Effect::Rescue));
             }
             // Exited already: nothing to rescue, but the disconnect it was asked for.
-            Input::Retiring => fx.push(Effect::Rescue(Step::SendDisconnect)),
+            Input::Retiring if self.retire.is_none() => {
+                fx.push(Effect::Rescue(Step::SendDisconnect))
+            }
+            // Retiring already (the shell keeps the first rescue).
+            Input::Retiring => {}
             Input::Rescue(outcome) => {
                 if let Some(retire) = &mut self.retire {
                     let mut steps = Vec::new();
@@ -393,7 +397,7 @@ impl Life {
         self.phase = Phase::Exited;
         if let Some(retire) = &mut self.retire {
             let mut steps = Vec::new();
-            retire.exited(&mut steps);
+            retire.exited(now, &mut steps);
             fx.extend(steps.into_iter().map(Effect::Rescue));
         }
         self.alive = Alive::default();

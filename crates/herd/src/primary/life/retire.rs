@@ -12,7 +12,10 @@
 //!
 //! Work that blocks (the copies, the table, the end) is the shell's, one job at a time; its
 //! outcome comes back as an input. A job in flight when the worker exits still comes back: its
-//! connections are then handed on.
+//! connections are then handed on. A job is waited for [`JOB_LIMIT`] at most, and
+//! [`AFTER_EXIT`] once the worker has exited (the blocking threads may all be busy): past it
+//! the shell drops it (its copies close; the worker's own connections are untouched) and the
+//! worker retires as it would with [`Rescue::Off`].
 
 use std::time::Duration;
 
@@ -28,20 +31,28 @@ pub(crate) const ANSWER_LIMIT: Duration = Duration::from_secs(1);
 /// How often a retiring worker's descriptor table is read while herd holds its connections.
 pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(10);
 
+/// How long a job of the shell's is waited for before it is dropped.
+pub(crate) const JOB_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long, at most, a job still out when the worker exits is waited for: its exit is
+/// reported only after.
+pub(crate) const AFTER_EXIT: Duration = Duration::from_millis(250);
+
 /// Where the rescue of a retiring worker is.
 #[derive(Debug)]
 pub(crate) enum Retire {
     /// Waiting until the connections sent to it are answered for, at most until `by`.
     Answering { by: Instant },
-    /// The copies are being taken (a job).
-    Grabbing,
+    /// The copies are being taken (a job, dropped at `by`).
+    Grabbing { by: Instant },
     /// Connections held; the next look at `next`.
     Holding { plan: Plan, next: Instant },
-    /// A look, or an attempt to end it, is under way (a job).
-    Busy { plan: Plan },
-    /// Nothing more to do; `job`: a job is still out (its connections are handed on when it
-    /// comes back).
-    Over { job: bool },
+    /// A look, or an attempt to end it, is under way (a job, dropped at `by`; none for a peek,
+    /// answered at once).
+    Busy { plan: Plan, by: Instant },
+    /// Nothing more to do; `job`: a job is still out until then (its connections are handed
+    /// on when it comes back: the worker exited).
+    Over { job: Option<Instant> },
 }
 
 /// What the rescue asks of the shell.
@@ -65,6 +76,8 @@ pub(crate) enum Step {
     Resume,
     /// Hand on everything held (it exited).
     HandOn,
+    /// Drop the job out: it took too long.
+    DropJob,
 }
 
 /// What the shell found.
@@ -76,6 +89,8 @@ pub(crate) enum Outcome {
     Grabbed { held: usize, can_end: bool },
     /// Its table read: `held` connections it still holds.
     Looked { held: usize },
+    /// Its table could not be read (not a look: the next one is at the usual time).
+    LookFailed,
     /// `all`: each held connection has its next request waiting; `stuck`: one's mark could
     /// not stay raised.
     Peeked { all: bool, stuck: bool },
@@ -97,9 +112,11 @@ impl Retire {
     /// When it next needs a tick.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self {
-            Retire::Answering { by } => Some(*by),
+            Retire::Answering { by } | Retire::Grabbing { by } | Retire::Busy { by, .. } => {
+                Some(*by)
+            }
             Retire::Holding { next, .. } => Some(*next),
-            _ => None,
+            Retire::Over { job } => *job,
         }
     }
 
@@ -107,7 +124,7 @@ impl Retire {
     pub(crate) fn job_out(&self) -> bool {
         matches!(
             self,
-            Retire::Grabbing | Retire::Busy { .. } | Retire::Over { job: true }
+            Retire::Grabbing { .. } | Retire::Busy { .. } | Retire::Over { job: Some(_) }
         )
     }
 
@@ -118,32 +135,64 @@ impl Retire {
                 tracing::debug!(
                     "a retiring Node worker did not answer for its connections in time"
                 );
-                self.answered(mode, steps);
+                self.answered(now, mode, steps);
             }
             Retire::Holding { next, .. } if now >= *next => {
-                let Retire::Holding { plan, .. } = std::mem::replace(self, Retire::Grabbing) else {
+                let Retire::Holding { plan, .. } = self.take() else {
                     unreachable!()
                 };
-                *self = Retire::Busy { plan };
+                *self = Retire::Busy {
+                    plan,
+                    by: crate::deadline::after(now, JOB_LIMIT),
+                };
                 steps.push(Step::Look);
+            }
+            Retire::Grabbing { by } if now >= *by => {
+                tracing::warn!(
+                    "taking a retiring Node worker's connections took too long: it retires \
+                     without herd holding them"
+                );
+                *self = Retire::Over { job: None };
+                steps.extend([Step::DropJob, Step::SendDisconnect]);
+            }
+            Retire::Busy { by, .. } | Retire::Over { job: Some(by) } if now >= *by => {
+                tracing::warn!(
+                    "looking at a retiring Node worker's connections took too long: herd lets \
+                     go of those it held"
+                );
+                *self = Retire::Over { job: None };
+                steps.push(Step::DropJob);
             }
             _ => {}
         }
     }
 
-    fn answered(&mut self, mode: Rescue, steps: &mut Vec<Step>) {
+    /// This phase, leaving a placeholder.
+    fn take(&mut self) -> Retire {
+        std::mem::replace(self, Retire::Over { job: None })
+    }
+
+    fn answered(&mut self, now: Instant, mode: Rescue, steps: &mut Vec<Step>) {
         if mode == Rescue::Off {
-            *self = Retire::Over { job: false };
+            *self = Retire::Over { job: None };
             steps.push(Step::SendDisconnect);
         } else {
-            *self = Retire::Grabbing;
+            *self = Retire::Grabbing {
+                by: crate::deadline::after(now, JOB_LIMIT),
+            };
             steps.push(Step::Grab);
         }
     }
 
-    /// The worker exited: what is held is handed on (now, or when the job out comes back).
-    pub(crate) fn exited(&mut self, steps: &mut Vec<Step>) {
-        let job = self.job_out();
+    /// The worker exited at `now`: what is held is handed on (now, or when the job out comes
+    /// back, if it does within [`AFTER_EXIT`]).
+    pub(crate) fn exited(&mut self, now: Instant, steps: &mut Vec<Step>) {
+        let job = match self {
+            Retire::Grabbing { by } | Retire::Busy { by, .. } | Retire::Over { job: Some(by) } => {
+                Some((*by).min(crate::deadline::after(now, AFTER_EXIT)))
+            }
+            _ => None,
+        };
         if !matches!(self, Retire::Over { .. }) {
             steps.push(Step::HandOn);
         }
@@ -160,19 +209,17 @@ impl Retire {
     ) {
         if let Retire::Over { job } = self {
             // The worker exited meanwhile: the job's connections go on too.
-            if *job && !matches!(outcome, Outcome::Answered | Outcome::Peeked { .. }) {
-                *job = false;
+            if job.is_some() && !matches!(outcome, Outcome::Answered | Outcome::Peeked { .. }) {
+                *job = None;
                 steps.push(Step::HandOn);
             }
             return;
         }
         let next = now + LOOK_EVERY;
-        match (
-            std::mem::replace(self, Retire::Over { job: false }),
-            outcome,
-        ) {
-            (Retire::Answering { .. }, Outcome::Answered) => self.answered(mode, steps),
-            (Retire::Grabbing, Outcome::Grabbed { held, can_end }) => {
+        let by = crate::deadline::after(now, JOB_LIMIT);
+        match (self.take(), outcome) {
+            (Retire::Answering { .. }, Outcome::Answered) => self.answered(now, mode, steps),
+            (Retire::Grabbing { .. }, Outcome::Grabbed { held, can_end }) => {
                 steps.push(Step::SendDisconnect);
                 if held > 0 {
                     let mut plan = Plan::new(mode, now, grace);
@@ -182,7 +229,7 @@ impl Retire {
                     *self = Retire::Holding { plan, next };
                 }
             }
-            (Retire::Busy { mut plan }, Outcome::Looked { held }) => {
+            (Retire::Busy { mut plan, .. }, Outcome::Looked { held }) => {
                 if held == 0 {
                     return;
                 }
@@ -191,15 +238,18 @@ impl Retire {
                 }
                 if plan.paused() {
                     steps.push(Step::Peek);
-                    *self = Retire::Busy { plan };
+                    *self = Retire::Busy { plan, by };
                 } else {
                     *self = Retire::Holding { plan, next };
                 }
             }
-            (Retire::Busy { mut plan }, Outcome::Peeked { all, stuck }) => {
+            (Retire::Busy { plan, .. }, Outcome::LookFailed) => {
+                *self = Retire::Holding { plan, next };
+            }
+            (Retire::Busy { mut plan, .. }, Outcome::Peeked { all, stuck }) => {
                 if plan.looked(all) {
                     steps.push(Step::TryEnd);
-                    *self = Retire::Busy { plan };
+                    *self = Retire::Busy { plan, by };
                     return;
                 }
                 if plan.settle(now, Verdict::Later, stuck) {
@@ -207,7 +257,7 @@ impl Retire {
                 }
                 *self = Retire::Holding { plan, next };
             }
-            (Retire::Busy { mut plan }, Outcome::Tried { verdict, stuck }) => {
+            (Retire::Busy { mut plan, .. }, Outcome::Tried { verdict, stuck }) => {
                 if plan.settle(now, verdict, stuck) {
                     steps.push(Step::Resume);
                 }

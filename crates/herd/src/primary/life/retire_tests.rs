@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::retire::{Outcome, ANSWER_LIMIT, LOOK_EVERY};
+use super::retire::{Outcome, AFTER_EXIT, ANSWER_LIMIT, JOB_LIMIT, LOOK_EVERY};
 use super::testkit::*;
 use super::*;
 use crate::node::rescue::plan::{Verdict, PAUSE_LIMIT};
@@ -213,4 +213,121 @@ fn a_worker_that_exited_before_it_retired_is_only_sent_its_disconnect() {
     w.on(Input::Exited(code(0)));
     assert_eq!(w.on(Input::Stop), ["AskNodeDisconnect"]);
     assert_eq!(w.on(Input::Retiring), ["Rescue(SendDisconnect)"]);
+}
+
+#[test]
+fn a_worker_that_exits_while_its_connections_are_taken_hands_them_on_when_they_come() {
+    let mut w = retiring(Rescue::End);
+    assert_eq!(w.on(Input::Rescue(Outcome::Answered)), ["Rescue(Grab)"]);
+    assert_eq!(
+        w.on(Input::Exited(code(0))),
+        ["Rescue(HandOn)", "KillLeftovers"]
+    );
+    w.on(Input::ChannelEnded(None));
+    assert_eq!(w.on(Input::OutputEnded), ["DropOutput"], "the grab is out");
+    let grabbed = Outcome::Grabbed {
+        held: 3,
+        can_end: true,
+    };
+    assert_eq!(
+        w.on(Input::Rescue(grabbed)),
+        ["Rescue(HandOn)", "exited exit code 0"],
+        "no disconnect to a worker gone, and its copies go on"
+    );
+}
+
+#[test]
+fn a_worker_killed_by_its_own_end_attempt_hands_on_what_the_attempt_held() {
+    let mut w = holding(Rescue::End, 1);
+    until_paused(&mut w, 1);
+    peeked(&mut w, true);
+    w.after(LOOK_EVERY);
+    w.on(Input::Rescue(Outcome::Looked { held: 1 }));
+    assert_eq!(peeked(&mut w, true), ["Rescue(TryEnd)"]);
+    // Its SIGKILL is reaped before the attempt comes back.
+    assert_eq!(
+        w.on(Input::Exited(killed())),
+        ["Rescue(HandOn)", "KillLeftovers"]
+    );
+    let ended = Outcome::Tried {
+        verdict: Verdict::Ended,
+        stuck: false,
+    };
+    assert_eq!(w.on(Input::Rescue(ended)), ["Rescue(HandOn)"]);
+}
+
+#[test]
+fn a_table_that_cannot_be_read_is_no_look() {
+    let mut w = holding(Rescue::End, 1);
+    until_paused(&mut w, 1);
+    assert!(peeked(&mut w, true).is_empty(), "one answered look");
+    assert_eq!(w.after(LOOK_EVERY), ["Rescue(Look)"]);
+    assert!(w.on(Input::Rescue(Outcome::LookFailed)).is_empty());
+    assert_eq!(w.in_next(), Some(LOOK_EVERY), "looked at again as usual");
+    assert_eq!(w.after(LOOK_EVERY), ["Rescue(Look)"]);
+    assert_eq!(
+        w.on(Input::Rescue(Outcome::Looked { held: 1 })),
+        ["Rescue(Peek)"]
+    );
+    assert_eq!(
+        peeked(&mut w, true),
+        ["Rescue(TryEnd)"],
+        "the failed read did not break the answered looks in a row"
+    );
+}
+
+#[test]
+fn a_worker_ended_whose_table_shows_nothing_held_ends_the_rescue() {
+    let mut w = holding(Rescue::End, 1);
+    until_paused(&mut w, 1);
+    peeked(&mut w, true);
+    w.after(LOOK_EVERY);
+    w.on(Input::Rescue(Outcome::Looked { held: 1 }));
+    peeked(&mut w, true);
+    let ended = Outcome::Tried {
+        verdict: Verdict::Ended,
+        stuck: false,
+    };
+    assert!(w.on(Input::Rescue(ended)).is_empty());
+    // Not reaped yet: a look finds it let go of everything.
+    assert_eq!(w.after(LOOK_EVERY), ["Rescue(Look)"]);
+    assert!(w.on(Input::Rescue(Outcome::Looked { held: 0 })).is_empty());
+    assert_eq!(
+        w.on(Input::Exited(killed())),
+        ["KillLeftovers"],
+        "nothing left to hand on"
+    );
+}
+
+#[test]
+fn a_job_that_never_comes_back_is_dropped_and_the_worker_retires_without_it() {
+    // The copies: past the job limit the disconnect goes anyway.
+    let mut w = retiring(Rescue::End);
+    assert_eq!(w.on(Input::Rescue(Outcome::Answered)), ["Rescue(Grab)"]);
+    assert_eq!(w.in_next(), Some(JOB_LIMIT));
+    assert_eq!(w.next(), ["Rescue(DropJob)", "Rescue(SendDisconnect)"]);
+    let late = Outcome::Grabbed {
+        held: 1,
+        can_end: true,
+    };
+    assert!(
+        w.on(Input::Rescue(late)).is_empty(),
+        "a late grab is ignored"
+    );
+    assert_eq!(
+        w.in_next(),
+        Some(GRACE - JOB_LIMIT),
+        "only the grace is left"
+    );
+
+    // A look out when the worker exits delays its exit report AFTER_EXIT at most.
+    let mut w = holding(Rescue::End, 2);
+    assert_eq!(w.after(LOOK_EVERY), ["Rescue(Look)"]);
+    w.on(Input::Exited(code(0)));
+    w.on(Input::ChannelEnded(None));
+    w.on(Input::OutputEnded);
+    assert!(!w.life.done(), "the look is out");
+    assert_eq!(w.in_next(), Some(AFTER_EXIT));
+    assert_eq!(w.next(), ["Rescue(DropJob)", "exited exit code 0"]);
+    assert!(w.life.done());
 }
