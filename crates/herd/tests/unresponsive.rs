@@ -19,16 +19,17 @@ async fn a_stopped_herd_worker_is_reported_and_killed_and_the_other_goes_on() {
         .start()
         .await
         .unwrap();
-    let mut pids = Vec::new();
-    while pids.len() < 2 {
-        if let (Event::Fork { worker, pid }, _) =
-            until(&mut cluster, |e| matches!(e, Event::Fork { .. })).await
+    // Forks and onlines in one loop: a worker's online may come before the other's fork.
+    let (mut pids, mut online) = (Vec::new(), 0);
+    while pids.len() < 2 || online < 2 {
+        match until(&mut cluster, |e| {
+            matches!(e, Event::Fork { .. } | Event::Online { .. })
+        })
+        .await
         {
-            pids.push((worker, pid));
+            (Event::Fork { worker, pid }, _) => pids.push((worker, pid)),
+            _ => online += 1,
         }
-    }
-    for _ in 0..2 {
-        until(&mut cluster, |e| matches!(e, Event::Online { .. })).await;
     }
     // Both answer pings for a while: nobody is judged.
     let calm = Instant::now();

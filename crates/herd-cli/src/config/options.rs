@@ -52,6 +52,12 @@ pub struct Options {
     /// `SIGHUP`, `SIGQUIT`, `SIGUSR1`, `SIGUSR2` (with or without `SIG`).
     #[arg(long)]
     pub kill_signal: Option<String>,
+    /// Seconds after a stop (or a worker's turn in a reload) before a Node worker whose program
+    /// listens for --kill-signal (`process.on('SIGTERM')`) gets it, whether or not its servers
+    /// have closed, so that a WebSocket or SSE server's hook ends its connections (default 1).
+    /// A program with no such listener gets the signal once its servers are done, as before.
+    #[arg(long, value_name = "SECS")]
+    pub stop_settle: Option<f64>,
     /// Stop workers with PM2's `'shutdown'` message instead of a signal.
     #[arg(long)]
     pub shutdown_message: Option<bool>,

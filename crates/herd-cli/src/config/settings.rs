@@ -38,6 +38,8 @@ pub struct Settings {
     /// `--rescue`: what is done with a retiring Node worker's connections.
     pub rescue: herd::Rescue,
     pub grace: Duration,
+    /// `--stop-settle`: from a stop to the stop signal of a Node worker with a hook for it.
+    pub stop_settle: Duration,
     /// `--unresponsive`: how long a running worker may go without answering a ping.
     pub unresponsive: Option<Duration>,
     /// How a stopped worker is told to stop after its channel is closed.
@@ -150,6 +152,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         Some(RescueMode::Off) => herd::Rescue::Off,
     };
     let grace = seconds("grace", o.grace.unwrap_or(5.0), MAX_WAIT)?;
+    let stop_settle = seconds("stop_settle", o.stop_settle.unwrap_or(1.0), MAX_WAIT)?;
     let unresponsive = match o.unresponsive.as_deref().map(str::trim) {
         None => Some(Duration::from_secs(30)),
         Some("off") => None,
@@ -286,6 +289,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         balance,
         rescue,
         grace,
+        stop_settle,
         unresponsive,
         stop,
         codec,

@@ -41,6 +41,7 @@ pub(super) fn builder(s: &Settings, sockets: Sockets) -> Result<(ClusterBuilder,
     let mut builder = Cluster::builder()
         .codec(s.codec)
         .grace(s.grace)
+        .stop_settle(s.stop_settle)
         .unresponsive(s.unresponsive)
         .capture_output(true)
         .balance(s.balance)

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod http;
+pub mod npm;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -105,12 +106,7 @@ impl Herd {
 
     /// Runs `herd CMD --control ...`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(HERD)
-            .args(args)
-            .arg("--control")
-            .arg(&self.control)
-            .output()
-            .unwrap()
+        ctl_at(&self.control, args)
     }
 
     pub fn status(&self) -> Report {
@@ -307,6 +303,16 @@ impl Load {
             self.failed.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Runs `herd CMD --control CONTROL` (from another thread than the herd's owner).
+pub fn ctl_at(control: &Path, args: &[&str]) -> Output {
+    Command::new(HERD)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .unwrap()
 }
 
 /// Every line left on `rx` until it closes (herd has exited), within the deadline.

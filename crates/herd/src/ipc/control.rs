@@ -40,6 +40,12 @@ pub(crate) enum Control {
         /// The ping's.
         seq: u64,
     },
+    /// A Node worker (herd's preload): the signals its program listens for now, of those herd
+    /// may stop it with (sent when they change).
+    Hooks {
+        /// Their names (`SIGTERM`, `SIGINT`...).
+        signals: Vec<String>,
+    },
     /// A notice this version does not know (a newer peer during a rolling reload).
     #[serde(other)]
     Unknown,

@@ -1,5 +1,6 @@
-//! The preload herd adds to a pinged Node worker's `NODE_OPTIONS` (`--require`, after the
-//! user's own options): it answers herd's liveness pings from the worker's event loop, so a
+//! The preload herd adds to a Node worker's `NODE_OPTIONS` (`--require`, after the user's own
+//! options): it tells herd which stop signals the program listens for, and it answers herd's
+//! liveness pings from the worker's event loop, so a
 //! loop blocked in `while (true) {}` is seen, with no change to the program itself (its
 //! processes inherit the option: a Node child of the worker has no channel of herd's and does
 //! nothing; behind a wrapper such as `npm start` it is npm's own loop that answers, so a hang
@@ -21,19 +22,47 @@ use std::path::PathBuf;
 
 /// The script. It listens to Node's internal messages (the `NODE_` ones Node keeps from the
 /// program's `message` listeners), so it adds no `message` listener: a listener of that kind
-/// would keep a finished program's channel, and so the program, alive.
+/// would keep a finished program's channel, and so the program, alive. It also tells herd
+/// which of the signals herd may stop the worker with the program listens for (`newListener`
+/// and `removeListener` on `process`, reported once per turn of the loop when the set
+/// changes): a worker with a hook gets its stop signal a settle time after a stop even while
+/// its servers still hold connections (a WebSocket, an SSE stream), so that the hook runs.
 const SCRIPT: &str = r#"'use strict';
-// herd: answers the primary's liveness pings from the event loop (see herd's node/preload.rs).
-process.on('internalMessage', (m) => {
-  if (m === null || typeof m !== 'object' || m.cmd !== 'NODE_HERD_CTL') return;
-  const d = m.data;
-  if (d === null || typeof d !== 'object' || d.type !== 'ping' || !process.connected) return;
-  try {
-    process.send({ cmd: 'NODE_HERD_CTL', data: { type: 'pong', seq: d.seq } });
-  } catch (_) {
-    // The channel closed meanwhile: nothing to answer.
-  }
-});
+// herd: answers the primary's liveness pings from the event loop, and tells it which stop
+// signals the program listens for (see herd's node/preload.rs).
+{
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+  const send = (data) => {
+    if (!process.connected) return;
+    try {
+      process.send({ cmd: 'NODE_HERD_CTL', data });
+    } catch (_) {
+      // The channel closed meanwhile: nothing to say.
+    }
+  };
+  let told = '';
+  let due = false;
+  const tell = () => {
+    due = false;
+    const now = signals.filter((s) => process.listenerCount(s) > 0);
+    if (now.join() === told) return;
+    told = now.join();
+    send({ type: 'hooks', signals: now });
+  };
+  const changed = (event) => {
+    if (due || !signals.includes(event)) return;
+    due = true;
+    setImmediate(tell).unref();
+  };
+  process.on('newListener', changed);
+  process.on('removeListener', changed);
+  process.on('internalMessage', (m) => {
+    if (m === null || typeof m !== 'object' || m.cmd !== 'NODE_HERD_CTL') return;
+    const d = m.data;
+    if (d === null || typeof d !== 'object' || d.type !== 'ping') return;
+    send({ type: 'pong', seq: d.seq });
+  });
+}
 "#;
 
 /// The preload on disk, for the cluster's life.

@@ -45,7 +45,11 @@ pub struct ClusterBuilder {
     balance: Balance,
     rescue: Rescue,
     unresponsive: Option<Duration>,
+    stop_settle: Duration,
 }
+
+/// [`ClusterBuilder::stop_settle`]'s default.
+pub(crate) const STOP_SETTLE: Duration = Duration::from_secs(1);
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
@@ -73,6 +77,7 @@ impl Default for ClusterBuilder {
             balance: Balance::default(),
             rescue: Rescue::default(),
             unresponsive: None,
+            stop_settle: STOP_SETTLE,
         }
     }
 }
@@ -218,6 +223,19 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long after a stop request a Node cluster worker whose program listens for the
+    /// [`StopBy::Signal`] signal gets it even though its channel is still open (default 1 s;
+    /// `herd run --stop-settle`). Node closes a worker's channel only once its servers are
+    /// closed, and a server holding long-lived connections (a WebSocket, an SSE stream) never
+    /// closes by itself: its `process.on('SIGTERM')` hook is what ends them. herd's preload
+    /// tells it which signals the program listens for; a program with no such listener gets
+    /// the signal only once its channel is closed, as before (Node's default action for it is
+    /// to die at once, in the middle of its requests). The signal is sent once.
+    pub fn stop_settle(mut self, settle: Duration) -> Self {
+        self.stop_settle = settle;
+        self
+    }
+
     /// Capacity of the event queue; when full, workers' channels are not read (backpressure).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
@@ -293,6 +311,12 @@ impl ClusterBuilder {
             }
             None => None,
         };
+        let preload = match (self.unresponsive, &self.stop, self.codec) {
+            (Some(_), _, Codec::NodeJson) | (_, StopBy::Signal(_), Codec::NodeJson) => Some(
+                Arc::new(node::preload::Preload::write().map_err(Error::Spawn)?),
+            ),
+            _ => None,
+        };
         let cfg = Arc::new(Config {
             program,
             args,
@@ -313,13 +337,9 @@ impl ClusterBuilder {
             node: node::session::Shared::new(self.balance, self.rescue),
             stop: self.stop,
             cgroup_procs,
-            preload: match (self.unresponsive, self.codec) {
-                (Some(_), Codec::NodeJson) => Some(Arc::new(
-                    node::preload::Preload::write().map_err(Error::Spawn)?,
-                )),
-                _ => None,
-            },
+            preload,
             unresponsive: self.unresponsive,
+            stop_settle: self.stop_settle,
         });
         check_numbers(&cfg, &[])?;
         if self.subreaper {

@@ -43,8 +43,12 @@ pub(super) struct Config {
     /// How long an online worker that answers pings may go without answering one
     /// ([`crate::ClusterBuilder::unresponsive`]).
     pub(super) unresponsive: Option<Duration>,
-    /// The preload that answers pings from a Node worker's event loop, when pinged.
+    /// The preload that answers pings from a Node worker's event loop and reports its stop
+    /// hooks, when pinged or stopped by a signal.
     pub(super) preload: Option<Arc<crate::node::preload::Preload>>,
+    /// How long after a stop a Node worker with a hook for its stop signal gets it
+    /// ([`crate::ClusterBuilder::stop_settle`]).
+    pub(super) stop_settle: Duration,
 }
 
 /// Checks that the descriptor numbers workers get are in range and distinct, and that they fit

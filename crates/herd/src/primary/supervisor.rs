@@ -125,6 +125,7 @@ impl Supervisor {
             node: node.is_some(),
             unresponsive: cfg.unresponsive,
             rescue: cfg.node.rescue,
+            settle: cfg.stop_settle,
         };
         let (life, first) = Life::start(rules, Instant::now(), output.is_some());
         Supervisor {
@@ -420,6 +421,13 @@ impl Supervisor {
             }
             Ok(Routed::Control(Control::Ready)) => self.emit(Event::Ready { worker: id }),
             Ok(Routed::Control(Control::Pong { seq })) => return Some(Input::Pong(seq)),
+            Ok(Routed::Control(Control::Hooks { signals })) => {
+                let StopBy::Signal(sig) = self.cfg.stop else {
+                    return None;
+                };
+                let name = sig.name();
+                return Some(Input::Hooked(signals.contains(&name)));
+            }
             Ok(Routed::Control(
                 Control::Unknown
                 | Control::Ping { .. }

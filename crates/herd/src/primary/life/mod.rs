@@ -11,6 +11,9 @@
 //! - the **handshake** deadline, while a worker that must say hello has not;
 //! - the **grace** period after a stop or kill request (or a protocol error), then `SIGKILL`;
 //! - the **linger** after a worker asked to stop closed its channel, then the stop signal;
+//! - the **settle** time after a Node worker whose program listens for its stop signal is
+//!   asked to stop, then the stop signal, channel open or not (its servers may hold WebSocket
+//!   or SSE connections, which only its hook ends). The stop signal is sent once;
 //! - the **drain** after exit, for the worker's last frames, then the channel is closed;
 //! - the **output** time after exit, for its last lines, then its pipes are let go;
 //! - with [`Rules::unresponsive`], the **liveness** pings of an online worker and the verdict:
@@ -31,6 +34,8 @@
 //! The worker is done ([`Effect::Exited`]) once it has exited, its channel is closed, its
 //! output is over and no rescue job is out: its events then end with its exit.
 
+#[cfg(test)]
+mod hook_tests;
 pub(crate) mod retire;
 #[cfg(test)]
 mod retire_tests;
@@ -100,6 +105,8 @@ pub(crate) struct Rules {
     pub(crate) unresponsive: Option<Duration>,
     /// What is done with a retiring Node worker's connections.
     pub(crate) rescue: Rescue,
+    /// From a stop request to the stop signal of a worker with a hook for it.
+    pub(crate) settle: Duration,
 }
 
 /// Where a worker is in its life.
@@ -139,6 +146,8 @@ pub(crate) enum Input {
     Retiring,
     /// What the shell found for the rescue.
     Rescue(Outcome),
+    /// Its program listens for its stop signal (`true`) or no longer does.
+    Hooked(bool),
     /// It answered ping `seq`.
     Pong(u64),
     /// It sent something (any frame): it is alive, whatever pings wait.
@@ -209,6 +218,10 @@ pub(crate) struct Life {
     alive: Alive,
     /// Its connections' rescue, once it retires.
     retire: Option<Retire>,
+    /// Its program listens for its stop signal.
+    hooked: bool,
+    /// It was sent its stop signal (once).
+    signalled: bool,
 }
 
 /// The liveness checks of an online worker ([`Rules::unresponsive`]).
@@ -266,6 +279,8 @@ impl Life {
             output_until: None,
             alive: Alive::default(),
             retire: None,
+            hooked: false,
+            signalled: false,
         };
         let mut life = life;
         let effects = if online {
@@ -353,6 +368,12 @@ impl Life {
                 }
                 fx.push(Effect::Online);
             }
+            Input::Hooked(hooked) => {
+                self.hooked = hooked;
+                if self.phase == Phase::Stopping {
+                    self.settle(now);
+                }
+            }
             Input::Pong(seq) => self.pong(seq),
             Input::Heard => self.heard(),
             Input::PingDropped(seq) => self.alive.waiting.retain(|(s, _)| *s != seq),
@@ -426,6 +447,7 @@ impl Life {
         // alive then: see `lost_channel`).
         if self.open && self.rules.node {
             fx.push(Effect::AskNodeDisconnect);
+            self.settle(now);
         } else {
             fx.push(Effect::CloseChannel);
             self.stop_signal(fx);
@@ -451,12 +473,12 @@ impl Life {
         }
         // Either way nothing more can be said to the worker: sends fail from now on.
         fx.push(Effect::CloseChannel);
-        if self.phase == Phase::Stopping {
+        if self.phase == Phase::Stopping && !self.signalled {
             // A worker asked to stop closed its channel (its servers are done). It normally
             // exits a moment later; one that lives on (a timer or a pool keeps it) gets the
             // signal.
-            let linger = (self.rules.grace / 4).min(STOP_LINGER);
-            self.stop_signal_at = Some(now + linger);
+            let linger = now + (self.rules.grace / 4).min(STOP_LINGER);
+            self.stop_signal_at = Some(self.stop_signal_at.map_or(linger, |t| t.min(linger)));
         }
         fx.push(Effect::Disconnected);
     }
@@ -579,10 +601,26 @@ impl Life {
         }
     }
 
-    /// The stop signal, if the cluster has one, to a worker asked to stop.
+    /// A Node worker asked to stop whose program listens for its stop signal gets it a settle
+    /// time after `now`, whether or not it has closed its channel.
+    fn settle(&mut self, now: Instant) {
+        if self.hooked
+            && !self.signalled
+            && self.stop_signal_at.is_none()
+            && matches!(self.rules.stop, StopWith::Signal(_))
+        {
+            self.stop_signal_at = Some(crate::deadline::after(now, self.rules.settle));
+        }
+    }
+
+    /// The stop signal, if the cluster has one, to a worker asked to stop (once: a second
+    /// one would run its hook again).
     fn stop_signal(&mut self, fx: &mut Vec<Effect>) {
         if let StopWith::Signal(sig) = self.rules.stop {
-            self.signal(sig, fx);
+            if !self.signalled && self.exit.is_none() {
+                self.signalled = true;
+                self.signal(sig, fx);
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use super::*;
 
 pub(super) const GRACE: Duration = Duration::from_secs(8);
 pub(super) const HELLO: Duration = Duration::from_secs(5);
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
 pub(super) fn rules(stop: StopWith, node: bool) -> Rules {
     Rules {
@@ -19,6 +20,7 @@ pub(super) fn rules(stop: StopWith, node: bool) -> Rules {
         node,
         unresponsive: None,
         rescue: Rescue::End,
+        settle: SETTLE,
     }
 }
 
