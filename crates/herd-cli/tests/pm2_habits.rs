@@ -29,7 +29,16 @@ fn a_reload_waits_for_each_new_workers_ready_message() {
     let script = app("slow_ready.js");
     let herd = Herd::start(
         "pm2-ready",
-        &["-w", "2", "--ready", "message", "--", "node", &script],
+        &[
+            "-w",
+            "2",
+            "--ready",
+            "message",
+            "--log-messages",
+            "--",
+            "node",
+            &script,
+        ],
     );
     let mut first = vec![instance(&herd), instance(&herd)];
     first.sort();
@@ -64,6 +73,7 @@ fn a_worker_that_never_says_ready_fails_the_reload_and_the_old_ones_stay() {
             "1",
             "--ready",
             "message",
+            "--log-messages",
             "--ready-timeout",
             "0.5",
             "-e",
@@ -85,7 +95,10 @@ fn a_worker_that_never_says_ready_fails_the_reload_and_the_old_ones_stay() {
 #[test]
 fn every_exit_is_restarted_by_default_and_status_shows_the_last_one() {
     let script = app("exits_cleanly.js");
-    let herd = Herd::start("pm2-restart", &["-w", "1", "--", "node", &script]);
+    let herd = Herd::start(
+        "pm2-restart",
+        &["-w", "1", "--log-messages", "--", "node", &script],
+    );
     assert_eq!(instance(&herd), "0");
     assert_eq!(instance(&herd), "0", "restarted into the same slot");
     let s = herd.status_until("a restart recorded", |s| {

@@ -37,6 +37,25 @@ fn serve(name: &str, modules: &str, script: &str, port: u16) -> Herd {
     herd
 }
 
+/// Waits until the workers' SIGTERM hooks have closed `clients` clients in all, and each hook
+/// that ran finished its cleanup. (A worker no client went to exits by Node's own disconnect,
+/// before any signal: it has nothing to close.)
+fn hooks_ran(herd: &Herd, clients: usize) {
+    let (mut closed, mut hooks, mut cleanups) = (0, 0, 0);
+    while closed < clients || cleanups < hooks {
+        let line =
+            herd.stdout_line(|l| l.contains("SIGTERM: closing") || l.ends_with("cleanup done"));
+        if line.ends_with("cleanup done") {
+            cleanups += 1;
+            continue;
+        }
+        hooks += 1;
+        let n = line.rsplit("closing ").next().unwrap();
+        closed += n.trim_end_matches(" clients").parse::<usize>().unwrap();
+    }
+    assert_eq!(closed, clients);
+}
+
 #[test]
 fn a_ws_servers_clients_see_1001_on_stop_and_its_hook_runs() {
     let Some(modules) = npm::modules("a_ws_servers_clients_see_1001_on_stop_and_its_hook_runs")
@@ -55,9 +74,7 @@ fn a_ws_servers_clients_see_1001_on_stop_and_its_hook_runs() {
         r#"codes {"1001":8}"#,
         "every client told the server is going away"
     );
-    for _ in 0..2 {
-        herd.stdout_line(|l| l.ends_with("cleanup done"));
-    }
+    hooks_ran(&herd, 8);
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "stopped by the hook, not the 20 s grace period: {:?}",
@@ -88,9 +105,7 @@ fn a_ws_servers_clients_see_1001_on_reload_and_new_clients_are_served() {
         clients.line(|l| l.starts_with("codes ")),
         r#"codes {"1001":8}"#
     );
-    for _ in 0..2 {
-        herd.stdout_line(|l| l.ends_with("cleanup done"));
-    }
+    hooks_ran(&herd, 8);
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "each worker stopped by its hook: {:?}",
@@ -147,8 +162,89 @@ fn an_sse_stream_ends_cleanly_on_stop_and_the_hook_runs() {
     );
     assert!(stop.join().unwrap().status.success());
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    for _ in 0..2 {
-        herd.stdout_line(|l| l.ends_with("cleanup done"));
-    }
+    // The worker that held the stream ran its hook (the other may have had nothing to end).
+    herd.stdout_line(|l| l.ends_with("SIGTERM: ending 1 streams"));
     common::stop_gracefully_after(herd, 2);
+}
+
+/// `herd run -w 2 --balance BALANCE` of the socket.io server, and 8 polling clients.
+fn socketio_clients(modules: &str, balance: &str) -> (String, String) {
+    let port = free_port();
+    let herd = Herd::start(
+        "socketio",
+        &[
+            "-w",
+            "2",
+            "--balance",
+            balance,
+            "--env",
+            &format!("PORT={port}"),
+            "--env",
+            &format!("NODE_PATH={modules}"),
+            "--",
+            "node",
+            &npm::app("socketio.js"),
+        ],
+    );
+    for _ in 0..2 {
+        herd.stdout_line(|l| l.contains("listening on"));
+    }
+    let clients = Client::start(modules, "sio_clients.js", &[&port.to_string(), "8"]);
+    let pids = clients.line(|l| l.starts_with("pids "));
+    let ok = clients.line(|l| l.starts_with("ok "));
+    common::stop(herd);
+    (ok, pids)
+}
+
+#[test]
+fn socketio_polling_clients_all_connect_under_sticky_balancing() {
+    let Some(modules) = npm::modules("socketio_polling_clients_all_connect_under_sticky_balancing")
+    else {
+        return;
+    };
+    let (ok, pids) = socketio_clients(&modules, "sticky");
+    assert_eq!(ok, "ok 8 of 8", "{pids}");
+}
+
+#[test]
+fn cluster_adapter_broadcasts_reach_clients_on_every_worker_with_relay() {
+    let Some(modules) =
+        npm::modules("cluster_adapter_broadcasts_reach_clients_on_every_worker_with_relay")
+    else {
+        return;
+    };
+    let port = free_port();
+    let herd = Herd::start(
+        "sio-adapter",
+        &[
+            "-w",
+            "2",
+            "--balance",
+            "rr",
+            "--relay",
+            "others",
+            "--env",
+            &format!("PORT={port}"),
+            "--env",
+            &format!("NODE_PATH={modules}"),
+            "--",
+            "node",
+            &npm::app("socketio_adapter.js"),
+        ],
+    );
+    for _ in 0..2 {
+        herd.stdout_line(|l| l.contains("listening on"));
+    }
+    let clients = Client::start(&modules, "sio_broadcast.js", &[&port.to_string(), "6"]);
+    let pids = clients.line(|l| l.starts_with("pids "));
+    let greeted: serde_json::Value = serde_json::from_str(&pids["pids ".len()..]).unwrap();
+    assert_eq!(
+        greeted.as_object().unwrap().len(),
+        2,
+        "clients on both workers: {pids}"
+    );
+    assert_eq!(clients.line(|l| l.starts_with("news ")), "news 36 of 36");
+    let relayed = herd.status().status.relayed;
+    assert!(relayed.0 > 0 && relayed.1 == 0, "{relayed:?}");
+    common::stop(herd);
 }

@@ -22,7 +22,14 @@ fn run_relays_messages_and_stops_gracefully_on_sigint() {
     .unwrap();
     let mut herd = Herd::start(
         "relay",
-        &["-w", "2", "--", "node", script.to_str().unwrap()],
+        &[
+            "-w",
+            "2",
+            "--log-messages",
+            "--",
+            "node",
+            script.to_str().unwrap(),
+        ],
     );
     let mut workers = Vec::new();
     for _ in 0..2 {

@@ -403,3 +403,24 @@ pub(crate) fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel hands over a connection once
+/// its first bytes have arrived (or about `secs` later without them), so that whoever accepts
+/// it can read where the client's first request goes at once (sticky balancing).
+pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, secs: i32) -> io::Result<()> {
+    // SAFETY: as in `set_rcvlowat`: a valid descriptor, an `i32` option value that outlives
+    // the call, its exact size as the length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

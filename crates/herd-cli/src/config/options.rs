@@ -23,7 +23,9 @@ pub struct Options {
     pub listen: Vec<String>,
     /// How connections reach Node workers' servers: `shared` (default: every worker accepts
     /// on the same socket), `rr` (herd accepts and hands each to the next worker, as Node's own
-    /// primary does) or `reuseport` (a socket per worker on the --listen addresses).
+    /// primary does), `sticky` (as rr, every connection of one client to one worker: by its
+    /// socket.io session, else its address; socket.io's polling needs it) or `reuseport` (a
+    /// socket per worker on the --listen addresses).
     #[arg(long)]
     pub balance: Option<BalanceMode>,
     /// Same as `--balance reuseport`: each worker gets a socket of its own on the --listen
@@ -61,6 +63,14 @@ pub struct Options {
     /// Stop workers with PM2's `'shutdown'` message instead of a signal.
     #[arg(long)]
     pub shutdown_message: Option<bool>,
+    /// What herd does with a worker's messages (`process.send`): `off` (default) or `others`
+    /// (each goes on to every other worker, as an app's primary that forwards them does:
+    /// `@socket.io/cluster-adapter`'s broadcasts then reach every worker).
+    #[arg(long)]
+    pub relay: Option<RelayMode>,
+    /// Print each worker message (`process.send`) on herd's stdout as a JSON line.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub log_messages: Option<bool>,
     /// Channel codec: `json` (Node's format, any language; default) or `binary` (herd's Rust
     /// workers).
     #[arg(long)]
@@ -99,6 +109,9 @@ pub enum BalanceMode {
     Shared,
     /// A socket per worker on the --listen addresses (SO_REUSEPORT).
     Reuseport,
+    /// As `rr`, but every connection of one client goes to one worker: by the socket.io
+    /// session its first request names, else by the client's address.
+    Sticky,
 }
 
 /// `--rescue`: what is done with a retiring Node worker's connections.
@@ -112,6 +125,16 @@ pub enum RescueMode {
     Hold,
     /// Nothing: Node's own `server.close()`.
     Off,
+}
+
+/// `--relay`: what is done with a worker's messages.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Reported only (printed with --log-messages).
+    Off,
+    /// Relayed to every other worker.
+    Others,
 }
 
 /// `--codec`: the channel's format.

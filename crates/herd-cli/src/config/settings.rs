@@ -48,6 +48,10 @@ pub struct Settings {
     pub name: String,
     pub control: PathBuf,
     pub json_logs: bool,
+    /// `--relay`: worker messages go on to the other workers.
+    pub relay: herd::service::Relay,
+    /// `--log-messages`: worker messages are printed.
+    pub log_messages: bool,
     pub env: BTreeMap<String, String>,
     pub restart_mode: Restart,
     pub backoff_min: Duration,
@@ -128,12 +132,18 @@ pub fn settings(o: Options) -> Result<Settings> {
         .iter()
         .map(|a| a.parse::<ListenAddr>().map_err(|e| bad("listen", e)))
         .collect::<Result<Vec<_>>>()?;
-    use super::options::{BalanceMode, CodecName, LogFormat, RescueMode};
+    use super::options::{BalanceMode, CodecName, LogFormat, RelayMode, RescueMode};
+    let relay = match o.relay {
+        None | Some(RelayMode::Off) => herd::service::Relay::Off,
+        Some(RelayMode::Others) => herd::service::Relay::Others,
+    };
+    let log_messages = o.log_messages.unwrap_or(false);
     let (balance, reuseport) = match (o.balance, o.reuseport) {
         (Some(BalanceMode::Rr), None | Some(false)) => (herd::Balance::RoundRobin, false),
+        (Some(BalanceMode::Sticky), None | Some(false)) => (herd::Balance::Sticky, false),
         (None | Some(BalanceMode::Shared), None | Some(false)) => (herd::Balance::Shared, false),
         (Some(BalanceMode::Reuseport), _) | (None, Some(true)) => (herd::Balance::Shared, true),
-        (Some(BalanceMode::Rr | BalanceMode::Shared), Some(true)) => {
+        (Some(BalanceMode::Rr | BalanceMode::Shared | BalanceMode::Sticky), Some(true)) => {
             return Err(bad(
                 "reuseport",
                 "is --balance reuseport, which contradicts the --balance given",
@@ -296,6 +306,8 @@ pub fn settings(o: Options) -> Result<Settings> {
         name,
         control,
         json_logs,
+        relay,
+        log_messages,
         env,
         restart_mode,
         backoff_min,

@@ -292,6 +292,7 @@ mod tests {
                 restarting: vec![(1, 0.4)],
                 failed: vec![],
                 reloading: false,
+                relayed: (0, 0),
                 reloads: 2,
                 output_dropped: 0,
                 events_dropped: 0,

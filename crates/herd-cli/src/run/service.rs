@@ -48,6 +48,7 @@ fn config(s: &Settings, reuseport: Vec<ListenAddr>) -> ServiceConfig {
     config.reload_batch = s.reload_batch;
     config.reuseport = reuseport;
     config.reuseport_fd = super::listen::FIRST_FD;
+    config.relay = s.relay;
     config
 }
 
@@ -79,13 +80,13 @@ pub(super) async fn supervise(
                 // The last lines may still be queued (the queue closes after them).
                 let rest = async {
                     while let Some(ev) = events.recv().await {
-                        print(&mut printer, ev);
+                        print(&mut printer, ev, s.log_messages);
                     }
                 };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rest).await;
                 return exit(outcome.or_fail(|| "the service task failed".into())?);
             }
-            Some(ev) = events.recv() => print(&mut printer, ev),
+            Some(ev) = events.recv() => print(&mut printer, ev, s.log_messages),
             Some(call) = calls.recv() => {
                 tokio::spawn(answer(handle.clone(), call, extras.clone()));
             }
@@ -126,16 +127,16 @@ fn exit(outcome: Outcome) -> Result<Exit> {
     }
 }
 
-/// Prints a worker's output and messages; answers its requests with an error (`herd run` serves
-/// none); the service logs lifecycle and supervision events itself.
-fn print(printer: &mut Printer, ev: ServiceEvent) {
+/// Prints a worker's output, and its messages with `--log-messages`; answers its requests with
+/// an error (`herd run` serves none); the service logs lifecycle and supervision events itself.
+fn print(printer: &mut Printer, ev: ServiceEvent, messages: bool) {
     match ev {
         ServiceEvent::Worker(Event::Output {
             worker,
             stream,
             line,
         }) => printer.line(worker, stream, &line),
-        ServiceEvent::Worker(Event::Message { worker, message }) => {
+        ServiceEvent::Worker(Event::Message { worker, message }) if messages => {
             let message = message.json().unwrap_or_else(|_| {
                 serde_json::Value::String(format!("<{} bytes>", message.bytes().len()))
             });

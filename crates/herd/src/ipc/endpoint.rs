@@ -272,6 +272,11 @@ impl Peer {
         self.send_soon_or(frame, || {});
     }
 
+    /// Queues a frame if the queue has room now; whether it did (nothing waits for room).
+    pub(crate) fn try_send(&self, frame: Frame) -> bool {
+        matches!(self.shared.tx.try_send(frame), Ok(None))
+    }
+
     /// [`Peer::send_soon`], calling `unsent` if the frame is dropped without being queued (a
     /// sender of descriptors gives its gate back that way).
     pub(crate) fn send_soon_or(&self, frame: Frame, unsent: impl FnOnce() + Send + 'static) {

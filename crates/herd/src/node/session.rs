@@ -305,7 +305,7 @@ impl Session {
                 send(peer, cluster::error_answer(&key, q.seq, seq, errno));
                 return;
             }
-            if self.balancer.mode() == Balance::RoundRobin {
+            if self.balancer.mode().herd_accepts() {
                 let sockname = match listen::local_addr(&lent.fd) {
                     Ok(ListenAddr::Tcp(addr)) => Some(cluster::sockname(addr)),
                     _ => None,

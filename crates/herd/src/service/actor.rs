@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::state::{Cmd, Effect, Input, Machine, Reply, Role, Token};
 use super::status::{self, Dropped, Status};
-use super::{Outcome, Readiness, ServiceConfig, ServiceError, ServiceEvent};
+use super::{Outcome, Readiness, Relay, ServiceConfig, ServiceError, ServiceEvent};
 use crate::{Cluster, Event, ForkOptions, Signal, WorkerHandle, WorkerId};
 
 /// Lifecycle events kept for a slow reader before the oldest are dropped.
@@ -250,6 +250,28 @@ impl Actor {
         }
     }
 
+    /// `from`'s message, to every other worker (queued if there is room now, never awaited).
+    fn relay(&mut self, from: WorkerId, message: &crate::Message) {
+        if !message.fds().is_empty() {
+            return;
+        }
+        for (id, h) in &self.handles {
+            if *id == from {
+                continue;
+            }
+            let frame = herd_wire::Frame::new(
+                herd_wire::Kind::Message,
+                message.format(),
+                message.bytes().clone(),
+            );
+            if h.peer().try_send(frame) {
+                self.dropped.relayed.0 += 1;
+            } else {
+                self.dropped.relayed.1 += 1;
+            }
+        }
+    }
+
     async fn on_event(&mut self, ev: Event) {
         let input = match &ev {
             Event::Online { worker } => Some(Input::Online(*worker)),
@@ -258,10 +280,15 @@ impl Actor {
                 worker: *worker,
                 address: address.clone(),
             }),
-            Event::Message { worker, message } => Some(Input::Message {
-                worker: *worker,
-                ready: self.config.readiness == Readiness::Message && is_ready_message(message),
-            }),
+            Event::Message { worker, message } => {
+                if self.config.relay == Relay::Others {
+                    self.relay(*worker, message);
+                }
+                Some(Input::Message {
+                    worker: *worker,
+                    ready: self.config.readiness == Readiness::Message && is_ready_message(message),
+                })
+            }
             Event::Exit { worker, status } => {
                 self.handles.remove(worker);
                 Some(Input::Exited {

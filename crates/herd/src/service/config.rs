@@ -140,6 +140,26 @@ pub struct ServiceConfig {
     /// Capacity of the service's event queue (default 1024; see [`super::ServiceEvent`] for
     /// what happens when it is full).
     pub event_capacity: usize,
+    /// What is done with a message a worker sends the primary (Node's `process.send`) besides
+    /// reporting it (default: nothing more).
+    pub relay: Relay,
+}
+
+/// What the service does with a worker's messages besides reporting them
+/// ([`ServiceConfig::relay`], `herd run --relay`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Relay {
+    /// Nothing more.
+    #[default]
+    Off,
+    /// Each message goes on to every other running worker as it came (Node's `message` event
+    /// there), as an app's primary that forwards its workers' messages does: what
+    /// `@socket.io/cluster-adapter`'s `setupPrimary` does, so that its broadcasts reach every
+    /// worker with no primary code (responses meant for one worker reach the others too, which
+    /// ignore them). A message with descriptors is not relayed; a worker whose queue is full
+    /// misses it (never waited for; counted in `relay_dropped`).
+    Others,
 }
 
 impl Default for ServiceConfig {
@@ -153,6 +173,7 @@ impl Default for ServiceConfig {
             reuseport: Vec::new(),
             reuseport_fd: 3,
             event_capacity: 1024,
+            relay: Relay::Off,
         }
     }
 }

@@ -54,7 +54,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{Cluster, ClusterBuilder, Error, Event, ExitStatus, WorkerHandle, WorkerId};
 
-pub use config::{Readiness, Restart, RestartPolicy, ServiceConfig};
+pub use config::{Readiness, Relay, Restart, RestartPolicy, ServiceConfig};
 pub use status::{Status, WorkerStatus};
 
 /// What the service reports: everything the cluster reports, plus its own decisions.

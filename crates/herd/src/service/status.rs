@@ -62,6 +62,10 @@ pub struct Status {
     /// service's events was far behind (see [`super::ServiceEvent`]).
     #[serde(default)]
     pub events_dropped: u64,
+    /// Worker messages relayed to other workers ([`super::Relay::Others`]), and those a
+    /// worker missed because its queue was full.
+    #[serde(default)]
+    pub relayed: (u64, u64),
 }
 
 /// Counters the actor keeps besides the machine.
@@ -69,6 +73,8 @@ pub struct Status {
 pub(crate) struct Dropped {
     pub(crate) output: u64,
     pub(crate) events: u64,
+    /// Messages relayed, and missed by a worker whose queue was full.
+    pub(crate) relayed: (u64, u64),
 }
 
 /// The status at `now`, without memory figures; `process` gives a worker's process id and its
@@ -140,6 +146,7 @@ pub(crate) fn build(
         reloads: m.reloads,
         output_dropped: dropped.output,
         events_dropped: dropped.events,
+        relayed: dropped.relayed,
     }
 }
 

@@ -31,6 +31,7 @@ use super::handle_channel::HandleChannel;
 use super::handles::MAX_KEYS;
 use crate::ids::WorkerId;
 use crate::listen::{self, ListenAddr};
+use sticky::{Affinity, Sessions};
 
 /// How the primary spreads connections over Node workers that listen on the same address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +49,19 @@ pub enum Balance {
     /// handed on in either mode.
     #[default]
     Shared,
+    /// As [`Balance::RoundRobin`], but every connection from one client goes to one worker:
+    /// by the socket.io / engine.io session its first request names (`sid=`), else by the
+    /// client's address (`node/balance/sticky.rs`). socket.io's polling transport then works
+    /// with no code in the app's primary (`@socket.io/sticky`'s `setupMaster`, which herd
+    /// does not run).
+    Sticky,
+}
+
+impl Balance {
+    /// herd accepts the connections and hands them out (round-robin or sticky).
+    pub(crate) fn herd_accepts(self) -> bool {
+        matches!(self, Balance::RoundRobin | Balance::Sticky)
+    }
 }
 
 /// Connections a worker may have been sent and not yet answered.
@@ -82,11 +96,14 @@ struct Conn {
     refused_since: Option<Instant>,
     /// When herd took it.
     since: Instant,
+    /// Where it belongs (sticky balancing).
+    affinity: Option<Affinity>,
 }
 
 impl Conn {
-    fn new(fd: OwnedFd, tried: Vec<WorkerId>) -> Conn {
+    fn new(fd: OwnedFd, tried: Vec<WorkerId>, sticky: bool) -> Conn {
         Conn {
+            affinity: sticky.then(|| sticky::affinity(&fd)),
             fd,
             tried,
             refused_since: None,
@@ -120,6 +137,8 @@ struct PoolState {
     waiting: VecDeque<Conn>,
     /// A task offers the waiting connections again shortly.
     retry_planned: bool,
+    /// Which worker holds each session seen (sticky balancing).
+    sessions: Sessions,
 }
 
 /// The workers listening on one key.
@@ -127,6 +146,8 @@ struct Pool {
     key: String,
     /// Where the pool's socket listens (what a retiring worker's connections are matched to).
     local: Option<ListenAddr>,
+    /// Connections go by [`Affinity`] ([`Balance::Sticky`]).
+    sticky: bool,
     state: Mutex<PoolState>,
     /// A worker got room, or joined.
     room: Notify,
@@ -184,13 +205,18 @@ impl Balancer {
                     let pool = Arc::new(Pool {
                         key: key.to_string(),
                         local: listen::local_addr(listener).ok(),
+                        sticky: self.mode == Balance::Sticky,
                         state: Mutex::default(),
                         room: Notify::new(),
                         closed: AtomicBool::new(false),
                         shut: Notify::new(),
                         seq: self.seq.clone(),
                     });
-                    if self.mode == Balance::RoundRobin {
+                    if self.mode.herd_accepts() {
+                        if self.mode == Balance::Sticky {
+                            // The first request is there when herd accepts (TCP only).
+                            let _ = crate::sys::set_defer_accept(listener.as_fd(), 1);
+                        }
                         let copy = listener.try_clone().map_err(|_| uv::EMFILE)?;
                         let fd = crate::sys::watch(copy, tokio::io::Interest::READABLE)
                             .map_err(|_| uv::EINVAL)?;
@@ -343,6 +369,7 @@ impl Balancer {
                 continue;
             };
             let m = st.members.remove(at);
+            st.sessions.forget(worker);
             if st.next > at {
                 st.next -= 1;
             }
@@ -366,7 +393,8 @@ impl Balancer {
         let Ok(mut st) = pool.state.lock() else {
             return;
         };
-        pool.place_or_queue(&mut st, Conn::new(fd, vec![from]));
+        let sticky = pool.sticky;
+        pool.place_or_queue(&mut st, Conn::new(fd, vec![from], sticky));
     }
 }
 
@@ -384,29 +412,81 @@ impl Pool {
     /// Sends `conn` to the next worker with room that has not refused it; hands it back when
     /// none can take it now.
     fn place(&self, st: &mut PoolState, conn: Conn) -> Option<Conn> {
+        if conn.affinity.is_some() {
+            return self.place_sticky(st, conn);
+        }
         let n = st.members.len();
+        let mut conn = conn;
         for i in 0..n {
             let at = (st.next + i) % n;
             let m = &mut st.members[at];
             if !m.has_room() || conn.tried.contains(&m.worker) {
                 continue;
             }
-            let Ok(copy) = conn.fd.try_clone() else {
-                // Out of descriptors for a moment: it waits, and is offered again.
-                tracing::warn!("cannot duplicate a connection for a Node worker (EMFILE?)");
-                return Some(conn);
-            };
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            let line = cluster::newconn(&self.key, seq);
-            let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![copy]);
-            if m.chan.send_handle_soon(frame).is_err() {
-                continue;
+            match self.send(m, conn) {
+                Sent::Yes => {
+                    st.next = at + 1;
+                    return None;
+                }
+                Sent::NoDescriptor(c) => return Some(c),
+                Sent::Refused(c) => conn = c,
             }
-            m.in_flight.insert(seq, conn);
-            st.next = at + 1;
-            return None;
         }
         Some(conn)
+    }
+
+    /// A sticky connection to its session's worker, else its address's, of those listening
+    /// that have not refused it; it waits while that worker has no room.
+    fn place_sticky(&self, st: &mut PoolState, conn: Conn) -> Option<Conn> {
+        let Some(aff) = &conn.affinity else {
+            return Some(conn);
+        };
+        let takes = |m: &Member| m.open && !conn.tried.contains(&m.worker);
+        let session = aff
+            .sid
+            .as_deref()
+            .and_then(|sid| st.sessions.owner(sid))
+            .filter(|w| st.members.iter().any(|m| m.worker == *w && takes(m)));
+        let by_addr = || {
+            let listening = st.members.iter().filter(|m| takes(m));
+            sticky::rendezvous(aff.addr, listening.map(|m| m.worker))
+        };
+        let Some(target) = session.or_else(by_addr) else {
+            return Some(conn);
+        };
+        let sid = aff.sid.clone();
+        let Some(m) = st.members.iter_mut().find(|m| m.worker == target) else {
+            return Some(conn);
+        };
+        if !m.has_room() {
+            return Some(conn);
+        }
+        match self.send(m, conn) {
+            Sent::Yes => {
+                if let Some(sid) = sid {
+                    st.sessions.learn(&sid, target);
+                }
+                None
+            }
+            Sent::NoDescriptor(c) | Sent::Refused(c) => Some(c),
+        }
+    }
+
+    /// Sends `conn` to `m` (Node's `newconn`, a copy of the descriptor on the line).
+    fn send(&self, m: &mut Member, conn: Conn) -> Sent {
+        let Ok(copy) = conn.fd.try_clone() else {
+            // Out of descriptors for a moment: it waits, and is offered again.
+            tracing::warn!("cannot duplicate a connection for a Node worker (EMFILE?)");
+            return Sent::NoDescriptor(conn);
+        };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let line = cluster::newconn(&self.key, seq);
+        let frame = Frame::new(Kind::Node, Format::Json, line).with_fds(vec![copy]);
+        if m.chan.send_handle_soon(frame).is_err() {
+            return Sent::Refused(conn);
+        }
+        m.in_flight.insert(seq, conn);
+        Sent::Yes
     }
 
     /// [`Pool::place`], else the connection waits. One that every listening worker refused
@@ -505,7 +585,8 @@ impl Pool {
         let Ok(mut st) = self.state.lock() else {
             return false;
         };
-        self.place_or_queue(&mut st, Conn::new(fd, Vec::new()));
+        let sticky = self.sticky;
+        self.place_or_queue(&mut st, Conn::new(fd, Vec::new(), sticky));
         st.waiting.is_empty() && st.members.iter().any(Member::has_room)
     }
 }
@@ -569,5 +650,15 @@ async fn accept_loop(pool: Arc<Pool>, listener: AsyncFd<OwnedFd>) {
     }
 }
 
+/// What [`Pool::send`] did with a connection.
+enum Sent {
+    Yes,
+    /// No descriptor to copy it into: it waits.
+    NoDescriptor(Conn),
+    /// The worker's channel would not take it.
+    Refused(Conn),
+}
+
+mod sticky;
 #[cfg(test)]
 mod tests;
