@@ -110,9 +110,23 @@ function formatAddress(address) {
   return String(address);
 }
 
+// Whether this process's own channel is herd's: herd names itself to its workers
+// (HERD_PRIMARY_PID); Node's cluster, PM2 and other managers give a channel too, whose primary
+// would never answer herd's requests. (A worker started through a wrapper, such as `sh -c`,
+// whose parent is not herd keeps the channel herd gave it.)
+function herdChannel() {
+  return typeof process.send === 'function' && /^[1-9][0-9]*$/.test(process.env.HERD_PRIMARY_PID || '');
+}
+
 function connect(target) {
   if (!target || typeof target.send !== 'function' || typeof target.on !== 'function') {
     throw herdError('herd.js: no IPC channel (start this program from a herd primary)', 'HERD_NO_CHANNEL');
+  }
+  if (target === process && !herdChannel()) {
+    throw herdError(
+      'herd.js: this process has a channel, but not herd\'s (HERD_PRIMARY_PID is not set: Node\'s cluster, PM2 or another manager started it); start it with `herd run`',
+      'HERD_NO_CHANNEL',
+    );
   }
   if (target[INSTANCE]) return target[INSTANCE];
 
@@ -497,4 +511,4 @@ module.exports = {
 
 // Start listening at once when this process has a channel, so no request sent right after the
 // fork is missed (Node emits internal messages even when nobody listens).
-if (typeof process.send === 'function') defaultInstance();
+if (herdChannel()) defaultInstance();

@@ -5,12 +5,20 @@ import herd from './herd.js';
 export default herd;
 export const { request, onRequest, ready, listening, connect } = herd;
 
-// herd.cache is made on first use and throws outside herd (no IPC channel): under herd it is
-// exported as itself, elsewhere as a stand-in whose calls fail as herd.cache would.
+// herd.cache is made on first use and throws outside herd (no channel, or another manager's):
+// under herd it is exported as itself, elsewhere as a stand-in whose calls fail as herd.cache
+// would.
 const lazy = (name) => (...args) => herd.cache[name](...args);
+const underHerd = (() => {
+  try {
+    return herd.cache;
+  } catch {
+    return null;
+  }
+})();
 export const cache =
-  typeof process.send === 'function'
-    ? herd.cache
+  underHerd !== null
+    ? underHerd
     : Object.freeze({
         get: lazy('get'),
         json: lazy('json'),
