@@ -423,3 +423,35 @@ fn a_taken_port_gives_the_worker_nodes_usual_error() {
     );
     assert_eq!(herd.wait(), Some(1), "the worker failed");
 }
+
+#[test]
+fn a_worker_whose_listen_failed_silently_shows_in_status_and_the_log() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let herd = Herd::start(
+        "node-port-swallowed",
+        &[
+            "-w",
+            "2",
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("port_taken_swallowed.js"),
+        ],
+    );
+    let log = herd.stderr_line(|l| l.contains("cannot listen"));
+    assert!(log.contains(&format!("127.0.0.1:{port}")), "{log}");
+    let s = herd.status_until("both with the error", |s| {
+        s.status.workers.iter().filter(|w| w.listen_error.is_some()).count() == 2
+    });
+    let why = s.status.workers[0].listen_error.clone().unwrap();
+    assert!(
+        why.starts_with(&format!("listen on 127.0.0.1:{port}: ")) && why.contains("in use"),
+        "{why}"
+    );
+    let text = String::from_utf8_lossy(&herd.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("0 running, 2 running but cannot listen"), "{text}");
+    assert!(text.contains("no-listen"), "{text}");
+    common::stop(herd);
+}

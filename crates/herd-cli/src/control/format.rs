@@ -21,11 +21,20 @@ fn uptime(s: f64) -> String {
 pub fn format_status(report: &Report) -> String {
     let s = &report.status;
     let mut out = String::new();
+    let deaf = s
+        .workers
+        .iter()
+        .filter(|w| w.state == "running" && w.listen_error.is_some())
+        .count();
     out.push_str(&format!(
-        "herd (pid {}): {} workers wanted, {} running{}; {} reloads\n",
+        "herd (pid {}): {} workers wanted, {} running{}{}; {} reloads\n",
         report.pid,
         s.wanted,
-        s.workers.iter().filter(|w| w.state == "running").count(),
+        s.workers.iter().filter(|w| w.state == "running").count() - deaf,
+        match deaf {
+            0 => String::new(),
+            n => format!(", {n} running but cannot listen"),
+        },
         if s.reloading { ", reloading" } else { "" },
         s.reloads,
     ));
@@ -50,7 +59,11 @@ pub fn format_status(report: &Report) -> String {
             &format!("w{}", w.worker),
             &w.slot.map_or("-".into(), |s| s.to_string()),
             &w.pid.to_string(),
-            &w.state,
+            if w.listen_error.is_some() && w.state == "running" {
+                "no-listen"
+            } else {
+                &w.state
+            },
             &uptime(w.uptime_s),
             &match w.unresponsive {
                 0 => w.restarts.to_string(),
@@ -72,6 +85,11 @@ pub fn format_status(report: &Report) -> String {
                 "one socket shared by every worker"
             }
         ));
+    }
+    for w in &s.workers {
+        if let Some(why) = &w.listen_error {
+            out.push_str(&format!("w{}: cannot listen: {why}\n", w.worker));
+        }
     }
     for (slot, wait) in &s.restarting {
         out.push_str(&format!("slot {slot}: restarting in {wait:.1}s\n"));

@@ -288,6 +288,7 @@ mod tests {
                     messages: 7,
                     internal_dropped: 0,
                     last_exit: Some("exit code 1".into()),
+                    listen_error: None,
                 }],
                 restarting: vec![(1, 0.4)],
                 failed: vec![],

@@ -71,6 +71,9 @@ pub(crate) enum NodeEvent {
     /// A message the worker sent with a handle (`process.send(msg, handle)`): `msg` as a
     /// json [`Kind::Message`] frame holding the descriptor.
     Message(Frame),
+    /// A server of the worker's could not listen (herd answered its `queryServer` with this
+    /// error, which the program may swallow).
+    ListenFailed(String),
 }
 
 /// One Node worker's side of the cluster protocol.
@@ -152,7 +155,7 @@ impl Session {
             FromWorker::Accepted { ack, accepted } => {
                 self.balancer.answered(self.worker, ack, accepted)
             }
-            FromWorker::Query(q) => self.answer(&q, peer),
+            FromWorker::Query(q) => return Ok(self.answer(&q, peer).map(NodeEvent::ListenFailed)),
             FromWorker::Listening(q) => return Ok(Some(NodeEvent::Listening(self.listening(&q)))),
             FromWorker::ExitedAfterDisconnect { seq } => {
                 self.disconnecting = true;
@@ -261,7 +264,8 @@ impl Session {
         self.chan.close();
     }
 
-    fn answer(&mut self, q: &Query, peer: &Peer) {
+    /// Answers a `queryServer`; what went wrong, if its answer is an error.
+    fn answer(&mut self, q: &Query, peer: &Peer) -> Option<String> {
         let key = q.key();
         let lent = match q.target() {
             // `listen(handle)` on a socket herd sent: it is that one (a Unix socket's asks by
@@ -288,7 +292,7 @@ impl Session {
             Ok(lent) => lent,
             Err(errno) => {
                 send(peer, cluster::error_answer(&key, q.seq, seq, errno));
-                return;
+                return Some(listen_error(q, errno));
             }
         };
         let portless = q.portless_key();
@@ -303,7 +307,7 @@ impl Session {
         if !lent.udp && !q.is_listen_on_handle() {
             if let Err(errno) = self.balancer.join(&key, &lent.fd, self.worker, &self.chan) {
                 send(peer, cluster::error_answer(&key, q.seq, seq, errno));
-                return;
+                return Some(listen_error(q, errno));
             }
             if self.balancer.mode().herd_accepts() {
                 let sockname = match listen::local_addr(&lent.fd) {
@@ -314,7 +318,7 @@ impl Session {
                     peer,
                     cluster::round_robin_answer(&key, q.seq, seq, sockname),
                 );
-                return;
+                return None;
             }
         }
         let line = cluster::handle_answer(&key, q.seq, seq, lent.udp);
@@ -325,7 +329,9 @@ impl Session {
                 "a Node worker asked for too many sockets at once; refused with EAGAIN"
             );
             send(peer, cluster::error_answer(&key, q.seq, seq, uv::EAGAIN));
+            return Some(listen_error(q, uv::EAGAIN));
         }
+        None
     }
 
     /// A copy of the listening socket last sent to the worker.
@@ -423,4 +429,18 @@ pub(crate) fn from_node_primary(
 
 fn send(peer: &Peer, line: Bytes) {
     peer.send_soon(Frame::new(Kind::Node, Format::Json, line));
+}
+
+/// What a failed `queryServer` was for and why: `listen on 127.0.0.1:3000: Address in use`.
+fn listen_error(q: &Query, errno: i64) -> String {
+    let show = |v: &Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    };
+    let why = i32::try_from(-errno).map_or_else(
+        |_| format!("error {errno}"),
+        |e| std::io::Error::from_raw_os_error(e).to_string(),
+    );
+    format!("listen on {}:{}: {why}", show(&q.address), show(&q.port))
 }

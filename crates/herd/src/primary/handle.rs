@@ -33,6 +33,8 @@ pub(super) struct WorkerShared {
     /// Node's own internal messages (`NODE_*` other than herd's and the cluster messages herd
     /// answers) the worker sent, dropped.
     pub(super) dropped_internal: AtomicU64,
+    /// The last error a server of a Node worker got for its `listen` from herd.
+    pub(super) listen_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A handle on one worker: send to it, disconnect it, kill it. Cheap to clone; dropping it does
@@ -111,6 +113,13 @@ impl WorkerHandle {
     /// Node's primary; Node json codec only).
     pub fn dropped_internal(&self) -> u64 {
         self.inner.dropped_internal.load(Ordering::Relaxed)
+    }
+
+    /// The last error a server of this Node worker got when it tried to listen (herd could
+    /// not bind its address: `listen on 127.0.0.1:3000: Address in use`), if any. Programs
+    /// may swallow it (Express 5 does); `herd status` shows it.
+    pub fn listen_error(&self) -> Option<String> {
+        self.inner.listen_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Closes the worker's channel after everything already queued to it; the worker reads

@@ -202,6 +202,7 @@ pub(super) async fn fork(
         exit: exit_rx.clone(),
         grace: cfg.grace,
         dropped_internal: AtomicU64::new(0),
+        listen_error: std::sync::Mutex::new(None),
     });
     let node = handles
         .clone()

@@ -456,6 +456,12 @@ impl Supervisor {
                 worker: self.id,
                 message: Message::from_frame(frame),
             }),
+            Ok(Some(NodeEvent::ListenFailed(why))) => {
+                tracing::warn!(worker = %self.id, "a Node worker's server cannot listen: {why}");
+                if let Ok(mut last) = self.shared.listen_error.lock() {
+                    *last = Some(why);
+                }
+            }
             Ok(None) => {}
             Err(e) => return Some(Input::ChannelEnded(Some(Error::Protocol(e.to_string())))),
         }

@@ -362,7 +362,9 @@ impl Actor {
                 let process = |id| {
                     handles
                         .get(&id)
-                        .map_or((0, 0), |h| (h.pid(), h.dropped_internal()))
+                        .map_or((0, 0, None), |h| {
+                            (h.pid(), h.dropped_internal(), h.listen_error())
+                        })
                 };
                 let mut s = status::build(&self.machine, Instant::now(), process, self.dropped);
                 tokio::spawn(async move {

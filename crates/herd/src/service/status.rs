@@ -38,6 +38,10 @@ pub struct WorkerStatus {
     /// How its slot's previous worker ended (`exit code 1`, `signal 9 (KILL)`), if one did.
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// The last error one of its servers got trying to listen (a Node worker whose address
+    /// herd could not bind), if any: a worker shown running that serves nothing.
+    #[serde(default)]
+    pub listen_error: Option<String>,
 }
 
 /// The whole service, as `herd status` shows it.
@@ -82,7 +86,7 @@ pub(crate) struct Dropped {
 pub(crate) fn build(
     m: &Machine,
     now: Instant,
-    process: impl Fn(WorkerId) -> (u32, u64),
+    process: impl Fn(WorkerId) -> (u32, u64, Option<String>),
     dropped: Dropped,
 ) -> Status {
     let mut workers: Vec<WorkerStatus> = m
@@ -95,7 +99,7 @@ pub(crate) fn build(
                 Role::Candidate => "starting",
                 Role::Retiring => "retiring",
             };
-            let (pid, internal_dropped) = process(*id);
+            let (pid, internal_dropped, listen_error) = process(*id);
             WorkerStatus {
                 slot: w.slot,
                 worker: *id,
@@ -114,6 +118,7 @@ pub(crate) fn build(
                 pss: 0,
                 messages: w.messages,
                 internal_dropped,
+                listen_error,
                 last_exit: w
                     .slot
                     .and_then(|s| m.slots.get(s))
