@@ -46,6 +46,14 @@ pub(crate) enum Control {
         /// Their names (`SIGTERM`, `SIGINT`...).
         signals: Vec<String>,
     },
+    /// A Node worker (herd's preload): its program's entry file has code for Node's cluster
+    /// primary (`cluster.isPrimary`, `setupMaster`...), which never runs under herd.
+    PrimaryCode {
+        /// The file, and what was found in it.
+        file: String,
+        /// What was found (`cluster.isPrimary`...).
+        found: String,
+    },
     /// A notice this version does not know (a newer peer during a rolling reload).
     #[serde(other)]
     Unknown,

@@ -27,6 +27,9 @@ use std::path::PathBuf;
 /// and `removeListener` on `process`, reported once per turn of the loop when the set
 /// changes): a worker with a hook gets its stop signal a settle time after a stop even while
 /// its servers still hold connections (a WebSocket, an SSE stream), so that the hook runs.
+/// And it reads the program's entry file (its first MiB) once for code of Node's cluster
+/// primary (`cluster.isPrimary`, `setupMaster(`...), which never runs under herd, so that herd
+/// can say so at start instead of leaving it silently dead.
 const SCRIPT: &str = r#"'use strict';
 // herd: answers the primary's liveness pings from the event loop, and tells it which stop
 // signals the program listens for (see herd's node/preload.rs).
@@ -54,6 +57,25 @@ const SCRIPT: &str = r#"'use strict';
     due = true;
     setImmediate(tell).unref();
   };
+  // The entry file's code for Node's cluster primary never runs under herd: say so once.
+  setImmediate(() => {
+    const file = (require.main && require.main.filename) || process.argv[1];
+    if (typeof file !== 'string') return;
+    let text = '';
+    try {
+      const fd = require('fs').openSync(file, 'r');
+      try {
+        const buf = Buffer.alloc(1 << 20);
+        text = buf.toString('utf8', 0, require('fs').readSync(fd, buf, 0, buf.length, 0));
+      } finally {
+        require('fs').closeSync(fd);
+      }
+    } catch (_) {
+      return;
+    }
+    const found = text.match(/\bcluster\.(isPrimary|isMaster)\b|\b(setupMaster|setupPrimary)\s*\(/);
+    if (found) send({ type: 'primary_code', file, found: found[0] });
+  }).unref();
   process.on('newListener', changed);
   process.on('removeListener', changed);
   process.on('internalMessage', (m) => {

@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) balancer: Arc<Balancer>,
     /// What is done with a retiring worker's connections.
     pub(crate) rescue: Rescue,
+    /// The program's own cluster-primary code was reported (warned about once).
+    pub(crate) primary_code_seen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -40,6 +42,7 @@ impl Shared {
             table: Arc::default(),
             balancer: Arc::new(Balancer::new(balance)),
             rescue,
+            primary_code_seen: Arc::default(),
         }
     }
 }

@@ -421,6 +421,21 @@ impl Supervisor {
             }
             Ok(Routed::Control(Control::Ready)) => self.emit(Event::Ready { worker: id }),
             Ok(Routed::Control(Control::Pong { seq })) => return Some(Input::Pong(seq)),
+            Ok(Routed::Control(Control::PrimaryCode { file, found })) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                if !self.cfg.node.primary_code_seen.swap(true, Relaxed) {
+                    let cut = |s: String| s.chars().take(256).collect::<String>();
+                    let (file, found) = (cut(file), cut(found));
+                    tracing::warn!(
+                        "{file:?} has code for Node's cluster primary ({found:?}); under herd every \
+                         process is a worker and herd is the primary, so that code never runs. \
+                         herd does what such code usually does: --balance sticky (for \
+                         @socket.io/sticky's setupMaster), --relay others (for \
+                         @socket.io/cluster-adapter's setupPrimary); run jobs meant for one \
+                         process where HERD_WORKER_SLOT is 0"
+                    );
+                }
+            }
             Ok(Routed::Control(Control::Hooks { signals })) => {
                 let StopBy::Signal(sig) = self.cfg.stop else {
                     return None;

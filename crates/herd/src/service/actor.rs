@@ -360,11 +360,9 @@ impl Actor {
             Call::Status(tx) => {
                 let handles = &self.handles;
                 let process = |id| {
-                    handles
-                        .get(&id)
-                        .map_or((0, 0, None), |h| {
-                            (h.pid(), h.dropped_internal(), h.listen_error())
-                        })
+                    handles.get(&id).map_or((0, 0, None), |h| {
+                        (h.pid(), h.dropped_internal(), h.listen_error())
+                    })
                 };
                 let mut s = status::build(&self.machine, Instant::now(), process, self.dropped);
                 tokio::spawn(async move {

@@ -114,7 +114,7 @@ fn a_candidate_that_misses_its_ready_deadline_is_killed_and_the_old_worker_kept(
         )
         .is_empty());
     assert_eq!(h.serving(), [(0, w(1)), (1, w(2))]);
-    let s = build(&h.m, h.now, |_| (1, 0), Dropped::default());
+    let s = build(&h.m, h.now, |_| (1, 0, None), Dropped::default());
     assert!(s.workers.iter().all(|w| w.state == "running"));
 }
 
@@ -177,7 +177,7 @@ fn scaling_down_during_a_reload_drops_the_removed_slots_candidates() {
     assert_eq!(disconnects(&fx), [w(1)]);
     assert!(matches!(reload_reply(&fx, t), Some(Ok(1))));
     assert_eq!(h.serving(), [(0, w(4))]);
-    let s = build(&h.m, h.now, |_| (1, 0), Dropped::default());
+    let s = build(&h.m, h.now, |_| (1, 0, None), Dropped::default());
     assert_eq!(s.wanted, 1);
     // The removed slots' exits restart nothing; scaling up again reuses them.
     for old in [2, 3, 5] {
@@ -202,7 +202,7 @@ fn a_graceful_stop_during_a_reload_answers_the_reload_and_disconnects_everyone()
     ));
     assert_eq!(disconnects(&fx), [w(1), w(2), w(3)]);
     assert!(kills(&fx).is_empty());
-    let s = build(&h.m, h.now, |_| (1, 0), Dropped::default());
+    let s = build(&h.m, h.now, |_| (1, 0, None), Dropped::default());
     assert!(s.workers.iter().all(|w| w.state == "stopping"));
     // Commands during the stop are refused.
     let (t, fx) = h.cmd(Cmd::Reload);

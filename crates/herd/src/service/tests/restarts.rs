@@ -238,7 +238,7 @@ fn the_default_restarts_every_exit_and_the_status_shows_the_last_one() {
     assert_eq!(restart_delay(&fx), Some(ms(100)), "exit 0 is restarted too");
     let fx = h.advance(ms(100));
     h.forks_succeed(fx);
-    let s = build(&h.m, h.now, |id| (id.0 as u32, 0), Dropped::default());
+    let s = build(&h.m, h.now, |id| (id.0 as u32, 0, None), Dropped::default());
     assert_eq!(s.workers.len(), 1);
     assert_eq!(s.workers[0].restarts, 1);
     assert_eq!(s.workers[0].last_exit.as_deref(), Some("exit code 0"));
