@@ -129,6 +129,18 @@ fn node_docs_cluster_example_runs_as_herds_workers() {
     );
     // Exactly the two workers: nobody forked nested workers.
     let s = herd.status_until("two running workers", |s| running(s) == 2);
+    // The port herd bound for them is in status, with who listens there.
+    assert_eq!(s.status.serving.len(), 1, "{:?}", s.status.serving);
+    let at = &s.status.serving[0];
+    assert!(at.address.ends_with(&format!(":{port}")), "{at:?}");
+    assert_eq!(at.workers, [herd::WorkerId(1), herd::WorkerId(2)]);
+    let text = String::from_utf8_lossy(&herd.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            ":{port} for Node workers (shared: every worker accepts): w1 w2"
+        )),
+        "{text}"
+    );
     let mut pids: Vec<u32> = pids(&s).into_iter().map(|p| p as u32).collect();
     pids.sort_unstable();
     assert_eq!(node_descendants(herd.pid()), pids);

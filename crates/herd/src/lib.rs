@@ -91,7 +91,9 @@ pub use node::envelope::NodeHandleError;
 pub use node::rescue::Rescue;
 pub use primary::config::StopBy;
 pub use primary::spawn::ForkOptions;
-pub use primary::{Cluster, ClusterBuilder, Event, OutputStream, WorkerHandle, MAX_OUTPUT_LINE};
+pub use primary::{
+    Cluster, ClusterBuilder, Event, OutputStream, Serving, WorkerHandle, MAX_OUTPUT_LINE,
+};
 pub use signal::{Signal, UnknownSignal};
 pub use worker::{Worker, WorkerOptions};
 

@@ -86,6 +86,23 @@ pub fn format_status(report: &Report) -> String {
             }
         ));
     }
+    for at in &s.serving {
+        let workers: Vec<String> = at.workers.iter().map(|w| format!("w{w}")).collect();
+        out.push_str(&format!(
+            "serving {} for Node workers ({}): {}\n",
+            at.address,
+            match at.balance {
+                herd::Balance::RoundRobin => "rr: herd accepts, round-robin",
+                herd::Balance::Sticky => "sticky: herd accepts, by session or client address",
+                _ => "shared: every worker accepts",
+            },
+            if workers.is_empty() {
+                "no worker listens".to_string()
+            } else {
+                workers.join(" ")
+            }
+        ));
+    }
     for w in &s.workers {
         if let Some(why) = &w.listen_error {
             out.push_str(&format!("w{}: cannot listen: {why}\n", w.worker));

@@ -294,6 +294,7 @@ mod tests {
                 failed: vec![],
                 reloading: false,
                 relayed: (0, 0),
+                serving: vec![],
                 reloads: 2,
                 output_dropped: 0,
                 events_dropped: 0,

@@ -356,7 +356,7 @@ impl ClusterBuilder {
             cmd_tx.downgrade(),
             events_tx,
         ));
-        let cluster = Cluster::new(cmd_tx, events_rx);
+        let cluster = Cluster::new(cmd_tx, events_rx, cfg.node.balancer.clone());
         let mut forked = Vec::new();
         for _ in 0..self.workers {
             match cluster.fork().await {

@@ -82,6 +82,8 @@ pub(crate) async fn join_here<F: std::future::Future>(
 pub struct Cluster {
     dispatch: mpsc::Sender<DispatchCmd>,
     events: mpsc::Receiver<Event>,
+    /// Where Node workers' connections come from.
+    balancer: std::sync::Arc<crate::node::balance::Balancer>,
 }
 
 impl Drop for Cluster {
@@ -100,8 +102,32 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn new(dispatch: mpsc::Sender<DispatchCmd>, events: mpsc::Receiver<Event>) -> Self {
-        Cluster { dispatch, events }
+    fn new(
+        dispatch: mpsc::Sender<DispatchCmd>,
+        events: mpsc::Receiver<Event>,
+        balancer: std::sync::Arc<crate::node::balance::Balancer>,
+    ) -> Self {
+        Cluster {
+            dispatch,
+            events,
+            balancer,
+        }
+    }
+
+    /// Every address herd listens on for its Node workers' servers (a server's
+    /// `listen(port)` that herd bound, or a `--listen` socket a server took), how connections
+    /// reach them there, and the workers whose servers listen there now.
+    pub fn serving(&self) -> Vec<Serving> {
+        let balance = self.balancer.mode();
+        self.balancer
+            .serving()
+            .into_iter()
+            .map(|(address, workers)| Serving {
+                address,
+                balance,
+                workers,
+            })
+            .collect()
     }
 
     /// A builder with the defaults.
@@ -202,4 +228,16 @@ impl Cluster {
         )
         .await
     }
+}
+
+/// An address herd serves Node workers' servers on ([`Cluster::serving`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Serving {
+    /// Where herd's socket listens (`0.0.0.0:3000`, a Unix path).
+    pub address: String,
+    /// How its connections reach the workers.
+    pub balance: crate::Balance,
+    /// The workers whose servers listen there now.
+    pub workers: Vec<crate::WorkerId>,
 }

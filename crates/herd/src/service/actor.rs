@@ -365,6 +365,7 @@ impl Actor {
                     })
                 };
                 let mut s = status::build(&self.machine, Instant::now(), process, self.dropped);
+                s.serving = self.cluster.serving();
                 tokio::spawn(async move {
                     status::add_memory(&mut s).await;
                     let _ = tx.send(s);

@@ -70,6 +70,9 @@ pub struct Status {
     /// worker missed because its queue was full.
     #[serde(default)]
     pub relayed: (u64, u64),
+    /// The addresses herd serves its Node workers' servers on ([`crate::Cluster::serving`]).
+    #[serde(default)]
+    pub serving: Vec<crate::Serving>,
 }
 
 /// Counters the actor keeps besides the machine.
@@ -152,6 +155,7 @@ pub(crate) fn build(
         output_dropped: dropped.output,
         events_dropped: dropped.events,
         relayed: dropped.relayed,
+        serving: Vec::new(),
     }
 }
 

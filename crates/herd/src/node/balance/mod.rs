@@ -34,7 +34,8 @@ use crate::listen::{self, ListenAddr};
 use sticky::{Affinity, Sessions};
 
 /// How the primary spreads connections over Node workers that listen on the same address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Balance {
     /// herd accepts each connection and hands it to the next worker that can take it (Node's
@@ -182,6 +183,32 @@ impl Balancer {
 
     pub(crate) fn mode(&self) -> Balance {
         self.mode
+    }
+
+    /// Every address herd listens on for Node workers' servers, and the workers whose servers
+    /// listen there now, in address order.
+    pub(crate) fn serving(&self) -> Vec<(String, Vec<WorkerId>)> {
+        let mut out: Vec<(String, Vec<WorkerId>)> = self
+            .pools()
+            .iter()
+            .filter_map(|p| {
+                let st = p.state.lock().ok()?;
+                let mut ws: Vec<WorkerId> = st
+                    .members
+                    .iter()
+                    .filter(|m| m.open)
+                    .map(|m| m.worker)
+                    .collect();
+                ws.sort_unstable();
+                let at = p
+                    .local
+                    .as_ref()
+                    .map_or_else(|| p.key.clone(), |l| l.to_string());
+                Some((at, ws))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// `worker` listens on `key`, whose socket is `listener`. In round-robin mode the first

@@ -12,7 +12,12 @@ fn each_slot_gets_a_worker_that_serves_it() {
     let h = Harness::start(config(3));
     assert_eq!(h.serving(), [(0, w(1)), (1, w(2)), (2, w(3))]);
     assert_eq!(h.m.next_deadline(), None);
-    let s = build(&h.m, h.now, |id| (id.0 as u32 + 100, 0, None), Dropped::default());
+    let s = build(
+        &h.m,
+        h.now,
+        |id| (id.0 as u32 + 100, 0, None),
+        Dropped::default(),
+    );
     assert_eq!(s.wanted, 3);
     assert_eq!(s.workers.len(), 3);
     assert!(s.workers.iter().all(|w| w.state == "running"));
