@@ -508,6 +508,9 @@ module.exports = {
   },
   connect,
 };
+// `import herd from 'herd-cluster'` compiled by TypeScript without esModuleInterop reads
+// `.default`: the same object (not enumerable, so `Object.keys` and `import *` are unchanged).
+Object.defineProperty(module.exports, 'default', { value: module.exports });
 
 // Start listening at once when this process has a channel, so no request sent right after the
 // fork is missed (Node emits internal messages even when nobody listens).

@@ -152,3 +152,10 @@ export declare function listening(address: ListenAddress): Promise<boolean>;
 export declare const cache: HerdCache;
 /** The same API over another channel (throws HERD_NO_CHANNEL if `target` is none). */
 export declare function connect(target: HerdChannel): Herd;
+
+/**
+ * The whole API as one object: `import herd from 'herd-cluster'`, with or without
+ * `esModuleInterop` (herd.js carries itself as `default`).
+ */
+declare const herd: Herd & { connect: typeof connect };
+export default herd;

@@ -256,10 +256,24 @@ fn the_types_pass_tsc_strict() {
     let tsc = tsc.into_string().unwrap();
     let dir = TempDir::new("npm-tsc");
     let app = installed_from_tarball(dir.path());
-    for file in ["usage.ts", "usage_esm.mts"] {
+    for file in ["usage.ts", "usage_esm.mts", "usage_default.ts"] {
         std::fs::copy(fixture(file), app.join(file)).unwrap();
     }
     run(&app, &tsc, &["--strict", "--noEmit", "usage.ts"]);
+    run(&app, &tsc, &["--strict", "--noEmit", "usage_default.ts"]);
+    // The default import (js/README.md's) with TypeScript 5, which still compiles without
+    // esModuleInterop (TS1192 before index.d.ts had its own default export), and with it.
+    match std::env::var("HERD_TSC5") {
+        Ok(tsc5) => {
+            run(&app, &tsc5, &["--strict", "--noEmit", "usage_default.ts"]);
+            let interop = ["--strict", "--noEmit", "--esModuleInterop", "usage_default.ts"];
+            run(&app, &tsc5, &interop);
+        }
+        Err(_) => herd_test_support::skip(
+            "npm_package::the_types_pass_tsc_strict (TypeScript 5)",
+            "HERD_TSC5 is not set (the path of a TypeScript 5 tsc)",
+        ),
+    }
     run(
         &app,
         &tsc,

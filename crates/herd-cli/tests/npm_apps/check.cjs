@@ -10,6 +10,7 @@ for (const name of ['request', 'onRequest', 'ready', 'listening', 'connect']) {
   assert.strictEqual(typeof herd[name], 'function', name);
 }
 assert.strictEqual(require('herd-cluster'), herd, 'one module object');
+assert.strictEqual(herd.default, herd, "TypeScript's default import without esModuleInterop");
 // The exports map's `require` entry (a folder install is a link: the path may be js/'s own).
 assert.match(require.resolve('herd-cluster'), /[/\\]herd\.js$/);
 assert.strictEqual(require('herd-cluster/package.json').name, 'herd-cluster');
