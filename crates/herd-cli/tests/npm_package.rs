@@ -266,7 +266,12 @@ fn the_types_pass_tsc_strict() {
     match std::env::var("HERD_TSC5") {
         Ok(tsc5) => {
             run(&app, &tsc5, &["--strict", "--noEmit", "usage_default.ts"]);
-            let interop = ["--strict", "--noEmit", "--esModuleInterop", "usage_default.ts"];
+            let interop = [
+                "--strict",
+                "--noEmit",
+                "--esModuleInterop",
+                "usage_default.ts",
+            ];
             run(&app, &tsc5, &interop);
         }
         Err(_) => herd_test_support::skip(
