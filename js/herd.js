@@ -112,10 +112,12 @@ function formatAddress(address) {
 
 // Whether this process's own channel is herd's: herd names itself to its workers
 // (HERD_PRIMARY_PID); Node's cluster, PM2 and other managers give a channel too, whose primary
-// would never answer herd's requests. (A worker started through a wrapper, such as `sh -c`,
-// whose parent is not herd keeps the channel herd gave it.)
+// would never answer herd's requests. (Run `node` itself under herd: behind a wrapper that does
+// not exec it, such as `npm start`, the channel is not herd's either.)
 function herdChannel() {
-  return typeof process.send === 'function' && /^[1-9][0-9]*$/.test(process.env.HERD_PRIMARY_PID || '');
+  // Its parent too: a child a herd worker forks (child_process.fork) inherits the variable,
+  // but its channel is the worker's.
+  return typeof process.send === 'function' && process.env.HERD_PRIMARY_PID === String(process.ppid);
 }
 
 function connect(target) {

@@ -488,3 +488,26 @@ fn a_worker_whose_listen_failed_silently_shows_in_status_and_the_log() {
     assert!(text.contains("no-listen"), "{text}");
     common::stop(herd);
 }
+
+#[test]
+fn a_worker_retrying_a_taken_port_is_logged_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let herd = Herd::start(
+        "node-port-retry",
+        &[
+            "-w",
+            "1",
+            "--env",
+            &format!("PORT={port}"),
+            "--",
+            "node",
+            &app("port_taken_retry.js"),
+        ],
+    );
+    herd.stdout_line(|l| l.ends_with("gave up after 500 tries"));
+    herd.ctl(&["stop"]);
+    let log = rest(&herd.err);
+    let warned = log.iter().filter(|l| l.contains("cannot listen")).count();
+    assert_eq!(warned, 1, "one line for 500 failures: {log:?}");
+}

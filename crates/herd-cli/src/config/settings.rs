@@ -162,7 +162,20 @@ pub fn settings(o: Options) -> Result<Settings> {
         Some(RescueMode::Off) => herd::Rescue::Off,
     };
     let grace = seconds("grace", o.grace.unwrap_or(5.0), MAX_WAIT)?;
-    let stop_settle = seconds("stop_settle", o.stop_settle.unwrap_or(1.0), MAX_WAIT)?;
+    // By default 1 s, or half a shorter grace period; one given must be shorter than it.
+    let stop_settle = match o.stop_settle {
+        None => Duration::from_secs(1).min(grace / 2),
+        Some(secs) => seconds("stop_settle", secs, MAX_WAIT)?,
+    };
+    if o.stop_settle.is_some() && stop_settle >= grace {
+        return Err(bad(
+            "stop_settle",
+            format_args!(
+                "{stop_settle:?} is not shorter than the grace period ({grace:?}): the hook \
+                 would never get its signal before SIGKILL"
+            ),
+        ));
+    }
     let unresponsive = match o.unresponsive.as_deref().map(str::trim) {
         None => Some(Duration::from_secs(30)),
         Some("off") => None,

@@ -63,6 +63,8 @@ const SCRIPT: &str = r#"'use strict';
     if (typeof file !== 'string') return;
     let text = '';
     try {
+      // A regular file only: opening a FIFO would block the loop.
+      if (!require('fs').statSync(file).isFile()) return;
       const fd = require('fs').openSync(file, 'r');
       try {
         const buf = Buffer.alloc(1 << 20);

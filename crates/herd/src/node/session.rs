@@ -436,10 +436,17 @@ fn send(peer: &Peer, line: Bytes) {
 
 /// What a failed `queryServer` was for and why: `listen on 127.0.0.1:3000: Address in use`.
 fn listen_error(q: &Query, errno: i64) -> String {
-    let show = |v: &Option<serde_json::Value>| match v {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => String::new(),
-        Some(v) => v.to_string(),
+    // The worker's own words: printable and short (they reach logs and terminals).
+    let show = |v: &Option<serde_json::Value>| {
+        let text = match v {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => String::new(),
+            Some(v) => v.to_string(),
+        };
+        text.chars()
+            .take(128)
+            .flat_map(char::escape_default)
+            .collect::<String>()
     };
     let why = i32::try_from(-errno).map_or_else(
         |_| format!("error {errno}"),

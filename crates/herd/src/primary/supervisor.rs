@@ -400,6 +400,12 @@ impl Supervisor {
                 Err(e) => Input::ChannelEnded(Some(e)),
             });
         }
+        // herd's notices from a worker are small: a big one is a lying worker's, ignored
+        // before it is decoded (a decoded value costs several times its bytes).
+        if frame.kind == herd_wire::Kind::Control && frame.payload.len() > MAX_NOTICE {
+            tracing::debug!(worker = %id, bytes = frame.payload.len(), "oversized control notice ignored");
+            return None;
+        }
         match self.peer.route(frame) {
             Ok(Routed::Incoming(Incoming::Message(message))) => {
                 self.emit(Event::Message {
@@ -463,17 +469,26 @@ impl Supervisor {
     fn node_line(&mut self, frame: herd_wire::Frame) -> Option<Input> {
         let node = self.node.as_mut()?;
         match node.on_frame(frame, &self.peer) {
-            Ok(Some(NodeEvent::Listening(address))) => self.emit(Event::Listening {
-                worker: self.id,
-                address,
-            }),
+            Ok(Some(NodeEvent::Listening(address))) => {
+                // It listens now: an earlier failure is over.
+                if let Ok(mut last) = self.shared.listen_error.lock() {
+                    *last = None;
+                }
+                self.emit(Event::Listening {
+                    worker: self.id,
+                    address,
+                })
+            }
             Ok(Some(NodeEvent::Message(frame))) => self.emit(Event::Message {
                 worker: self.id,
                 message: Message::from_frame(frame),
             }),
             Ok(Some(NodeEvent::ListenFailed(why))) => {
-                tracing::warn!(worker = %self.id, "a Node worker's server cannot listen: {why}");
                 if let Ok(mut last) = self.shared.listen_error.lock() {
+                    // Logged when it changes (a worker retrying in a loop logs once).
+                    if last.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(worker = %self.id, error = ?why, "a Node worker's server cannot listen");
+                    }
                     *last = Some(why);
                 }
             }
@@ -550,6 +565,9 @@ async fn out<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
         None => std::future::pending().await,
     }
 }
+
+/// The largest control notice herd decodes from a worker (its own are tens of bytes).
+const MAX_NOTICE: usize = 64 * 1024;
 
 /// What a rescue step finds where nothing is held.
 fn nothing_held(step: RetireStep) -> Option<Outcome> {

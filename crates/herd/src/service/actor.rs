@@ -49,6 +49,9 @@ enum Step {
     Input(Input),
 }
 
+/// The largest worker message relayed to the others ([`Relay::Others`]).
+const MAX_RELAYED: usize = 1 << 20;
+
 struct Actor {
     cluster: Cluster,
     machine: Machine,
@@ -252,7 +255,9 @@ impl Actor {
 
     /// `from`'s message, to every other worker (queued if there is room now, never awaited).
     fn relay(&mut self, from: WorkerId, message: &crate::Message) {
-        if !message.fds().is_empty() {
+        // Bounded: one message costs at most MAX_RELAYED in each other worker's queue.
+        if !message.fds().is_empty() || message.bytes().len() > MAX_RELAYED {
+            self.dropped.relayed.1 += 1;
             return;
         }
         for (id, h) in &self.handles {

@@ -157,8 +157,8 @@ pub enum Relay {
     /// there), as an app's primary that forwards its workers' messages does: what
     /// `@socket.io/cluster-adapter`'s `setupPrimary` does, so that its broadcasts reach every
     /// worker with no primary code (responses meant for one worker reach the others too, which
-    /// ignore them). A message with descriptors is not relayed; a worker whose queue is full
-    /// misses it (never waited for; counted in `relay_dropped`).
+    /// ignore them). A message with descriptors or over 1 MiB is not relayed; a worker whose
+    /// queue is full misses it (never waited for); both are counted (`Status::relayed`).
     Others,
 }
 

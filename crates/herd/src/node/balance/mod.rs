@@ -599,12 +599,14 @@ impl Pool {
         }
     }
 
-    /// Whether to accept now: a worker has room and nothing waits.
+    /// Whether to accept now: a worker has room and nothing waits (sticky: whatever waits,
+    /// which waits for its own worker and must not hold up the others' clients).
     fn can_accept(&self) -> bool {
-        self.state
-            .lock()
-            .map(|st| st.waiting.is_empty() && st.members.iter().any(Member::has_room))
-            .unwrap_or(false)
+        self.state.lock().map(|st| self.more(&st)).unwrap_or(false)
+    }
+
+    fn more(&self, st: &PoolState) -> bool {
+        (self.sticky || st.waiting.is_empty()) && st.members.iter().any(Member::has_room)
     }
 
     /// A connection just accepted; whether more can be taken now.
@@ -614,7 +616,7 @@ impl Pool {
         };
         let sticky = self.sticky;
         self.place_or_queue(&mut st, Conn::new(fd, Vec::new(), sticky));
-        st.waiting.is_empty() && st.members.iter().any(Member::has_room)
+        self.more(&st)
     }
 }
 

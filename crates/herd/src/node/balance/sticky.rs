@@ -57,7 +57,7 @@ pub(crate) fn sid_of(head: &[u8]) -> Option<String> {
     })
 }
 
-fn hash(value: impl Hash) -> u64 {
+pub(crate) fn hash(value: impl Hash) -> u64 {
     // Fixed keys: the same address picks the same worker in every herd of a fleet.
     std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
         .hash_one(value)

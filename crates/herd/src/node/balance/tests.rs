@@ -189,3 +189,72 @@ async fn a_retiring_worker_gets_no_connection_and_its_answers_are_awaited() {
         .expect("answered_all returns once answered")
         .unwrap();
 }
+
+/// A client of `addr` from the loopback address `from` (any of 127/8), its request sent.
+fn client_from(from: std::net::Ipv4Addr, addr: std::net::SocketAddr, request: &[u8]) -> TcpStream {
+    use std::io::Write;
+    let s = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&s, &std::net::SocketAddr::from((from, 0))).unwrap();
+    rustix::net::connect(&s, &addr).unwrap();
+    let mut c = TcpStream::from(s);
+    c.write_all(request).unwrap();
+    c
+}
+
+#[tokio::test]
+async fn sticky_keeps_a_client_on_its_worker_and_a_full_one_holds_up_no_other() {
+    let b = Balancer::new(Balance::Sticky);
+    let (l, addr) = listener();
+    let (mut w1, mut w2) = (fake(), fake());
+    b.join("k", &l, W1, &w1.chan).unwrap();
+    b.join("k", &l, W2, &w2.chan).unwrap();
+    // Two client addresses, one of each worker's.
+    let ip = |n: u8| std::net::Ipv4Addr::new(127, 0, 0, n);
+    let of = |w: WorkerId| {
+        (2..250)
+            .map(ip)
+            .find(|a| sticky::rendezvous(sticky::hash(*a), [W1, W2].into_iter()) == Some(w))
+            .unwrap()
+    };
+    let (a, c) = (of(W1), of(W2));
+    let get = b"GET / HTTP/1.1\r\n\r\n";
+    // W1's window fills with its client's connections, and one more waits for it.
+    let mut keep = Vec::new();
+    for _ in 0..=WINDOW {
+        keep.push(client_from(a, addr, get));
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..WINDOW {
+        seqs.push(newconn(&mut w1).await.0);
+        w1.chan.acked();
+    }
+    nothing(&mut w2).await;
+    // The other address's client is not held up behind it.
+    keep.push(client_from(c, addr, get));
+    newconn(&mut w2).await;
+    w2.chan.acked();
+    // W1 answers one: the waiting one goes to it, not to W2.
+    b.answered(W1, seqs[0], true);
+    newconn(&mut w1).await;
+    w1.chan.acked();
+    // A session's connections follow its first, whatever the address.
+    keep.push(client_from(
+        c,
+        addr,
+        b"GET /socket.io/?EIO=4&sid=abcdefghij HTTP/1.1\r\n\r\n",
+    ));
+    newconn(&mut w2).await;
+    w2.chan.acked();
+    keep.push(client_from(
+        a,
+        addr,
+        b"GET /socket.io/?EIO=4&sid=abcdefghij HTTP/1.1\r\n\r\n",
+    ));
+    newconn(&mut w2).await;
+    nothing(&mut w1).await;
+}
