@@ -13,24 +13,14 @@ use common::npm::{self, Client};
 use common::Herd;
 use herd_test_support::process::free_port;
 
-/// `herd run -w 2` of a real-time app on a free port, its workers listening.
-fn serve(name: &str, modules: &str, script: &str, port: u16) -> Herd {
-    let herd = Herd::start(
-        name,
-        &[
-            "-w",
-            "2",
-            "--grace",
-            "20",
-            "--env",
-            &format!("PORT={port}"),
-            "--env",
-            &format!("NODE_PATH={modules}"),
-            "--",
-            "node",
-            &npm::app(script),
-        ],
-    );
+/// `herd run -w 2 FLAGS` of a real-time app on a free port, its workers listening.
+fn serve(name: &str, modules: &str, script: &str, port: u16, flags: &[&str]) -> Herd {
+    let (port, path) = (format!("PORT={port}"), format!("NODE_PATH={modules}"));
+    let app = npm::app(script);
+    let mut args = vec!["-w", "2"];
+    args.extend_from_slice(flags);
+    args.extend(["--env", &port, "--env", &path, "--", "node", &app]);
+    let herd = Herd::start(name, &args);
     for _ in 0..2 {
         herd.stdout_line(|l| l.contains("listening on"));
     }
@@ -63,7 +53,7 @@ fn a_ws_servers_clients_see_1001_on_stop_and_its_hook_runs() {
         return;
     };
     let port = free_port();
-    let herd = serve("ws-stop", &modules, "ws_chat.js", port);
+    let herd = serve("ws-stop", &modules, "ws_chat.js", port, &["--grace", "20"]);
     let clients = Client::start(&modules, "ws_clients.js", &[&port.to_string(), "8"]);
     clients.line(|l| l == "open 8");
     let t = Instant::now();
@@ -91,7 +81,13 @@ fn a_ws_servers_clients_see_1001_on_reload_and_new_clients_are_served() {
         return;
     };
     let port = free_port();
-    let herd = serve("ws-reload", &modules, "ws_chat.js", port);
+    let herd = serve(
+        "ws-reload",
+        &modules,
+        "ws_chat.js",
+        port,
+        &["--grace", "20"],
+    );
     let clients = Client::start(&modules, "ws_clients.js", &[&port.to_string(), "8"]);
     clients.line(|l| l == "open 8");
     let t = Instant::now();
@@ -123,7 +119,7 @@ fn an_sse_stream_ends_cleanly_on_stop_and_the_hook_runs() {
         return;
     };
     let port = free_port();
-    let herd = serve("sse-stop", &modules, "sse.js", port);
+    let herd = serve("sse-stop", &modules, "sse.js", port, &["--grace", "20"]);
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(common::DEADLINE)).unwrap();
     conn.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -170,25 +166,13 @@ fn an_sse_stream_ends_cleanly_on_stop_and_the_hook_runs() {
 /// `herd run -w 2 --balance BALANCE` of the socket.io server, and 8 polling clients.
 fn socketio_clients(modules: &str, balance: &str) -> (String, String) {
     let port = free_port();
-    let herd = Herd::start(
+    let herd = serve(
         "socketio",
-        &[
-            "-w",
-            "2",
-            "--balance",
-            balance,
-            "--env",
-            &format!("PORT={port}"),
-            "--env",
-            &format!("NODE_PATH={modules}"),
-            "--",
-            "node",
-            &npm::app("socketio.js"),
-        ],
+        modules,
+        "socketio.js",
+        port,
+        &["--balance", balance],
     );
-    for _ in 0..2 {
-        herd.stdout_line(|l| l.contains("listening on"));
-    }
     let clients = Client::start(modules, "sio_clients.js", &[&port.to_string(), "8"]);
     let pids = clients.line(|l| l.starts_with("pids "));
     let ok = clients.line(|l| l.starts_with("ok "));
@@ -214,27 +198,8 @@ fn cluster_adapter_broadcasts_reach_clients_on_every_worker_with_relay() {
         return;
     };
     let port = free_port();
-    let herd = Herd::start(
-        "sio-adapter",
-        &[
-            "-w",
-            "2",
-            "--balance",
-            "rr",
-            "--relay",
-            "others",
-            "--env",
-            &format!("PORT={port}"),
-            "--env",
-            &format!("NODE_PATH={modules}"),
-            "--",
-            "node",
-            &npm::app("socketio_adapter.js"),
-        ],
-    );
-    for _ in 0..2 {
-        herd.stdout_line(|l| l.contains("listening on"));
-    }
+    let flags = ["--balance", "rr", "--relay", "others"];
+    let herd = serve("sio-adapter", &modules, "socketio_adapter.js", port, &flags);
     let clients = Client::start(&modules, "sio_broadcast.js", &[&port.to_string(), "6"]);
     let pids = clients.line(|l| l.starts_with("pids "));
     let greeted: serde_json::Value = serde_json::from_str(&pids["pids ".len()..]).unwrap();
