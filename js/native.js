@@ -3,12 +3,10 @@
 // come as Buffers over the primary's shared memory (one physical copy for the whole host), and
 // invalidations are applied by the addon's own replica of the cache.
 //
-// Where the addon comes from, first found wins:
-//   1. HERD_NODE_ADDON: a path, set by `herd run` when the addon lies beside the herd binary
-//      (the one built with the herd that runs this worker); `off` turns the addon off.
-//   2. herd_node.node in this package, built when the package was installed (install.js) where
-//      cargo and herd's sources were at hand.
-// Without one (or without a cache channel: not a Node worker of a herd primary with a cache),
+// Where the addon comes from: HERD_NODE_ADDON, a path set by `herd run` when the addon lies
+// beside the herd binary or in ../lib/herd from it (the one built with the herd that runs this
+// worker, so the two always match); `off` turns the addon off. The package itself holds no
+// binary and runs no install script. Without one (or without a cache channel: not a Node worker of a herd primary with a cache),
 // herd.js keeps its json path; stats() says which path is used, and why.
 //
 // The local copies: the addon's view holds each value with a version number; this module keeps,
@@ -21,7 +19,6 @@
 'use strict';
 
 const fs = require('fs');
-const path = require('path');
 
 const SWEEP_MS = 1000;
 const SWEEP_LATE_MS = 100;
@@ -33,9 +30,13 @@ function load() {
   if (!process.env.HERD_CACHE_FD) {
     return { addon: null, reason: 'no cache channel (not a Node worker of a herd primary with a cache)' };
   }
-  const candidates = [];
-  if (setting) candidates.push(setting);
-  candidates.push(path.join(__dirname, 'herd_node.node'));
+  if (!setting) {
+    return {
+      addon: null,
+      reason: 'herd named no addon (HERD_NODE_ADDON): no libherd_node.so beside the herd binary or in ../lib/herd from it',
+    };
+  }
+  const candidates = [setting];
   const tried = [];
   for (const file of candidates) {
     if (!fs.existsSync(file)) {
