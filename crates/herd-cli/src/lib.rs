@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod exit;
+pub mod logs;
 pub mod progress;
 pub mod run;
 pub mod sink;

@@ -8,8 +8,8 @@
 //!   host-shared cache (`--cache-dir`, `--cache-snapshot`, `--redis`), reloads them one batch at
 //!   a time on SIGHUP or `herd reload`, and stops them gracefully on SIGINT or SIGTERM (a second
 //!   signal kills at once). Settings can come from a TOML file (`--config`).
-//! - `herd status | reload | stop | scale N` talk to a running `herd run` over its control
-//!   socket.
+//! - `herd status | reload | stop | scale N | logs` talk to a running `herd run` over its
+//!   control socket.
 //!
 //! Exit codes (`herd_cli::Exit`): 0 stopped on request, or every worker exited 0 and none is
 //! restarted; 1 a worker failed (crash loop, or a failure not restarted) or herd hit an error;
@@ -58,6 +58,30 @@ enum Command {
     /// herd's main job on its embedded default: Node HTTP workers on one shared port, one cache
     /// for the host, a rolling reload under load. Needs only `node`.
     Demo,
+    /// Print a running herd's recent worker output, and with -f follow it.
+    Logs {
+        #[command(flatten)]
+        at: At,
+        /// Go on printing new lines as they come (until Ctrl-C or herd ends).
+        #[arg(short, long)]
+        follow: bool,
+        /// Recent lines to print first (default 15, as PM2's).
+        #[arg(short = 'n', long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        lines: u64,
+        /// Only this worker's lines (its id: the N of `[wN]`).
+        #[arg(long)]
+        worker: Option<u64>,
+        /// Only lines from this time on: `10m`, `1h` back from now, an RFC 3339 time or
+        /// seconds since the epoch.
+        #[arg(long, value_parser = herd_cli::logs::client::parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// One JSON object per line (seq, ts, worker, stream, line).
+        #[arg(long)]
+        json: bool,
+        /// Start each line with when herd read it (RFC 3339, UTC).
+        #[arg(long)]
+        time: bool,
+    },
     /// Change the number of workers of a running herd.
     Scale {
         /// The new number of workers (1 to 4096), or a change to it: `+2`, `-1` (as PM2's).
@@ -182,6 +206,25 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
         Command::Stop { at } => {
             client::stop(&at.path(), LIMIT).await?;
             say("stopped\n")
+        }
+        Command::Logs {
+            at,
+            follow,
+            lines,
+            worker,
+            since,
+            json,
+            time,
+        } => {
+            let ask = herd_cli::logs::client::Ask {
+                lines: lines as usize,
+                worker,
+                since,
+                follow,
+                json,
+                time,
+            };
+            herd_cli::logs::client::logs(&at.path(), &ask).await
         }
         Command::Scale { workers, at } => {
             let n = client::scale(&at.path(), workers, LIMIT).await?;

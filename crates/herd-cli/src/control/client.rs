@@ -12,9 +12,8 @@ use tokio::net::UnixStream;
 use super::proto::{Answer, Reply, Report, Request, MAX_ANSWER, MAX_WORKERS};
 use crate::exit::{Context, Error, Result};
 
-/// Sends `request` to the herd at `path` and returns its reply (waiting up to `limit`; for
-/// [`Request::Stop`], up to `limit` more for herd to exit).
-pub async fn request(path: &Path, request: Request, limit: Duration) -> Result<Reply> {
+/// Connects to the herd at `path` and sends `request`; the connection, to read the answer from.
+pub async fn send(path: &Path, request: &Request) -> Result<UnixStream> {
     // Talk to no one's socket but ours: the directory is checked first (a missing one means
     // no herd, which the connect reports).
     if path
@@ -23,32 +22,43 @@ pub async fn request(path: &Path, request: Request, limit: Duration) -> Result<R
     {
         super::check_dir(path, false)?;
     }
-    let stream = UnixStream::connect(path).await.or_fail(|| {
+    let mut stream = UnixStream::connect(path).await.or_fail(|| {
         format!(
             "no herd answers at {} (is it running? --name or --control choose which)",
             path.display()
         )
     })?;
-    let (read, mut write) = stream.into_split();
     // A refusal may arrive (and the connection close) before the request is written: the
     // answer says why, so a failed write is not the error to report.
-    let _ = write.write_all(request.to_line().as_bytes()).await;
-    let mut reader = BufReader::new(read.take(MAX_ANSWER));
-    let mut line = String::new();
-    tokio::time::timeout(limit, reader.read_line(&mut line))
-        .await
-        .or_fail(|| "herd did not answer in time".into())?
-        .or_fail(|| "cannot read herd's answer".into())?;
+    let _ = stream.write_all(request.to_line().as_bytes()).await;
+    Ok(stream)
+}
+
+/// The answer line `line` (empty: the connection closed) as a reply, or its error.
+pub fn reply(line: &str) -> Result<Reply> {
     if line.is_empty() {
         return Err(Error::failure(
             "herd closed the connection without an answer",
         ));
     }
     let answer: Answer =
-        serde_json::from_str(&line).or_fail(|| "herd's answer is not understood".into())?;
-    let reply = answer
+        serde_json::from_str(line).or_fail(|| "herd's answer is not understood".into())?;
+    answer
         .into_result()
-        .map_err(|e| Error::failure(super::printable(&e)))?;
+        .map_err(|e| Error::failure(super::printable(&e)))
+}
+
+/// Sends `request` to the herd at `path` and returns its reply (waiting up to `limit`; for
+/// [`Request::Stop`], up to `limit` more for herd to exit).
+pub async fn request(path: &Path, request: Request, limit: Duration) -> Result<Reply> {
+    let stream = send(path, &request).await?;
+    let mut reader = BufReader::new(stream.take(MAX_ANSWER));
+    let mut line = String::new();
+    tokio::time::timeout(limit, reader.read_line(&mut line))
+        .await
+        .or_fail(|| "herd did not answer in time".into())?
+        .or_fail(|| "cannot read herd's answer".into())?;
+    let reply = reply(&line)?;
     if let Reply::Stopping { .. } = reply {
         // Wait for herd to finish stopping: it closes the connection when it exits.
         let mut rest = String::new();

@@ -127,6 +127,12 @@ pub fn format_status(report: &Report) -> String {
             s.output_dropped
         ));
     }
+    if report.logs_dropped > 0 {
+        out.push_str(&format!(
+            "{} output lines dropped for `herd logs -f` readers too slow to take them\n",
+            report.logs_dropped
+        ));
+    }
     if let Some(c) = &report.cache {
         out.push_str(&format!(
             "cache: {} entries ({} of them misses) in {}, {} evicted, {} hits, {} misses, {} loads \

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::exit::{Context, Error, Result};
 
 pub mod client;
+mod follow;
 pub mod format;
 pub mod proto;
 pub mod server;

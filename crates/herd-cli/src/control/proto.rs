@@ -3,8 +3,10 @@
 //! wire format.
 //!
 //! Requests: `{"cmd": "status"}`, `{"cmd": "reload"}`, `{"cmd": "scale", "workers": N}`,
-//! `{"cmd": "stop"}`. Answers: `{"ok": true, ...}` with the [`Reply`]'s fields, or
-//! `{"ok": false, "error": "..."}`.
+//! `{"cmd": "stop"}`, `{"cmd": "logs", "lines": N, "worker": ID, "since_ms": T, "follow": B}`.
+//! Answers: `{"ok": true, ...}` with the [`Reply`]'s fields, or `{"ok": false, "error": "..."}`.
+//! A `logs` answer (`{"ok": true, "logs": N}`) is followed by N [`LogLine`]s, one per line, and
+//! when following by more as they come, until either side closes the connection.
 
 use std::time::Duration;
 
@@ -37,6 +39,48 @@ pub enum Request {
     },
     /// `{"cmd": "stop"}`: stop gracefully; the connection closes once herd has exited.
     Stop,
+    /// `{"cmd": "logs", ...}`: the workers' recent output lines, then (`follow`) new ones.
+    Logs {
+        /// How many recent lines, at most [`MAX_LOG_LINES`] (default 0).
+        #[serde(default, deserialize_with = "log_lines")]
+        lines: usize,
+        /// Only this worker's lines.
+        #[serde(default)]
+        worker: Option<u64>,
+        /// Only lines read at or after this time (milliseconds since the epoch).
+        #[serde(default)]
+        since_ms: Option<u64>,
+        /// Whether to go on with new lines as they come.
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+/// The most recent lines a `logs` request may ask for.
+pub const MAX_LOG_LINES: usize = 1_000_000;
+
+fn log_lines<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = u64::deserialize(d)?;
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_LOG_LINES => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "logs takes lines: 0 to {MAX_LOG_LINES}, not {n}"
+        ))),
+    }
+}
+
+/// What follows a `logs` answer, one per line: a worker's output line, or how many lines were
+/// dropped before the next because the reader was too slow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogLine {
+    /// A line of a worker's output.
+    Line(crate::logs::Entry),
+    /// Lines lost here.
+    Lost {
+        /// How many.
+        lost: u64,
+    },
 }
 
 fn worker_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -75,6 +119,9 @@ pub struct Report {
     pub listening: Vec<Listening>,
     /// herd's process id.
     pub pid: u32,
+    /// Output lines `herd logs -f` readers lost for being too slow.
+    #[serde(default)]
+    pub logs_dropped: u64,
 }
 
 /// What a request that succeeded answers.
@@ -97,6 +144,11 @@ pub enum Reply {
     Stopping {
         /// Always true.
         stopping: Yes,
+    },
+    /// To `logs`: how many recent lines follow.
+    Logs {
+        /// That many.
+        logs: usize,
     },
 }
 
@@ -243,9 +295,36 @@ mod tests {
             r#"{"cmd":"scale","workers":100000}"#,
             r#"{"cmd":"scale","workers":-1}"#,
             r#"{"cmd":"rm -rf"}"#,
+            r#"{"cmd":"logs","lines":1000001}"#,
+            r#"{"cmd":"logs","lines":-1}"#,
+            r#"{"cmd":"logs","worker":"w1"}"#,
         ] {
             assert!(parse_request(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn log_lines_round_trip() {
+        let entry = crate::logs::Entry {
+            seq: 7,
+            ts: 1.5,
+            worker: 2,
+            stream: "stderr".into(),
+            line: "a \u{1b}[31m line".into(),
+        };
+        for l in [LogLine::Line(entry), LogLine::Lost { lost: 12 }] {
+            let text = serde_json::to_string(&l).unwrap();
+            assert_eq!(serde_json::from_str::<LogLine>(&text).unwrap(), l, "{text}");
+        }
+        assert_eq!(
+            parse_request(r#"{"cmd":"logs"}"#),
+            Ok(Request::Logs {
+                lines: 0,
+                worker: None,
+                since_ms: None,
+                follow: false
+            })
+        );
     }
 
     #[test]
@@ -257,6 +336,12 @@ mod tests {
             Request::Scale { workers: 1 },
             Request::Scale {
                 workers: MAX_WORKERS,
+            },
+            Request::Logs {
+                lines: 15,
+                worker: Some(2),
+                since_ms: Some(1_700_000_000_000),
+                follow: true,
             },
         ] {
             let line = req.to_line();
@@ -309,6 +394,7 @@ mod tests {
                 reuseport: false,
             }],
             pid: 99,
+            logs_dropped: 0,
         }
     }
 
@@ -323,6 +409,7 @@ mod tests {
             Answer::Ok(Reply::Reloaded { replaced: 4 }),
             Answer::Ok(Reply::Scaled { workers: 4 }),
             Answer::Ok(Reply::Stopping { stopping: Bool }),
+            Answer::Ok(Reply::Logs { logs: 3 }),
             Answer::err("the service is stopping"),
         ] {
             let line = answer.to_line();

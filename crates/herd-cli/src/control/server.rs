@@ -19,8 +19,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::follow::{self, Ask};
 use super::proto::{parse_request, Answer, Reply, Request, MAX_REQUEST, REQUEST_TIME};
 use crate::exit::{Context, Error, Result};
+use crate::logs::{Filter, Logs};
 
 /// Control connections served at once; a newcomer beyond this drops the oldest idle one.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -138,14 +140,14 @@ pub struct Call {
     pub answer: oneshot::Sender<Answer>,
 }
 
-/// Serves control connections, handing each request to `calls`, until the socket is dropped
-/// (or no one takes calls any more).
-pub async fn serve(sock: ControlSocket, calls: mpsc::Sender<Call>) {
+/// Serves control connections, handing each request to `calls` (and answering `logs` requests
+/// from `logs` itself), until the socket is dropped (or no one takes calls any more).
+pub async fn serve(sock: ControlSocket, calls: mpsc::Sender<Call>, logs: Logs) {
     let bounds = Bounds {
         connections: MAX_CONNECTIONS,
         idle: IDLE_TIME,
     };
-    serve_within(sock, calls, bounds).await
+    serve_within(sock, calls, logs, bounds).await
 }
 
 /// How many connections are served at once, and how long each has for its request line.
@@ -185,7 +187,7 @@ impl Drop for Place {
     }
 }
 
-async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bounds) {
+async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, logs: Logs, bounds: Bounds) {
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     let open = Arc::new(AtomicUsize::new(0));
     let mut delay = ACCEPT_BACKOFF_MIN;
@@ -237,8 +239,9 @@ async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bo
             open: open.clone(),
         };
         let calls = calls.clone();
+        let logs = logs.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, calls, bounds.idle, &place, cancel).await {
+            if let Err(e) = connection(stream, calls, &logs, bounds.idle, &place, cancel).await {
                 tracing::debug!(error = %crate::exit::report(&e), "control connection");
             }
             drop(place);
@@ -249,6 +252,7 @@ async fn serve_within(sock: ControlSocket, calls: mpsc::Sender<Call>, bounds: Bo
 async fn connection(
     stream: UnixStream,
     calls: mpsc::Sender<Call>,
+    logs: &Logs,
     idle: Duration,
     place: &Place,
     cancel: oneshot::Receiver<()>,
@@ -277,6 +281,23 @@ async fn connection(
         place.busy();
         match parse_request(&line) {
             Err(e) => Answer::err(e),
+            Ok(Request::Logs {
+                lines,
+                worker,
+                since_ms,
+                follow,
+            }) => {
+                let filter = Filter {
+                    worker,
+                    since: since_ms.map(|ms| ms as f64 / 1000.0),
+                };
+                let ask = Ask {
+                    lines,
+                    filter,
+                    follow,
+                };
+                return follow::serve(reader, &mut write, logs, ask).await;
+            }
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 let call = Call {
@@ -330,7 +351,7 @@ mod tests {
             connections: 2,
             idle: Duration::from_secs(30),
         };
-        tokio::spawn(serve_within(sock, calls, bounds));
+        tokio::spawn(serve_within(sock, calls, Logs::default(), bounds));
         // Two idle connections take both places.
         let mut first = UnixStream::connect(&path).await.unwrap();
         let _second = UnixStream::connect(&path).await.unwrap();

@@ -42,8 +42,13 @@ pub async fn run(s: Settings) -> Result<Exit> {
     let control = server::bind(&s.control).await?;
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
     let (calls_tx, calls) = mpsc::channel(16);
-    tokio::spawn(server::serve(control, calls_tx));
-    let extras = service::Extras { hub, listening };
+    let logs = crate::logs::Logs::default();
+    tokio::spawn(server::serve(control, calls_tx, logs.clone()));
+    let extras = service::Extras {
+        hub,
+        listening,
+        logs,
+    };
     let exit = service::supervise(builder, &s, reuseport, extras, calls).await;
     let _ = std::fs::remove_file(&s.control);
     drop(watchdog);

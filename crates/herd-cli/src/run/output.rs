@@ -1,17 +1,19 @@
 //! What herd prints of its workers: their output lines (`[wN] line`, stderr's on stderr) and
 //! messages (one JSON object per line), or with `--log-format json` everything as JSON lines
 //! on stdout with a timestamp. Everything goes through the [`crate::sink`], so printing never
-//! waits for the reader.
+//! waits for the reader. Output lines are also kept for `herd logs` ([`crate::logs`]).
 
 use herd::{OutputStream, WorkerId};
 use serde_json::json;
 
+use crate::logs::Logs;
 use crate::sink::{self, Sink, Stream};
 
 /// Prints worker output and messages to herd's stdout and stderr.
 pub(super) struct Printer {
     json: bool,
     sink: &'static Sink,
+    logs: Logs,
 }
 
 /// Seconds since the epoch.
@@ -22,16 +24,18 @@ fn now() -> f64 {
 }
 
 impl Printer {
-    /// A printer for text (`json` false) or JSON lines.
-    pub(super) fn new(json: bool) -> Printer {
+    /// A printer for text (`json` false) or JSON lines, keeping output lines in `logs`.
+    pub(super) fn new(json: bool, logs: Logs) -> Printer {
         Printer {
             json,
             sink: sink::global(),
+            logs,
         }
     }
 
     /// A line of a worker's output.
     pub(super) fn line(&mut self, worker: WorkerId, stream: OutputStream, line: &str) {
+        self.logs.push(worker.0, stream.as_str(), line, now());
         if self.json {
             let v =
                 json!({"ts": now(), "worker": worker.0, "stream": stream.as_str(), "line": line});

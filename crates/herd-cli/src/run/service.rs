@@ -30,6 +30,8 @@ pub(super) struct Extras {
     pub(super) hub: Option<Hub>,
     /// herd's listening sockets.
     pub(super) listening: Arc<[Listening]>,
+    /// The workers' recent output (`herd logs`).
+    pub(super) logs: crate::logs::Logs,
 }
 
 /// The service's config from the settings; `reuseport`: the addresses each worker binds.
@@ -72,7 +74,7 @@ pub(super) async fn supervise(
         .await
         .or_fail(|| format!("cannot start {:?}", s.command[0]))?;
     let (handle, mut events, mut task) = (service.handle, service.events, service.task);
-    let mut printer = Printer::new(s.json_logs);
+    let mut printer = Printer::new(s.json_logs, extras.logs.clone());
     let mut signals = 0;
     loop {
         tokio::select! {
@@ -162,6 +164,7 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
                 cache: extras.hub.as_ref().map(Hub::stats),
                 listening: extras.listening.to_vec(),
                 pid: std::process::id(),
+                logs_dropped: extras.logs.dropped(),
             }))
         }),
         Request::Reload => service
@@ -172,6 +175,13 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
             .scale(workers)
             .await
             .map(|()| Reply::Scaled { workers }),
+        // The control server answers these itself, from the logs.
+        Request::Logs { .. } => {
+            let _ = call
+                .answer
+                .send(Answer::err("logs are read from the control server"));
+            return;
+        }
         Request::Stop => {
             // Answer first: the process ends once the workers have; the client then sees the
             // connection close.

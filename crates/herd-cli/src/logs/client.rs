@@ -1,0 +1,205 @@
+//! `herd logs`: asks a running herd for its workers' recent lines (and with `-f` the new ones as
+//! they come) and prints them as `herd run` does: `[wN] line`, a stderr line on stderr; with
+//! `--time` each line starts with when herd read it (RFC 3339, UTC); with `--json` one JSON
+//! object per line (`seq`, `ts`, `worker`, `stream`, `line`). What herd sends is untrusted:
+//! each line is bounded ([`MAX_LINE`]) and reaches the terminal through
+//! [`printable`](crate::control::printable).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::control::client::{reply, send};
+use crate::control::printable;
+use crate::control::proto::{LogLine, Reply, Request};
+use crate::exit::{Context, Error, Exit, Result};
+
+/// The longest line herd may send (a worker's line is at most 16 KiB, escaped for JSON).
+pub const MAX_LINE: usize = 1 << 20;
+/// How long herd has to answer before the first line.
+const ANSWER_TIME: Duration = Duration::from_secs(30);
+
+/// What `herd logs` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct Ask {
+    /// Recent lines to print first.
+    pub lines: usize,
+    /// Only this worker's.
+    pub worker: Option<u64>,
+    /// Only lines from this time on.
+    pub since: Option<SystemTime>,
+    /// Go on with new lines.
+    pub follow: bool,
+    /// JSON lines.
+    pub json: bool,
+    /// Each line with its time.
+    pub time: bool,
+}
+
+/// `--since`: a duration back from now (`10m`, `2h 30m`, `45s`), an RFC 3339 time
+/// (`2026-12-07T20:00:00Z`) or seconds since the epoch.
+pub fn parse_since(text: &str) -> std::result::Result<SystemTime, String> {
+    let t = text.trim();
+    if let Ok(d) = humantime::parse_duration(t) {
+        return SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("{text:?} is too long ago"));
+    }
+    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+        return Ok(at);
+    }
+    match t.parse::<f64>() {
+        Ok(s) if (0.0..1e12).contains(&s) => Ok(UNIX_EPOCH + Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "{text:?} is not a time: a duration back from now (10m, 1h), an RFC 3339 time \
+             (2026-12-07T20:00:00Z) or seconds since the epoch"
+        )),
+    }
+}
+
+/// Prints the logs of the herd at `path` as `ask` says; returns when they are printed (or, when
+/// following, once herd goes away or the reader closes the pipe).
+pub async fn logs(path: &Path, ask: &Ask) -> Result<Exit> {
+    let since_ms = ask.since.map(|t| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+    });
+    let request = Request::Logs {
+        lines: ask.lines,
+        worker: ask.worker,
+        since_ms,
+        follow: ask.follow,
+    };
+    let stream = send(path, &request).await?;
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut line = Vec::new();
+    let first = tokio::time::timeout(ANSWER_TIME, read_line(&mut reader, &mut line))
+        .await
+        .or_fail(|| "herd did not answer in time".into())??;
+    let text = if first {
+        String::from_utf8_lossy(&line).into_owned()
+    } else {
+        String::new()
+    };
+    match reply(&text)? {
+        Reply::Logs { .. } => {}
+        other => return Err(Error::failure(format!("herd answered logs with {other:?}"))),
+    }
+    loop {
+        if !read_line(&mut reader, &mut line).await? {
+            return Ok(Exit::Success);
+        }
+        let parsed: LogLine = serde_json::from_slice(&line)
+            .or_fail(|| "herd sent a log line that is not understood".into())?;
+        if !print(&parsed, ask) {
+            return Ok(Exit::Success);
+        }
+    }
+}
+
+/// Reads one line (without its newline) into `line`; false at the end of the connection.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+) -> Result<bool> {
+    line.clear();
+    loop {
+        let buf = r
+            .fill_buf()
+            .await
+            .or_fail(|| "cannot read from herd".into())?;
+        if buf.is_empty() {
+            // A last line without its newline still counts.
+            return Ok(!line.is_empty());
+        }
+        let (used, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let take = if done { used - 1 } else { used };
+        if line.len() + take > MAX_LINE {
+            return Err(Error::failure("herd sent a line over 1 MiB"));
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(used);
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+/// Prints one line; false once the reader has closed the pipe.
+fn print(l: &LogLine, ask: &Ask) -> bool {
+    let (text, to_err) = match l {
+        LogLine::Lost { lost } => (
+            format!("herd logs: {lost} lines dropped: this reader was too slow\n"),
+            true,
+        ),
+        LogLine::Line(e) if ask.json => {
+            let mut s = serde_json::to_string(e).expect("an entry serialises");
+            s.push('\n');
+            (s, false)
+        }
+        LogLine::Line(e) => {
+            let mut s = String::new();
+            if ask.time {
+                let at = UNIX_EPOCH + Duration::from_secs_f64(e.ts.clamp(0.0, 1e11));
+                s.push_str(&humantime::format_rfc3339_millis(at).to_string());
+                s.push(' ');
+            }
+            s.push_str(&format!("[w{}] {}\n", e.worker, e.line));
+            (s, e.stream == "stderr")
+        }
+    };
+    let text = printable(&text);
+    let written = if to_err {
+        let mut err = std::io::stderr().lock();
+        err.write_all(text.as_bytes()).and_then(|()| err.flush())
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).and_then(|()| out.flush())
+    };
+    written.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_times_and_epoch_seconds() {
+        let ten = parse_since("10m").unwrap();
+        let back = SystemTime::now().duration_since(ten).unwrap();
+        assert!(
+            back >= Duration::from_secs(600) && back < Duration::from_secs(660),
+            "{back:?}"
+        );
+        assert_eq!(
+            parse_since("2026-12-07T20:00:00Z").unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1_796_673_600)
+        );
+        assert_eq!(
+            parse_since("1.5").unwrap(),
+            UNIX_EPOCH + Duration::from_millis(1500)
+        );
+        for bad in ["", "yesterday", "-5", "1e400", "NaN", "99999999999999"] {
+            assert!(parse_since(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let long = vec![b'a'; MAX_LINE + 10];
+        let mut r = BufReader::new(&long[..]);
+        let mut line = Vec::new();
+        assert!(read_line(&mut r, &mut line).await.is_err());
+        let mut r = BufReader::new(&b"one\ntwo"[..]);
+        assert!(read_line(&mut r, &mut line).await.unwrap());
+        assert_eq!(line, b"one");
+        assert!(read_line(&mut r, &mut line).await.unwrap());
+        assert_eq!(line, b"two");
+        assert!(!read_line(&mut r, &mut line).await.unwrap());
+    }
+}
