@@ -6,7 +6,10 @@
 //! full, lines are dropped and counted ([`Sink::dropped`], added to `herd status`'s
 //! `output_dropped`), and when the reader comes back herd says how many it lost.
 //!
-//! Later destinations (log files, `herd logs -f`) are meant to hang off the same thread.
+//! Log files ([`crate::logs::files`]) are a second sink of the same kind, with a thread and a
+//! budget of their own, so a slow disk and a slow terminal never wait for each other; a
+//! [`Dest`] is what a sink's thread writes to, and [`Sink::reopen`] has it open its files
+//! again (SIGUSR1).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -35,6 +38,32 @@ struct State {
     unreported: u64,
     /// Whether the writer is writing a line it took (the queue may be empty meanwhile).
     busy: bool,
+    /// Whether the destination is to open its files again before the next write.
+    reopen: bool,
+}
+
+/// What a sink's thread writes to.
+pub trait Dest: Send + 'static {
+    /// Writes `bytes` (whole lines) of `stream`.
+    fn write(&mut self, stream: Stream, bytes: &[u8]) -> std::io::Result<()>;
+    /// Opens its files again (after logrotate moved them); nothing by default.
+    fn reopen(&mut self) {}
+}
+
+/// A writer per stream.
+struct Opened {
+    out: Box<dyn Write + Send>,
+    err: Box<dyn Write + Send>,
+}
+
+impl Dest for Opened {
+    fn write(&mut self, stream: Stream, bytes: &[u8]) -> std::io::Result<()> {
+        let w = match stream {
+            Stream::Out => &mut self.out,
+            Stream::Err => &mut self.err,
+        };
+        w.write_all(bytes).and_then(|()| w.flush())
+    }
 }
 
 struct Inner {
@@ -63,7 +92,7 @@ pub struct Sink {
 pub fn global() -> &'static Sink {
     static SINK: OnceLock<Sink> = OnceLock::new();
     SINK.get_or_init(|| {
-        Sink::start(|s| -> Box<dyn Write> {
+        Sink::start(|s| -> Box<dyn Write + Send> {
             match s {
                 Stream::Out => Box::new(std::io::stdout()),
                 Stream::Err => Box::new(std::io::stderr()),
@@ -74,7 +103,16 @@ pub fn global() -> &'static Sink {
 
 impl Sink {
     /// A sink whose thread writes each line to `open(stream)`.
-    fn start(open: impl Fn(Stream) -> Box<dyn Write> + Send + 'static) -> Sink {
+    fn start(open: impl Fn(Stream) -> Box<dyn Write + Send>) -> Sink {
+        let dest = Opened {
+            out: open(Stream::Out),
+            err: open(Stream::Err),
+        };
+        Sink::to("herd-output", Box::new(dest))
+    }
+
+    /// A sink whose thread, named `name`, writes to `dest`.
+    pub fn to(name: &str, dest: Box<dyn Dest>) -> Sink {
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             queued: Condvar::new(),
@@ -84,8 +122,8 @@ impl Sink {
             inner: inner.clone(),
         };
         let started = std::thread::Builder::new()
-            .name("herd-output".into())
-            .spawn(move || writer(&inner, open));
+            .name(name.into())
+            .spawn(move || writer(&inner, dest));
         if started.is_err() {
             // No thread: every line is dropped (and counted) rather than written inline,
             // which could block.
@@ -112,6 +150,12 @@ impl Sink {
         drop(s);
         self.inner.queued.notify_one();
         true
+    }
+
+    /// Has the destination open its files again before its next write (SIGUSR1).
+    pub fn reopen(&self) {
+        self.lock().reopen = true;
+        self.inner.queued.notify_one();
     }
 
     /// Lines dropped so far because the reader was too slow.
@@ -155,14 +199,12 @@ fn drop_note(lost: u64) -> String {
 }
 
 /// The writer thread: takes what is queued, a batch per stream, and writes it.
-fn writer(inner: &Inner, open: impl Fn(Stream) -> Box<dyn Write>) {
-    let mut out = open(Stream::Out);
-    let mut err = open(Stream::Err);
+fn writer(inner: &Inner, mut dest: Box<dyn Dest>) {
     loop {
         let (stream, batch, lost) = {
             let mut s = inner.lock();
             s.busy = false;
-            while s.queue.is_empty() {
+            while s.queue.is_empty() && !s.reopen {
                 inner.idle.notify_all();
                 s = inner
                     .queued
@@ -170,6 +212,11 @@ fn writer(inner: &Inner, open: impl Fn(Stream) -> Box<dyn Write>) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             s.busy = true;
+            if std::mem::take(&mut s.reopen) {
+                drop(s);
+                dest.reopen();
+                continue;
+            }
             let stream = s.queue[0].0;
             let mut batch = Vec::new();
             while let Some((st, _)) = s.queue.front() {
@@ -183,16 +230,11 @@ fn writer(inner: &Inner, open: impl Fn(Stream) -> Box<dyn Write>) {
             (stream, batch, std::mem::take(&mut s.unreported))
         };
         if lost > 0 {
-            let note = drop_note(lost);
-            let _ = err.write_all(note.as_bytes()).and_then(|()| err.flush());
+            let _ = dest.write(Stream::Err, drop_note(lost).as_bytes());
         }
-        let w = match stream {
-            Stream::Out => &mut out,
-            Stream::Err => &mut err,
-        };
         // A reader that went away (EPIPE: `herd run ... | head`) is not a reason to stop: the
         // lines are lost, and counted as dropped (`herd status` shows them).
-        if w.write_all(&batch).and_then(|()| w.flush()).is_err() {
+        if dest.write(stream, &batch).is_err() {
             let lines = batch.iter().filter(|&&b| b == b'\n').count().max(1);
             inner.lock().dropped += lines as u64;
         }

@@ -28,6 +28,12 @@
 //! dir = "cache-data"               # or snapshot = "cache.json", or redis = "redis://..."
 //! warm = ["user:*"]
 //! max_stale = 300.0
+//!
+//! [logs]
+//! file = "/var/log/app/all.log"    # or out_file / err_file, one per stream
+//! max_size = "10M"                 # rotated past it: PATH.1 (newest) ... PATH.keep
+//! keep = 5
+//! time = true                      # a timestamp on each worker line
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,6 +42,7 @@ use clap::FromArgMatches;
 
 use crate::exit::{Context, Error, Result};
 
+pub mod logs;
 mod options;
 mod settings;
 

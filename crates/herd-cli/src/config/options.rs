@@ -97,6 +97,9 @@ pub struct Options {
     /// The `[cache]` table.
     #[command(flatten)]
     pub cache: CacheOptions,
+    /// The `[logs]` table.
+    #[command(flatten)]
+    pub logs: super::logs::LogOptions,
 }
 
 /// `--balance`: how connections reach Node workers' servers.

@@ -64,6 +64,8 @@ pub struct Settings {
     pub cache: Option<CacheSource>,
     pub warm: Vec<String>,
     pub max_stale: Duration,
+    /// `[logs]`: log files and timestamps.
+    pub logs: super::logs::LogSettings,
 }
 
 /// A usage error about `field`.
@@ -304,6 +306,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         ));
     }
     let max_stale = seconds("cache.max_stale", c.max_stale.unwrap_or(300.0), MAX_STALE)?;
+    let logs = super::logs::check(o.logs)?;
     Ok(Settings {
         command,
         workers,
@@ -333,6 +336,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         cache,
         warm,
         max_stale,
+        logs,
     })
 }
 

@@ -43,11 +43,13 @@ pub async fn run(s: Settings) -> Result<Exit> {
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
     let (calls_tx, calls) = mpsc::channel(16);
     let logs = crate::logs::Logs::default();
+    let files = crate::logs::files::start(&s.logs)?;
     tokio::spawn(server::serve(control, calls_tx, logs.clone()));
     let extras = service::Extras {
         hub,
         listening,
         logs,
+        files,
     };
     let exit = service::supervise(builder, &s, reuseport, extras, calls).await;
     let _ = std::fs::remove_file(&s.control);

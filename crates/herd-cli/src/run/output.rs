@@ -12,7 +12,11 @@ use crate::sink::{self, Sink, Stream};
 /// Prints worker output and messages to herd's stdout and stderr.
 pub(super) struct Printer {
     json: bool,
+    /// A timestamp on each worker line (`--log-time`).
+    time: bool,
     sink: &'static Sink,
+    /// The log files' sink, if any.
+    files: Option<Sink>,
     logs: Logs,
 }
 
@@ -24,11 +28,14 @@ fn now() -> f64 {
 }
 
 impl Printer {
-    /// A printer for text (`json` false) or JSON lines, keeping output lines in `logs`.
-    pub(super) fn new(json: bool, logs: Logs) -> Printer {
+    /// A printer for text (`json` false) or JSON lines, with a timestamp on each worker line if
+    /// `time`, keeping output lines in `logs` and writing them to `files` too.
+    pub(super) fn new(json: bool, time: bool, logs: Logs, files: Option<Sink>) -> Printer {
         Printer {
             json,
+            time,
             sink: sink::global(),
+            files,
             logs,
         }
     }
@@ -40,6 +47,12 @@ impl Printer {
             let v =
                 json!({"ts": now(), "worker": worker.0, "stream": stream.as_str(), "line": line});
             self.write(format!("{v}\n"), false);
+        } else if self.time {
+            let at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+            self.write(
+                format!("{at} [w{worker}] {line}\n"),
+                stream == OutputStream::Stderr,
+            );
         } else {
             self.write(
                 format!("[w{worker}] {line}\n"),
@@ -61,6 +74,9 @@ impl Printer {
     /// Queues `text`; dropped (and counted) if the reader is too far behind.
     fn write(&mut self, text: String, to_err: bool) {
         let stream = if to_err { Stream::Err } else { Stream::Out };
+        if let Some(files) = &self.files {
+            files.write(stream, text.clone().into_bytes());
+        }
         self.sink.write(stream, text.into_bytes());
     }
 }

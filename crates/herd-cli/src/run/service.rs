@@ -1,7 +1,7 @@
 //! Supervising the workers with `herd::service`: the only file of herd-cli that drives it. It
 //! turns the settings into the service's config, answers control calls, acts on signals
 //! (SIGHUP reloads; SIGINT or SIGTERM stops gracefully, a second one at once; SIGQUIT stops at
-//! once; SIGUSR2 logs a status line; SIGUSR1 reopens log files, of which there are none yet),
+//! once; SIGUSR2 logs a status line; SIGUSR1 reopens the log files),
 //! prints the workers' output (queued, never awaited: see [`crate::sink`]), and turns how the
 //! service ended into herd's exit code. Nothing in the loop awaits a worker or an output sink.
 
@@ -32,6 +32,8 @@ pub(super) struct Extras {
     pub(super) listening: Arc<[Listening]>,
     /// The workers' recent output (`herd logs`).
     pub(super) logs: crate::logs::Logs,
+    /// The log files' sink, if there are log files.
+    pub(super) files: Option<crate::sink::Sink>,
 }
 
 /// The service's config from the settings; `reuseport`: the addresses each worker binds.
@@ -74,7 +76,12 @@ pub(super) async fn supervise(
         .await
         .or_fail(|| format!("cannot start {:?}", s.command[0]))?;
     let (handle, mut events, mut task) = (service.handle, service.events, service.task);
-    let mut printer = Printer::new(s.json_logs, extras.logs.clone());
+    let mut printer = Printer::new(
+        s.json_logs,
+        s.logs.time,
+        extras.logs.clone(),
+        extras.files.clone(),
+    );
     let mut signals = 0;
     loop {
         tokio::select! {
@@ -86,6 +93,13 @@ pub(super) async fn supervise(
                     }
                 };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rest).await;
+                if let Some(files) = &extras.files {
+                    let files = files.clone();
+                    let flush = tokio::task::spawn_blocking(move || {
+                        files.flush(std::time::Duration::from_secs(2))
+                    });
+                    let _ = flush.await;
+                }
                 return exit(outcome.or_fail(|| "the service task failed".into())?);
             }
             Some(ev) = events.recv() => print(&mut printer, ev, s.log_messages),
@@ -100,9 +114,10 @@ pub(super) async fn supervise(
                 let handle = handle.clone();
                 tokio::spawn(async move { handle.stop(StopMode::Fast).await });
             }
-            _ = sigusr1.recv() => {
-                tracing::info!("SIGUSR1: herd writes no log files, so there is nothing to reopen");
-            }
+            _ = sigusr1.recv() => match &extras.files {
+                Some(files) => files.reopen(),
+                None => tracing::info!("SIGUSR1: herd writes no log files, so there is nothing to reopen"),
+            },
             _ = sigusr2.recv() => {
                 tokio::spawn(log_status(handle.clone()));
             }
@@ -158,7 +173,8 @@ fn print(printer: &mut Printer, ev: ServiceEvent, messages: bool) {
 async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
     let answer = match call.request {
         Request::Status => service.status().await.map(|mut status| {
-            status.output_dropped += crate::sink::global().dropped();
+            status.output_dropped += crate::sink::global().dropped()
+                + extras.files.as_ref().map_or(0, crate::sink::Sink::dropped);
             Reply::Status(Box::new(Report {
                 status,
                 cache: extras.hub.as_ref().map(Hub::stats),
