@@ -58,6 +58,13 @@ enum Command {
     /// herd's main job on its embedded default: Node HTTP workers on one shared port, one cache
     /// for the host, a rolling reload under load. Needs only `node`.
     Demo,
+    /// List every herd of this user on the host (those with their control socket in herd's
+    /// own directory): state, workers, CPU, memory, restarts, uptime.
+    List {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a running herd's recent worker output, and with -f follow it.
     Logs {
         #[command(flatten)]
@@ -206,6 +213,15 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
         Command::Stop { at } => {
             client::stop(&at.path(), LIMIT).await?;
             say("stopped\n")
+        }
+        Command::List { json } => {
+            let found = control::list::list(&control::default_dir()).await?;
+            if json {
+                let text = serde_json::to_string(&found).expect("a list serialises");
+                say(&format!("{text}\n"))
+            } else {
+                say(&control::list::format_list(&found))
+            }
         }
         Command::Logs {
             at,

@@ -29,6 +29,21 @@ fn parse_stat(line: &str) -> Option<Stat> {
     Some(Stat { state, ppid, pgrp })
 }
 
+/// The CPU time `pid` has used so far (user and system, its own, not its children's), in
+/// seconds, from `/proc/PID/stat`.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu(&line, rustix::param::clock_ticks_per_second())
+}
+
+/// utime and stime (fields 14 and 15 of a stat line, counted from 1) over `hz` ticks a second.
+fn parse_cpu(line: &str, hz: u64) -> Option<f64> {
+    let mut fields = line.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime) as f64 / hz.max(1) as f64)
+}
+
 /// The socket inodes in `pid`'s descriptor table, by descriptor number.
 pub(crate) fn socket_inodes(pid: u32) -> io::Result<Vec<(i32, u64)>> {
     let mut found = Vec::new();
@@ -111,6 +126,17 @@ mod tests {
         assert_eq!(parse_stat(line), Some(want));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) R notanumber 1"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_utime_and_stime() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let line = "7 (a (b) c) S 1 7 7 0 -1 4194560 100 0 0 0 250 50 0 0 20 0";
+        assert_eq!(parse_cpu(line, 100), Some(3.0));
+        assert_eq!(parse_cpu("7 (x) S 1 7", 100), None);
+        let me = cpu_seconds(std::process::id()).unwrap();
+        assert!(me >= 0.0 && me.is_finite());
     }
 
     /// Both ways of finding children find a child this process just started, with its

@@ -8,13 +8,23 @@ fn size(b: u64) -> String {
 }
 
 /// Seconds as `42s`, `3m07s` or `2h05m`.
-fn uptime(s: f64) -> String {
+pub fn uptime(s: f64) -> String {
     let s = s as u64;
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// Worker `id`'s CPU use as `12%`, or `-` if it was not measured.
+pub fn cpu(report: &Report, id: u64) -> String {
+    report
+        .cpu
+        .iter()
+        .find(|(w, _)| *w == id)
+        .and_then(|(_, p)| *p)
+        .map_or("-".into(), |p| format!("{p:.0}%"))
 }
 
 /// A status report as a table.
@@ -38,15 +48,16 @@ pub fn format_status(report: &Report) -> String {
         if s.reloading { ", reloading" } else { "" },
         s.reloads,
     ));
-    let row = |cells: [&str; 10]| {
-        let [a, b, c, d, e, f, g, h, i, j] = cells;
-        format!("{a:<7} {b:>4} {c:>8} {d:<9} {e:>8} {f:>8} {g:>10} {h:>10} {i:>8}  {j}\n")
+    let row = |cells: [&str; 11]| {
+        let [a, b, c, d, k, e, f, g, h, i, j] = cells;
+        format!("{a:<7} {b:>4} {c:>8} {d:<9} {k:>6} {e:>8} {f:>8} {g:>10} {h:>10} {i:>8}  {j}\n")
     };
     out.push_str(&row([
         "WORKER",
         "SLOT",
         "PID",
         "STATE",
+        "CPU",
         "UPTIME",
         "RESTARTS",
         "RSS",
@@ -64,6 +75,7 @@ pub fn format_status(report: &Report) -> String {
             } else {
                 &w.state
             },
+            &cpu(report, w.worker.0),
             &uptime(w.uptime_s),
             &match w.unresponsive {
                 0 => w.restarts.to_string(),

@@ -14,6 +14,7 @@ use crate::exit::{Context, Error, Result};
 pub mod client;
 mod follow;
 pub mod format;
+pub mod list;
 pub mod proto;
 pub mod server;
 

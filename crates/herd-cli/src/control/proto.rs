@@ -122,6 +122,15 @@ pub struct Report {
     /// Output lines `herd logs -f` readers lost for being too slow.
     #[serde(default)]
     pub logs_dropped: u64,
+    /// Each worker's CPU use now, in percent of one CPU, by worker id (none: not measured).
+    #[serde(default)]
+    pub cpu: Vec<(u64, Option<f64>)>,
+    /// The herd's name (`--name`).
+    #[serde(default)]
+    pub name: String,
+    /// Seconds since herd started.
+    #[serde(default)]
+    pub uptime_s: f64,
 }
 
 /// What a request that succeeded answers.
@@ -370,6 +379,7 @@ mod tests {
                     unresponsive: 0,
                     rss: 10 << 20,
                     pss: 5 << 20,
+                    cpu_s: 1.25,
                     messages: 7,
                     internal_dropped: 0,
                     last_exit: Some("exit code 1".into()),
@@ -395,6 +405,9 @@ mod tests {
             }],
             pid: 99,
             logs_dropped: 0,
+            cpu: vec![(3, Some(12.5))],
+            name: "app".into(),
+            uptime_s: 3.5,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::exit::{Error, Exit, Result};
 use crate::which::which;
 
 mod cluster;
+mod cpu;
 pub mod listen;
 mod output;
 mod service;
@@ -50,6 +51,9 @@ pub async fn run(s: Settings) -> Result<Exit> {
         listening,
         logs,
         files,
+        cpu: cpu::Meter::default(),
+        name: s.name.clone(),
+        started: std::time::Instant::now(),
     };
     let exit = service::supervise(builder, &s, reuseport, extras, calls).await;
     let _ = std::fs::remove_file(&s.control);

@@ -34,6 +34,12 @@ pub(super) struct Extras {
     pub(super) logs: crate::logs::Logs,
     /// The log files' sink, if there are log files.
     pub(super) files: Option<crate::sink::Sink>,
+    /// The workers' last CPU samples.
+    pub(super) cpu: super::cpu::Meter,
+    /// The herd's name.
+    pub(super) name: String,
+    /// When herd started.
+    pub(super) started: std::time::Instant,
 }
 
 /// The service's config from the settings; `reuseport`: the addresses each worker binds.
@@ -172,7 +178,7 @@ fn print(printer: &mut Printer, ev: ServiceEvent, messages: bool) {
 /// Answers one control call.
 async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
     let answer = match call.request {
-        Request::Status => service.status().await.map(|mut status| {
+        Request::Status => status(&service, &extras).await.map(|(mut status, cpu)| {
             status.output_dropped += crate::sink::global().dropped()
                 + extras.files.as_ref().map_or(0, crate::sink::Sink::dropped);
             Reply::Status(Box::new(Report {
@@ -181,6 +187,9 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
                 listening: extras.listening.to_vec(),
                 pid: std::process::id(),
                 logs_dropped: extras.logs.dropped(),
+                cpu,
+                name: extras.name.clone(),
+                uptime_s: extras.started.elapsed().as_secs_f64(),
             }))
         }),
         Request::Reload => service
@@ -211,6 +220,30 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
     let _ = call
         .answer
         .send(answer.map_or_else(Answer::err, Answer::Ok));
+}
+
+/// The service's status with each worker's CPU use now: measured against the last report's
+/// samples, or against a fresh one [`MIN_SPAN`](super::cpu::MIN_SPAN) earlier.
+async fn status(
+    service: &ServiceHandle,
+    extras: &Extras,
+) -> std::result::Result<
+    (herd::service::Status, Vec<(u64, Option<f64>)>),
+    herd::service::ServiceError,
+> {
+    let first = service.status().await?;
+    let cpu = extras.cpu.percent(&first, std::time::Instant::now());
+    if cpu.iter().all(|(_, p)| p.is_some()) {
+        return Ok((first, cpu));
+    }
+    tokio::time::sleep(super::cpu::MIN_SPAN).await;
+    match service.status().await {
+        Ok(again) => {
+            let cpu = extras.cpu.percent(&again, std::time::Instant::now());
+            Ok((again, cpu))
+        }
+        Err(_) => Ok((first, cpu)),
+    }
 }
 
 /// A stop signal: the first stops gracefully, the next ones at once.

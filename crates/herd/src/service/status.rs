@@ -29,6 +29,9 @@ pub struct WorkerStatus {
     pub rss: u64,
     /// Proportional set size (bytes; shared pages split among their users), from /proc.
     pub pss: u64,
+    /// CPU time it has used (user and system, seconds), from /proc.
+    #[serde(default)]
+    pub cpu_s: f64,
     /// Messages received from it.
     pub messages: u64,
     /// Node's own internal messages (`NODE_*` `cmd`s that are not herd's) it sent, which herd
@@ -119,6 +122,7 @@ pub(crate) fn build(
                     .map_or(0, |s| s.unresponsive),
                 rss: 0,
                 pss: 0,
+                cpu_s: 0.0,
                 messages: w.messages,
                 internal_dropped,
                 listen_error,
@@ -159,10 +163,21 @@ pub(crate) fn build(
     }
 }
 
-/// Fills in each worker's memory figures.
+/// Fills in each worker's memory and CPU figures.
 pub(crate) async fn add_memory(status: &mut Status) {
     for w in &mut status.workers {
         (w.rss, w.pss) = memory(w.pid).await;
+    }
+    let pids: Vec<u32> = status.workers.iter().map(|w| w.pid).collect();
+    let cpu = tokio::task::spawn_blocking(move || {
+        pids.into_iter()
+            .map(|p| crate::procfs::cpu_seconds(p).unwrap_or(0.0))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (w, c) in status.workers.iter_mut().zip(cpu) {
+        w.cpu_s = c;
     }
 }
 
