@@ -80,7 +80,7 @@ enum Command {
         worker: Option<u64>,
         /// Only lines from this time on: `10m`, `1h` back from now, an RFC 3339 time or
         /// seconds since the epoch.
-        #[arg(long, value_parser = herd_cli::logs::client::parse_since)]
+        #[arg(long, value_parser = herd_cli::control::logs::parse_since)]
         since: Option<std::time::SystemTime>,
         /// One JSON object per line (seq, ts, worker, stream, line).
         #[arg(long)]
@@ -232,7 +232,7 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
             json,
             time,
         } => {
-            let ask = herd_cli::logs::client::Ask {
+            let ask = herd_cli::control::logs::Ask {
                 lines: lines as usize,
                 worker,
                 since,
@@ -240,7 +240,7 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
                 json,
                 time,
             };
-            herd_cli::logs::client::logs(&at.path(), &ask).await
+            herd_cli::control::logs::logs(&at.path(), &ask).await
         }
         Command::Scale { workers, at } => {
             let n = client::scale(&at.path(), workers, LIMIT).await?;

@@ -44,6 +44,13 @@ fn parse_cpu(line: &str, hz: u64) -> Option<f64> {
     Some(utime.saturating_add(stime) as f64 / hz.max(1) as f64)
 }
 
+/// `pid`'s resident memory in bytes, from `/proc/PID/statm` (its second field, in pages).
+pub(crate) fn rss(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(rustix::param::page_size() as u64))
+}
+
 /// The socket inodes in `pid`'s descriptor table, by descriptor number.
 pub(crate) fn socket_inodes(pid: u32) -> io::Result<Vec<(i32, u64)>> {
     let mut found = Vec::new();

@@ -60,6 +60,11 @@ pub struct Options {
     /// A program with no such listener gets the signal once its servers are done, as before.
     #[arg(long, value_name = "SECS")]
     pub stop_settle: Option<f64>,
+    /// Replace a worker whose resident memory stays above SIZE (`300M`, `1G`) for 3 s, as a
+    /// reload replaces it: the new one ready first, the old one drained (PM2's
+    /// `max_memory_restart`, without the dropped requests).
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
     /// Stop workers with PM2's `'shutdown'` message instead of a signal.
     #[arg(long)]
     pub shutdown_message: Option<bool>,

@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_stale: Duration,
     /// `[logs]`: log files and timestamps.
     pub logs: super::logs::LogSettings,
+    /// `--max-memory`: the resident memory a worker is replaced past.
+    pub max_memory: Option<u64>,
 }
 
 /// A usage error about `field`.
@@ -307,6 +309,19 @@ pub fn settings(o: Options) -> Result<Settings> {
     }
     let max_stale = seconds("cache.max_stale", c.max_stale.unwrap_or(300.0), MAX_STALE)?;
     let logs = super::logs::check(o.logs)?;
+    let max_memory = match o.max_memory.as_deref() {
+        None => None,
+        Some(text) => {
+            let bytes = super::logs::size(text).map_err(|e| bad("max_memory", e))?;
+            if bytes < 1 << 20 {
+                return Err(bad(
+                    "max_memory",
+                    format_args!("{bytes} bytes is below the smallest, 1M"),
+                ));
+            }
+            Some(bytes)
+        }
+    };
     Ok(Settings {
         command,
         workers,
@@ -337,6 +352,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         warm,
         max_stale,
         logs,
+        max_memory,
     })
 }
 

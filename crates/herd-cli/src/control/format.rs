@@ -77,9 +77,11 @@ pub fn format_status(report: &Report) -> String {
             },
             &cpu(report, w.worker.0),
             &uptime(w.uptime_s),
-            &match w.unresponsive {
-                0 => w.restarts.to_string(),
-                n => format!("{} ({n} hung)", w.restarts),
+            &match (w.unresponsive, w.memory_replaced) {
+                (0, 0) => w.restarts.to_string(),
+                (n, 0) => format!("{} ({n} hung)", w.restarts),
+                (0, m) => format!("{} ({m} mem)", w.restarts),
+                (n, m) => format!("{} ({n} hung, {m} mem)", w.restarts),
             },
             &size(w.rss),
             &size(w.pss),

@@ -15,6 +15,7 @@ pub mod client;
 mod follow;
 pub mod format;
 pub mod list;
+pub mod logs;
 pub mod proto;
 pub mod server;
 

@@ -377,6 +377,7 @@ mod tests {
                     uptime_s: 61.5,
                     restarts: 1,
                     unresponsive: 0,
+                    memory_replaced: 0,
                     rss: 10 << 20,
                     pss: 5 << 20,
                     cpu_s: 1.25,

@@ -22,7 +22,6 @@ use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
 
-use crate::config::logs::LogSettings;
 use crate::exit::{Context, Error, Result};
 use crate::sink::{Dest, Sink, Stream};
 
@@ -146,22 +145,37 @@ impl Dest for Files {
     }
 }
 
+/// Which log files to write, rotated past `max_size` bytes with `keep` rotated files kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan<'a> {
+    /// Both streams' lines.
+    pub file: Option<&'a Path>,
+    /// Stdout lines.
+    pub out_file: Option<&'a Path>,
+    /// Stderr lines.
+    pub err_file: Option<&'a Path>,
+    /// Bytes past which a file is rotated.
+    pub max_size: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+}
+
 /// The sink writing the log files `s` names, or none if it names none. Each file is opened
 /// first, so a bad path is an error at start.
-pub fn start(s: &LogSettings) -> Result<Option<Sink>> {
+pub fn start(s: Plan<'_>) -> Result<Option<Sink>> {
     let mut files = Vec::new();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     for (path, to_out, to_err) in [
-        (&s.file, true, true),
-        (&s.out_file, true, false),
-        (&s.err_file, false, true),
+        (s.file, true, true),
+        (s.out_file, true, false),
+        (s.err_file, false, true),
     ] {
         let Some(path) = path else { continue };
         let path = &std::path::absolute(path)
             .or_fail(|| format!("cannot find the log file {}", path.display()))?;
         probe(path).or_fail(|| format!("cannot open the log file {}", path.display()))?;
         let mut r = Rotating {
-            path: path.clone(),
+            path: path.to_path_buf(),
             max: s.max_size,
             keep: s.keep,
             file: None,

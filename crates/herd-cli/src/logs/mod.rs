@@ -1,8 +1,7 @@
 //! The workers' output beyond herd's own stdout and stderr: a bounded ring of recent lines per
-//! worker that `herd logs` reads and follows over the control socket ([`ring`]), the
-//! `herd logs` client that prints them ([`client`]), and log files with rotation ([`files`]).
+//! worker that `herd logs` reads and follows over the control socket ([`ring`]; the client is
+//! `control::logs`), and log files with rotation ([`files`]).
 
-pub mod client;
 pub mod files;
 pub mod ring;
 

@@ -44,7 +44,13 @@ pub async fn run(s: Settings) -> Result<Exit> {
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
     let (calls_tx, calls) = mpsc::channel(16);
     let logs = crate::logs::Logs::default();
-    let files = crate::logs::files::start(&s.logs)?;
+    let files = crate::logs::files::start(crate::logs::files::Plan {
+        file: s.logs.file.as_deref(),
+        out_file: s.logs.out_file.as_deref(),
+        err_file: s.logs.err_file.as_deref(),
+        max_size: s.logs.max_size,
+        keep: s.logs.keep,
+    })?;
     tokio::spawn(server::serve(control, calls_tx, logs.clone()));
     let extras = service::Extras {
         hub,

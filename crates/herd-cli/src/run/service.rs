@@ -59,6 +59,7 @@ fn config(s: &Settings, reuseport: Vec<ListenAddr>) -> ServiceConfig {
     config.reuseport = reuseport;
     config.reuseport_fd = super::listen::FIRST_FD;
     config.relay = s.relay;
+    config.max_memory = s.max_memory;
     config
 }
 

@@ -64,6 +64,8 @@ struct Actor {
     pending: HashMap<Token, Pending>,
     next_token: Token,
     probes: mpsc::Sender<WorkerId>,
+    /// Where a memory sample's figures come back.
+    samples: mpsc::Sender<Vec<(WorkerId, u64)>>,
     outcome: Option<Outcome>,
 }
 
@@ -79,6 +81,7 @@ pub(crate) fn spawn(
     let (call_tx, call_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(1));
     let (probe_tx, probe_rx) = mpsc::channel(64);
+    let (sample_tx, sample_rx) = mpsc::channel(1);
     let (machine, first) = Machine::new(config.clone());
     let actor = Actor {
         cluster,
@@ -91,9 +94,10 @@ pub(crate) fn spawn(
         pending: HashMap::new(),
         next_token: 0,
         probes: probe_tx,
+        samples: sample_tx,
         outcome: None,
     };
-    let task = tokio::spawn(actor.run(first, call_rx, probe_rx));
+    let task = tokio::spawn(actor.run(first, call_rx, probe_rx, sample_rx));
     (call_tx, ev_rx, task)
 }
 
@@ -103,6 +107,7 @@ impl Actor {
         first: Vec<Effect>,
         mut calls: mpsc::Receiver<Call>,
         mut probes: mpsc::Receiver<WorkerId>,
+        mut samples: mpsc::Receiver<Vec<(WorkerId, u64)>>,
     ) -> Outcome {
         self.apply(first).await;
         let mut calls_open = true;
@@ -121,6 +126,7 @@ impl Actor {
                 ev = self.cluster.next_event() => Step::Event(ev),
                 call = calls.recv(), if calls_open => Step::Call(call),
                 Some(w) = probes.recv() => Step::Input(Input::Probed(w)),
+                Some(rss) = samples.recv() => Step::Input(Input::Memory(rss)),
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => Step::Input(Input::Tick),
             };
             match step {
@@ -192,6 +198,23 @@ impl Actor {
             Effect::Probe(w, addr) => {
                 let limit = self.config.ready_timeout;
                 tokio::spawn(probe(addr, w, self.probes.clone(), limit));
+            }
+            Effect::SampleMemory(workers) => {
+                // /proc reads block: on a blocking thread, the figures back as an input. The
+                // machine asks for one sample at a time, so the channel (room for one) never
+                // holds the job up.
+                let pids: Vec<(WorkerId, u32)> = workers
+                    .into_iter()
+                    .filter_map(|w| Some((w, self.handles.get(&w)?.pid())))
+                    .collect();
+                let tx = self.samples.clone();
+                tokio::task::spawn_blocking(move || {
+                    let rss = pids
+                        .into_iter()
+                        .filter_map(|(w, pid)| Some((w, crate::procfs::rss(pid)?)))
+                        .collect();
+                    let _ = tx.try_send(rss);
+                });
             }
             Effect::Reply(t, reply) => match (self.pending.remove(&t), reply) {
                 (Some(Pending::Reload(tx)), Reply::Reload(r)) => drop(tx.send(r)),

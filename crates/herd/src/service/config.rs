@@ -143,6 +143,14 @@ pub struct ServiceConfig {
     /// What is done with a message a worker sends the primary (Node's `process.send`) besides
     /// reporting it (default: nothing more).
     pub relay: Relay,
+    /// A serving worker whose resident memory (bytes) stays above this for `memory_window` is
+    /// replaced as a reload replaces it, the new one ready first (default: no limit).
+    pub max_memory: Option<u64>,
+    /// How long a worker must stay over `max_memory`, in every sample, to be replaced
+    /// (default 3 s).
+    pub memory_window: Duration,
+    /// How often workers' memory is sampled under `max_memory` (default 1 s).
+    pub memory_interval: Duration,
 }
 
 /// What the service does with a worker's messages besides reporting them
@@ -174,6 +182,9 @@ impl Default for ServiceConfig {
             reuseport_fd: 3,
             event_capacity: 1024,
             relay: Relay::Off,
+            max_memory: None,
+            memory_window: Duration::from_secs(3),
+            memory_interval: Duration::from_secs(1),
         }
     }
 }

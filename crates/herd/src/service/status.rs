@@ -25,6 +25,10 @@ pub struct WorkerStatus {
     /// Of those, workers of its slot replaced for answering no liveness ping.
     #[serde(default)]
     pub unresponsive: u32,
+    /// Workers of its slot replaced for staying over the memory limit (not counted in
+    /// `restarts`).
+    #[serde(default)]
+    pub memory_replaced: u32,
     /// Resident memory (bytes), from /proc.
     pub rss: u64,
     /// Proportional set size (bytes; shared pages split among their users), from /proc.
@@ -120,6 +124,10 @@ pub(crate) fn build(
                     .slot
                     .and_then(|s| m.slots.get(s))
                     .map_or(0, |s| s.unresponsive),
+                memory_replaced: w
+                    .slot
+                    .and_then(|s| m.slots.get(s))
+                    .map_or(0, |s| s.memory_replaced),
                 rss: 0,
                 pss: 0,
                 cpu_s: 0.0,

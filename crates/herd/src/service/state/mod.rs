@@ -8,6 +8,7 @@
 //! [`Role`]. A rolling reload queues slots and forks a batch of candidates; a candidate takes
 //! over its slot only once ready (`reload`: reloads and scaling).
 
+mod memory;
 mod reload;
 mod restart;
 
@@ -62,6 +63,8 @@ pub(crate) struct Slot {
     pub(crate) restarts: u32,
     /// Workers replaced because they answered no liveness ping (counted in `restarts` too).
     pub(crate) unresponsive: u32,
+    /// Workers replaced for staying over the memory limit.
+    pub(crate) memory_replaced: u32,
     /// Starts that failed in a row for want of resources (retried, never a crash).
     start_failures: u32,
     /// How the slot's last worker ended, if one has.
@@ -78,6 +81,7 @@ impl Slot {
             crashes: VecDeque::new(),
             restarts: 0,
             unresponsive: 0,
+            memory_replaced: 0,
             start_failures: 0,
             last_exit: None,
             listens: BTreeSet::new(),
@@ -109,6 +113,8 @@ pub(crate) struct Member {
     listening: BTreeSet<String>,
     /// It answered no liveness ping and is being killed: its exit is a replacement, not a crash.
     pub(crate) unresponsive: bool,
+    /// Since when every memory sample found it over the limit.
+    over_since: Option<Instant>,
 }
 
 /// Addresses remembered per worker and per slot; more are not counted.
@@ -165,6 +171,8 @@ pub(crate) enum Input {
     },
     /// A port probe for the worker succeeded.
     Probed(WorkerId),
+    /// The resident memory of the workers sampled ([`Effect::SampleMemory`]), in bytes.
+    Memory(Vec<(WorkerId, u64)>),
     /// Time passed (the next deadline, or any time).
     Tick,
     /// A command.
@@ -190,6 +198,8 @@ pub(crate) enum Effect {
     Kill(WorkerId),
     /// Connect to `addr` until it works, then report [`Input::Probed`].
     Probe(WorkerId, SocketAddr),
+    /// Read these workers' resident memory, then report [`Input::Memory`].
+    SampleMemory(Vec<WorkerId>),
     /// Answer a caller.
     Reply(Token, Reply),
     /// Tell the service's user.
@@ -210,6 +220,8 @@ struct Reload {
     waiters: Vec<Token>,
     /// Another pass was asked for during this one.
     again: bool,
+    /// Asked for by a user (a memory replacement is not).
+    user: bool,
 }
 
 /// The service's whole state.
@@ -225,6 +237,10 @@ pub(crate) struct Machine {
     /// Stopping: whether fast, and the callers waiting for the end.
     stopping: Option<(bool, Vec<Token>)>,
     finished: bool,
+    /// When the workers' memory is next sampled (with a limit set).
+    sample_at: Instant,
+    /// A sample is being taken.
+    sampling: bool,
 }
 
 impl Machine {
@@ -240,6 +256,8 @@ impl Machine {
             reloads: 0,
             stopping: None,
             finished: false,
+            sample_at: Instant::now(),
+            sampling: false,
         };
         let mut fx = Vec::new();
         for slot in 0..n {
@@ -295,7 +313,11 @@ impl Machine {
             .values()
             .filter(|m| m.role == Role::Candidate)
             .filter_map(|m| m.ready_at);
-        restarts.chain(reload).chain(delays).min()
+        restarts
+            .chain(reload)
+            .chain(delays)
+            .chain(self.next_sample())
+            .min()
     }
 
     /// One step: the effects of `input` at `now`, in order.
@@ -374,7 +396,11 @@ impl Machine {
                 }
             }
             Input::Exited { worker, status } => self.exited(now, worker, status, &mut fx),
-            Input::Tick => self.tick(now, &mut fx),
+            Input::Memory(rss) => self.memory(now, rss, &mut fx),
+            Input::Tick => {
+                self.tick(now, &mut fx);
+                self.memory_tick(now, &mut fx);
+            }
             Input::Cmd(Cmd::Reload(t)) => self.reload(t, &mut fx),
             Input::Cmd(Cmd::Scale(n, t)) => self.scale(n, t, &mut fx),
             Input::Cmd(Cmd::Stop { fast, reply }) => self.stop(fast, reply, &mut fx),
@@ -405,6 +431,7 @@ impl Machine {
             ready_at: None,
             listening: BTreeSet::new(),
             unresponsive: false,
+            over_since: None,
         };
         if let Some((fast, _)) = self.stopping {
             member.role = Role::Retiring;

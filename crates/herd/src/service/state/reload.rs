@@ -139,6 +139,7 @@ impl Machine {
             replaced: 0,
             waiters: vec![t],
             again: false,
+            user: true,
         });
         self.advance_reload(fx);
     }
@@ -152,11 +153,13 @@ impl Machine {
             }
             if r.queue.is_empty() {
                 let r = self.reload.take().expect("a reload");
-                self.reloads += 1;
-                tracing::info!(replaced = r.replaced, "reload done");
-                fx.push(Effect::Emit(ServiceEvent::Reloaded {
-                    replaced: r.replaced,
-                }));
+                if r.user {
+                    self.reloads += 1;
+                    tracing::info!(replaced = r.replaced, "reload done");
+                    fx.push(Effect::Emit(ServiceEvent::Reloaded {
+                        replaced: r.replaced,
+                    }));
+                }
                 if r.again {
                     let queue = self.live_slots();
                     self.reload = Some(Reload {
@@ -166,6 +169,7 @@ impl Machine {
                         replaced: 0,
                         waiters: r.waiters,
                         again: false,
+                        user: true,
                     });
                     continue;
                 }

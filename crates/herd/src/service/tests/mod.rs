@@ -173,5 +173,6 @@ pub(super) fn stop_replied(fx: &[Effect], token: u64) -> bool {
 }
 
 mod lifecycle;
+mod memory;
 mod reloads;
 mod restarts;
