@@ -10,6 +10,7 @@ pub mod control;
 pub mod demo;
 pub mod exit;
 pub mod logs;
+pub mod metrics;
 pub mod progress;
 pub mod run;
 pub mod sink;

@@ -198,7 +198,13 @@ async fn dispatch(cli: Cli, matches: &clap::ArgMatches) -> herd_cli::Result<Exit
         }
         Command::Demo => demo::run().await,
         Command::Status { at, json } => {
-            let report = client::status(&at.path(), LIMIT).await?;
+            // The table shows CPU now, which needs two reports; JSON is one report (its
+            // `cpu` figures are since the last one, when there was one).
+            let report = if json {
+                client::status(&at.path(), LIMIT).await?
+            } else {
+                client::status_with_cpu(&at.path(), LIMIT).await?
+            };
             if json {
                 let text = serde_json::to_string(&report).expect("a report serialises");
                 say(&format!("{text}\n"))

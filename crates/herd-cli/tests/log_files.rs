@@ -207,3 +207,29 @@ fn a_symlink_where_the_log_file_goes_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
 }
+
+#[test]
+fn a_directory_where_a_rotated_copy_goes_is_refused() {
+    let dir = TempDir::new("logfile-dir");
+    let log = dir.path().join("app.log");
+    std::fs::create_dir(dir.path().join("app.log.2")).unwrap();
+    let mut herd = Herd::start(
+        "logfile-dir",
+        &[
+            "--log-file",
+            log.to_str().unwrap(),
+            "--log-max-size",
+            "4K",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ],
+    );
+    assert_eq!(herd.wait(), Some(1));
+    let err = rest(&herd.err).join("\n");
+    assert!(
+        err.contains("app.log.2 is in the way of rotation") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -44,11 +44,19 @@ fn parse_cpu(line: &str, hz: u64) -> Option<f64> {
     Some(utime.saturating_add(stime) as f64 / hz.max(1) as f64)
 }
 
-/// `pid`'s resident memory in bytes, from `/proc/PID/statm` (its second field, in pages).
-pub(crate) fn rss(pid: u32) -> Option<u64> {
+/// `pid`'s private resident memory in bytes: resident pages less shared ones (file-backed and
+/// shared memory, such as the cache's sealed memfds that every worker maps), from
+/// `/proc/PID/statm`'s second and third fields. What a leak grows; not what the host shares.
+pub(crate) fn private_rss(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages.saturating_mul(rustix::param::page_size() as u64))
+    parse_statm(&text, rustix::param::page_size() as u64)
+}
+
+fn parse_statm(text: &str, page: u64) -> Option<u64> {
+    let mut f = text.split_whitespace().skip(1);
+    let resident: u64 = f.next()?.parse().ok()?;
+    let shared: u64 = f.next()?.parse().ok()?;
+    Some(resident.saturating_sub(shared).saturating_mul(page))
 }
 
 /// The socket inodes in `pid`'s descriptor table, by descriptor number.
@@ -133,6 +141,17 @@ mod tests {
         assert_eq!(parse_stat(line), Some(want));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) R notanumber 1"), None);
+    }
+
+    #[test]
+    fn private_memory_is_resident_less_shared() {
+        assert_eq!(
+            parse_statm("1000 300 100 5 0 200 0", 4096),
+            Some(200 * 4096)
+        );
+        assert_eq!(parse_statm("1000 100 300 5 0 200 0", 4096), Some(0));
+        assert_eq!(parse_statm("1000", 4096), None);
+        assert!(private_rss(std::process::id()).is_some_and(|b| b > 0));
     }
 
     #[test]

@@ -91,11 +91,16 @@ pub fn check(o: LogOptions) -> Result<LogSettings> {
         time: o.time.unwrap_or(false),
     };
     let paths: Vec<&PathBuf> = s.paths().collect();
+    // `a.log` and `./a.log` are one file.
+    let same: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+        .collect();
     for (i, p) in paths.iter().enumerate() {
         if p.as_os_str().is_empty() || p.file_name().is_none() {
             return Err(bad("file", format!("{} is not a file name", p.display())));
         }
-        if paths[..i].contains(p) {
+        if same[..i].contains(&same[i]) {
             return Err(bad(
                 "file",
                 format!(
@@ -176,6 +181,11 @@ mod tests {
             },
             LogOptions {
                 file: Some("/".into()),
+                ..LogOptions::default()
+            },
+            LogOptions {
+                file: Some("a.log".into()),
+                out_file: Some("./a.log".into()),
                 ..LogOptions::default()
             },
         ] {

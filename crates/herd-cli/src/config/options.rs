@@ -65,6 +65,10 @@ pub struct Options {
     /// `max_memory_restart`, without the dropped requests).
     #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
+    /// Serve OpenMetrics (Prometheus) text on http://ADDR/metrics (HOST:PORT): workers' CPU,
+    /// memory, restarts and state, reloads, drops, the cache's counters.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Stop workers with PM2's `'shutdown'` message instead of a signal.
     #[arg(long)]
     pub shutdown_message: Option<bool>,

@@ -68,6 +68,8 @@ pub struct Settings {
     pub logs: super::logs::LogSettings,
     /// `--max-memory`: the resident memory a worker is replaced past.
     pub max_memory: Option<u64>,
+    /// `--metrics`: where `/metrics` is served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A usage error about `field`.
@@ -322,6 +324,15 @@ pub fn settings(o: Options) -> Result<Settings> {
             Some(bytes)
         }
     };
+    let metrics = match o.metrics.as_deref() {
+        None => None,
+        Some(text) => Some(text.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+            bad(
+                "metrics",
+                format_args!("{text:?} is not HOST:PORT (127.0.0.1:9100, [::1]:9100)"),
+            )
+        })?),
+    };
     Ok(Settings {
         command,
         workers,
@@ -353,6 +364,7 @@ pub fn settings(o: Options) -> Result<Settings> {
         max_stale,
         logs,
         max_memory,
+        metrics,
     })
 }
 

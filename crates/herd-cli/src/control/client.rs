@@ -79,6 +79,17 @@ pub async fn status(path: &Path, limit: Duration) -> Result<Report> {
     }
 }
 
+/// The status of the herd at `path` with every worker's CPU measured: asked again 300 ms later
+/// if the first answer lacks a figure (herd measures between two reports).
+pub async fn status_with_cpu(path: &Path, limit: Duration) -> Result<Report> {
+    let first = status(path, limit).await?;
+    if first.cpu.iter().all(|(_, p)| p.is_some()) {
+        return Ok(first);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    status(path, limit).await
+}
+
 /// Reloads the herd at `path`; how many workers were replaced.
 pub async fn reload(path: &Path, limit: Duration) -> Result<usize> {
     match request(path, Request::Reload, limit).await? {

@@ -14,6 +14,10 @@ use crate::logs::{Entry, Filter, Logs, Next};
 
 /// How long one write to a `herd logs` client may take before it is given up on.
 pub const WRITE_TIME: Duration = Duration::from_secs(60);
+/// How long sending the recent lines may take in all.
+pub const BACKLOG_TIME: Duration = Duration::from_secs(60);
+/// Requests sending recent lines at once (each holds its lines until sent): more are refused.
+pub const MAX_BACKLOGS: usize = 4;
 /// Bytes gathered before a write.
 const BATCH: usize = 64 << 10;
 
@@ -48,17 +52,32 @@ where
     } else {
         None
     };
+    static BACKLOGS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_BACKLOGS);
+    let Ok(place) = BACKLOGS.try_acquire() else {
+        let why = format!("{MAX_BACKLOGS} clients are reading this herd's logs already: try again");
+        return send(write, Answer::err(why).to_line().as_bytes()).await;
+    };
     let recent = logs.recent(ask.lines, ask.filter);
     let mut seen = recent.last().map_or(0, |e| e.seq);
     let mut out = Answer::Ok(Reply::Logs { logs: recent.len() }).to_line();
-    for e in &recent {
-        push(&mut out, e);
-        if out.len() >= BATCH {
-            send(write, out.as_bytes()).await?;
-            out.clear();
+    let backlog = async {
+        for e in &recent {
+            push(&mut out, e);
+            if out.len() >= BATCH {
+                send(write, out.as_bytes()).await?;
+                out.clear();
+            }
         }
-    }
-    send(write, out.as_bytes()).await?;
+        send(write, out.as_bytes()).await
+    };
+    tokio::time::timeout(BACKLOG_TIME, backlog)
+        .await
+        .map_err(|_| {
+            Error::failure("the logs client took more than 60 s for the recent lines")
+        })??;
+    drop(recent);
+    drop(place);
+    let mut out = String::new();
     let Some(follower) = follower else {
         return Ok(());
     };

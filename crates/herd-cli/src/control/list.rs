@@ -67,7 +67,8 @@ pub async fn list(dir: &Path) -> Result<Vec<Found>> {
         .map(|(name, control)| {
             tokio::spawn(async move {
                 let asked =
-                    tokio::time::timeout(ASK_TIME, client::status(&control, ASK_TIME)).await;
+                    tokio::time::timeout(ASK_TIME, client::status_with_cpu(&control, ASK_TIME))
+                        .await;
                 let (status, error) = match asked {
                     Ok(Ok(r)) => (Some(Box::new(r)), None),
                     Ok(Err(e)) => (None, Some(crate::exit::report(&e))),

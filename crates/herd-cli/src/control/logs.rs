@@ -20,6 +20,8 @@ use crate::exit::{Context, Error, Exit, Result};
 pub const MAX_LINE: usize = 1 << 20;
 /// How long herd has to answer before the first line.
 const ANSWER_TIME: Duration = Duration::from_secs(30);
+/// How long the recent lines may take to arrive in all (herd gives itself 60 s to send them).
+const RECENT_TIME: Duration = Duration::from_secs(90);
 
 /// What `herd logs` was asked.
 #[derive(Clone, Debug, Default)]
@@ -87,16 +89,25 @@ pub async fn logs(path: &Path, ask: &Ask) -> Result<Exit> {
         Reply::Logs { .. } => {}
         other => return Err(Error::failure(format!("herd answered logs with {other:?}"))),
     }
-    loop {
-        if !read_line(&mut reader, &mut line).await? {
-            return Ok(Exit::Success);
+    let lines = async {
+        loop {
+            if !read_line(&mut reader, &mut line).await? {
+                return Ok(Exit::Success);
+            }
+            let parsed: LogLine = serde_json::from_slice(&line)
+                .or_fail(|| "herd sent a log line that is not understood".into())?;
+            if !print(&parsed, ask) {
+                return Ok(Exit::Success);
+            }
         }
-        let parsed: LogLine = serde_json::from_slice(&line)
-            .or_fail(|| "herd sent a log line that is not understood".into())?;
-        if !print(&parsed, ask) {
-            return Ok(Exit::Success);
-        }
+    };
+    if ask.follow {
+        // Following has no end but herd's (or the reader's).
+        return lines.await;
     }
+    tokio::time::timeout(RECENT_TIME, lines)
+        .await
+        .or_fail(|| "herd did not send its recent lines in time".into())?
 }
 
 /// Reads one line (without its newline) into `line`; false at the end of the connection.

@@ -39,15 +39,34 @@ fn options() -> OpenOptions {
     o
 }
 
+/// No symbolic link followed; a FIFO put in a file's place fails a write (EAGAIN) rather than
+/// blocking the writer for good.
 fn libc_flags() -> i32 {
-    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32
+    use rustix::fs::OFlags;
+    (OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK).bits() as i32
 }
 
-/// Opens `path` as a log file would be, to say at once what is wrong with it.
-fn probe(path: &Path) -> std::io::Result<()> {
+/// Opens `path` as a log file would be, to say at once what is wrong with it; and checks that
+/// nothing but regular files (or nothing) stands where its rotated copies go (file-rotate
+/// panics on a directory there at every rotation).
+fn probe(path: &Path, keep: usize) -> std::io::Result<()> {
     let f = options().open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    for n in 1..=keep {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let copy = Path::new(&name);
+        match std::fs::symlink_metadata(copy) {
+            Ok(m) if !m.is_file() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is in the way of rotation: not a regular file",
+                    copy.display()
+                )))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -64,7 +83,7 @@ struct Rotating {
 impl Rotating {
     fn open(&mut self) {
         self.file = None;
-        if let Err(e) = probe(&self.path) {
+        if let Err(e) = probe(&self.path, self.keep) {
             if self.failed.is_none() {
                 tracing::warn!(file = %self.path.display(), error = %e, "cannot open the log file: its lines are dropped until it can be");
             }
@@ -103,12 +122,21 @@ impl Rotating {
         let wrote = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f.write_all(bytes).and_then(|()| f.flush())
         }));
+        // file-rotate opens the next file after a rotation and, if that fails, writes nowhere
+        // without saying so: the file must be there, a regular file, after each write.
+        let there = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file());
         match wrote {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(file = %self.path.display(), "log rotation failed: the file is opened afresh");
-                self.open();
-                Err(std::io::Error::other("log rotation failed"))
+            Ok(r) if there => r,
+            other => {
+                if self.failed.is_none() {
+                    tracing::warn!(file = %self.path.display(), "log rotation failed: lines are dropped until the file opens again (tried every second)");
+                }
+                self.file = None;
+                self.failed = Some(Instant::now());
+                match other {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(std::io::Error::other("log rotation failed")),
+                }
             }
         }
     }
@@ -173,7 +201,7 @@ pub fn start(s: Plan<'_>) -> Result<Option<Sink>> {
         let Some(path) = path else { continue };
         let path = &std::path::absolute(path)
             .or_fail(|| format!("cannot find the log file {}", path.display()))?;
-        probe(path).or_fail(|| format!("cannot open the log file {}", path.display()))?;
+        probe(path, s.keep).or_fail(|| format!("cannot open the log file {}", path.display()))?;
         let mut r = Rotating {
             path: path.to_path_buf(),
             max: s.max_size,

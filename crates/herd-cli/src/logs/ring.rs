@@ -3,7 +3,11 @@
 //!
 //! Bounds: a ring holds at most [`RING_LINES`] lines and a share of [`TOTAL_BYTES`] (at least
 //! [`MIN_RING_BYTES`], at most [`MAX_RING_BYTES`]); at most [`MAX_RINGS`] rings are kept (the
-//! least recently written goes first). A follower's queue holds at most [`FOLLOW_BYTES`]; past
+//! least recently written goes first). A new ring shrinks every share, so every ring is
+//! trimmed to the new share then: all rings together hold at most
+//! max([`TOTAL_BYTES`], [`MAX_RINGS`] x [`MIN_RING_BYTES`]), about 16.3 MiB, counting each
+//! line's text and what its entry costs besides (a line larger than its ring's share is not
+//! kept, which happens only past 1,024 rings). A follower's queue holds at most [`FOLLOW_BYTES`]; past
 //! that its lines are dropped and counted, and the follower is told how many it lost. Pushing a
 //! line never waits: one short lock, no I/O. At most [`MAX_FOLLOWERS`] follow at once.
 
@@ -18,7 +22,7 @@ pub const RING_LINES: usize = 10_000;
 /// Bytes all rings share (each ring gets an equal part, within the two bounds below).
 pub const TOTAL_BYTES: usize = 16 << 20;
 /// A ring's byte bound however many rings there are.
-pub const MIN_RING_BYTES: usize = 16 << 10;
+pub const MIN_RING_BYTES: usize = 4 << 10;
 /// A ring's byte bound however few rings there are.
 pub const MAX_RING_BYTES: usize = 4 << 20;
 /// Rings kept at most (workers replaced leave theirs until then).
@@ -27,8 +31,9 @@ pub const MAX_RINGS: usize = 4096 + 64;
 pub const FOLLOW_BYTES: usize = 1 << 20;
 /// Followers at once.
 pub const MAX_FOLLOWERS: usize = 16;
-/// What a line costs beyond its text (the entry, its place in the queues).
-const OVERHEAD: usize = 64;
+/// What a line costs beyond its text: the entry behind its `Arc` (88 bytes), the two strings'
+/// allocations, its place in the ring.
+const OVERHEAD: usize = 160;
 
 /// One line of a worker's output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,6 +75,18 @@ impl Filter {
 struct Ring {
     lines: VecDeque<Arc<Entry>>,
     bytes: usize,
+    /// The number of the last line written to it (kept or not).
+    last: u64,
+}
+
+impl Ring {
+    /// Drops the oldest lines past [`RING_LINES`] or past `limit` bytes.
+    fn trim(&mut self, limit: usize) {
+        while self.lines.len() > RING_LINES || self.bytes > limit {
+            let old = self.lines.pop_front().expect("a line to drop");
+            self.bytes -= old.cost();
+        }
+    }
 }
 
 /// What a follower has to take, in order.
@@ -138,7 +155,7 @@ impl Logs {
             let oldest = s
                 .rings
                 .iter()
-                .min_by_key(|(_, r)| r.lines.back().map_or(0, |e| e.seq))
+                .min_by_key(|(_, r)| r.last)
                 .map(|(w, _)| *w);
             if let Some(w) = oldest {
                 s.rings.remove(&w);
@@ -165,29 +182,38 @@ impl Logs {
             f.ready.notify_one();
         }
         s.dropped += dropped;
-        s.rings.entry(worker).or_default();
+        if !s.rings.contains_key(&worker) {
+            s.rings.insert(worker, Ring::default());
+            // Every share just shrank: trim the others to it (rare: once per new worker).
+            let limit = s.ring_bytes();
+            for r in s.rings.values_mut() {
+                r.trim(limit);
+            }
+        }
         let limit = s.ring_bytes();
         let ring = s.rings.get_mut(&worker).expect("the ring was made");
         ring.bytes += cost;
+        ring.last = entry.seq;
         ring.lines.push_back(entry);
-        while ring.lines.len() > RING_LINES || (ring.bytes > limit && ring.lines.len() > 1) {
-            let old = ring.lines.pop_front().expect("a line to drop");
-            ring.bytes -= old.cost();
-        }
+        ring.trim(limit);
     }
 
-    /// The last `n` lines `filter` takes, oldest first.
-    pub fn recent(&self, n: usize, filter: Filter) -> Vec<Entry> {
-        let s = self.lock();
-        let mut all: Vec<&Arc<Entry>> = s
-            .rings
-            .iter()
-            .filter(|(w, _)| filter.worker.is_none_or(|f| f == **w))
-            .flat_map(|(_, r)| r.lines.iter().rev().filter(|e| filter.takes(e)).take(n))
-            .collect();
+    /// The last `n` lines `filter` takes, oldest first. Under the lock only the entries are
+    /// counted out (an `Arc` each); the sort is done after.
+    pub fn recent(&self, n: usize, filter: Filter) -> Vec<Arc<Entry>> {
+        let mut all: Vec<Arc<Entry>> = {
+            let s = self.lock();
+            s.rings
+                .iter()
+                .filter(|(w, _)| filter.worker.is_none_or(|f| f == **w))
+                .flat_map(|(_, r)| r.lines.iter().rev().filter(|e| filter.takes(e)).take(n))
+                .cloned()
+                .collect()
+        };
         all.sort_by_key(|e| e.seq);
         let skip = all.len().saturating_sub(n);
-        all[skip..].iter().map(|e| Entry::clone(e)).collect()
+        all.drain(..skip);
+        all
     }
 
     /// Lines dropped for followers too slow to take them, in all.
@@ -265,7 +291,10 @@ mod tests {
     use super::*;
 
     fn lines(logs: &Logs, n: usize, filter: Filter) -> Vec<String> {
-        logs.recent(n, filter).into_iter().map(|e| e.line).collect()
+        logs.recent(n, filter)
+            .into_iter()
+            .map(|e| e.line.clone())
+            .collect()
     }
 
     #[test]
@@ -315,8 +344,28 @@ mod tests {
         let s = logs.lock();
         assert_eq!(s.rings.len(), MAX_RINGS);
         let bytes: usize = s.rings.values().map(|r| r.bytes).sum();
-        assert!(bytes <= MAX_RINGS * MIN_RING_BYTES * 2, "{bytes} bytes");
+        let bound = TOTAL_BYTES.max(MAX_RINGS * MIN_RING_BYTES);
+        assert!(bytes <= bound, "{bytes} bytes");
         assert!(!s.rings.contains_key(&1), "the oldest ring went first");
+    }
+
+    /// Replaced workers' rings do not keep the larger share they had (reload after reload).
+    #[test]
+    fn old_rings_shrink_to_the_new_share() {
+        let logs = Logs::default();
+        let line = "z".repeat(1000);
+        for w in 0..1000u64 {
+            for _ in 0..(MAX_RING_BYTES / 1000 + 10) {
+                logs.push(w, "stdout", &line, 0.0);
+            }
+        }
+        let s = logs.lock();
+        let bytes: usize = s.rings.values().map(|r| r.bytes).sum();
+        assert!(
+            bytes <= TOTAL_BYTES + s.rings.len() * (1000 + OVERHEAD),
+            "{bytes} bytes in {} rings",
+            s.rings.len()
+        );
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! Each worker's CPU use now, in percent of one CPU, for `herd status` and `herd list`: the CPU
 //! time a worker used between two status reports over the time between them. The last sample
 //! of every worker is kept (one per live worker: the map is replaced on every report); a worker
-//! with no sample from [`MIN_SPAN`] to [`MAX_SPAN`] ago gets a fresh pair, [`MIN_SPAN`] apart,
-//! so the first report waits that long and later ones (a `watch herd list`) do not wait.
+//! with no sample from [`MIN_SPAN`] to [`MAX_SPAN`] ago has no figure in that report (the answer
+//! never waits), and `herd status` and `herd list` ask again [`MIN_SPAN`] later
+//! (`control::client::status_with_cpu`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::control::server;
-use crate::exit::{Error, Exit, Result};
+use crate::exit::{Context, Error, Exit, Result};
 use crate::which::which;
 
 mod cluster;
@@ -43,6 +43,14 @@ pub async fn run(s: Settings) -> Result<Exit> {
     let control = server::bind(&s.control).await?;
     tracing::info!(name = %s.name, control = %s.control.display(), workers = s.workers, "herd running");
     let (calls_tx, calls) = mpsc::channel(16);
+    if let Some(addr) = s.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .or_fail(|| format!("cannot serve metrics on {addr}"))?;
+        let at = listener.local_addr().map_or(addr, |a| a);
+        tracing::info!(address = %at, "metrics on http://{at}/metrics");
+        tokio::spawn(crate::metrics::http::serve(listener, calls_tx.clone()));
+    }
     let logs = crate::logs::Logs::default();
     let files = crate::logs::files::start(crate::logs::files::Plan {
         file: s.logs.file.as_deref(),

@@ -223,8 +223,9 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
         .send(answer.map_or_else(Answer::err, Answer::Ok));
 }
 
-/// The service's status with each worker's CPU use now: measured against the last report's
-/// samples, or against a fresh one [`MIN_SPAN`](super::cpu::MIN_SPAN) earlier.
+/// The service's status with each worker's CPU use since the last report's sample (none for a
+/// worker without one from 250 ms to 30 s ago: the answer never waits to measure; `herd status`
+/// and `herd list` ask again then).
 async fn status(
     service: &ServiceHandle,
     extras: &Extras,
@@ -232,19 +233,9 @@ async fn status(
     (herd::service::Status, Vec<(u64, Option<f64>)>),
     herd::service::ServiceError,
 > {
-    let first = service.status().await?;
-    let cpu = extras.cpu.percent(&first, std::time::Instant::now());
-    if cpu.iter().all(|(_, p)| p.is_some()) {
-        return Ok((first, cpu));
-    }
-    tokio::time::sleep(super::cpu::MIN_SPAN).await;
-    match service.status().await {
-        Ok(again) => {
-            let cpu = extras.cpu.percent(&again, std::time::Instant::now());
-            Ok((again, cpu))
-        }
-        Err(_) => Ok((first, cpu)),
-    }
+    let status = service.status().await?;
+    let cpu = extras.cpu.percent(&status, std::time::Instant::now());
+    Ok((status, cpu))
 }
 
 /// A stop signal: the first stops gracefully, the next ones at once.

@@ -211,7 +211,7 @@ impl Actor {
                 tokio::task::spawn_blocking(move || {
                     let rss = pids
                         .into_iter()
-                        .filter_map(|(w, pid)| Some((w, crate::procfs::rss(pid)?)))
+                        .filter_map(|(w, pid)| Some((w, crate::procfs::private_rss(pid)?)))
                         .collect();
                     let _ = tx.try_send(rss);
                 });

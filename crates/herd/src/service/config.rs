@@ -143,13 +143,16 @@ pub struct ServiceConfig {
     /// What is done with a message a worker sends the primary (Node's `process.send`) besides
     /// reporting it (default: nothing more).
     pub relay: Relay,
-    /// A serving worker whose resident memory (bytes) stays above this for `memory_window` is
-    /// replaced as a reload replaces it, the new one ready first (default: no limit).
+    /// A serving worker whose private resident memory (bytes: resident pages less shared ones,
+    /// so the host-shared cache's pages do not count) stays above this for `memory_window` is
+    /// replaced as a reload replaces it, the new one ready first (default: no limit). Each
+    /// replacement of a slot within 10 minutes doubles the window for its next worker (up to
+    /// 5 minutes), so a limit below what the program needs does not replace it in a loop.
     pub max_memory: Option<u64>,
     /// How long a worker must stay over `max_memory`, in every sample, to be replaced
     /// (default 3 s).
     pub memory_window: Duration,
-    /// How often workers' memory is sampled under `max_memory` (default 1 s).
+    /// How often workers' memory is sampled under `max_memory` (default 1 s; at least 100 ms).
     pub memory_interval: Duration,
 }
 

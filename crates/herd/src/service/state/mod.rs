@@ -65,6 +65,8 @@ pub(crate) struct Slot {
     pub(crate) unresponsive: u32,
     /// Workers replaced for staying over the memory limit.
     pub(crate) memory_replaced: u32,
+    /// When the last of those replacements were (within 10 minutes; at most 16 kept).
+    memory_recent: VecDeque<Instant>,
     /// Starts that failed in a row for want of resources (retried, never a crash).
     start_failures: u32,
     /// How the slot's last worker ended, if one has.
@@ -82,6 +84,7 @@ impl Slot {
             restarts: 0,
             unresponsive: 0,
             memory_replaced: 0,
+            memory_recent: VecDeque::new(),
             start_failures: 0,
             last_exit: None,
             listens: BTreeSet::new(),
@@ -239,8 +242,8 @@ pub(crate) struct Machine {
     finished: bool,
     /// When the workers' memory is next sampled (with a limit set).
     sample_at: Instant,
-    /// A sample is being taken.
-    sampling: bool,
+    /// A sample is being taken, asked for at this time.
+    sampling: Option<Instant>,
 }
 
 impl Machine {
@@ -257,7 +260,7 @@ impl Machine {
             stopping: None,
             finished: false,
             sample_at: Instant::now(),
-            sampling: false,
+            sampling: None,
         };
         let mut fx = Vec::new();
         for slot in 0..n {

@@ -87,6 +87,9 @@ impl Machine {
         if let Some(w) = worker {
             self.kill(w, fx);
         }
+        if self.replacement_failed(&why, fx) {
+            return;
+        }
         let Some(r) = self.reload.take() else { return };
         for (id, _) in r.batch.values().flatten() {
             self.kill(*id, fx);

@@ -116,3 +116,69 @@ fn a_slot_a_reload_will_replace_is_not_replaced_twice() {
         (1, 1)
     );
 }
+
+#[test]
+fn a_failed_replacement_keeps_the_old_worker_and_a_users_reload_still_runs() {
+    let mut h = Harness::start(limited(1));
+    let over = 150 << 20;
+    for _ in 0..3 {
+        round(&mut h, &[(1, over)]);
+    }
+    let fx = round(&mut h, &[(1, over)]);
+    assert_eq!(forks(&fx), [(0, Role::Candidate)]);
+    h.forks_succeed(fx);
+    let (t, _) = h.cmd(Cmd::Reload);
+    // The replacement dies before it is ready: w1 serves on, and the user's pass begins.
+    let fx = h.exit(2, CODE_1);
+    assert!(
+        reload_reply(&fx, t).is_none(),
+        "the user's reload did not fail"
+    );
+    assert_eq!(h.serving(), [(0, w(1))]);
+    assert_eq!(forks(&fx), [(0, Role::Candidate)]);
+    let fx = h.forks_succeed(fx);
+    assert!(!fx
+        .iter()
+        .any(|e| matches!(e, Effect::Emit(ServiceEvent::ReloadFailed { .. }))));
+    let fx = h.step(Input::Online(w(3)));
+    assert!(matches!(reload_reply(&fx, t), Some(Ok(1))));
+}
+
+#[test]
+fn a_slot_replaced_again_and_again_waits_longer_each_time() {
+    let mut h = Harness::start(limited(1));
+    let over = 150 << 20;
+    let mut serving = 1;
+    let mut waited = Vec::new();
+    for _ in 0..4 {
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let fx = round(&mut h, &[(serving, over)]);
+            if !forks(&fx).is_empty() {
+                let fx = h.forks_succeed(fx);
+                let new = h.next_worker - 1;
+                drop(fx);
+                h.step(Input::Online(w(new)));
+                h.exit(serving, CODE_0);
+                serving = new;
+                break;
+            }
+            assert!(rounds < 1000);
+        }
+        waited.push(rounds);
+    }
+    // 3 s, then 6, 12, 24: a program that needs more than the limit is not replaced in a loop.
+    assert_eq!(waited, [4, 7, 13, 25]);
+    assert_eq!(h.m.slots[0].memory_replaced, 4);
+}
+
+#[test]
+fn a_sample_that_never_comes_back_is_asked_for_again() {
+    let mut h = Harness::start(limited(1));
+    assert!(sampled(&h.advance(ms(1000))).is_some());
+    // Lost: no Input::Memory. None is asked for while it may still come...
+    assert!(sampled(&h.advance(ms(5000))).is_none());
+    // ...and another once it is past its time.
+    assert!(sampled(&h.advance(ms(6000))).is_some());
+}
