@@ -182,8 +182,8 @@ impl Logs {
             f.ready.notify_one();
         }
         s.dropped += dropped;
-        if !s.rings.contains_key(&worker) {
-            s.rings.insert(worker, Ring::default());
+        if let std::collections::btree_map::Entry::Vacant(e) = s.rings.entry(worker) {
+            e.insert(Ring::default());
             // Every share just shrank: trim the others to it (rare: once per new worker).
             let limit = s.ring_bytes();
             for r in s.rings.values_mut() {

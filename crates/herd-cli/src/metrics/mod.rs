@@ -210,7 +210,7 @@ pub fn render(report: &Report) -> String {
         s.relayed.1,
     );
     if let Some(c) = &report.cache {
-        let mut cr = r.sub_registry_with_prefix("cache");
+        let cr = r.sub_registry_with_prefix("cache");
         for (name, help, v) in [
             ("hits", "Answers from memory", c.hits),
             ("misses", "Keys not held when asked", c.misses),
@@ -230,32 +230,32 @@ pub fn render(report: &Report) -> String {
             ("evictions", "Entries evicted for room", c.evictions),
             ("source_calls", "Calls to the source", c.source_calls),
         ] {
-            counter(&mut cr, name, help, v);
+            counter(cr, name, help, v);
         }
-        gauge(&mut cr, "entries", "Entries held", None, c.entries as i64);
+        gauge(cr, "entries", "Entries held", None, c.entries as i64);
         gauge(
-            &mut cr,
+            cr,
             "held",
             "Bytes of values held",
             Some(Unit::Bytes),
             c.bytes as i64,
         );
         gauge(
-            &mut cr,
+            cr,
             "shared",
             "Bytes of values in shared memory",
             Some(Unit::Bytes),
             c.shared_bytes as i64,
         );
         gauge(
-            &mut cr,
+            cr,
             "tracking",
             "Whether the source's invalidations are tracked",
             None,
             i64::from(c.tracking),
         );
         gauge(
-            &mut cr,
+            cr,
             "warm",
             "Whether warming finished",
             None,
