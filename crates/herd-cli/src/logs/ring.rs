@@ -152,11 +152,7 @@ impl Logs {
         let cost = entry.cost();
         if !s.rings.contains_key(&worker) && s.rings.len() >= MAX_RINGS {
             // The ring written to longest ago makes way.
-            let oldest = s
-                .rings
-                .iter()
-                .min_by_key(|(_, r)| r.last)
-                .map(|(w, _)| *w);
+            let oldest = s.rings.iter().min_by_key(|(_, r)| r.last).map(|(w, _)| *w);
             if let Some(w) = oldest {
                 s.rings.remove(&w);
             }
