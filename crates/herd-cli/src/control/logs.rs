@@ -3,7 +3,7 @@
 //! `--time` each line starts with when herd read it (RFC 3339, UTC); with `--json` one JSON
 //! object per line (`seq`, `ts`, `worker`, `stream`, `line`). What herd sends is untrusted:
 //! each line is bounded ([`MAX_LINE`]) and reaches the terminal through
-//! [`printable`](crate::control::printable).
+//! [`crate::control::printable`].
 
 use std::io::Write;
 use std::path::Path;
