@@ -95,6 +95,7 @@ pub use primary::{
     Cluster, ClusterBuilder, Event, OutputStream, Serving, WorkerHandle, MAX_OUTPUT_LINE,
 };
 pub use signal::{Signal, UnknownSignal};
+pub use sys::peer_uid;
 pub use worker::{Worker, WorkerOptions};
 
 /// The README's code, compiled as a doctest so it cannot drift from the API.

@@ -424,3 +424,31 @@ pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, secs: i32) -> io::Result<()> 
     }
     Ok(())
 }
+
+/// The user id of the process at the other end of a Unix socket (`SO_PEERCRED`). Read here,
+/// not through rustix's `UCred`, because its pid is 0 when the peer is in another PID
+/// namespace (a `herd status` from the host to a herd that is PID 1 of a container), which
+/// rustix's non-zero `Pid` refuses.
+pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid descriptor; `cred` and `len` outlive the call and `len` is `cred`'s
+    // exact size, so the kernel writes within it.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}

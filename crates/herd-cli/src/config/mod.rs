@@ -42,6 +42,7 @@ use clap::FromArgMatches;
 
 use crate::exit::{Context, Error, Result};
 
+pub mod cpus;
 pub mod logs;
 mod options;
 mod settings;

@@ -30,6 +30,8 @@ pub enum CacheSource {
 pub struct Settings {
     pub command: Vec<String>,
     pub workers: usize,
+    /// Where the worker count came from, in words (`given`, or what decided `auto`).
+    pub workers_from: String,
     pub listen: Vec<ListenAddr>,
     pub reuseport: bool,
     /// How Node workers' connections are spread (`--balance`; reuseport is `Shared` with a
@@ -119,12 +121,14 @@ pub fn settings(o: Options) -> Result<Settings> {
             "nothing to run (give it after `--`, or as `command` in the config file)",
         ));
     }
-    let workers = match o.workers {
-        Some(Workers::Count(n)) => {
-            usize::try_from(n).map_err(|_| bad("workers", format_args!("{n} is not a count")))?
-        }
+    let (workers, workers_from) = match o.workers {
+        Some(Workers::Count(n)) => (
+            usize::try_from(n).map_err(|_| bad("workers", format_args!("{n} is not a count")))?,
+            "given".to_string(),
+        ),
         Some(Workers::Auto(_)) | None => {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            let cpus = super::cpus::Cpus::read();
+            (cpus.count, cpus.explain())
         }
     };
     if !(1..=MAX_WORKERS).contains(&workers) {
@@ -336,6 +340,7 @@ pub fn settings(o: Options) -> Result<Settings> {
     Ok(Settings {
         command,
         workers,
+        workers_from,
         listen,
         reuseport,
         balance,

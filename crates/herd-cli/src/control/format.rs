@@ -48,6 +48,9 @@ pub fn format_status(report: &Report) -> String {
         if s.reloading { ", reloading" } else { "" },
         s.reloads,
     ));
+    if !report.workers_from.is_empty() && report.workers_from != "given" {
+        out.push_str(&format!("workers: {}\n", report.workers_from));
+    }
     let row = |cells: [&str; 11]| {
         let [a, b, c, d, k, e, f, g, h, i, j] = cells;
         format!("{a:<7} {b:>4} {c:>8} {d:<9} {k:>6} {e:>8} {f:>8} {g:>10} {h:>10} {i:>8}  {j}\n")

@@ -36,6 +36,10 @@ pub struct Found {
 
 /// Every herd with a socket in `dir`, by name.
 pub async fn list(dir: &Path) -> Result<Vec<Found>> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        // No herd has run here yet.
+        return Ok(Vec::new());
+    }
     let probe = dir.join("probe.sock");
     super::check_dir(&probe, false)?;
     let mut socks: Vec<(String, PathBuf)> = Vec::new();

@@ -131,6 +131,10 @@ pub struct Report {
     /// Seconds since herd started.
     #[serde(default)]
     pub uptime_s: f64,
+    /// Where the worker count came from (`given`, or what decided `auto`: CPUs online, the
+    /// affinity or the cgroup quota).
+    #[serde(default)]
+    pub workers_from: String,
 }
 
 /// What a request that succeeded answers.
@@ -409,6 +413,7 @@ mod tests {
             cpu: vec![(3, Some(12.5))],
             name: "app".into(),
             uptime_s: 3.5,
+            workers_from: "given".into(),
         }
     }
 

@@ -257,16 +257,15 @@ async fn connection(
     place: &Place,
     cancel: oneshot::Receiver<()>,
 ) -> Result<()> {
-    let cred =
-        rustix::net::sockopt::socket_peercred(&stream).or_fail(|| "peer credentials".into())?;
-    let me = rustix::process::geteuid();
+    // The peer's pid is not asked for: it is 0 for a peer in another PID namespace.
+    let uid = {
+        use std::os::fd::AsFd;
+        herd::peer_uid(stream.as_fd()).or_fail(|| "peer credentials".into())?
+    };
+    let me = rustix::process::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
-    let answer = if cred.uid != me && !cred.uid.is_root() {
-        tracing::warn!(
-            uid = cred.uid.as_raw(),
-            pid = cred.pid.as_raw_nonzero().get(),
-            "control connection refused: another user"
-        );
+    let answer = if uid != me && uid != 0 {
+        tracing::warn!(uid, "control connection refused: another user");
         Answer::err("permission denied: another user's herd")
     } else {
         let mut line = String::new();

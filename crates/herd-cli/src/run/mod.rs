@@ -67,6 +67,7 @@ pub async fn run(s: Settings) -> Result<Exit> {
         files,
         cpu: cpu::Meter::default(),
         name: s.name.clone(),
+        workers_from: s.workers_from.clone(),
         started: std::time::Instant::now(),
     };
     let exit = service::supervise(builder, &s, reuseport, extras, calls).await;

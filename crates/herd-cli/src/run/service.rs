@@ -38,6 +38,8 @@ pub(super) struct Extras {
     pub(super) cpu: super::cpu::Meter,
     /// The herd's name.
     pub(super) name: String,
+    /// Where the worker count came from.
+    pub(super) workers_from: String,
     /// When herd started.
     pub(super) started: std::time::Instant,
 }
@@ -190,6 +192,7 @@ async fn answer(service: ServiceHandle, call: Call, extras: Extras) {
                 logs_dropped: extras.logs.dropped(),
                 cpu,
                 name: extras.name.clone(),
+                workers_from: extras.workers_from.clone(),
                 uptime_s: extras.started.elapsed().as_secs_f64(),
             }))
         }),

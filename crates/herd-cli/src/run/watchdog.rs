@@ -70,7 +70,11 @@ fn try_start() -> Result<Watchdog, String> {
         return Err("HERD_CGROUP=off".into());
     }
     let parent = own_cgroup().ok_or("no cgroup v2 mounted")?;
-    let dir = parent.join(format!("herd-{}", std::process::id()));
+    // The pid alone is not unique on the host: herd as PID 1 of two containers is 1 in both.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = parent.join(format!("herd-{}-{nanos:08x}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !dir.join("cgroup.kill").exists() {
         let _ = std::fs::remove_dir(&dir);

@@ -110,7 +110,9 @@ pub(crate) fn enable() -> std::io::Result<()> {
 /// process's group; how many.
 pub(crate) fn reap_adopted() -> usize {
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    let my_group = rustix::process::getpgrp().as_raw_nonzero().get();
+    // From /proc, not getpgrp(): as PID 1 of a PID namespace herd's group lies outside it, and
+    // is 0 there (which is also what /proc says of its children in that group).
+    let my_group = crate::procfs::stat(me).map_or(0, |s| s.pgrp);
     let kids = crate::procfs::children();
     let guard = own();
     let mut reaped = 0;
