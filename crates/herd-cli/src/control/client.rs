@@ -79,15 +79,29 @@ pub async fn status(path: &Path, limit: Duration) -> Result<Report> {
     }
 }
 
-/// The status of the herd at `path` with every worker's CPU measured: asked again 300 ms later
-/// if the first answer lacks a figure (herd measures between two reports).
+/// The status of the herd at `path` with every worker's CPU measured: if the first answer
+/// lacks a figure (herd measures between two reports), herd is asked again 300 ms later and
+/// the first report gets the second's figures for the workers in both (the report stays the
+/// one of the moment asked: a worker gone meanwhile is still shown, without a figure).
 pub async fn status_with_cpu(path: &Path, limit: Duration) -> Result<Report> {
-    let first = status(path, limit).await?;
+    let mut first = status(path, limit).await?;
     if first.cpu.iter().all(|(_, p)| p.is_some()) {
         return Ok(first);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    status(path, limit).await
+    let Ok(second) = status(path, limit).await else {
+        return Ok(first);
+    };
+    for (id, pct) in &mut first.cpu {
+        if pct.is_none() {
+            *pct = second
+                .cpu
+                .iter()
+                .find(|(w, _)| w == id)
+                .and_then(|(_, p)| *p);
+        }
+    }
+    Ok(first)
 }
 
 /// Reloads the herd at `path`; how many workers were replaced.
