@@ -59,16 +59,18 @@ where
     };
     let recent = logs.recent(ask.lines, ask.filter);
     let mut seen = recent.last().map_or(0, |e| e.seq);
-    let mut out = Answer::Ok(Reply::Logs { logs: recent.len() }).to_line();
+    let mut out = Answer::Ok(Reply::Logs { logs: recent.len() })
+        .to_line()
+        .into_bytes();
     let backlog = async {
         for e in &recent {
             push(&mut out, e);
             if out.len() >= BATCH {
-                send(write, out.as_bytes()).await?;
+                send(write, &out).await?;
                 out.clear();
             }
         }
-        send(write, out.as_bytes()).await
+        send(write, &out).await
     };
     tokio::time::timeout(BACKLOG_TIME, backlog)
         .await
@@ -77,7 +79,7 @@ where
         })??;
     drop(recent);
     drop(place);
-    let mut out = String::new();
+    let mut out = Vec::new();
     let Some(follower) = follower else {
         return Ok(());
     };
@@ -88,7 +90,7 @@ where
                 out.clear();
                 for item in items {
                     match item {
-                        Next::Lost(lost) => out.push_str(&line(&LogLine::Lost { lost })),
+                        Next::Lost(lost) => out.extend_from_slice(line(&LogLine::Lost { lost }).as_bytes()),
                         Next::Line(e) if e.seq > seen => {
                             seen = e.seq;
                             push(&mut out, &e);
@@ -96,11 +98,11 @@ where
                         Next::Line(_) => {}
                     }
                     if out.len() >= BATCH {
-                        send(write, out.as_bytes()).await?;
+                        send(write, &out).await?;
                         out.clear();
                     }
                 }
-                send(write, out.as_bytes()).await?;
+                send(write, &out).await?;
             }
             // The client closed (or wrote, which it has no reason to): the follow ends.
             _ = read.read(&mut byte) => return Ok(()),
@@ -114,8 +116,10 @@ fn line(l: &LogLine) -> String {
     s
 }
 
-fn push(out: &mut String, e: &Entry) {
-    out.push_str(&line(&LogLine::Line(e.clone())));
+/// One entry as its line (what `LogLine::Line` is on the wire), written in place.
+fn push(out: &mut Vec<u8>, e: &Entry) {
+    serde_json::to_writer(&mut *out, e).expect("an entry serialises");
+    out.push(b'\n');
 }
 
 async fn send<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) -> Result<()> {

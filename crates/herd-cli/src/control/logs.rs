@@ -89,14 +89,20 @@ pub async fn logs(path: &Path, ask: &Ask) -> Result<Exit> {
         Reply::Logs { .. } => {}
         other => return Err(Error::failure(format!("herd answered logs with {other:?}"))),
     }
+    let mut printer = Printer::default();
     let lines = async {
         loop {
             if !read_line(&mut reader, &mut line).await? {
+                printer.flush();
                 return Ok(Exit::Success);
             }
             let parsed: LogLine = serde_json::from_slice(&line)
                 .or_fail(|| "herd sent a log line that is not understood".into())?;
-            if !print(&parsed, ask) {
+            printer.add(&parsed, ask);
+            // Written once what has arrived is taken (or 64 KiB gathered): a write per batch,
+            // not per line.
+            let drained = reader.buffer().is_empty();
+            if (drained || printer.pending() >= 64 << 10) && !printer.flush() {
                 return Ok(Exit::Success);
             }
         }
@@ -141,9 +147,51 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-/// Prints one line; false once the reader has closed the pipe.
-fn print(l: &LogLine, ask: &Ask) -> bool {
-    let (text, to_err) = match l {
+/// What is to be printed, per stream.
+#[derive(Default)]
+struct Printer {
+    out: String,
+    err: String,
+}
+
+impl Printer {
+    fn pending(&self) -> usize {
+        self.out.len() + self.err.len()
+    }
+
+    /// Adds one line.
+    fn add(&mut self, l: &LogLine, ask: &Ask) {
+        let (text, to_err) = format_line(l, ask);
+        let to = if to_err { &mut self.err } else { &mut self.out };
+        to.push_str(&printable(&text));
+    }
+
+    /// Writes what was added; false once the reader has closed the pipe.
+    fn flush(&mut self) -> bool {
+        let mut ok = true;
+        if !self.out.is_empty() {
+            let mut out = std::io::stdout().lock();
+            ok &= out
+                .write_all(self.out.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok();
+            self.out.clear();
+        }
+        if !self.err.is_empty() {
+            let mut err = std::io::stderr().lock();
+            ok &= err
+                .write_all(self.err.as_bytes())
+                .and_then(|()| err.flush())
+                .is_ok();
+            self.err.clear();
+        }
+        ok
+    }
+}
+
+/// One line as printed, and whether it goes to stderr.
+fn format_line(l: &LogLine, ask: &Ask) -> (String, bool) {
+    match l {
         LogLine::Lost { lost } => (
             format!("herd logs: {lost} lines dropped: this reader was too slow\n"),
             true,
@@ -163,16 +211,7 @@ fn print(l: &LogLine, ask: &Ask) -> bool {
             s.push_str(&format!("[w{}] {}\n", e.worker, e.line));
             (s, e.stream == "stderr")
         }
-    };
-    let text = printable(&text);
-    let written = if to_err {
-        let mut err = std::io::stderr().lock();
-        err.write_all(text.as_bytes()).and_then(|()| err.flush())
-    } else {
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes()).and_then(|()| out.flush())
-    };
-    written.is_ok()
+    }
 }
 
 #[cfg(test)]
