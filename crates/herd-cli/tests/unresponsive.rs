@@ -147,8 +147,17 @@ fn a_spinning_node_event_loop_is_replaced_shared() {
 }
 
 #[test]
-fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile() {
-    let (herd, addr) = start("hung-stopped", 2, "rr", "1.5");
+fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile_rr() {
+    a_stopped_worker_is_replaced_and_the_other_serves_meanwhile("rr");
+}
+
+#[test]
+fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile_shared() {
+    a_stopped_worker_is_replaced_and_the_other_serves_meanwhile("shared");
+}
+
+fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile(balance: &str) {
+    let (herd, addr) = start(&format!("hung-stopped-{balance}"), 2, balance, "1.5");
     let victim = pids(&herd.status())[0];
     // Stopped once it serves (its loop has turned, so it has answered a ping: a worker stopped
     // before its first answer is not told from a program that never answers).
@@ -162,7 +171,7 @@ fn a_stopped_worker_is_replaced_and_the_other_serves_meanwhile() {
     let took = replaced(&herd, victim, started);
     served_more(&traffic, 200);
     let (ok, failed) = traffic.stop();
-    eprintln!("SIGSTOP: replaced after {took:?}; load {ok} ok, {failed} failed");
+    eprintln!("SIGSTOP {balance}: replaced after {took:?}; load {ok} ok, {failed} failed");
     assert!(
         took < Duration::from_secs(10),
         "replaced only after {took:?}"
