@@ -52,6 +52,18 @@ pub(crate) fn private_rss(pid: u32) -> Option<u64> {
     parse_statm(&text, rustix::param::page_size() as u64)
 }
 
+/// `pid`'s resident and proportional set sizes in bytes, from `/proc/PID/smaps_rollup`.
+pub(crate) fn rss_pss(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb.saturating_mul(1024))
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
 fn parse_statm(text: &str, page: u64) -> Option<u64> {
     let mut f = text.split_whitespace().skip(1);
     let resident: u64 = f.next()?.parse().ok()?;

@@ -11,12 +11,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::meter::{Depth, Meter};
 use super::state::{Cmd, Effect, Input, Machine, Reply, Role, Token};
 use super::status::{self, Dropped, Status};
 use super::{Outcome, Readiness, Relay, ServiceConfig, ServiceError, ServiceEvent};
@@ -66,6 +68,8 @@ struct Actor {
     probes: mpsc::Sender<WorkerId>,
     /// Where a memory sample's figures come back.
     samples: mpsc::Sender<Vec<(WorkerId, u64)>>,
+    /// Reads workers' figures from /proc, on a thread of its own.
+    meter: Arc<Meter>,
     outcome: Option<Outcome>,
 }
 
@@ -95,6 +99,7 @@ pub(crate) fn spawn(
         next_token: 0,
         probes: probe_tx,
         samples: sample_tx,
+        meter: Arc::new(Meter::new()),
         outcome: None,
     };
     let task = tokio::spawn(actor.run(first, call_rx, probe_rx, sample_rx));
@@ -200,18 +205,20 @@ impl Actor {
                 tokio::spawn(probe(addr, w, self.probes.clone(), limit));
             }
             Effect::SampleMemory(workers) => {
-                // /proc reads block: on a blocking thread, the figures back as an input. The
+                // /proc reads block: on the meter's thread, the figures back as an input. The
                 // machine asks for one sample at a time, so the channel (room for one) never
                 // holds the job up.
                 let pids: Vec<(WorkerId, u32)> = workers
                     .into_iter()
                     .filter_map(|w| Some((w, self.handles.get(&w)?.pid())))
                     .collect();
-                let tx = self.samples.clone();
-                tokio::task::spawn_blocking(move || {
+                let (tx, meter) = (self.samples.clone(), self.meter.clone());
+                tokio::spawn(async move {
+                    let only: Vec<u32> = pids.iter().map(|(_, p)| *p).collect();
+                    let figures = meter.read(&only, Depth::Private).await;
                     let rss = pids
                         .into_iter()
-                        .filter_map(|(w, pid)| Some((w, crate::procfs::private_rss(pid)?)))
+                        .filter_map(|(w, pid)| Some((w, figures.get(&pid)?.private?)))
                         .collect();
                     let _ = tx.try_send(rss);
                 });
@@ -394,8 +401,9 @@ impl Actor {
                 };
                 let mut s = status::build(&self.machine, Instant::now(), process, self.dropped);
                 s.serving = self.cluster.serving();
+                let meter = self.meter.clone();
                 tokio::spawn(async move {
-                    status::add_memory(&mut s).await;
+                    status::add_memory(&mut s, &meter).await;
                     let _ = tx.send(s);
                 });
                 return;

@@ -43,6 +43,7 @@
 
 mod actor;
 mod config;
+mod meter;
 mod state;
 mod status;
 #[cfg(test)]

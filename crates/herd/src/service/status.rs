@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::meter::{Depth, Meter};
 use super::state::{Machine, Role, SlotState};
 use crate::WorkerId;
 
@@ -171,34 +172,14 @@ pub(crate) fn build(
     }
 }
 
-/// Fills in each worker's memory and CPU figures.
-pub(crate) async fn add_memory(status: &mut Status) {
-    for w in &mut status.workers {
-        (w.rss, w.pss) = memory(w.pid).await;
-    }
+/// Fills in each worker's memory and CPU figures (zeros where none could be read in time).
+pub(crate) async fn add_memory(status: &mut Status, meter: &Meter) {
     let pids: Vec<u32> = status.workers.iter().map(|w| w.pid).collect();
-    let cpu = tokio::task::spawn_blocking(move || {
-        pids.into_iter()
-            .map(|p| crate::procfs::cpu_seconds(p).unwrap_or(0.0))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
-    for (w, c) in status.workers.iter_mut().zip(cpu) {
-        w.cpu_s = c;
+    let figures = meter.read(&pids, Depth::Full).await;
+    for w in &mut status.workers {
+        let f = figures.get(&w.pid).copied().unwrap_or_default();
+        w.rss = f.rss.unwrap_or(0);
+        w.pss = f.pss.unwrap_or(0);
+        w.cpu_s = f.cpu_s.unwrap_or(0.0);
     }
-}
-
-/// RSS and PSS of a process, from /proc/PID/smaps_rollup (zeros if it cannot be read).
-async fn memory(pid: u32) -> (u64, u64) {
-    let Ok(text) = tokio::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).await else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("Rss:"), field("Pss:"))
 }
