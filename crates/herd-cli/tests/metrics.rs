@@ -1,7 +1,7 @@
 //! `--metrics` scraped as Prometheus would, and parsed by a real OpenMetrics parser (Python's
 //! `prometheus_client`, `HERD_TEST_PY`: `.ci/run` installs it): the workers' figures, the
 //! service's and the cache's, while two Node workers read the cache; anything but
-//! `/metrics` is a 404; idle connections beyond the bound leave herd answering.
+//! `/metrics` is a 404; connections that send nothing, beyond the bound, shut no scraper out.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -139,20 +139,32 @@ fn metrics_are_openmetrics_a_real_parser_reads() {
     let (_, body) = get(addr, "/metrics");
     assert_eq!(value(&parsed(&py, &body), "herd_reloads_total{}"), 1.0);
 
-    // Only /metrics; idle connections past the bound are closed, and herd answers on.
+    // Only /metrics; HEAD has no body.
     assert_eq!(get(addr, "/").0, "HTTP/1.1 404 Not Found");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(s, "HEAD /metrics HTTP/1.1\r\nHost: herd\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK"), "{all}");
+    assert!(
+        all.ends_with("\r\n\r\n"),
+        "HEAD answered with a body: {all}"
+    );
+
+    // Connections that send nothing, far past the bound, shut no scraper out while they
+    // stay open; herd's control socket answers meanwhile.
     let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let t = Instant::now();
     herd.status();
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    drop(idle);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let (status, _) = get(addr, "/metrics");
-        if status == "HTTP/1.1 200 OK" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.ends_with("# EOF\n"));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     }
+    drop(idle);
     stop(herd);
 }

@@ -3,35 +3,116 @@
 //! with 404. Each scrape asks for a status report through the same calls the control socket
 //! makes, so it sees what `herd status` sees and never touches the service itself.
 //!
-//! Bounded like every peer of herd: at most [`MAX_SCRAPES`] connections at once (more are
-//! closed at once), a request head of at most [`MAX_HEAD`] bytes that must arrive within
-//! [`HEAD_TIME`], and [`ANSWER_TIME`] for the report and for the write.
+//! Bounded like every peer of herd: at most [`MAX_SCRAPES`] connections at once and
+//! [`MAX_PER_PEER`] from one address, a request head of at most
+//! [`MAX_HEAD`] bytes that must arrive within [`HEAD_TIME`], and [`ANSWER_TIME`] for the report
+//! and for the write. Connections that send nothing cannot shut scrapers out: when every place
+//! is taken (or its address's share), a newcomer takes the place of the oldest connection
+//! (of that address) still waiting for its head; a scraper sends its head at once, so that is
+//! never a scraper in practice. With no such connection, the newcomer is closed at once.
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::control::proto::{Answer, Reply, Request};
 use crate::control::server::Call;
 
 /// Scrapes served at once.
 pub const MAX_SCRAPES: usize = 16;
+/// Connections from one address at once.
+pub const MAX_PER_PEER: usize = 4;
 /// The longest request head read.
 pub const MAX_HEAD: usize = 8 << 10;
 /// How long a scraper has to send its request.
-pub const HEAD_TIME: Duration = Duration::from_secs(5);
+pub const HEAD_TIME: Duration = Duration::from_secs(2);
 /// How long the report, and then the write, may take.
 pub const ANSWER_TIME: Duration = Duration::from_secs(10);
 
+/// One connection's place.
+struct Place {
+    peer: IpAddr,
+    /// Fired to give the place to a newcomer; taken once the head has arrived.
+    evict: Option<oneshot::Sender<()>>,
+}
+
+/// The connections being served, in arrival order.
+#[derive(Default)]
+struct Places {
+    next: u64,
+    taken: Vec<(u64, Place)>,
+}
+
+impl Places {
+    /// A place for a connection from `peer` (evicting the oldest head-waiter if all are
+    /// taken), with what evicts it; `None` if it gets none.
+    fn take(&mut self, peer: IpAddr) -> Option<(u64, oneshot::Receiver<()>)> {
+        let mine = self.taken.iter().filter(|(_, p)| p.peer == peer).count();
+        let waiting = |p: &Place| p.evict.is_some();
+        let oldest = if mine >= MAX_PER_PEER {
+            // Its own share is full: its own oldest silent one goes.
+            Some(
+                self.taken
+                    .iter()
+                    .position(|(_, p)| p.peer == peer && waiting(p))?,
+            )
+        } else if self.taken.len() >= MAX_SCRAPES {
+            Some(self.taken.iter().position(|(_, p)| waiting(p))?)
+        } else {
+            None
+        };
+        if let Some(i) = oldest {
+            let (_, mut gone) = self.taken.remove(i);
+            if let Some(evict) = gone.evict.take() {
+                let _ = evict.send(());
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.next += 1;
+        let place = Place {
+            peer,
+            evict: Some(tx),
+        };
+        self.taken.push((self.next, place));
+        Some((self.next, rx))
+    }
+
+    /// The head of `id` arrived: it can no longer be evicted.
+    fn answering(&mut self, id: u64) {
+        if let Some((_, p)) = self.taken.iter_mut().find(|(i, _)| *i == id) {
+            p.evict = None;
+        }
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.taken.retain(|(i, _)| *i != id);
+    }
+}
+
+/// A place, left when dropped.
+struct Held {
+    places: Arc<Mutex<Places>>,
+    id: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.places.lock() {
+            p.leave(self.id);
+        }
+    }
+}
+
 /// Serves scrapes on `listener` until herd ends, asking `calls` for each report.
 pub async fn serve(listener: TcpListener, calls: mpsc::Sender<Call>) {
-    let places = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let places = Arc::new(Mutex::new(Places::default()));
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 // Out of descriptors and the like: wait a little rather than spin.
                 tracing::debug!(error = %e, "cannot accept a metrics connection");
@@ -39,13 +120,17 @@ pub async fn serve(listener: TcpListener, calls: mpsc::Sender<Call>) {
                 continue;
             }
         };
-        let Ok(place) = places.clone().try_acquire_owned() else {
+        let taken = places.lock().ok().and_then(|mut p| p.take(peer.ip()));
+        let Some((id, evicted)) = taken else {
             continue; // Dropped: closed at once.
+        };
+        let held = Held {
+            places: places.clone(),
+            id,
         };
         let calls = calls.clone();
         tokio::spawn(async move {
-            let _ = scrape(stream, calls).await;
-            drop(place);
+            let _ = scrape(stream, calls, held, evicted).await;
         });
     }
 }
@@ -63,7 +148,12 @@ fn wants_metrics(head: &[u8]) -> Option<bool> {
     Some((method == "GET" || method == "HEAD") && path == "/metrics")
 }
 
-async fn scrape(mut stream: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+async fn scrape(
+    mut stream: TcpStream,
+    calls: mpsc::Sender<Call>,
+    held: Held,
+    evicted: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let read = async {
         let mut buf = [0u8; 1024];
@@ -76,9 +166,17 @@ async fn scrape(mut stream: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Re
         }
         Ok::<_, std::io::Error>(())
     };
-    if tokio::time::timeout(HEAD_TIME, read).await.is_err() {
-        return Ok(());
+    tokio::select! {
+        r = tokio::time::timeout(HEAD_TIME, read) => if r.is_err() {
+            return Ok(());
+        },
+        // Its place went to a newcomer.
+        _ = evicted => return Ok(()),
     }
+    if let Ok(mut p) = held.places.lock() {
+        p.answering(held.id);
+    }
+    let head_only = head.starts_with(b"HEAD ");
     let (status, body) = match wants_metrics(&head) {
         None => ("400 Bad Request", "not an HTTP/1 request\n".to_string()),
         Some(false) => ("404 Not Found", "herd serves /metrics only\n".to_string()),
@@ -95,10 +193,14 @@ async fn scrape(mut stream: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Re
     } else {
         "text/plain; charset=utf-8"
     };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    // HEAD: the head a GET would have, without its body.
+    if !head_only {
+        reply.push_str(&body);
+    }
     let _ = tokio::time::timeout(ANSWER_TIME, stream.write_all(reply.as_bytes())).await;
     Ok(())
 }
@@ -145,5 +247,41 @@ mod tests {
         assert_eq!(wants_metrics(b"hello\r\n"), None);
         assert_eq!(wants_metrics(b"\xff\xfe"), None);
         assert_eq!(wants_metrics(b""), None);
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    /// Silent connections give their places to newcomers, oldest first; one answering keeps
+    /// its place; one address gets at most MAX_PER_PEER.
+    #[test]
+    fn places_go_to_newcomers_and_one_address_takes_only_its_share() {
+        let mut p = Places::default();
+        let mut first = Vec::new();
+        for n in 0..MAX_SCRAPES {
+            first.push(p.take(ip(n as u8)).expect("room"));
+        }
+        p.answering(first[0].0);
+        let (_, newcomer) = p.take(ip(100)).expect("a place taken from a silent one");
+        // The oldest silent one (the second; the first is answering) was told to go.
+        assert!(first[1].1.try_recv().is_ok());
+        assert!(first[0].1.try_recv().is_err());
+        assert!(first[2].1.try_recv().is_err());
+        assert_eq!(p.taken.len(), MAX_SCRAPES);
+        let mut mine = vec![(0, newcomer)];
+        for _ in 1..MAX_PER_PEER {
+            mine.push(p.take(ip(100)).expect("within the share"));
+        }
+        // Past its share, an address's own oldest silent one goes, not another's.
+        let before: Vec<u64> = p.taken.iter().map(|(i, _)| *i).collect();
+        p.take(ip(100)).expect("in place of its own");
+        assert!(mine[0].1.try_recv().is_ok());
+        assert!(mine[1].1.try_recv().is_err());
+        assert_eq!(p.taken.len(), before.len());
+        // Every place answering: nobody to evict, the newcomer is turned away.
+        let ids: Vec<u64> = p.taken.iter().map(|(i, _)| *i).collect();
+        ids.into_iter().for_each(|i| p.answering(i));
+        assert!(p.take(ip(200)).is_none());
     }
 }

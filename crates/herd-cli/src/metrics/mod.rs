@@ -97,19 +97,32 @@ pub fn render(report: &Report) -> String {
                 state: state.into(),
             })
             .inc();
+    }
+    // A slot's counters, once per slot: while a reload or a memory replacement runs, the new
+    // worker and the old one share a slot, and each reports the slot's counts.
+    let mut slots: std::collections::BTreeMap<usize, (u32, u32, u32)> = Default::default();
+    for w in &s.workers {
         if let Some(slot) = w.slot {
-            let slot = slot.to_string();
-            restarts
-                .get_or_create(&SlotLabels { slot: slot.clone() })
-                .inc_by(w.restarts.into());
-            for (reason, n) in [("hang", w.unresponsive), ("memory", w.memory_replaced)] {
-                replaced
-                    .get_or_create(&ReasonLabels {
-                        slot: slot.clone(),
-                        reason: reason.into(),
-                    })
-                    .inc_by(n.into());
-            }
+            let c = slots.entry(slot).or_default();
+            *c = (
+                c.0.max(w.restarts),
+                c.1.max(w.unresponsive),
+                c.2.max(w.memory_replaced),
+            );
+        }
+    }
+    for (slot, (restarted, hang, memory)) in slots {
+        let slot = slot.to_string();
+        restarts
+            .get_or_create(&SlotLabels { slot: slot.clone() })
+            .inc_by(restarted.into());
+        for (reason, n) in [("hang", hang), ("memory", memory)] {
+            replaced
+                .get_or_create(&ReasonLabels {
+                    slot: slot.clone(),
+                    reason: reason.into(),
+                })
+                .inc_by(n.into());
         }
     }
     r.register_with_unit("worker_cpu", "CPU time a worker used", Unit::Seconds, cpu);
@@ -301,5 +314,34 @@ mod tests {
             assert!(text.contains(want), "{want} not in:\n{text}");
         }
         assert!(!text.contains("herd_cache"), "no cache, no cache metrics");
+    }
+
+    /// During a reload the old worker and its replacement share a slot: its counters are
+    /// emitted once, not summed (a scraper would see a jump, then a reset).
+    #[test]
+    fn a_slot_two_workers_share_is_counted_once() {
+        let worker = |id: u64, state: &str| {
+            serde_json::json!({
+                "slot": 0, "worker": id, "pid": id * 10, "state": state, "uptime_s": 1.0,
+                "restarts": 2, "unresponsive": 1, "memory_replaced": 3, "rss": 1, "pss": 1,
+                "messages": 0, "cpu_s": 0.0,
+            })
+        };
+        let json = serde_json::json!({
+            "status": {
+                "wanted": 1, "restarting": [], "failed": [], "reloading": true,
+                "reloads": 0, "output_dropped": 0, "events_dropped": 0,
+                "workers": [worker(7, "retiring"), worker(8, "starting")],
+            },
+            "cache": null, "listening": [], "pid": 1, "logs_dropped": 0,
+        });
+        let text = render(&serde_json::from_value(json).unwrap());
+        for want in [
+            "herd_slot_restarts_total{slot=\"0\"} 2\n",
+            "herd_slot_replaced_total{slot=\"0\",reason=\"hang\"} 1\n",
+            "herd_slot_replaced_total{slot=\"0\",reason=\"memory\"} 3\n",
+        ] {
+            assert!(text.contains(want), "{want} not in:\n{text}");
+        }
     }
 }
