@@ -89,31 +89,50 @@ pub async fn logs(path: &Path, ask: &Ask) -> Result<Exit> {
         Reply::Logs { .. } => {}
         other => return Err(Error::failure(format!("herd answered logs with {other:?}"))),
     }
-    let mut printer = Printer::default();
-    let lines = async {
-        loop {
-            if !read_line(&mut reader, &mut line).await? {
-                printer.flush();
-                return Ok(Exit::Success);
-            }
-            let parsed: LogLine = serde_json::from_slice(&line)
-                .or_fail(|| "herd sent a log line that is not understood".into())?;
-            printer.add(&parsed, ask);
-            // Written once what has arrived is taken (or 64 KiB gathered): a write per batch,
-            // not per line.
-            let drained = reader.buffer().is_empty();
-            if (drained || printer.pending() >= 64 << 10) && !printer.flush() {
-                return Ok(Exit::Success);
-            }
-        }
-    };
-    if ask.follow {
+    let mut printer = Printer::new(std::io::stdout(), std::io::stderr());
+    let lines = print_lines(&mut reader, &mut printer, ask);
+    let printed = if ask.follow {
         // Following has no end but herd's (or the reader's).
-        return lines.await;
+        lines.await
+    } else {
+        tokio::time::timeout(RECENT_TIME, lines)
+            .await
+            .or_fail(|| "herd did not send its recent lines in time".into())
+            .and_then(|r| r)
+    };
+    // Whatever was read before an error (or the deadline) is still printed.
+    printer.flush();
+    printed
+}
+
+/// Reads herd's lines and prints them until the connection ends (or the reader closes the
+/// pipe). On an error the caller flushes what was gathered.
+async fn print_lines<R, O, E>(
+    reader: &mut BufReader<R>,
+    printer: &mut Printer<O, E>,
+    ask: &Ask,
+) -> Result<Exit>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    O: Write,
+    E: Write,
+{
+    let mut line = Vec::new();
+    loop {
+        if !read_line(reader, &mut line).await? {
+            printer.flush();
+            return Ok(Exit::Success);
+        }
+        let parsed: LogLine = serde_json::from_slice(&line)
+            .or_fail(|| "herd sent a log line that is not understood".into())?;
+        printer.add(&parsed, ask);
+        // Written once what has arrived is taken (or 64 KiB gathered): a write per batch,
+        // not per line.
+        let drained = reader.buffer().is_empty();
+        if (drained || printer.pending() >= 64 << 10) && !printer.flush() {
+            return Ok(Exit::Success);
+        }
     }
-    tokio::time::timeout(RECENT_TIME, lines)
-        .await
-        .or_fail(|| "herd did not send its recent lines in time".into())?
 }
 
 /// Reads one line (without its newline) into `line`; false at the end of the connection.
@@ -147,44 +166,47 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-/// What is to be printed, per stream.
-#[derive(Default)]
-struct Printer {
-    out: String,
-    err: String,
+/// What is to be printed, in the order it came: runs of lines of one stream (true: stderr).
+struct Printer<O, E> {
+    runs: Vec<(bool, String)>,
+    pending: usize,
+    out: O,
+    err: E,
 }
 
-impl Printer {
+impl<O: Write, E: Write> Printer<O, E> {
+    fn new(out: O, err: E) -> Self {
+        Printer {
+            runs: Vec::new(),
+            pending: 0,
+            out,
+            err,
+        }
+    }
+
     fn pending(&self) -> usize {
-        self.out.len() + self.err.len()
+        self.pending
     }
 
     /// Adds one line.
     fn add(&mut self, l: &LogLine, ask: &Ask) {
         let (text, to_err) = format_line(l, ask);
-        let to = if to_err { &mut self.err } else { &mut self.out };
-        to.push_str(&printable(&text));
+        let text = printable(&text);
+        self.pending += text.len();
+        match self.runs.last_mut() {
+            Some((e, run)) if *e == to_err => run.push_str(&text),
+            _ => self.runs.push((to_err, text)),
+        }
     }
 
-    /// Writes what was added; false once the reader has closed the pipe.
+    /// Writes what was added, in order; false once the reader has closed a pipe.
     fn flush(&mut self) -> bool {
         let mut ok = true;
-        if !self.out.is_empty() {
-            let mut out = std::io::stdout().lock();
-            ok &= out
-                .write_all(self.out.as_bytes())
-                .and_then(|()| out.flush())
-                .is_ok();
-            self.out.clear();
+        for (to_err, run) in self.runs.drain(..) {
+            let w: &mut dyn Write = if to_err { &mut self.err } else { &mut self.out };
+            ok &= w.write_all(run.as_bytes()).and_then(|()| w.flush()).is_ok();
         }
-        if !self.err.is_empty() {
-            let mut err = std::io::stderr().lock();
-            ok &= err
-                .write_all(self.err.as_bytes())
-                .and_then(|()| err.flush())
-                .is_ok();
-            self.err.clear();
-        }
+        self.pending = 0;
         ok
     }
 }
@@ -237,6 +259,55 @@ mod tests {
         for bad in ["", "yesterday", "-5", "1e400", "NaN", "99999999999999"] {
             assert!(parse_since(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// What a printer wrote, stream by stream, in the order written.
+    #[derive(Clone, Default)]
+    struct Record(std::sync::Arc<std::sync::Mutex<Vec<(char, String)>>>, char);
+
+    impl Write for Record {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let text = String::from_utf8_lossy(b).into_owned();
+            self.0.lock().unwrap().push((self.1, text));
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(seq: u64, stream: &str) -> String {
+        let e = crate::logs::Entry {
+            seq,
+            ts: 1.0,
+            worker: 1,
+            stream: stream.into(),
+            line: format!("l{seq}"),
+        };
+        serde_json::to_string(&LogLine::Line(e)).unwrap() + "\n"
+    }
+
+    /// Lines keep their order across streams (a batch wrote all of stdout, then all of
+    /// stderr), and what was read before a line herd garbled is still printed.
+    #[tokio::test]
+    async fn lines_print_in_order_and_survive_a_bad_line() {
+        let text = entry(1, "stdout") + &entry(2, "stderr") + &entry(3, "stdout") + "{bad\n";
+        let mut reader = BufReader::new(text.as_bytes());
+        let log = Record::default();
+        let (out, err) = (Record(log.0.clone(), 'o'), Record(log.0.clone(), 'e'));
+        let mut printer = Printer::new(out, err);
+        let r = print_lines(&mut reader, &mut printer, &Ask::default()).await;
+        assert!(r.is_err(), "the bad line is an error");
+        printer.flush();
+        let written = log.0.lock().unwrap().clone();
+        assert_eq!(
+            written,
+            [
+                ('o', "[w1] l1\n".to_string()),
+                ('e', "[w1] l2\n".to_string()),
+                ('o', "[w1] l3\n".to_string())
+            ]
+        );
     }
 
     #[tokio::test]
