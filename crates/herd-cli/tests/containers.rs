@@ -161,6 +161,16 @@ fn as_pid_1_herd_reaps_every_orphan_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(most <= 20, "{most} zombies at once");
+    // The workers' cgroup (where Linux lets herd make one), which herd's watchdog removes as
+    // herd ends, even though the kernel kills the watchdog with the namespace's PID 1.
+    let cgroup = children(herd)
+        .iter()
+        .filter_map(|&(p, _)| cgroup_dir(p))
+        .find(|d| {
+            d.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("herd-1-"))
+        });
     // SIGTERM from outside the namespace: PID 1 gets it only if it handles it; herd does.
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(herd as i32).unwrap(),
@@ -171,4 +181,23 @@ fn as_pid_1_herd_reaps_every_orphan_and_stops_on_sigterm() {
     std::thread::spawn(move || tx.send(unshare.wait().unwrap()));
     let code = rx.recv_timeout(DEADLINE).expect("herd stopped on SIGTERM");
     assert!(code.success(), "{code}");
+    match cgroup {
+        Some(d) => assert!(!d.exists(), "{} left behind", d.display()),
+        None => eprintln!("no workers' cgroup here: its removal is not checked"),
+    }
+}
+
+/// The cgroup v2 directory `pid` is in (its `0::` line under the cgroup2 mount).
+fn cgroup_dir(pid: u32) -> Option<std::path::PathBuf> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = line.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mounts.lines().find_map(|l| {
+        let (before, after) = l.split_once(" - ")?;
+        after
+            .starts_with("cgroup2 ")
+            .then(|| before.split(' ').nth(4))
+            .flatten()
+    })?;
+    Some(std::path::Path::new(mount).join(path.trim_start_matches('/')))
 }

@@ -36,9 +36,11 @@ pub struct Found {
 
 /// Every herd with a socket in `dir`, by name.
 pub async fn list(dir: &Path) -> Result<Vec<Found>> {
-    if std::fs::symlink_metadata(dir).is_err() {
+    match std::fs::symlink_metadata(dir) {
         // No herd has run here yet.
-        return Ok(Vec::new());
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).or_fail(|| format!("cannot look in {}", dir.display())),
+        Ok(_) => {}
     }
     let probe = dir.join("probe.sock");
     super::check_dir(&probe, false)?;

@@ -23,8 +23,28 @@ const EMPTY_WITHIN: Duration = Duration::from_secs(5);
 pub struct Watchdog {
     dir: PathBuf,
     /// Its standard input: the watchdog acts at end-of-file.
-    _pipe: ChildStdin,
-    _child: Child,
+    pipe: Option<ChildStdin>,
+    child: Child,
+}
+
+/// How long herd waits for its watchdog to clear the cgroup as herd ends: a little longer
+/// than the watchdog waits for it to empty.
+const CLEARED_WITHIN: Duration = Duration::from_secs(6);
+
+impl Drop for Watchdog {
+    /// Closes the watchdog's input and waits (at most [`CLEARED_WITHIN`]) for it to kill and
+    /// remove the cgroup: where herd is PID 1 of a namespace, the kernel kills the watchdog
+    /// with herd, and the cgroup would be left behind.
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        let deadline = Instant::now() + CLEARED_WITHIN;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                _ => return,
+            }
+        }
+    }
 }
 
 impl Watchdog {
@@ -101,8 +121,8 @@ fn try_start() -> Result<Watchdog, String> {
     let pipe = child.stdin.take().expect("piped");
     Ok(Watchdog {
         dir,
-        _pipe: pipe,
-        _child: child,
+        pipe: Some(pipe),
+        child,
     })
 }
 

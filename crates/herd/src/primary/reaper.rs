@@ -112,7 +112,10 @@ pub(crate) fn reap_adopted() -> usize {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     // From /proc, not getpgrp(): as PID 1 of a PID namespace herd's group lies outside it, and
     // is 0 there (which is also what /proc says of its children in that group).
-    let my_group = crate::procfs::stat(me).map_or(0, |s| s.pgrp);
+    // Unread, it is unknown: no pass then (a guess could reap an embedding host's children).
+    let Some(my_group) = crate::procfs::stat(me).map(|s| s.pgrp) else {
+        return 0;
+    };
     let kids = crate::procfs::children();
     let guard = own();
     let mut reaped = 0;
