@@ -139,15 +139,7 @@ impl Machine {
                 true
             }
             None => {
-                self.reload = Some(Reload {
-                    queue: [slot].into(),
-                    batch: Default::default(),
-                    total: 1,
-                    replaced: 0,
-                    waiters: Vec::new(),
-                    again: false,
-                    user: false,
-                });
+                self.reload = Some(Reload::pass([slot].into(), Vec::new(), false));
                 self.advance_reload(fx);
                 true
             }
@@ -168,15 +160,7 @@ impl Machine {
         tracing::error!(%why, "the memory limit's replacement failed: the old worker keeps serving");
         if r.again {
             let queue = self.live_slots();
-            self.reload = Some(Reload {
-                total: queue.len(),
-                queue,
-                batch: Default::default(),
-                replaced: 0,
-                waiters: r.waiters,
-                again: false,
-                user: true,
-            });
+            self.reload = Some(Reload::pass(queue, r.waiters, true));
             self.advance_reload(fx);
         }
         true

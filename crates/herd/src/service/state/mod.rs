@@ -227,6 +227,21 @@ struct Reload {
     user: bool,
 }
 
+impl Reload {
+    /// A new pass over `queue`, answering `waiters` when it ends.
+    fn pass(queue: VecDeque<usize>, waiters: Vec<Token>, user: bool) -> Reload {
+        Reload {
+            total: queue.len(),
+            queue,
+            batch: BTreeMap::new(),
+            replaced: 0,
+            waiters,
+            again: false,
+            user,
+        }
+    }
+}
+
 /// The service's whole state.
 #[derive(Debug)]
 pub(crate) struct Machine {

@@ -2,7 +2,7 @@
 //! batches, when a candidate takes over its slot, what a failed candidate stops, and how slots
 //! are added and removed (also in the middle of a reload).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::{Effect, Machine, Reload, Reply, Role, Slot, SlotState, Token, MAX_LISTENS};
 use crate::service::Readiness;
@@ -135,15 +135,7 @@ impl Machine {
             batch = self.config.reload_batch,
             "rolling reload"
         );
-        self.reload = Some(Reload {
-            total: queue.len(),
-            queue,
-            batch: BTreeMap::new(),
-            replaced: 0,
-            waiters: vec![t],
-            again: false,
-            user: true,
-        });
+        self.reload = Some(Reload::pass(queue, vec![t], true));
         self.advance_reload(fx);
     }
 
@@ -165,15 +157,7 @@ impl Machine {
                 }
                 if r.again {
                     let queue = self.live_slots();
-                    self.reload = Some(Reload {
-                        total: queue.len(),
-                        queue,
-                        batch: BTreeMap::new(),
-                        replaced: 0,
-                        waiters: r.waiters,
-                        again: false,
-                        user: true,
-                    });
+                    self.reload = Some(Reload::pass(queue, r.waiters, true));
                     continue;
                 }
                 for t in r.waiters {
