@@ -32,7 +32,7 @@ pub struct Watchdog {
 const CLEARED_WITHIN: Duration = Duration::from_secs(6);
 
 impl Drop for Watchdog {
-    /// Closes the watchdog's input and waits (at most [`CLEARED_WITHIN`]) for it to kill and
+    /// Closes the watchdog's input and waits (at most 6 s) for it to kill and
     /// remove the cgroup: where herd is PID 1 of a namespace, the kernel kills the watchdog
     /// with herd, and the cgroup would be left behind.
     fn drop(&mut self) {
