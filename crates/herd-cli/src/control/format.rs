@@ -86,8 +86,8 @@ pub fn format_status(report: &Report) -> String {
                 (0, m) => format!("{} ({m} mem)", w.restarts),
                 (n, m) => format!("{} ({n} hung, {m} mem)", w.restarts),
             },
-            &size(w.rss),
-            &size(w.pss),
+            &if w.measured { size(w.rss) } else { "-".into() },
+            &if w.measured { size(w.pss) } else { "-".into() },
             &w.messages.to_string(),
             w.last_exit.as_deref().unwrap_or("-"),
         ]));

@@ -385,6 +385,7 @@ mod tests {
                     rss: 10 << 20,
                     pss: 5 << 20,
                     cpu_s: 1.25,
+                    measured: true,
                     messages: 7,
                     internal_dropped: 0,
                     last_exit: Some("exit code 1".into()),

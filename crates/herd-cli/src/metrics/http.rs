@@ -5,8 +5,8 @@
 //!
 //! Bounded like every peer of herd: at most [`MAX_SCRAPES`] connections at once and
 //! [`MAX_PER_PEER`] from one address, a request head of at most
-//! [`MAX_HEAD`] bytes that must arrive within [`HEAD_TIME`], and [`ANSWER_TIME`] for the report
-//! and for the write. Connections that send nothing cannot shut scrapers out: when every place
+//! [`MAX_HEAD`] bytes that must arrive within [`HEAD_TIME`], [`ANSWER_TIME`] for the report
+//! and [`WRITE_TIME`] for the write. An IPv6 peer's share is its /64's. Connections that send nothing cannot shut scrapers out: when every place
 //! is taken (or its address's share), a newcomer takes the place of the oldest connection
 //! (of that address) still waiting for its head; a scraper sends its head at once, so that is
 //! never a scraper in practice. With no such connection, the newcomer is closed at once.
@@ -30,8 +30,10 @@ pub const MAX_PER_PEER: usize = 4;
 pub const MAX_HEAD: usize = 8 << 10;
 /// How long a scraper has to send its request.
 pub const HEAD_TIME: Duration = Duration::from_secs(2);
-/// How long the report, and then the write, may take.
-pub const ANSWER_TIME: Duration = Duration::from_secs(10);
+/// How long the report may take.
+pub const ANSWER_TIME: Duration = Duration::from_secs(5);
+/// How long the write of an answer may take (a scraper that does not read loses it).
+pub const WRITE_TIME: Duration = Duration::from_secs(2);
 
 /// One connection's place.
 struct Place {
@@ -120,7 +122,10 @@ pub async fn serve(listener: TcpListener, calls: mpsc::Sender<Call>) {
                 continue;
             }
         };
-        let taken = places.lock().ok().and_then(|mut p| p.take(peer.ip()));
+        let taken = places
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take(share(peer.ip())));
         let Some((id, evicted)) = taken else {
             continue; // Dropped: closed at once.
         };
@@ -132,6 +137,21 @@ pub async fn serve(listener: TcpListener, calls: mpsc::Sender<Call>) {
         tokio::spawn(async move {
             let _ = scrape(stream, calls, held, evicted).await;
         });
+    }
+}
+
+/// The address a connection's share is counted by: an IPv4 address, or an IPv6 address's /64
+/// (one host commonly holds a whole /64).
+fn share(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -167,6 +187,8 @@ async fn scrape(
         Ok::<_, std::io::Error>(())
     };
     tokio::select! {
+        // A head that came in time wins over an eviction at the same moment.
+        biased;
         r = tokio::time::timeout(HEAD_TIME, read) => if r.is_err() {
             return Ok(());
         },
@@ -201,7 +223,7 @@ async fn scrape(
     if !head_only {
         reply.push_str(&body);
     }
-    let _ = tokio::time::timeout(ANSWER_TIME, stream.write_all(reply.as_bytes())).await;
+    let _ = tokio::time::timeout(WRITE_TIME, stream.write_all(reply.as_bytes())).await;
     Ok(())
 }
 
@@ -247,6 +269,15 @@ mod tests {
         assert_eq!(wants_metrics(b"hello\r\n"), None);
         assert_eq!(wants_metrics(b"\xff\xfe"), None);
         assert_eq!(wants_metrics(b""), None);
+    }
+
+    #[test]
+    fn an_ipv6_host_shares_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(share(a), share(b));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(share(mapped), ip(1));
     }
 
     fn ip(n: u8) -> IpAddr {

@@ -80,11 +80,15 @@ pub fn render(report: &Report) -> String {
     let replaced = Family::<ReasonLabels, Counter>::default();
     for w in &s.workers {
         let l = labels(w);
-        cpu.get_or_create(&l).inc_by(w.cpu_s.max(0.0));
-        rss.get_or_create(&l)
-            .set(i64::try_from(w.rss).unwrap_or(i64::MAX));
-        pss.get_or_create(&l)
-            .set(i64::try_from(w.pss).unwrap_or(i64::MAX));
+        // Figures /proc did not give in time are left out, not zeros (a counter at zero
+        // would read as a reset).
+        if w.measured {
+            cpu.get_or_create(&l).inc_by(w.cpu_s.max(0.0));
+            rss.get_or_create(&l)
+                .set(i64::try_from(w.rss).unwrap_or(i64::MAX));
+            pss.get_or_create(&l)
+                .set(i64::try_from(w.pss).unwrap_or(i64::MAX));
+        }
         uptime.get_or_create(&l).set(w.uptime_s);
         messages.get_or_create(&l).inc_by(w.messages);
         let state = if w.state == "running" && w.listen_error.is_some() {

@@ -31,6 +31,9 @@ impl Meter {
             .workers
             .iter()
             .map(|w| {
+                if !w.measured {
+                    return (w.worker.0, None);
+                }
                 let pct = last.get(&w.pid).and_then(|(cpu, then)| {
                     let span = at.saturating_duration_since(*then);
                     (MIN_SPAN..=MAX_SPAN)
@@ -43,13 +46,17 @@ impl Meter {
         let keep: HashMap<u32, (f64, Instant)> = now
             .workers
             .iter()
-            .map(|w| match last.get(&w.pid) {
+            .filter_map(|w| match last.get(&w.pid) {
                 // A sample too recent to measure against is not replaced (so a burst of
-                // reports still measures over MIN_SPAN).
-                Some(&(cpu, then)) if at.saturating_duration_since(then) < MIN_SPAN => {
-                    (w.pid, (cpu, then))
+                // reports still measures over MIN_SPAN), nor one by a report without figures.
+                Some(&(cpu, then))
+                    if !w.measured || at.saturating_duration_since(then) < MIN_SPAN =>
+                {
+                    Some((w.pid, (cpu, then)))
                 }
-                _ => (w.pid, (w.cpu_s, at)),
+                // Zeros that are no figure are not kept as one.
+                _ if !w.measured => None,
+                _ => Some((w.pid, (w.cpu_s, at))),
             })
             .collect();
         *last = keep;
@@ -93,6 +100,14 @@ mod tests {
         // A sample too old says nothing.
         let p = m.percent(&status(&[(1, 9.0)]), t0 + Duration::from_secs(100));
         assert_eq!(p, [(1, None)]);
+        // A report without figures (the meter did not answer in time) gives none and keeps
+        // the last one: the next real figure is measured against it, not against zero.
+        let t1 = t0 + Duration::from_secs(100);
+        let mut unread = status(&[(1, 0.0)]);
+        unread.workers[0].measured = false;
+        assert_eq!(m.percent(&unread, t1 + Duration::from_secs(1)), [(1, None)]);
+        let p = m.percent(&status(&[(1, 10.0)]), t1 + Duration::from_secs(2));
+        assert!((p[0].1.unwrap() - 50.0).abs() < 1e-9, "{p:?}");
         // Dead workers' samples go.
         m.percent(&status(&[(3, 0.0)]), t0 + Duration::from_secs(101));
         assert_eq!(m.last.lock().unwrap().len(), 1);

@@ -68,8 +68,10 @@ struct Actor {
     probes: mpsc::Sender<WorkerId>,
     /// Where a memory sample's figures come back.
     samples: mpsc::Sender<Vec<(WorkerId, u64)>>,
-    /// Reads workers' figures from /proc, on a thread of its own.
+    /// Reads workers' figures from /proc for status, on a thread of its own.
     meter: Arc<Meter>,
+    /// Reads the memory limit's samples, on another (a stuck full read does not stop it).
+    samples_meter: Arc<Meter>,
     outcome: Option<Outcome>,
 }
 
@@ -99,7 +101,8 @@ pub(crate) fn spawn(
         next_token: 0,
         probes: probe_tx,
         samples: sample_tx,
-        meter: Arc::new(Meter::new()),
+        meter: Arc::new(Meter::new(Depth::Full)),
+        samples_meter: Arc::new(Meter::new(Depth::Private)),
         outcome: None,
     };
     let task = tokio::spawn(actor.run(first, call_rx, probe_rx, sample_rx));
@@ -212,10 +215,10 @@ impl Actor {
                     .into_iter()
                     .filter_map(|w| Some((w, self.handles.get(&w)?.pid())))
                     .collect();
-                let (tx, meter) = (self.samples.clone(), self.meter.clone());
+                let (tx, meter) = (self.samples.clone(), self.samples_meter.clone());
                 tokio::spawn(async move {
                     let only: Vec<u32> = pids.iter().map(|(_, p)| *p).collect();
-                    let figures = meter.read(&only, Depth::Private).await;
+                    let figures = meter.read(&only).await;
                     let rss = pids
                         .into_iter()
                         .filter_map(|(w, pid)| Some((w, figures.get(&pid)?.private?)))

@@ -8,9 +8,11 @@
 //!
 //! Now one thread of its own does every read, one job at a time. A caller names the pids it
 //! wants and waits at most [`WAIT`] for a job that started after it asked (jobs asked for while
-//! one runs are merged into the next); a reading started less than [`FRESH`] ago is used as it
-//! is. If the thread is stuck, callers get what the last reading had for each pid (or nothing)
-//! at their deadline: at most one thread is ever lost, and `herd status` still answers.
+//! one runs are merged into the next); a figure read less than [`FRESH`] ago is used as it is.
+//! If the thread is stuck, callers get no figures at their deadline (never stale ones, which
+//! would skew CPU % and memory samples): at most one thread is lost, and `herd status` still
+//! answers. `--max-memory`'s samples (statm, which takes no lock of the process's) have a meter
+//! of their own, so a stuck full read does not stop the memory limit.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,9 +23,12 @@ use tokio::sync::watch;
 /// How long a caller waits for its reading.
 pub(crate) const WAIT: Duration = Duration::from_secs(1);
 
-/// A reading this recent serves a new caller as it is. Short, since `herd status` takes two
-/// reports 300 ms apart to work out CPU %.
-pub(crate) const FRESH: Duration = Duration::from_millis(100);
+/// A figure read this recently serves a caller as it is (callers at one moment share a job);
+/// short, since `herd status` takes two reports 300 ms apart to work out CPU %.
+pub(crate) const FRESH: Duration = Duration::from_millis(20);
+
+/// Figures older than this are forgotten (pids of workers gone).
+const FORGET: Duration = Duration::from_secs(10);
 
 /// Pids waiting for the next job at most.
 const MAX_PENDING: usize = 16_384;
@@ -41,10 +46,11 @@ pub(crate) struct Figures {
     pub(crate) private: Option<u64>,
 }
 
-/// What a job reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What a meter reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Depth {
-    /// `statm` only: what `--max-memory` samples each second.
+    /// `statm` only: what `--max-memory` samples each second. It takes no lock of the
+    /// process's, so a meter of its own goes on where a full read is stuck.
     Private,
     /// Everything, for `herd status`.
     Full,
@@ -53,20 +59,10 @@ pub(crate) enum Depth {
 /// Reads one process.
 pub(crate) type Reader = dyn Fn(u32, Depth) -> Figures + Send + Sync;
 
-/// A job's result.
-struct Reading {
-    /// The job's number (1 for the first).
-    job: u64,
-    started: Instant,
-    depth: Depth,
-    figures: HashMap<u32, Figures>,
-}
-
 #[derive(Default)]
 struct Queue {
-    /// Pids of the next job, and how deep it reads.
+    /// Pids of the next job.
     next: BTreeSet<u32>,
-    depth: Option<Depth>,
     /// The number the next job will have.
     next_job: u64,
     closed: bool,
@@ -75,96 +71,103 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Each pid's last figures, and when the job that read them started.
+    seen: Mutex<HashMap<u32, (Instant, Figures)>>,
 }
 
 /// The reading thread's handle; the thread ends when this is dropped (once out of a read).
 pub(crate) struct Meter {
     shared: Arc<Shared>,
-    latest: watch::Receiver<Arc<Reading>>,
+    /// The number of the last job done.
+    done: watch::Receiver<u64>,
     /// Callers answered at their deadline (logged at powers of two).
     late: std::sync::atomic::AtomicU64,
 }
 
 impl Meter {
-    /// A meter reading `/proc`.
-    pub(crate) fn new() -> Meter {
-        Meter::with_reader(Arc::new(read_proc))
+    /// A meter reading `/proc` at `depth`.
+    pub(crate) fn new(depth: Depth) -> Meter {
+        Meter::with_reader(depth, Arc::new(read_proc))
     }
 
     /// A meter reading with `reader` (tests give one that blocks).
-    pub(crate) fn with_reader(reader: Arc<Reader>) -> Meter {
+    pub(crate) fn with_reader(depth: Depth, reader: Arc<Reader>) -> Meter {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 next_job: 1,
                 ..Queue::default()
             }),
             wake: Condvar::new(),
+            seen: Mutex::new(HashMap::new()),
         });
-        let empty = Reading {
-            job: 0,
-            started: Instant::now(),
-            depth: Depth::Private,
-            figures: HashMap::new(),
-        };
-        let (tx, latest) = watch::channel(Arc::new(empty));
+        let (tx, done) = watch::channel(0);
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("herd-meter".into())
-            .spawn(move || run(&s, &*reader, &tx));
+            .spawn(move || run(&s, depth, &*reader, &tx));
         if let Err(e) = spawned {
-            // Every caller then gets empty figures at its deadline.
+            // Every caller then gets no figures at its deadline.
             tracing::warn!(error = %e, "cannot start the thread that reads workers' figures");
         }
         Meter {
             shared,
-            latest,
+            done,
             late: Default::default(),
         }
     }
 
-    /// Figures for `pids`, read at `depth` or deeper by a job that started at most [`FRESH`]
-    /// before this call, waiting at most [`WAIT`]; past it, whatever the last reading had.
+    /// Figures for `pids` read by a job that started at most [`FRESH`] before this call,
+    /// waiting at most [`WAIT`]; a pid with none by then is left out (never stale figures).
     /// Cancel-safe: dropping the future leaves at most a merged job behind.
-    pub(crate) async fn read(&self, pids: &[u32], depth: Depth) -> HashMap<u32, Figures> {
+    pub(crate) async fn read(&self, pids: &[u32]) -> HashMap<u32, Figures> {
         let asked = Instant::now();
-        let covers = |r: &Reading| {
-            r.depth >= depth
-                && r.started + FRESH >= asked
-                && pids.iter().all(|p| r.figures.contains_key(p))
+        let fresh = |seen: &HashMap<u32, (Instant, Figures)>| -> HashMap<u32, Figures> {
+            pids.iter()
+                .filter_map(|p| {
+                    let (at, f) = seen.get(p)?;
+                    (*at + FRESH >= asked).then_some((*p, *f))
+                })
+                .collect()
         };
-        let mut latest = self.latest.clone();
+        let got = self
+            .shared
+            .seen
+            .lock()
+            .map(|s| fresh(&s))
+            .unwrap_or_default();
+        if got.len() == pids.len() {
+            return got;
+        }
         let want = {
-            let r = latest.borrow_and_update();
-            if covers(&r) {
-                return pick(&r, pids);
-            }
             let Ok(mut q) = self.shared.queue.lock() else {
-                return pick(&r, pids);
+                return got;
             };
             // A stuck thread takes nothing: a bound, so that replaced workers' pids do not
             // pile up behind it.
             if q.next.len() < MAX_PENDING {
                 q.next.extend(pids.iter().copied());
             }
-            q.depth = q.depth.max(Some(depth));
             self.shared.wake.notify_one();
             q.next_job
         };
-        let waited = tokio::time::timeout(WAIT, latest.wait_for(|r| r.job >= want)).await;
-        if let Ok(Ok(r)) = waited {
-            return pick(&r, pids);
+        let mut done = self.done.clone();
+        let waited = tokio::time::timeout(WAIT, done.wait_for(|j| *j >= want)).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            let late = self.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if late.is_power_of_two() {
+                tracing::warn!(
+                    late,
+                    "reading workers' figures from /proc took over {WAIT:?} (a worker stuck in \
+                     the kernel?): answering without them"
+                );
+            }
         }
         drop(waited);
-        let late = self.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if late.is_power_of_two() {
-            tracing::warn!(
-                late,
-                "reading workers' figures from /proc took over {WAIT:?} (a worker stuck in the \
-             kernel?): answering with the last figures read"
-            );
-        }
-        let r = latest.borrow();
-        pick(&r, pids)
+        self.shared
+            .seen
+            .lock()
+            .map(|s| fresh(&s))
+            .unwrap_or_default()
     }
 }
 
@@ -177,16 +180,10 @@ impl Drop for Meter {
     }
 }
 
-fn pick(r: &Reading, pids: &[u32]) -> HashMap<u32, Figures> {
-    pids.iter()
-        .filter_map(|p| Some((*p, *r.figures.get(p)?)))
-        .collect()
-}
-
 /// The thread: one job at a time, each reading what was asked for while the last one ran.
-fn run(shared: &Shared, reader: &Reader, out: &watch::Sender<Arc<Reading>>) {
+fn run(shared: &Shared, depth: Depth, reader: &Reader, out: &watch::Sender<u64>) {
     loop {
-        let (job, pids, depth) = {
+        let (job, pids) = {
             let Ok(mut q) = shared.queue.lock() else {
                 return;
             };
@@ -194,10 +191,10 @@ fn run(shared: &Shared, reader: &Reader, out: &watch::Sender<Arc<Reading>>) {
                 if q.closed {
                     return;
                 }
-                if let Some(depth) = q.depth.take() {
+                if !q.next.is_empty() {
                     let job = q.next_job;
                     q.next_job += 1;
-                    break (job, std::mem::take(&mut q.next), depth);
+                    break (job, std::mem::take(&mut q.next));
                 }
                 q = match shared.wake.wait(q) {
                     Ok(q) => q,
@@ -206,14 +203,13 @@ fn run(shared: &Shared, reader: &Reader, out: &watch::Sender<Arc<Reading>>) {
             }
         };
         let started = Instant::now();
-        let figures = pids.into_iter().map(|p| (p, reader(p, depth))).collect();
-        let reading = Reading {
-            job,
-            started,
-            depth,
-            figures,
-        };
-        if out.send(Arc::new(reading)).is_err() {
+        let figures: Vec<(u32, Figures)> =
+            pids.into_iter().map(|p| (p, reader(p, depth))).collect();
+        if let Ok(mut seen) = shared.seen.lock() {
+            seen.retain(|_, (at, _)| at.elapsed() < FORGET);
+            seen.extend(figures.into_iter().map(|(p, f)| (p, (started, f))));
+        }
+        if out.send(job).is_err() {
             return;
         }
     }

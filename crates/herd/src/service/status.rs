@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::meter::{Depth, Meter};
+use super::meter::Meter;
 use super::state::{Machine, Role, SlotState};
 use crate::WorkerId;
 
@@ -37,6 +37,10 @@ pub struct WorkerStatus {
     /// CPU time it has used (user and system, seconds), from /proc.
     #[serde(default)]
     pub cpu_s: f64,
+    /// Whether `rss`, `pss` and `cpu_s` were read for this report (false: /proc did not answer
+    /// in time, and they are zeros, not figures).
+    #[serde(default = "yes")]
+    pub measured: bool,
     /// Messages received from it.
     pub messages: u64,
     /// Node's own internal messages (`NODE_*` `cmd`s that are not herd's) it sent, which herd
@@ -132,6 +136,7 @@ pub(crate) fn build(
                 rss: 0,
                 pss: 0,
                 cpu_s: 0.0,
+                measured: false,
                 messages: w.messages,
                 internal_dropped,
                 listen_error,
@@ -172,14 +177,20 @@ pub(crate) fn build(
     }
 }
 
-/// Fills in each worker's memory and CPU figures (zeros where none could be read in time).
+/// Fills in each worker's memory and CPU figures; a worker whose figures could not be read in
+/// time has zeros and `measured: false`.
 pub(crate) async fn add_memory(status: &mut Status, meter: &Meter) {
     let pids: Vec<u32> = status.workers.iter().map(|w| w.pid).collect();
-    let figures = meter.read(&pids, Depth::Full).await;
+    let figures = meter.read(&pids).await;
     for w in &mut status.workers {
         let f = figures.get(&w.pid).copied().unwrap_or_default();
+        w.measured = f.cpu_s.is_some() && f.rss.is_some();
         w.rss = f.rss.unwrap_or(0);
         w.pss = f.pss.unwrap_or(0);
         w.cpu_s = f.cpu_s.unwrap_or(0.0);
     }
+}
+
+fn yes() -> bool {
+    true
 }
