@@ -131,8 +131,17 @@ pub fn format_list(found: &[Found]) -> String {
             state,
             &format!("{running}/{}", s.wanted),
             &cpu.map_or("-".into(), |p| format!("{p:.0}%")),
-            &mb(s.workers.iter().map(|w| w.rss).sum()),
-            &mb(s.workers.iter().map(|w| w.pss).sum()),
+            // A worker /proc did not answer for in time makes the total unknown, not smaller.
+            &if s.workers.iter().all(|w| w.measured) {
+                mb(s.workers.iter().map(|w| w.rss).sum())
+            } else {
+                "-".into()
+            },
+            &if s.workers.iter().all(|w| w.measured) {
+                mb(s.workers.iter().map(|w| w.pss).sum())
+            } else {
+                "-".into()
+            },
             &s.workers
                 .iter()
                 .map(|w| w.restarts as u64)

@@ -83,10 +83,15 @@ impl Places {
         Some((self.next, rx))
     }
 
-    /// The head of `id` arrived: it can no longer be evicted.
-    fn answering(&mut self, id: u64) {
-        if let Some((_, p)) = self.taken.iter_mut().find(|(i, _)| *i == id) {
-            p.evict = None;
+    /// The head of `id` arrived: it can no longer be evicted. False if it already was (its
+    /// place went to a newcomer just as its head came).
+    fn answering(&mut self, id: u64) -> bool {
+        match self.taken.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, p)) => {
+                p.evict = None;
+                true
+            }
+            None => false,
         }
     }
 
@@ -195,8 +200,8 @@ async fn scrape(
         // Its place went to a newcomer.
         _ = evicted => return Ok(()),
     }
-    if let Ok(mut p) = held.places.lock() {
-        p.answering(held.id);
+    if !held.places.lock().is_ok_and(|mut p| p.answering(held.id)) {
+        return Ok(());
     }
     let head_only = head.starts_with(b"HEAD ");
     let (status, body) = match wants_metrics(&head) {
@@ -293,11 +298,12 @@ mod tests {
         for n in 0..MAX_SCRAPES {
             first.push(p.take(ip(n as u8)).expect("room"));
         }
-        p.answering(first[0].0);
+        assert!(p.answering(first[0].0));
         let (_, newcomer) = p.take(ip(100)).expect("a place taken from a silent one");
         // The oldest silent one (the second; the first is answering) was told to go.
         assert!(first[1].1.try_recv().is_ok());
         assert!(first[0].1.try_recv().is_err());
+        assert!(!p.answering(first[1].0), "evicted: no longer answering");
         assert!(first[2].1.try_recv().is_err());
         assert_eq!(p.taken.len(), MAX_SCRAPES);
         let mut mine = vec![(0, newcomer)];
@@ -312,7 +318,7 @@ mod tests {
         assert_eq!(p.taken.len(), before.len());
         // Every place answering: nobody to evict, the newcomer is turned away.
         let ids: Vec<u64> = p.taken.iter().map(|(i, _)| *i).collect();
-        ids.into_iter().for_each(|i| p.answering(i));
+        ids.into_iter().for_each(|i| assert!(p.answering(i)));
         assert!(p.take(ip(200)).is_none());
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct Meter {
     shared: Arc<Shared>,
     /// The number of the last job done.
     done: watch::Receiver<u64>,
+    /// How recent a figure serves as it is ([`FRESH`]).
+    fresh: Duration,
     /// Callers answered at their deadline (logged at powers of two).
     late: std::sync::atomic::AtomicU64,
 }
@@ -87,11 +89,11 @@ pub(crate) struct Meter {
 impl Meter {
     /// A meter reading `/proc` at `depth`.
     pub(crate) fn new(depth: Depth) -> Meter {
-        Meter::with_reader(depth, Arc::new(read_proc))
+        Meter::with_reader(depth, FRESH, Arc::new(read_proc))
     }
 
-    /// A meter reading with `reader` (tests give one that blocks).
-    pub(crate) fn with_reader(depth: Depth, reader: Arc<Reader>) -> Meter {
+    /// A meter reading with `reader` (tests give one that blocks), reusing figures `fresh`.
+    pub(crate) fn with_reader(depth: Depth, fresh: Duration, reader: Arc<Reader>) -> Meter {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 next_job: 1,
@@ -112,6 +114,7 @@ impl Meter {
         Meter {
             shared,
             done,
+            fresh,
             late: Default::default(),
         }
     }
@@ -121,11 +124,14 @@ impl Meter {
     /// Cancel-safe: dropping the future leaves at most a merged job behind.
     pub(crate) async fn read(&self, pids: &[u32]) -> HashMap<u32, Figures> {
         let asked = Instant::now();
+        // Pid 0 is no process (a worker not forked yet): never read.
+        let pids: Vec<u32> = pids.iter().copied().filter(|p| *p != 0).collect();
+        let pids = &pids[..];
         let fresh = |seen: &HashMap<u32, (Instant, Figures)>| -> HashMap<u32, Figures> {
             pids.iter()
                 .filter_map(|p| {
                     let (at, f) = seen.get(p)?;
-                    (*at + FRESH >= asked).then_some((*p, *f))
+                    (*at + self.fresh >= asked).then_some((*p, *f))
                 })
                 .collect()
         };
@@ -135,7 +141,7 @@ impl Meter {
             .lock()
             .map(|s| fresh(&s))
             .unwrap_or_default();
-        if got.len() == pids.len() {
+        if pids.iter().all(|p| got.contains_key(p)) {
             return got;
         }
         let want = {
@@ -145,7 +151,8 @@ impl Meter {
             // A stuck thread takes nothing: a bound, so that replaced workers' pids do not
             // pile up behind it.
             if q.next.len() < MAX_PENDING {
-                q.next.extend(pids.iter().copied());
+                q.next
+                    .extend(pids.iter().copied().filter(|p| !got.contains_key(p)));
             }
             self.shared.wake.notify_one();
             q.next_job

@@ -183,8 +183,9 @@ pub(crate) async fn add_memory(status: &mut Status, meter: &Meter) {
     let pids: Vec<u32> = status.workers.iter().map(|w| w.pid).collect();
     let figures = meter.read(&pids).await;
     for w in &mut status.workers {
+        // Read in time (a figure the kernel does not give, such as a zombie's memory, stays 0).
+        w.measured = figures.contains_key(&w.pid);
         let f = figures.get(&w.pid).copied().unwrap_or_default();
-        w.measured = f.cpu_s.is_some() && f.rss.is_some();
         w.rss = f.rss.unwrap_or(0);
         w.pss = f.pss.unwrap_or(0);
         w.cpu_s = f.cpu_s.unwrap_or(0.0);
